@@ -1,0 +1,1 @@
+"""Latency-aware evolutionary search and the end-to-end `autonad-edge search` pipeline."""
