@@ -13,7 +13,9 @@ console = Console(stderr=True)
 
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print one line naming the problem and exit; no traceback for a user's mistake."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -1,0 +1,195 @@
+"""The in-memory image cache and the file reading shared by the dataset formats (numpy + PIL).
+
+Every image is decoded and resized exactly once, into one uint8 array; training then only
+slices that array and applies cheap tensor ops. A few hundred 320x320 images take tens of MB,
+and a 2-core machine spends its time in the model rather than in JPEG decoding.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+
+from autonad_edge.data.errors import DatasetError
+
+IGNORE_INDEX = 255
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def image_size_hw(image_size: int | Sequence[int]) -> tuple[int, int]:
+    """Normalise `image_size` (an int for square, or (height, width)) to (height, width)."""
+    if isinstance(image_size, (int, np.integer)):
+        height = width = int(image_size)
+    else:
+        values = [int(v) for v in image_size]
+        if len(values) != 2:
+            raise ValueError(f"image_size must be an int or (height, width), got {image_size!r}")
+        height, width = values
+    if height < 8 or width < 8:
+        raise ValueError(f"image_size must be at least 8x8, got {height}x{width}")
+    return height, width
+
+
+@dataclass
+class ImageCache:
+    """Decoded, resized samples of one dataset, in the order of `ids`.
+
+    images:       uint8 [N, H, W, C], C = 1 (greyscale, replicated to 3 channels on use) or 3
+    masks:        uint8 [N, H, W] class indices, IGNORE_INDEX for "don't care"
+    native_sizes: int64 [N, 2] (height, width) of the files before resizing
+    label_counts: int64 [N, 256] histogram of each mask at its native resolution
+    strata:       int64 [N] class used to stratify splits (MT: folder class; else dominant class)
+    sources:      the image file of each sample (None when generated in memory)
+    """
+
+    ids: list[str]
+    images: np.ndarray
+    masks: np.ndarray
+    native_sizes: np.ndarray
+    label_counts: np.ndarray
+    strata: np.ndarray
+    class_names: list[str]
+    sources: list[str | None]
+
+    def __post_init__(self) -> None:
+        self.index_of = {sample_id: i for i, sample_id in enumerate(self.ids)}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def class_pixel_counts(self) -> np.ndarray:
+        """int64 [N, num_classes + 1]: native-resolution pixels per class, then ignored ones."""
+        counts = self.label_counts[:, : self.num_classes]
+        return np.concatenate([counts, self.label_counts[:, IGNORE_INDEX : IGNORE_INDEX + 1]], 1)
+
+    def check_labels(self) -> None:
+        """Raise DatasetError naming the first mask with a label >= num_classes (not 255)."""
+        stray = self.label_counts[:, self.num_classes : IGNORE_INDEX].sum(axis=1)
+        bad = np.flatnonzero(stray)
+        if bad.size:
+            row = int(bad[0])
+            strays = self.label_counts[row, self.num_classes : IGNORE_INDEX]
+            label = self.num_classes + int(np.flatnonzero(strays)[0])
+            where = self.sources[row] or self.ids[row]
+            raise DatasetError(
+                f"mask label {label} out of range: {self.num_classes} classes "
+                f"(0..{self.num_classes - 1}) and {IGNORE_INDEX} = ignore",
+                where,
+            )
+
+
+def parallel_map(func: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    """`[func(x) for x in items]` on a few threads (PIL decoding releases the GIL). The first
+    failing item in order raises, so errors are deterministic."""
+    workers = min(4, os.cpu_count() or 1, max(1, len(items) // 16))
+    if workers <= 1:
+        return [func(item) for item in items]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(func, items))
+
+
+def open_image(path: Path):  # -> PIL.Image.Image (PIL imported lazily: host-side only)
+    """Open and fully decode an image file; any failure becomes a one-line DatasetError."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        # No `with`: closing an image discards its decoded data; Pillow closes the file itself
+        # once `load()` has read a single-frame image.
+        image = Image.open(path)
+        image.load()
+        return image
+    except FileNotFoundError:
+        raise DatasetError("file not found", path) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise DatasetError(f"unreadable image ({exc})", path) from None
+
+
+def mask_values(image, path: Path) -> np.ndarray:
+    """Label values of a mask image: palette indices for a palette PNG, grey values otherwise."""
+    if image.mode in ("P", "L"):
+        return np.asarray(image, dtype=np.uint8)
+    if image.mode == "1":
+        return np.asarray(image, dtype=np.uint8)
+    if image.mode in ("I", "I;16", "I;16B", "I;16L"):
+        values = np.asarray(image)
+        if values.min() < 0 or values.max() > 255:
+            raise DatasetError(
+                f"mask values {int(values.min())}..{int(values.max())} do not fit 0..255", path
+            )
+        return values.astype(np.uint8)
+    raise DatasetError(
+        f"mask must be a palette (P) or greyscale (L) PNG of class indices, got mode {image.mode}",
+        path,
+    )
+
+
+def resize_pair(
+    image, mask: np.ndarray, size_hw: tuple[int, int], image_path: Path, mask_path: Path
+) -> tuple[np.ndarray, np.ndarray]:
+    """Check that image and mask agree in size, then resize: bilinear image, nearest mask."""
+    from PIL import Image
+
+    if (image.height, image.width) != mask.shape:
+        raise DatasetError(
+            f"image is {image.width}x{image.height} but its mask {mask_path.name} is "
+            f"{mask.shape[1]}x{mask.shape[0]} (width x height)",
+            image_path,
+        )
+    height, width = size_hw
+    if (image.height, image.width) != (height, width):
+        image = image.resize((width, height), Image.BILINEAR)
+        mask = np.asarray(Image.fromarray(mask).resize((width, height), Image.NEAREST))
+    pixels = np.asarray(image, dtype=np.uint8)
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    return pixels, mask
+
+
+def build_cache(
+    ids: list[str],
+    samples: list[tuple[np.ndarray, np.ndarray, tuple[int, int], np.ndarray]],
+    class_names: list[str],
+    strata: Sequence[int] | None,
+    sources: list[str | None],
+) -> ImageCache:
+    """Stack decoded samples `(pixels, mask, native_hw, label_histogram)` into an ImageCache.
+
+    When `strata` is None, each sample is stratified by its dominant defect class.
+    """
+    from autonad_edge.data.splits import dominant_class
+
+    if not samples:
+        raise DatasetError("empty dataset: no samples")
+    images = np.stack([s[0] for s in samples])
+    masks = np.stack([s[1] for s in samples])
+    native = np.array([s[2] for s in samples], dtype=np.int64)
+    counts = np.stack([s[3] for s in samples]).astype(np.int64)
+    num_classes = len(class_names)
+    if strata is None:
+        strata = [dominant_class(row[:num_classes]) for row in counts]
+    return ImageCache(
+        ids=list(ids),
+        images=images,
+        masks=masks,
+        native_sizes=native,
+        label_counts=counts,
+        strata=np.asarray(strata, dtype=np.int64),
+        class_names=list(class_names),
+        sources=list(sources),
+    )
+
+
+def label_histogram(mask: np.ndarray) -> np.ndarray:
+    return np.bincount(mask.ravel(), minlength=256).astype(np.int64)
