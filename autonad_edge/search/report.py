@@ -1,0 +1,107 @@
+"""`report.json` and `report.md`: what was searched, what was chosen, how accurate and how fast.
+
+Both are written from one dict, so the Markdown can never disagree with the JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from autonad_edge.io import atomic_write_json, atomic_write_text
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def artefact_entries(out_dir: Path, paths: list[Path]) -> list[dict[str, Any]]:
+    entries = []
+    for p in paths:
+        if p.exists() and p.is_file():
+            entries.append({
+                "path": str(p.relative_to(out_dir)) if p.is_relative_to(out_dir) else str(p),
+                "bytes": p.stat().st_size,
+                "sha256": file_sha256(p),
+            })
+    return entries
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    chosen = report.get("chosen", {})
+    acc = report.get("accuracy", {})
+    lat = report.get("latency", {})
+    target = report.get("target", {})
+    data = report.get("dataset", {})
+    lines = [
+        "# autonad-edge search report",
+        "",
+        f"Target **{target.get('name', '?')}** ({target.get('backend', '?')}, {target.get('precision', '?')}) "
+        f"on {target.get('device', '?')}; dataset **{data.get('format', '?')}** "
+        f"({data.get('root') or 'embedded synthetic'}), {data.get('num_classes', '?')} classes at "
+        f"{data.get('image_size', '?')}.",
+        "",
+        "## Chosen architecture",
+        "",
+        f"- hash `{chosen.get('hash', '?')}`: `{chosen.get('summary', '?')}`",
+        f"- parameters {chosen.get('params', 0):,}; FLOPs {chosen.get('flops', 0) / 1e9:.3f} G",
+        "",
+        "## Accuracy",
+        "",
+        "| split | mIoU (%) | mF1 (%) |",
+        "| --- | --- | --- |",
+    ]
+    for split in ("search_val", "val", "test"):
+        if split in acc:
+            lines.append(f"| {split} | {_pct(acc[split].get('miou'))} | {_pct(acc[split].get('mf1'))} |")
+    per_class = acc.get("test", {}).get("per_class")
+    if per_class:
+        lines += ["", "| class | IoU (%) | F1 (%) |", "| --- | --- | --- |"]
+        for name, v in per_class.items():
+            lines.append(f"| {name} | {_pct(v.get('iou'))} | {_pct(v.get('f1'))} |")
+    lines += [
+        "",
+        "## Latency on the target",
+        "",
+        "| what | ms |",
+        "| --- | --- |",
+        f"| estimate from the block latency table | {_ms(lat.get('estimated_ms'))} |",
+        f"| measured end to end (exported ONNX, median) | {_ms(lat.get('measured_ms'))} |",
+        f"| TensorRT engine (median) | {_ms(lat.get('engine_ms'))} |",
+    ]
+    if lat.get("engine_note"):
+        lines += ["", f"TensorRT engine: {lat['engine_note']}"]
+    if lat.get("fingerprint"):
+        lines += ["", f"Device fingerprint: `{lat['fingerprint']}`"]
+    budgets = report.get("budgets", {})
+    if budgets:
+        lines += ["", "## Search settings", ""]
+        lines += [f"- {k}: {v}" for k, v in budgets.items()]
+    lines += ["", "## Stages", "", "| stage | status | wall time (s) | note |", "| --- | --- | --- | --- |"]
+    for st in report.get("stages", []):
+        lines.append(f"| {st['name']} | {st['status']} | {st.get('wall_s', 0):.1f} | {st.get('note', '')} |")
+    lines += ["", "## Artefacts", "", "| file | bytes | sha256 |", "| --- | --- | --- |"]
+    for a in report.get("artefacts", []):
+        lines.append(f"| `{a['path']}` | {a['bytes']:,} | `{a['sha256'][:16]}…` |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out_dir: str | Path, report: dict[str, Any]) -> tuple[Path, Path]:
+    out_dir = Path(out_dir)
+    json_path, md_path = out_dir / "report.json", out_dir / "report.md"
+    atomic_write_json(json_path, report)
+    atomic_write_text(md_path, render_markdown(report))
+    return json_path, md_path
