@@ -1,0 +1,482 @@
+"""The gRPC latency agent: authentication, limits, the device lock, the result cache.
+
+Only the server lives in this process; every model is handled by a `WorkerProcess`.
+Requests are serialised on the device by one lock, so concurrent callers never disturb
+each other's timings; uploads happen before the lock is taken, so a slow upload does not
+hold the device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import ipaddress
+import logging
+import threading
+import time
+from collections import OrderedDict
+from concurrent import futures
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterator
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from autonad_agent import __version__
+from autonad_agent.backends import BACKENDS
+from autonad_agent.backends.base import Precision, TensorSpec
+from autonad_agent.fingerprint import fingerprint_hash
+from autonad_agent.measure import MeasurementPolicy
+from autonad_agent.proto import latency_agent_pb2 as pb
+from autonad_agent.proto import latency_agent_pb2_grpc as pb_grpc
+from autonad_agent.worker import WorkerError, WorkerProcess, probe_backends
+
+log = logging.getLogger("autonad_agent")
+
+SERVICE_NAME = "autonad.agent.v1.LatencyAgent"
+# Models are streamed, so one message never needs to be large: clients send 1 MiB chunks.
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+ENGINE_CHUNK_BYTES = 1024 * 1024
+TOKEN_MIN_LENGTH = 16
+
+_PRECISION_FROM_WIRE = {
+    pb.PRECISION_UNSPECIFIED: Precision.FP32,
+    pb.PRECISION_FP32: Precision.FP32,
+    pb.PRECISION_FP16: Precision.FP16,
+}
+PRECISION_TO_WIRE = {Precision.FP32: pb.PRECISION_FP32, Precision.FP16: pb.PRECISION_FP16}
+_WORKER_ERROR_CODES = {
+    "rejected": grpc.StatusCode.INVALID_ARGUMENT,
+    "unavailable": grpc.StatusCode.FAILED_PRECONDITION,
+    "memory": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "crashed": grpc.StatusCode.INTERNAL,
+    "timeout": grpc.StatusCode.DEADLINE_EXCEEDED,
+    "internal": grpc.StatusCode.INTERNAL,
+}
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass
+class AgentConfig:
+    """Everything `autonad-agent serve` configures."""
+
+    host: str = "127.0.0.1"
+    port: int = 50051  # 0 picks a free port
+    backend: str = "auto"
+    # The bearer token callers must present; None only together with insecure_no_auth.
+    token: str | None = None
+    insecure_no_auth: bool = False
+    tls_cert: bytes | None = None
+    tls_key: bytes | None = None
+    max_model_mb: int = 256
+    threads: int | None = None
+    worker_memory_mb: int = 8192  # 0: no limit
+    # The longest a request may hold the device, whatever deadline the caller set.
+    max_request_s: float = 600.0
+    shutdown_grace_s: float = 5.0
+    cache_entries: int = 1024
+    rpc_threads: int = 8
+
+    def __post_init__(self) -> None:
+        if self.token is None and not self.insecure_no_auth:
+            raise ValueError("no token configured: pass --token-file, or --insecure-no-auth to run without one")
+        if self.token is not None and len(self.token) < TOKEN_MIN_LENGTH:
+            raise ValueError(f"the token must be at least {TOKEN_MIN_LENGTH} characters")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both a certificate and a key")
+        if self.backend != "auto" and self.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {self.backend!r}; choose auto or one of {', '.join(BACKENDS)}")
+        if self.max_model_mb < 1:
+            raise ValueError("max_model_mb must be >= 1")
+
+    @property
+    def max_model_bytes(self) -> int:
+        return self.max_model_mb * 1024 * 1024
+
+
+class _BearerTokenInterceptor(grpc.ServerInterceptor):
+    """Rejects calls without `authorization: Bearer <token>`; health checks are exempt so
+    load balancers and probes need no secret (they reveal only serving status)."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+    def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails):
+        if handler_call_details.method.startswith("/grpc.health.v1.Health/"):
+            return continuation(handler_call_details)
+        presented = ""
+        for key, value in handler_call_details.invocation_metadata or ():
+            if key == "authorization":
+                presented = value if isinstance(value, str) else ""
+        if hmac.compare_digest(presented.encode(), self._expected):
+            return continuation(handler_call_details)
+        handler = continuation(handler_call_details)
+        return _deny(handler, "missing or invalid bearer token" if presented else "missing bearer token")
+
+
+def _deny(handler: grpc.RpcMethodHandler | None, message: str) -> grpc.RpcMethodHandler:
+    """A handler of the same streaming kind as `handler` that aborts UNAUTHENTICATED."""
+
+    def abort(_request: Any, context: grpc.ServicerContext) -> None:
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    if handler is None or (not handler.request_streaming and not handler.response_streaming):
+        return grpc.unary_unary_rpc_method_handler(abort)
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(abort)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(abort)
+    return grpc.unary_stream_rpc_method_handler(abort)
+
+
+class _ResultCache:
+    """LRU cache of measurements of identical requests."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._entries: OrderedDict[tuple, pb.MeasureResponse] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> pb.MeasureResponse | None:
+        with self._lock:
+            response = self._entries.get(key)
+            if response is not None:
+                self._entries.move_to_end(key)
+            return response
+
+    def put(self, key: tuple, response: pb.MeasureResponse) -> None:
+        with self._lock:
+            self._entries[key] = response
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._capacity:
+                self._entries.popitem(last=False)
+
+
+def _fingerprint_message(fields: dict[str, str]) -> pb.DeviceFingerprint:
+    return pb.DeviceFingerprint(fields=fields, hash=fingerprint_hash(fields))
+
+
+@dataclass
+class _Upload:
+    header: Any  # pb.MeasureHeader or pb.BuildEngineHeader
+    model: bytes
+    sha256: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sha256 = hashlib.sha256(self.model).hexdigest()
+
+
+class LatencyAgentService(pb_grpc.LatencyAgentServicer):
+    def __init__(self, config: AgentConfig, probes: dict[str, tuple[bool, str]], default_backend: str) -> None:
+        self.config = config
+        self.probes = probes
+        self.default_backend = default_backend
+        self.workers: dict[str, WorkerProcess] = {}
+        self._workers_lock = threading.Lock()
+        # One request at a time on the device: concurrent timings would disturb each other.
+        self.device_lock = threading.Lock()
+        self.cache = _ResultCache(config.cache_entries)
+
+    # ------------------------------------------------------------------ helpers
+
+    def worker(self, backend: str) -> WorkerProcess:
+        with self._workers_lock:
+            if backend not in self.workers:
+                self.workers[backend] = WorkerProcess(
+                    backend, threads=self.config.threads, memory_mb=self.config.worker_memory_mb
+                )
+            return self.workers[backend]
+
+    def stop_workers(self) -> None:
+        with self._workers_lock:
+            workers = list(self.workers.values())
+        for worker in workers:
+            worker.stop()
+
+    def _receive(self, requests: Iterator, context: grpc.ServicerContext) -> _Upload:
+        """Read the header and the model chunks, enforcing the size limit as they arrive."""
+        first = next(requests, None)
+        if first is None or first.WhichOneof("payload") != "header":
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be the header")
+        header = first.header
+        limit = self.config.max_model_bytes
+        if header.model_size == 0:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "header.model_size must be the model's size in bytes")
+        if header.model_size > limit:
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"model of {header.model_size} bytes exceeds this agent's limit of {limit} bytes",
+            )
+        chunks = bytearray()
+        for message in requests:
+            if message.WhichOneof("payload") != "model_chunk":
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "only model chunks may follow the header")
+            chunks += message.model_chunk
+            if len(chunks) > header.model_size:
+                code = grpc.StatusCode.RESOURCE_EXHAUSTED if len(chunks) > limit else grpc.StatusCode.INVALID_ARGUMENT
+                context.abort(code, f"received more than the declared {header.model_size} bytes")
+        if len(chunks) != header.model_size:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"incomplete upload: {len(chunks)} of {header.model_size} declared bytes",
+            )
+        return _Upload(header, bytes(chunks))
+
+    def _check_backend(self, requested: str, context: grpc.ServicerContext) -> str:
+        name = requested or self.default_backend
+        if name not in self.probes:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown backend {name!r}; known: {', '.join(self.probes)}")
+        available, reason = self.probes[name]
+        if not available:
+            label = "TensorRT" if name == "tensorrt" else name
+            detail = reason.removeprefix(f"{label} not available: ")
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{label} not available on this agent: {detail}")
+        return name
+
+    def _timeout(self, context: grpc.ServicerContext) -> float:
+        remaining = context.time_remaining()
+        return self.config.max_request_s if remaining is None else min(remaining, self.config.max_request_s)
+
+    @contextlib.contextmanager
+    def _device(self, context: grpc.ServicerContext) -> Iterator[None]:
+        """Hold the device (waiting at most until the request's deadline)."""
+        if not self.device_lock.acquire(timeout=max(self._timeout(context), 0.0)):
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "timed out waiting for the device (busy)")
+        try:
+            yield
+        finally:
+            self.device_lock.release()
+
+    def _call_worker(self, context: grpc.ServicerContext, backend: str, request: dict, payload: bytes):
+        """One worker request (caller holds the device), failures mapped to gRPC errors."""
+        try:
+            return self.worker(backend).call(request, payload, timeout_s=self._timeout(context))
+        except WorkerError as exc:
+            log.warning("%s request failed (%s): %s", request["op"], exc.kind, exc.message)
+            context.abort(_WORKER_ERROR_CODES.get(exc.kind, grpc.StatusCode.INTERNAL), exc.message)
+
+    # ------------------------------------------------------------------ RPCs
+
+    def Measure(self, request_iterator: Iterator[pb.MeasureRequest], context: grpc.ServicerContext) -> pb.MeasureResponse:
+        upload = self._receive(request_iterator, context)
+        header: pb.MeasureHeader = upload.header
+        backend = self._check_backend(header.backend, context)
+        try:
+            precision = _PRECISION_FROM_WIRE[header.precision]
+            inputs = [TensorSpec(s.name, tuple(s.shape), s.dtype or "float32") for s in header.inputs]
+            policy = MeasurementPolicy.from_wire(
+                **{f.name: value for f, value in header.policy.ListFields()}
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid request: {exc}")
+        key = (upload.sha256, tuple(inputs), backend, precision, policy)
+        cached = self.cache.get(key)
+        if cached is None:
+            with self._device(context):
+                # An identical request may have been measured while this one waited.
+                cached = self.cache.get(key)
+                if cached is None:
+                    return self._measure(context, upload, backend, inputs, precision, policy, key)
+        response = pb.MeasureResponse()
+        response.CopyFrom(cached)
+        response.cached = True
+        return response
+
+    def _measure(
+        self,
+        context: grpc.ServicerContext,
+        upload: _Upload,
+        backend: str,
+        inputs: list[TensorSpec],
+        precision: Precision,
+        policy: MeasurementPolicy,
+        cache_key: tuple,
+    ) -> pb.MeasureResponse:
+        request = {
+            "op": "measure",
+            "inputs": [asdict(spec) for spec in inputs],
+            "precision": precision.value,
+            "policy": policy.to_dict(),
+        }
+        started = time.monotonic()
+        result, _ = self._call_worker(context, backend, request, upload.model)
+        info = self.worker(backend).info
+        assert info is not None
+        response = pb.MeasureResponse(
+            stats=pb.LatencyStats(**result["stats"]),
+            stable=result["stable"],
+            attempts=result["attempts"],
+            backend=backend,
+            precision=PRECISION_TO_WIRE[precision],
+            inputs=[pb.TensorSpec(name=s["name"], shape=s["shape"], dtype=s["dtype"]) for s in result["inputs"]],
+            policy=pb.MeasurementPolicy(**policy.to_dict()),
+            fingerprint=_fingerprint_message(info.fingerprint),
+            model_sha256=upload.sha256,
+            warmup_runs=result["warmup_runs"],
+        )
+        # A noisy result is not cached, so asking again measures again.
+        if response.stable:
+            self.cache.put(cache_key, response)
+        log.info(
+            "measured %s on %s/%s: median %.3f ms, cv %.3f, %d runs, %.1f s (peer %s)",
+            upload.sha256[:12], backend, precision.value, response.stats.median_ms,
+            response.stats.cv, response.stats.runs, time.monotonic() - started, context.peer(),
+        )
+        return response
+
+    def GetDeviceInfo(self, request: pb.GetDeviceInfoRequest, context: grpc.ServicerContext) -> pb.DeviceInfo:
+        backends = []
+        for name, (available, reason) in self.probes.items():
+            backend_info = pb.BackendInfo(name=name, available=available, reason=reason)
+            worker = self.workers.get(name)
+            if available and worker is not None and worker.info is not None:
+                caps = worker.info.capabilities
+                backend_info.precisions.extend(PRECISION_TO_WIRE[Precision(p)] for p in caps["precisions"])
+                backend_info.can_build_engine = caps["can_build_engine"]
+                backend_info.custom_op_domains.extend(caps["custom_op_domains"])
+                backend_info.details.update(caps["details"])
+                backend_info.fingerprint.CopyFrom(_fingerprint_message(worker.info.fingerprint))
+            backends.append(backend_info)
+        return pb.DeviceInfo(
+            agent_version=__version__,
+            default_backend=self.default_backend,
+            backends=backends,
+            max_model_bytes=self.config.max_model_bytes,
+            auth_required=self.config.token is not None,
+            tls=self.config.tls_cert is not None,
+        )
+
+    def BuildEngine(self, request_iterator: Iterator[pb.BuildEngineRequest], context: grpc.ServicerContext):
+        upload = self._receive(request_iterator, context)
+        header: pb.BuildEngineHeader = upload.header
+        # Engines are a TensorRT concept: an unnamed backend means TensorRT.
+        backend = self._check_backend(header.backend or "tensorrt", context)
+        precision = _PRECISION_FROM_WIRE.get(header.precision)
+        if precision is None:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown precision {header.precision}")
+        request = {"op": "build_engine", "precision": precision.value}
+        with self._device(context):
+            result, engine = self._call_worker(context, backend, request, upload.model)
+        info = self.worker(backend).info
+        assert info is not None
+        manifest = dict(result["manifest"])
+        manifest.setdefault("onnx_sha256", upload.sha256)
+        yield pb.BuildEngineResponse(
+            manifest=pb.EngineManifest(
+                fields=manifest,
+                engine_size=len(engine),
+                engine_sha256=hashlib.sha256(engine).hexdigest(),
+                fingerprint=_fingerprint_message(info.fingerprint),
+            )
+        )
+        for offset in range(0, len(engine), ENGINE_CHUNK_BYTES):
+            yield pb.BuildEngineResponse(engine_chunk=engine[offset : offset + ENGINE_CHUNK_BYTES])
+
+
+class AgentServer:
+    """A running agent: probes backends, starts the default backend's worker, serves gRPC.
+
+        server = AgentServer(AgentConfig(port=0, token=...)).start()
+        ... server.port ...
+        server.stop()
+    """
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.port: int | None = None
+        self._server: grpc.Server | None = None
+        self._health = health.HealthServicer(experimental_non_blocking=True)
+        self.service: LatencyAgentService | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.config.host}:{self.port}"
+
+    def start(self) -> AgentServer:
+        config = self.config
+        if config.token is None and not is_loopback(config.host):
+            log.warning("serving WITHOUT authentication on %s: anyone who can reach it can use it", config.host)
+        probes = probe_backends()
+        if config.backend == "auto":
+            default = next((name for name, (ok, _) in probes.items() if ok), None)
+            if default is None:
+                raise RuntimeError("no latency backend available: " + "; ".join(f"{n}: {r}" for n, (_, r) in probes.items()))
+        else:
+            ok, reason = probes[config.backend]
+            if not ok:
+                raise RuntimeError(f"backend {config.backend} not available: {reason}")
+            default = config.backend
+        self.service = LatencyAgentService(config, probes, default)
+        # Start a worker per available backend before accepting calls: no request pays
+        # for importing a runtime, GetDeviceInfo can report every backend's fingerprint,
+        # and a broken default runtime fails the start instead of the first request.
+        for name, (available, _) in probes.items():
+            if not available:
+                continue
+            try:
+                self.service.worker(name).start()
+            except WorkerError as exc:
+                if name == default:
+                    self.service.stop_workers()
+                    raise RuntimeError(exc.message) from None
+                probes[name] = (False, exc.message)
+                log.warning("backend %s disabled: %s", name, exc.message)
+
+        interceptors = [] if config.token is None else [_BearerTokenInterceptor(config.token)]
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=config.rpc_threads, thread_name_prefix="agent-rpc"),
+            interceptors=interceptors,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                # Fail loudly if the port is taken instead of sharing it with another agent.
+                ("grpc.so_reuseport", 0),
+            ],
+            maximum_concurrent_rpcs=4 * config.rpc_threads,
+        )
+        pb_grpc.add_LatencyAgentServicer_to_server(self.service, self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        bind = f"{config.host}:{config.port}"
+        if config.tls_cert is not None:
+            credentials = grpc.ssl_server_credentials([(config.tls_key, config.tls_cert)])
+            self.port = self._server.add_secure_port(bind, credentials)
+        else:
+            self.port = self._server.add_insecure_port(bind)
+        if not self.port:
+            self.service.stop_workers()
+            raise RuntimeError(f"cannot listen on {bind}")
+        self._server.start()
+        for service in ("", SERVICE_NAME):
+            self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "autonad-agent %s serving on %s (backend %s, auth %s, TLS %s)", __version__, self.address,
+            default, "on" if config.token else "OFF", "on" if config.tls_cert else "off",
+        )
+        return self
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """Report NOT_SERVING, let in-flight calls finish for `grace_s`, stop the workers."""
+        if self._server is None:
+            return
+        self._health.enter_graceful_shutdown()
+        grace = self.config.shutdown_grace_s if grace_s is None else grace_s
+        self._server.stop(grace).wait()
+        assert self.service is not None
+        self.service.stop_workers()
+        self._server = None
+        log.info("agent stopped")
+
+    def __enter__(self) -> AgentServer:
+        return self.start() if self._server is None else self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop(grace_s=0)

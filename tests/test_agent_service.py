@@ -1,0 +1,258 @@
+"""The latency agent over real gRPC on loopback, with real ONNX Runtime sessions."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from autonad_agent import testing
+from autonad_agent.proto import latency_agent_pb2 as pb
+from autonad_agent.proto import latency_agent_pb2_grpc as pb_grpc
+from autonad_agent.server import AgentConfig, AgentServer
+from autonad_agent.worker import TEST_ABORT_ENV
+from autonad_edge.latency import AgentClient, AgentError, MeasurementPolicy, TensorSpec
+
+TOKEN = secrets.token_urlsafe(24)
+# Quick but valid: a handful of timed runs, no repeats, never flagged (the CI box is noisy).
+FAST = MeasurementPolicy(warmup_runs=1, warmup_ms=0, min_runs=5, min_duration_ms=0, max_runs=50, max_cv=100, max_repeats=0)
+CRASH_INPUT = "abort_here"
+
+
+@pytest.fixture(scope="module")
+def agent():
+    # The test-only crash hook is read from the agent's environment when its worker starts.
+    os.environ[TEST_ABORT_ENV] = CRASH_INPUT
+    try:
+        config = AgentConfig(
+            host="127.0.0.1", port=0, backend="onnxruntime", token=TOKEN, max_model_mb=64, worker_memory_mb=2048
+        )
+        server = AgentServer(config).start()
+    finally:
+        del os.environ[TEST_ABORT_ENV]
+    yield server
+    server.stop(grace_s=0)
+
+
+@pytest.fixture
+def client(agent):
+    with AgentClient(agent.address, token=TOKEN, timeout_s=60) as c:
+        yield c
+
+
+def _code(excinfo: pytest.ExceptionInfo) -> grpc.StatusCode:
+    return excinfo.value.code
+
+
+def test_measure_reports_sane_statistics_and_fingerprint(client):
+    policy = MeasurementPolicy(warmup_runs=2, warmup_ms=0, min_runs=30, min_duration_ms=50, max_runs=2000, max_cv=100)
+    model = testing.conv_model(seed=1)
+    m = client.measure(model, policy=policy)
+    assert m.runs >= 30 and m.runs <= 2000
+    assert 0 < m.min_ms <= m.median_ms <= m.p90_ms <= m.p99_ms <= m.max_ms
+    assert m.min_ms <= m.mean_ms <= m.max_ms and m.std_ms >= 0
+    assert m.cv == pytest.approx(m.std_ms / m.mean_ms)
+    assert 0 <= m.outliers < m.runs
+    assert m.stable and not m.cached and m.attempts == 1 and m.warmup_runs >= 2
+    assert m.backend == "onnxruntime" and m.precision == "fp32"
+    assert m.inputs == (TensorSpec("x", (1, 3, 32, 32), "float32"),)
+    assert m.model_sha256 == hashlib.sha256(model).hexdigest()
+    fields = m.fingerprint.fields
+    assert fields["runtime"] == "onnxruntime" and fields["runtime_version"]
+    assert int(fields["threads"]) >= 1 and fields["cpu_model"]
+    assert len(m.fingerprint.hash) == 16
+
+
+def test_explicit_inputs_are_checked_against_the_model(client):
+    with pytest.raises(AgentError) as excinfo:
+        client.measure(testing.conv_model(), [TensorSpec("nope", (1, 3, 32, 32))], policy=FAST)
+    assert _code(excinfo) == grpc.StatusCode.INVALID_ARGUMENT and "do not match" in excinfo.value.details
+
+
+def test_token_is_required_and_checked(agent):
+    model = testing.conv_model()
+    for token in (None, "wrong-" + TOKEN, TOKEN[:-1]):
+        with AgentClient(agent.address, token=token, timeout_s=30) as c:
+            with pytest.raises(AgentError) as excinfo:
+                c.measure(model, policy=FAST)
+            assert _code(excinfo) == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(AgentError) as excinfo:
+                c.device_info()
+            assert _code(excinfo) == grpc.StatusCode.UNAUTHENTICATED
+            assert c.health() == "SERVING"  # health is deliberately open
+
+
+def test_20mb_model_streams_through(client):
+    model = testing.big_initializer_model(megabytes=20)
+    assert len(model) > 20 * 1024 * 1024
+    m = client.measure(model, policy=FAST)
+    assert m.runs >= 5 and m.model_sha256 == hashlib.sha256(model).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        (b"\x08\x07garbage\xff\xfe" * 100, "ONNX"),
+        (testing.unknown_op_model(), "NoSuchOperator"),
+        (testing.external_data_model(), "external data"),
+        (testing.custom_domain_model("com.example.evil"), "com.example.evil"),
+    ],
+    ids=["garbage", "unknown-op", "external-data", "custom-domain"],
+)
+def test_bad_models_are_refused_and_the_agent_keeps_serving(client, model, expected):
+    with pytest.raises(AgentError) as excinfo:
+        client.measure(model, policy=FAST)
+    assert _code(excinfo) == grpc.StatusCode.INVALID_ARGUMENT
+    assert expected in excinfo.value.details
+    assert client.measure(testing.conv_model(seed=2), policy=FAST).runs >= 5
+
+
+def test_worker_crash_is_reported_and_survived(client):
+    with pytest.raises(AgentError) as excinfo:
+        client.measure(testing.conv_model(input_name=CRASH_INPUT), policy=FAST)
+    assert _code(excinfo) == grpc.StatusCode.INTERNAL
+    assert "worker crashed (signal 6, SIGABRT) while loading the model" in excinfo.value.details
+    assert client.health() == "SERVING"
+    assert client.measure(testing.conv_model(seed=3), policy=FAST).runs >= 5
+
+
+def test_memory_exhaustion_is_resource_exhausted_and_survived(client):
+    with pytest.raises(AgentError) as excinfo:
+        client.measure(testing.huge_output_model(), policy=FAST)
+    assert _code(excinfo) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "out of worker memory limit (2048 MiB)" in excinfo.value.details
+    assert client.measure(testing.conv_model(seed=5), policy=FAST).runs >= 5
+
+
+def test_identical_requests_are_served_from_the_cache(client):
+    model = testing.conv_model(seed=4)
+    first = client.measure(model, policy=FAST)
+    second = client.measure(model, policy=FAST)
+    assert not first.cached and second.cached
+    assert second.median_ms == first.median_ms and second.fingerprint == first.fingerprint
+    other_policy = MeasurementPolicy(**{**FAST.to_dict(), "min_runs": 6})
+    assert not client.measure(model, policy=other_policy).cached
+
+
+def test_concurrent_requests_are_serialised_on_the_device(client):
+    policy = MeasurementPolicy(
+        warmup_runs=1, warmup_ms=0, min_runs=5, min_duration_ms=300, max_runs=100_000, max_cv=100, max_repeats=0
+    )
+    results = []
+
+    def measure(seed: int) -> None:
+        results.append(client.measure(testing.conv_model(seed=100 + seed), policy=policy))
+
+    threads = [threading.Thread(target=measure, args=(i,)) for i in range(2)]
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(results) == 2
+    assert time.monotonic() - start >= 0.6  # one after the other, not overlapping
+
+
+def test_device_info_lists_backends_and_limits(client):
+    info = client.device_info()
+    assert info.default_backend == "onnxruntime" and info.auth_required and not info.tls
+    assert info.max_model_bytes == 64 * 1024 * 1024
+    ort = info.backend("onnxruntime")
+    assert ort.available and ort.precisions == ("fp32",) and ort.fingerprint is not None
+    assert ort.details["intra_op_threads"] == ort.fingerprint.fields["threads"]
+    assert not info.backend("tensorrt").available or info.backend("tensorrt").reason
+
+
+def test_build_engine_without_tensorrt_is_a_clean_failed_precondition(client):
+    if client.device_info().backend("tensorrt").available:
+        pytest.skip("TensorRT is available here")
+    with pytest.raises(AgentError) as excinfo:
+        client.build_engine(testing.conv_model(), precision="fp16")
+    assert _code(excinfo) == grpc.StatusCode.FAILED_PRECONDITION
+    assert excinfo.value.details.startswith("TensorRT not available on this agent: ")
+
+
+def test_fp16_on_onnxruntime_is_refused(client):
+    with pytest.raises(AgentError) as excinfo:
+        client.measure(testing.conv_model(), precision="fp16", policy=FAST)
+    assert _code(excinfo) == grpc.StatusCode.INVALID_ARGUMENT and "fp32 only" in excinfo.value.details
+
+
+def test_model_size_limits(agent):
+    channel = grpc.insecure_channel(agent.address)
+    stub = pb_grpc.LatencyAgentStub(channel)
+    auth = (("authorization", f"Bearer {TOKEN}"),)
+
+    def call(declared: int, chunks: list[bytes]) -> grpc.StatusCode:
+        messages = [pb.MeasureRequest(header=pb.MeasureHeader(model_size=declared))]
+        messages += [pb.MeasureRequest(model_chunk=c) for c in chunks]
+        with pytest.raises(grpc.RpcError) as excinfo:
+            stub.Measure(iter(messages), timeout=30, metadata=auth)
+        return excinfo.value.code()
+
+    try:
+        assert call(65 * 1024 * 1024, []) == grpc.StatusCode.RESOURCE_EXHAUSTED  # declared too big
+        assert call(10, [b"x" * 20]) == grpc.StatusCode.INVALID_ARGUMENT  # more than declared
+        assert call(10, [b"x" * 5]) == grpc.StatusCode.INVALID_ARGUMENT  # truncated upload
+        # Declared at the limit but streaming past it: refused once the sum exceeds the limit.
+        assert call(64 * 1024 * 1024, [b"x" * (1024 * 1024)] * 65) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        channel.close()
+
+
+def test_agent_refuses_to_start_without_token_or_explicit_insecure_flag():
+    with pytest.raises(ValueError, match="insecure-no-auth"):
+        AgentConfig(port=0)
+    with pytest.raises(ValueError, match="at least"):
+        AgentConfig(port=0, token="short")
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_tls(tmp_path: Path):
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=autonad-agent", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )
+    config = AgentConfig(port=0, backend="onnxruntime", token=TOKEN, tls_cert=cert.read_bytes(), tls_key=key.read_bytes())
+    with AgentServer(config) as server:
+        with AgentClient(server.address, token=TOKEN, tls_ca=cert.read_bytes(), timeout_s=30) as c:
+            assert c.device_info().tls
+            assert c.measure(testing.conv_model(), policy=FAST).runs >= 5
+        with AgentClient(server.address, token=TOKEN, connect_timeout_s=2) as plaintext:
+            with pytest.raises(AgentError):
+                plaintext.device_info(timeout_s=5)
+
+
+def test_sigterm_reports_not_serving_then_exits_cleanly(tmp_path: Path):
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    token_file.chmod(0o600)
+    with testing.AgentProcess(token_file, "--shutdown-grace-s", "2") as agent:
+        channel = grpc.insecure_channel(agent.address)
+        try:
+            watch = health_pb2_grpc.HealthStub(channel).Watch(
+                health_pb2.HealthCheckRequest(service="autonad.agent.v1.LatencyAgent"), timeout=30
+            )
+            statuses = [next(watch).status]
+            assert statuses == [health_pb2.HealthCheckResponse.SERVING]
+            agent.proc.terminate()
+            try:
+                for response in watch:
+                    statuses.append(response.status)
+            except grpc.RpcError:
+                pass  # the stream ends when the server stops
+            assert health_pb2.HealthCheckResponse.NOT_SERVING in statuses
+            assert agent.proc.wait(timeout=20) == 0
+        finally:
+            channel.close()

@@ -1,0 +1,84 @@
+"""ClientPool across real agents run as subprocesses: spreading work, failing over."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from pathlib import Path
+
+import logging
+
+import grpc
+import pytest
+
+from autonad_agent import testing
+from autonad_edge.latency import AgentClient, AgentError, ClientPool, LatencyTable, MeasureJob, MeasurementPolicy
+
+TOKEN = secrets.token_urlsafe(24)
+# Each measurement takes about 0.4 s, so an agent killed after 1 s is mid-run.
+SLOW = MeasurementPolicy(warmup_runs=1, warmup_ms=0, min_runs=5, min_duration_ms=400, max_runs=1_000_000,
+                         max_cv=100, max_repeats=0)
+
+
+class CountingTable(LatencyTable):
+    """A real table that also counts how often it was written to."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.records = 0
+
+    def record(self, signature, measurement) -> None:
+        super().record(signature, measurement)
+        self.records += 1
+
+
+@pytest.fixture
+def token_file(tmp_path: Path) -> Path:
+    path = tmp_path / "token"
+    path.write_text(TOKEN + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def test_pool_fails_over_when_an_agent_dies_mid_run(tmp_path: Path, token_file: Path, caplog):
+    caplog.set_level(logging.WARNING, logger="autonad_edge.latency.pool")
+    jobs = [MeasureJob(testing.conv_model(seed=i), signature=f"model-{i}", policy=SLOW) for i in range(6)]
+    with testing.AgentProcess(token_file) as doomed, testing.AgentProcess(token_file) as survivor:
+        clients = [AgentClient(a.address, token=TOKEN, timeout_s=60) for a in (doomed, survivor)]
+        with CountingTable(tmp_path / "t.sqlite") as table, ClientPool(clients, table=table) as pool:
+            killer = threading.Timer(1.0, doomed.kill)
+            killer.start()
+            try:
+                started = time.monotonic()
+                results = pool.measure_many(jobs)
+            finally:
+                killer.cancel()
+            assert time.monotonic() - started < 30
+            failovers = [r for r in caplog.records if f"agent {doomed.address} failed job" in r.getMessage()]
+            assert failovers, "the agent was not killed while measuring"
+            assert len(results) == 6 and all(r.runs >= 5 for r in results)
+            by_agent = {r.agent for r in results}
+            assert survivor.address in by_agent
+            # Every job recorded exactly once, none lost, none twice.
+            assert table.records == 6
+            assert sorted(e.signature for e in table.entries()) == sorted(j.signature for j in jobs)
+
+
+def test_pool_spreads_work_and_does_not_retry_bad_requests(token_file: Path):
+    policy = MeasurementPolicy(warmup_runs=1, warmup_ms=0, min_runs=5, min_duration_ms=150, max_runs=1_000_000,
+                               max_cv=100, max_repeats=0)
+    with testing.AgentProcess(token_file) as a, testing.AgentProcess(token_file) as b:
+        clients = [AgentClient(x.address, token=TOKEN, timeout_s=60) for x in (a, b)]
+        with ClientPool(clients) as pool:
+            results = pool.measure_many([MeasureJob(testing.conv_model(seed=10 + i), policy=policy) for i in range(4)])
+            assert {r.agent for r in results} == {a.address, b.address}
+            outcome = pool.measure_many(
+                [MeasureJob(testing.unknown_op_model(), policy=policy), MeasureJob(testing.conv_model(), policy=policy)],
+                return_exceptions=True,
+            )
+            assert isinstance(outcome[0], AgentError) and outcome[0].code == grpc.StatusCode.INVALID_ARGUMENT
+            assert outcome[1].runs >= 5
+            with pytest.raises(AgentError):
+                pool.measure(testing.unknown_op_model(), policy=policy)
+            assert pool.fingerprint() == results[0].fingerprint  # same machine, same fingerprint
