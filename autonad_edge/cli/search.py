@@ -1,0 +1,69 @@
+"""`autonad-edge search`: the main job, from images and a target to a deployable model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from autonad_edge.cli.common import fail
+
+
+def search(
+    target: str = typer.Option("local", help="Target name from the targets file; 'local' = an in-process ONNX Runtime agent on this CPU."),
+    targets: Path = typer.Option(None, help="Targets TOML (default: $AUTONAD_TARGETS, ./targets.toml, then ~/.config/autonad/targets.toml)."),
+    data: Path = typer.Option(None, help="Dataset root; omit for the embedded synthetic defect set."),
+    format: str = typer.Option("synthetic", "--format", help="Dataset format: synthetic, mt (Magnetic-tile) or voc."),
+    out: Path = typer.Option(Path("runs/search"), help="Output directory; rerun the same command to resume."),
+    preset: str = typer.Option("cpu", help="Budgets: tiny (seconds), cpu (minutes on a laptop), paper (the paper's settings, GPU)."),
+    space: str = typer.Option(None, help="Search space: default, tiny or a JSON file (default: the preset's)."),
+    image_size: int = typer.Option(None, help="Square input size (default: the preset's)."),
+    supernet_epochs: int = typer.Option(None, help="Supernet training epochs (default: the preset's)."),
+    retrain_epochs: int = typer.Option(None, help="Retraining epochs of the chosen subnet (default: the preset's)."),
+    batch_size: int = typer.Option(None, help="Batch size (default: the preset's)."),
+    population: int = typer.Option(None, help="Evolution population (paper: 100)."),
+    generations: int = typer.Option(None, help="Evolution generations (paper: 50)."),
+    latency_weight: float = typer.Option(0.1, "--lambda", help="Score = mIoU - lambda * latency / reference latency (unit-free)."),
+    latency_budget_ms: float = typer.Option(None, help="Hard latency budget in ms on the target."),
+    params_budget: int = typer.Option(None, help="Hard parameter budget."),
+    sharing: str = typer.Option("cross", help="Supernet weight sharing: cross (the paper's), entangled, classical."),
+    table: Path = typer.Option(Path("runs/latency.sqlite"), help="Latency table (SQLite), shared across runs."),
+    seed: int = typer.Option(0, help="Random seed; a run is deterministic for a seed."),
+    device: str = typer.Option("auto", help="Training device: auto, cpu, cuda."),
+    quiet: bool = typer.Option(False, help="No progress bars."),
+) -> None:
+    """Search, retrain and export a defect-segmentation network for a target device.
+
+    With no arguments: the embedded synthetic defect set, the local CPU as target, the 'cpu'
+    preset. Writes report.md/report.json, best_arch.json, the Pareto plot, the latency prior
+    heatmap, ONNX models and (on TensorRT targets) an engine under --out.
+    """
+    from autonad_edge.search.pipeline import PipelineConfig, PipelineError, run_search
+
+    config = PipelineConfig(
+        out=str(out), data=str(data) if data else None, format=format, target=target,
+        targets_path=str(targets) if targets else None, table=str(table), preset=preset, space=space,
+        image_size=image_size, supernet_epochs=supernet_epochs, retrain_epochs=retrain_epochs,
+        batch_size=batch_size, population=population, generations=generations, sharing=sharing,
+        latency_weight=latency_weight, latency_budget_ms=latency_budget_ms, params_budget=params_budget,
+        seed=seed, device=device, quiet=quiet,
+    )
+    try:
+        report = run_search(config, log=lambda msg: typer.echo(msg, err=True))
+    except PipelineError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail(f"interrupted; rerun the same command to resume from {out}", code=130)
+    acc, lat = report["accuracy"], report["latency"]
+    test = acc.get("test") or acc.get("val") or {}
+    typer.echo(
+        f"chosen {report['chosen']['summary']} (hash {report['chosen']['hash']}): "
+        f"test mIoU {100 * (test.get('miou') or 0):.2f}%, mF1 {100 * (test.get('mf1') or 0):.2f}%; "
+        f"latency {lat['measured_ms']:.3f} ms measured on '{report['target']['name']}' "
+        f"(estimated {lat['estimated_ms']:.3f} ms)"
+    )
+    typer.echo(f"report: {out / 'report.md'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("search")(search)

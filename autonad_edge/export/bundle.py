@@ -1,0 +1,381 @@
+"""The deployment bundle: one directory with everything a device needs to run a model.
+
+    out_dir/
+      manifest.json          arch, classes, input size, normalisation, files + sha256, engine info
+      model.<flavor>.onnx    the ONNX model(s): portable and/or tensorrt flavour
+      model.engine           a TensorRT engine (if given) and its build record in the manifest
+      plugin/spatial_shift/  the SpatialShift TensorRT plugin sources (from autonad_agent)
+      plugin/lib/            the built plugin library, when this install has one
+      infer.py, README.md    a stand-alone inference example (TensorRT engine or ONNX Runtime)
+
+The bundle is assembled in a temporary sibling directory and renamed into place, so a reader
+never sees half a bundle; ``manifest.json`` is written last. No torch needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import onnx
+
+BUNDLE_FORMAT = "autonad-edge-bundle"
+BUNDLE_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+ENGINE_NAME = "model.engine"
+PLUGIN_LIBRARY_NAME = "libautonad_trt_plugins.so"
+TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "deploy_template"
+TEMPLATE_FILES = ("infer.py", "README.md")
+# The training pipeline's normalisation (autonad_edge.data.transforms), repeated here so the
+# bundle code does not import torch.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be written or does not verify; one line."""
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def engine_record_path(engine_path: str | os.PathLike) -> Path:
+    """Where `build-engine` writes an engine's build record: ``<engine>.json``."""
+    return Path(str(engine_path) + ".json")
+
+
+def plugin_source_dir() -> Path | None:
+    """The plugin sources shipped with the installed `autonad_agent`, if any."""
+    try:
+        import autonad_agent
+    except ImportError:
+        return None
+    path = Path(autonad_agent.__file__).resolve().parent / "plugins" / "spatial_shift"
+    return path if path.is_dir() else None
+
+
+def plugin_library() -> Path | None:
+    """The plugin library `autonad-agent build-plugin` installed on this machine, if any."""
+    try:
+        import autonad_agent
+    except ImportError:
+        return None
+    path = Path(autonad_agent.__file__).resolve().parent / "plugins" / "lib" / PLUGIN_LIBRARY_NAME
+    return path if path.is_file() else None
+
+
+# ---- reading ONNX models ---------------------------------------------------------------------
+
+
+def _dims(value: onnx.ValueInfoProto) -> list[int | str | None]:
+    out: list[int | str | None] = []
+    for d in value.type.tensor_type.shape.dim:
+        if d.HasField("dim_value"):
+            out.append(int(d.dim_value))
+        elif d.HasField("dim_param"):
+            out.append(d.dim_param)
+        else:
+            out.append(None)
+    return out
+
+
+def describe_onnx(path: Path) -> dict[str, Any]:
+    """What the manifest records about one ONNX file (weights are not loaded into memory twice)."""
+    model = onnx.load(str(path), load_external_data=False)
+    meta = {p.key: p.value for p in model.metadata_props}
+    uses_plugin = any(n.domain == "autonad" for n in model.graph.node)
+    flavor = meta.get("autonad.flavor") or ("tensorrt" if uses_plugin else "portable")
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [v for v in model.graph.input if v.name not in initializers]
+    counts: dict[str, int] = {}
+    for n in model.graph.node:
+        key = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}"
+        counts[key] = counts.get(key, 0) + 1
+    return {
+        "flavor": flavor,
+        "sha256": sha256_file(path),
+        "bytes": path.stat().st_size,
+        "opset": {o.domain or "ai.onnx": int(o.version) for o in model.opset_import},
+        "custom_ops": sorted(k for k in counts if "::" in k),
+        "nodes": sum(counts.values()),
+        "ops": dict(sorted(counts.items())),
+        "inputs": [{"name": v.name, "shape": _dims(v)} for v in inputs],
+        "outputs": [{"name": v.name, "shape": _dims(v)} for v in model.graph.output],
+        "_metadata": meta,
+    }
+
+
+# ---- writing ---------------------------------------------------------------------------------
+
+
+def _arch_dict(arch: Any) -> dict[str, Any] | None:
+    if arch is None:
+        return None
+    if hasattr(arch, "to_dict"):
+        return arch.to_dict()
+    if isinstance(arch, str):
+        return json.loads(arch)
+    return dict(arch)
+
+
+def _arch_identity(arch: dict[str, Any] | None) -> tuple[str | None, str | None]:
+    if arch is None:
+        return None, None
+    try:
+        from autonad_edge.space import Arch
+
+        a = Arch.from_dict(arch)
+        return a.hash, a.summary()
+    except Exception:  # noqa: BLE001 - an arch from a newer format: keep it, skip the identity
+        return None, None
+
+
+def _engine_entry(engine_path: Path, record: Mapping[str, Any] | None, models: list[dict[str, Any]]) -> dict[str, Any]:
+    if record is None and engine_record_path(engine_path).is_file():
+        record = json.loads(engine_record_path(engine_path).read_text(encoding="utf-8"))
+    record = dict(record or {})
+    fields = dict(record.pop("fields", {}) or {})
+    entry: dict[str, Any] = {
+        "file": ENGINE_NAME,
+        "sha256": sha256_file(engine_path),
+        "bytes": engine_path.stat().st_size,
+        **{k: v for k, v in record.items() if k not in ("file", "sha256", "bytes", "engine_sha256")},
+        "agent_manifest": fields,
+    }
+    for key in ("precision", "device", "runtime_version", "uses_spatial_shift_plugin", "compute_capability"):
+        if key in fields and key not in entry:
+            entry[key] = fields[key]
+    built_from = record.get("onnx_sha256") or fields.get("onnx_sha256")
+    if built_from:
+        match = [m["file"] for m in models if m["sha256"] == built_from]
+        if not match:
+            raise BundleError(
+                f"{engine_path} was built from an ONNX model with sha256 {built_from[:16]}..., which is not "
+                "in this bundle: bundle the model the engine was built from"
+            )
+        entry["built_from"] = match[0]
+    if "uses_spatial_shift_plugin" not in entry:
+        source = next((m for m in models if m["file"] == entry.get("built_from")), None)
+        entry["uses_spatial_shift_plugin"] = "true" if source is None or source["custom_ops"] else "false"
+    return entry
+
+
+def write_bundle(
+    out_dir: str | os.PathLike,
+    onnx_path: str | os.PathLike,
+    engine_path: str | os.PathLike | None = None,
+    manifest: Mapping[str, Any] | None = None,
+    *,
+    extra_onnx: Sequence[str | os.PathLike] = (),
+    engine_record: Mapping[str, Any] | None = None,
+    plugin_dir: str | os.PathLike | None | bool = True,
+    plugin_lib: str | os.PathLike | None | bool = True,
+    overwrite: bool = False,
+) -> Path:
+    """Write a deployment bundle to `out_dir`; returns its manifest path.
+
+    `onnx_path` (and `extra_onnx`) are copied as ``model.<flavor>.onnx`` (one per flavour).
+    `engine_path` is copied as ``model.engine``; its build record is `engine_record` or the
+    ``<engine>.json`` that `build-engine` writes beside it (the engine must have been built
+    from one of the bundled models when the record says which). `manifest` supplies or
+    overrides manifest fields: ``arch`` (Arch, dict or JSON), ``classes`` (names),
+    ``num_classes``, ``image_size`` ([H, W]), ``mean``, ``std`` and anything else (kept as is);
+    what it leaves out comes from the ONNX metadata `export` writes. `plugin_dir`/`plugin_lib`:
+    True = the installed autonad_agent's plugin sources / built library if present, a path, or
+    False/None for none. Raises `BundleError` (one line).
+    """
+    out_dir = Path(out_dir)
+    extra: dict[str, Any] = dict(manifest or {})
+    sources = [Path(onnx_path), *(Path(p) for p in extra_onnx)]
+    for src in sources:
+        if not src.is_file():
+            raise BundleError(f"{src}: no such ONNX file")
+    if engine_path is not None and not Path(engine_path).is_file():
+        raise BundleError(f"{engine_path}: no such engine file")
+    if out_dir.exists() and not overwrite:
+        if not out_dir.is_dir() or any(out_dir.iterdir()):
+            raise BundleError(f"{out_dir} exists and is not empty (overwrite it with --force / overwrite=True)")
+
+    described = []
+    flavors_seen: set[str] = set()
+    for src in sources:
+        try:
+            info = describe_onnx(src)
+        except Exception as exc:  # noqa: BLE001 - onnx raises several kinds
+            raise BundleError(f"{src}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+        if info["flavor"] in flavors_seen:
+            raise BundleError(f"two {info['flavor']} models given ({src}); a bundle holds one per flavour")
+        flavors_seen.add(info["flavor"])
+        described.append((src, info))
+    primary_meta = described[0][1]["_metadata"]
+    primary = described[0][1]
+
+    arch = _arch_dict(extra.pop("arch", None) or primary_meta.get("autonad.arch"))
+    arch_hash, arch_summary = _arch_identity(arch)
+    image_input = primary["inputs"][0] if primary["inputs"] else {"name": "image", "shape": []}
+    shape = list(image_input["shape"])
+    size = extra.pop("image_size", None)
+    if size is None and len(shape) == 4 and all(isinstance(v, int) for v in shape[2:]):
+        size = shape[2:]
+    if size is None and "autonad.image_size" in primary_meta:
+        size = [int(v) for v in primary_meta["autonad.image_size"].split("x")]
+    if size is None:
+        raise BundleError(f"{sources[0]}: cannot tell the input size; pass manifest={{'image_size': [H, W]}}")
+    size = [int(size[0]), int(size[1])]
+    if len(shape) == 4 and all(isinstance(v, int) for v in shape[2:]) and shape[2:] != size:
+        raise BundleError(f"image_size {size} does not match the model's input {shape}")
+    out_shape = primary["outputs"][0]["shape"] if primary["outputs"] else []
+    num_classes = extra.pop("num_classes", None) or primary_meta.get("autonad.num_classes")
+    if num_classes is None and len(out_shape) == 4 and isinstance(out_shape[1], int):
+        num_classes = out_shape[1]
+    names_a, names_b = extra.pop("classes", None), extra.pop("class_names", None)
+    classes = list(names_a or names_b or [])
+    if num_classes is None and classes:
+        num_classes = len(classes)
+    if num_classes is None:
+        raise BundleError(f"{sources[0]}: cannot tell the number of classes; pass manifest={{'num_classes': n}}")
+    num_classes = int(num_classes)
+    if not classes:
+        classes = ["background", *(f"class{i}" for i in range(1, num_classes))]
+    if len(classes) != num_classes:
+        raise BundleError(f"{len(classes)} class names for {num_classes} classes")
+    mean = [float(v) for v in extra.pop("mean", IMAGENET_MEAN)]
+    std = [float(v) for v in extra.pop("std", IMAGENET_STD)]
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        models = []
+        for src, info in described:
+            name = f"model.{info['flavor']}.onnx"
+            shutil.copyfile(src, staging / name)
+            info = {k: v for k, v in info.items() if k != "_metadata"}
+            models.append({"file": name, **info})
+        engine_entry = None
+        if engine_path is not None:
+            shutil.copyfile(engine_path, staging / ENGINE_NAME)
+            engine_entry = _engine_entry(Path(engine_path), engine_record, models)
+        plugin_entry = _copy_plugin(staging, plugin_dir, plugin_lib)
+        for name in TEMPLATE_FILES:
+            if (TEMPLATE_DIR / name).is_file():
+                shutil.copyfile(TEMPLATE_DIR / name, staging / name)
+            elif name == "infer.py":
+                raise BundleError(f"this install lacks {TEMPLATE_DIR / name} (reinstall autonad-edge)")
+        from autonad_edge import __version__
+
+        document = {
+            "format": BUNDLE_FORMAT,
+            "version": BUNDLE_VERSION,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "producer": f"autonad-edge {__version__}",
+            "arch": arch,
+            "arch_hash": arch_hash,
+            "arch_summary": arch_summary,
+            "num_classes": num_classes,
+            "classes": classes,
+            "input": {
+                "name": image_input["name"],
+                "shape": [1 if not isinstance(shape[0], int) else shape[0], 3, *size] if shape else [1, 3, *size],
+                "batch": "dynamic" if shape and not isinstance(shape[0], int) else "static",
+                "dtype": "float32",
+                "layout": "NCHW",
+                "color": "RGB",
+                "normalization": "(pixel / 255 - mean) / std",
+                "mean": mean,
+                "std": std,
+                "resize": "bilinear to shape[2:] (H, W)",
+            },
+            "output": {
+                "name": primary["outputs"][0]["name"] if primary["outputs"] else "logits",
+                "shape": out_shape,
+                "meaning": "per-class logits; the mask is their argmax over dim 1 (0 = background)",
+            },
+            "models": models,
+            "engine": engine_entry,
+            "plugin": plugin_entry,
+            "inference_example": "infer.py",
+            **extra,
+        }
+        (staging / MANIFEST_NAME).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        _replace_dir(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir / MANIFEST_NAME
+
+
+def _copy_plugin(staging: Path, plugin_dir, plugin_lib) -> dict[str, Any] | None:
+    src = plugin_source_dir() if plugin_dir is True else (Path(plugin_dir) if plugin_dir else None)
+    lib = plugin_library() if plugin_lib is True else (Path(plugin_lib) if plugin_lib else None)
+    if src is None and lib is None:
+        return None
+    entry: dict[str, Any] = {"op": "autonad::SpatialShift", "plugin": "SpatialShift", "version": "1", "namespace": "autonad"}
+    if src is not None:
+        if not src.is_dir():
+            raise BundleError(f"{src}: no such plugin source directory")
+        dest = staging / "plugin" / "spatial_shift"
+        shutil.copytree(src, dest, ignore=shutil.ignore_patterns("build", "__pycache__", "*.o", "*.so"))
+        entry["source"] = "plugin/spatial_shift"
+        entry["source_files"] = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
+    if lib is not None:
+        if not lib.is_file():
+            raise BundleError(f"{lib}: no such plugin library")
+        (staging / "plugin" / "lib").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(lib, staging / "plugin" / "lib" / PLUGIN_LIBRARY_NAME)
+        record = lib.with_suffix(".json")
+        if record.is_file():
+            shutil.copyfile(record, staging / "plugin" / "lib" / record.name)
+        entry["library"] = f"plugin/lib/{PLUGIN_LIBRARY_NAME}"
+        entry["library_sha256"] = sha256_file(lib)
+    return entry
+
+
+def _replace_dir(staging: Path, out_dir: Path) -> None:
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}-{time.monotonic_ns()}")
+        os.replace(out_dir, old)
+        try:
+            os.replace(staging, out_dir)
+        except BaseException:
+            os.replace(old, out_dir)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, out_dir)
+
+
+# ---- reading ---------------------------------------------------------------------------------
+
+
+def read_bundle(bundle_dir: str | os.PathLike, verify: bool = True) -> dict[str, Any]:
+    """The manifest of a bundle; with `verify`, every listed file must exist and match its sha256."""
+    bundle_dir = Path(bundle_dir)
+    path = bundle_dir / MANIFEST_NAME
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path}: not a readable bundle manifest ({exc})") from None
+    if manifest.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{path}: not an autonad-edge bundle manifest")
+    if manifest.get("version") != BUNDLE_VERSION:
+        raise BundleError(f"{path}: bundle version {manifest.get('version')!r} is not supported")
+    if verify:
+        entries = list(manifest.get("models", [])) + ([manifest["engine"]] if manifest.get("engine") else [])
+        for entry in entries:
+            file = bundle_dir / entry["file"]
+            if not file.is_file():
+                raise BundleError(f"{bundle_dir}: {entry['file']} is missing")
+            if sha256_file(file) != entry["sha256"]:
+                raise BundleError(f"{bundle_dir}: {entry['file']} does not match its sha256")
+    return manifest

@@ -1,0 +1,360 @@
+"""ONNX export of any module of the network, in two flavours.
+
+``portable``
+    `torch.ops.autonad.spatial_shift` is lowered to standard ONNX (per channel group, two
+    Slices and a Concat along H or W; one Concat over the groups), so the model runs in any
+    ONNX runtime.
+``tensorrt``
+    Each spatial shift is ONE node ``autonad::SpatialShift`` (opset import ``autonad`` v1)
+    with attributes ``pattern`` (1|2), ``plugin_version="1"`` and ``plugin_namespace="autonad"``:
+    TensorRT's ONNX parser falls back to its plugin registry for an op it does not know and
+    looks the creator up by op type, ``plugin_version`` and ``plugin_namespace``, so the node
+    binds to the "SpatialShift" v1 IPluginV3 in namespace "autonad"
+    (``agents/autonad_agent/plugins/spatial_shift``). Every other attribute (``pattern``)
+    reaches the plugin creator as a plugin field.
+
+Exporter choice: torch's default ``dynamo=True`` exporter (torch.export + onnxscript). A
+``torch.library`` custom op survives torch.export as one FX node, and the exporter's
+``custom_translation_table`` maps it to whatever ONNX we want, per flavour, with the tensor's
+static shape at hand. The legacy TorchScript exporter (``dynamo=False``) is deprecated, needs a
+global symbolic registration, and fails on parts of this network (symbolic ``reshape`` sizes in
+the conv mixing), so it is not used. Output is opset 18, cleaned by `graph.simplify`.
+
+The custom node is emitted through a private `onnx.defs.OpSchema` that is never registered
+globally, so ONNX tooling elsewhere in the process is unaffected; onnx's checker and shape
+inference skip nodes of an unregistered domain, and the exporter writes the node's output
+shape into ``value_info`` (from the op's fake implementation), so
+``onnx.checker.check_model(model, full_check=True)`` passes for both flavours.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import threading
+import warnings
+from typing import Sequence
+
+import onnx
+import torch
+from torch import Tensor, nn
+
+FLAVORS = ("portable", "tensorrt")
+OPSET = 18
+CUSTOM_DOMAIN = "autonad"
+CUSTOM_DOMAIN_VERSION = 1
+PLUGIN_NAME = "SpatialShift"
+PLUGIN_VERSION = "1"
+PLUGIN_NAMESPACE = "autonad"
+_INT64_MAX = 2**63 - 1
+# torch.export and the exporter's logging/stdout handling are process-global: one at a time.
+_EXPORT_LOCK = threading.Lock()
+
+
+class ExportError(RuntimeError):
+    """An export that failed; the message is one line naming the cause."""
+
+
+# ---- translations of torch.ops.autonad.spatial_shift -----------------------------------------
+
+
+def _portable_spatial_shift(x, pattern: int):
+    """Slice/Concat lowering; same grouping and border rule as `spatial_shift_reference`."""
+    from onnxscript import opset18 as op
+
+    from autonad_edge.models.spatial_shift import SHIFT_PATTERNS, channel_groups
+
+    channels = x.shape[1]
+    if not isinstance(channels, int):
+        raise ExportError("spatial shift needs a static channel count to export")
+
+    def const(values: list[int]):
+        return op.Constant(value_ints=values)
+
+    pieces = []
+    for (start, stop), (dim, step) in zip(channel_groups(channels), SHIFT_PATTERNS[pattern]):
+        if stop <= start:
+            continue
+        axes = const([1, dim])
+        # Each piece slices its channel group and a window along `dim` in one Slice. Negative
+        # / INT64_MAX ends keep it independent of H and W (H or W of 1 gives back the input).
+        if step > 0:  # y[h] = x[h-1], y[0] = x[0]
+            first = op.Slice(x, const([start, 0]), const([stop, 1]), axes)
+            rest = op.Slice(x, const([start, 0]), const([stop, -1]), axes)
+        else:  # y[h] = x[h+1], y[n-1] = x[n-1]
+            first = op.Slice(x, const([start, 1]), const([stop, _INT64_MAX]), axes)
+            rest = op.Slice(x, const([start, -1]), const([stop, _INT64_MAX]), axes)
+        pieces.append(op.Concat(first, rest, axis=dim))
+    if len(pieces) == 1:
+        return pieces[0]
+    return op.Concat(*pieces, axis=1)
+
+
+def _spatial_shift_schema() -> onnx.defs.OpSchema:
+    S = onnx.defs.OpSchema
+    return S(
+        PLUGIN_NAME,
+        CUSTOM_DOMAIN,
+        CUSTOM_DOMAIN_VERSION,
+        doc="AutoNAD spatial shift (TensorRT plugin SpatialShift v1, namespace autonad).",
+        inputs=[S.FormalParameter("x", "T")],
+        outputs=[S.FormalParameter("y", "T")],
+        type_constraints=[("T", ["tensor(float)", "tensor(float16)"], "NCHW activations")],
+        attributes=[
+            S.Attribute("pattern", S.AttrType.INT, "1 (Eq. 18) or 2 (Eq. 19)"),
+            S.Attribute("plugin_version", S.AttrType.STRING, "TensorRT plugin version"),
+            S.Attribute("plugin_namespace", S.AttrType.STRING, "TensorRT plugin namespace"),
+        ],
+    )
+
+
+_TRT_OP = None
+
+
+def _tensorrt_spatial_shift(x, pattern: int):
+    global _TRT_OP
+    if _TRT_OP is None:
+        from onnxscript.values import Op, Opset
+
+        _TRT_OP = Op(Opset(CUSTOM_DOMAIN, CUSTOM_DOMAIN_VERSION), PLUGIN_NAME, op_schema=_spatial_shift_schema())
+    return _TRT_OP(
+        x, pattern=int(pattern), plugin_version=PLUGIN_VERSION, plugin_namespace=PLUGIN_NAMESPACE
+    )
+
+
+def translation_table(flavor: str) -> dict:
+    check_flavor(flavor)
+    fn = _portable_spatial_shift if flavor == "portable" else _tensorrt_spatial_shift
+    return {torch.ops.autonad.spatial_shift.default: fn}
+
+
+def check_flavor(flavor: str) -> str:
+    if flavor not in FLAVORS:
+        raise ValueError(f"flavor must be one of {', '.join(FLAVORS)}, got {flavor!r}")
+    return flavor
+
+
+# ---- export ----------------------------------------------------------------------------------
+
+
+def _default_names(prefix: str, n: int) -> list[str]:
+    return [prefix] if n == 1 else [f"{prefix}_{i}" for i in range(n)]
+
+
+def _count_outputs(module: nn.Module, example_inputs: tuple[Tensor, ...]) -> int:
+    with torch.no_grad():
+        out = module(*example_inputs)
+    return len(out) if isinstance(out, (tuple, list)) else 1
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporter prints progress to stdout and logs warnings; keep a CLI's output clean."""
+    buffer = io.StringIO()
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(buffer):
+            warnings.simplefilter("ignore")
+            yield buffer
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _one_line(exc: BaseException) -> str:
+    # The exporter's messages are long; the innermost cause usually names the problem.
+    inner: BaseException = exc
+    while inner.__cause__ is not None:
+        inner = inner.__cause__
+    text = " ".join(str(inner).split()) or type(inner).__name__
+    return f"{type(inner).__name__}: {text[:300]}"
+
+
+def export_module(
+    module: nn.Module,
+    example_inputs: tuple[Tensor, ...],
+    flavor: str = "portable",
+    dynamic_batch: bool = False,
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+    *,
+    opset: int = OPSET,
+    simplify: str | bool = "auto",
+) -> onnx.ModelProto:
+    """Export `module` (any part of the network, or all of it) to an ONNX model.
+
+    `example_inputs` fix every input's shape (and dtype); with `dynamic_batch` dimension 0 of
+    every input (and hence output) is the symbolic ``batch``. Inputs are named `input_names`
+    (default ``input`` or ``input_0, input_1, ...``), outputs `output_names` (default
+    ``output`` / ``output_0, ...``). The module is run in eval mode (its mode is restored) on
+    CPU or wherever its weights are. The result is simplified (`graph.simplify` at level
+    `simplify`: "auto" (default), "full", "fast" or "none"; True/False mean "auto"/"none"), carries
+    ``autonad.flavor`` in its metadata. Raises `ExportError` (one line) on failure.
+
+    Exports are serialised by a process-wide lock (torch.export is not thread-safe); the
+    exporter's progress output is swallowed while one runs.
+    """
+    check_flavor(flavor)
+    from autonad_edge.export.graph import SIMPLIFY_LEVELS
+
+    if not isinstance(simplify, bool) and simplify not in SIMPLIFY_LEVELS:
+        raise ValueError(f"simplify must be one of {', '.join(SIMPLIFY_LEVELS)}, got {simplify!r}")
+    if isinstance(example_inputs, Tensor):
+        example_inputs = (example_inputs,)
+    example_inputs = tuple(example_inputs)
+    if not example_inputs or not all(isinstance(t, Tensor) for t in example_inputs):
+        raise ValueError("example_inputs must be a non-empty tuple of tensors")
+    if opset < 17:
+        raise ValueError(f"opset must be 17 or newer, got {opset}")
+    input_names = list(input_names) if input_names else _default_names("input", len(example_inputs))
+    if len(input_names) != len(example_inputs):
+        raise ValueError(f"{len(input_names)} input names for {len(example_inputs)} inputs")
+
+    was_training = module.training
+    module.eval()
+    try:
+        n_out = _count_outputs(module, example_inputs)
+        output_names = list(output_names) if output_names else _default_names("output", n_out)
+        if len(output_names) != n_out:
+            raise ValueError(f"{len(output_names)} output names for {n_out} outputs")
+        dynamic_shapes = None
+        trace_inputs = example_inputs
+        if dynamic_batch:
+            batch = torch.export.Dim("batch", min=1, max=4096)
+            dynamic_shapes = tuple({0: batch} for _ in example_inputs)
+            # torch.export specialises a size-1 dimension; trace with batch 2 so it stays symbolic.
+            trace_inputs = tuple(t.expand(2, *t.shape[1:]).contiguous() if t.shape[0] == 1 else t
+                                 for t in example_inputs)
+        with _EXPORT_LOCK, _quiet() as log, torch.no_grad():
+            try:
+                program = torch.onnx.export(
+                    module,
+                    trace_inputs,
+                    dynamo=True,
+                    opset_version=opset,
+                    input_names=input_names,
+                    output_names=output_names,
+                    dynamic_shapes=dynamic_shapes,
+                    custom_translation_table=translation_table(flavor),
+                    optimize=False,
+                    verbose=False,
+                    report=False,
+                )
+            except Exception as exc:  # noqa: BLE001 - the exporter raises many kinds
+                raise ExportError(f"ONNX export of {type(module).__name__} failed: {_one_line(exc)}") from exc
+        del log
+        model = program.model_proto
+    finally:
+        module.train(was_training)
+    from autonad_edge.export.graph import simplify as _simplify
+
+    level = ("auto" if simplify else "none") if isinstance(simplify, bool) else simplify
+    model = _simplify(model, level)
+    _finish(model, flavor)
+    return model
+
+
+def _finish(model: onnx.ModelProto, flavor: str) -> None:
+    uses_custom = any(n.domain == CUSTOM_DOMAIN for n in model.graph.node)
+    imports = {o.domain: o for o in model.opset_import}
+    if uses_custom and CUSTOM_DOMAIN not in imports:
+        model.opset_import.append(onnx.helper.make_opsetid(CUSTOM_DOMAIN, CUSTOM_DOMAIN_VERSION))
+    elif uses_custom:
+        imports[CUSTOM_DOMAIN].version = CUSTOM_DOMAIN_VERSION
+    model.producer_name = "autonad-edge"
+    from autonad_edge import __version__
+
+    model.producer_version = __version__
+    meta = {p.key: p for p in model.metadata_props}
+    if "autonad.flavor" in meta:
+        meta["autonad.flavor"].value = flavor
+    else:
+        model.metadata_props.append(onnx.StringStringEntryProto(key="autonad.flavor", value=flavor))
+
+
+def export_module_bytes(
+    module: nn.Module,
+    example_inputs: tuple[Tensor, ...],
+    flavor: str = "portable",
+    dynamic_batch: bool = False,
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+    **kwargs,
+) -> bytes:
+    """`export_module(...)` serialised: the bytes a latency agent or a file takes."""
+    return export_module(
+        module, example_inputs, flavor, dynamic_batch, input_names, output_names, **kwargs
+    ).SerializeToString()
+
+
+# ---- the whole network -----------------------------------------------------------------------
+
+IMAGE_INPUT = "image"
+LOGITS_OUTPUT = "logits"
+
+
+def export_network(
+    model: nn.Module,
+    image_size: tuple[int, int],
+    flavor: str = "portable",
+    dynamic_batch: bool = False,
+    *,
+    batch: int = 1,
+    opset: int = OPSET,
+    simplify: str | bool = "auto",
+) -> onnx.ModelProto:
+    """Export a static `SegmentationNet`: input ``image`` float32 [N, 3, H, W] (normalised),
+    output ``logits`` [N, classes, H, W]. The architecture (JSON), class count and image size
+    go into the model's metadata (``autonad.arch``, ``autonad.num_classes``,
+    ``autonad.image_size``)."""
+    h, w = (int(v) for v in image_size)
+    if h < 1 or w < 1:
+        raise ValueError(f"image size must be positive, got {h}x{w}")
+    param = next(iter(model.parameters()), None)
+    in_chans = getattr(getattr(model, "stages", [None])[0], "embed", None)
+    channels = in_chans.in_channels if isinstance(in_chans, nn.Conv2d) else 3
+    example = torch.randn(
+        batch, channels, h, w,
+        dtype=param.dtype if param is not None else torch.float32,
+        device=param.device if param is not None else "cpu",
+    )
+    onnx_model = export_module(
+        model, (example,), flavor, dynamic_batch, [IMAGE_INPUT], [LOGITS_OUTPUT], opset=opset, simplify=simplify
+    )
+    meta = {"autonad.image_size": f"{h}x{w}"}
+    arch = getattr(model, "arch", None)
+    if arch is not None and hasattr(arch, "to_json"):
+        meta["autonad.arch"] = arch.to_json(indent=None)
+        meta["autonad.arch_hash"] = arch.hash
+    if getattr(model, "num_classes", None) is not None:
+        meta["autonad.num_classes"] = str(int(model.num_classes))
+    set_metadata(onnx_model, meta)
+    return onnx_model
+
+
+def set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
+    existing = {p.key: p for p in model.metadata_props}
+    for key, value in values.items():
+        if key in existing:
+            existing[key].value = value
+        else:
+            model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+
+
+def metadata(model: onnx.ModelProto) -> dict[str, str]:
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def save_model(model: onnx.ModelProto, path) -> str:
+    """Write `model` atomically to `path`; returns the file's sha256 (hex)."""
+    import hashlib
+
+    from autonad_edge.io import atomic_write_bytes
+
+    data = model.SerializeToString()
+    atomic_write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()

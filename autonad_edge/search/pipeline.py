@@ -1,0 +1,597 @@
+"""`autonad-edge search`: from images and a target to a searched, retrained, exported model.
+
+Stages, each recorded in ``<out>/stages.json`` when it completes and skipped on a rerun (so a
+killed or interrupted run resumes where it stopped; the training and search stages also
+resume from their own checkpoints part-way through):
+
+1. ``supernet`` -- train the weight-sharing supernet; sampled subnets' unmeasured blocks are
+   measured on the target's agents in the background meanwhile;
+2. ``latency``  -- complete the block latency table, fit the estimator's correction from
+   end-to-end measurements, build the latency-aware prior (+ heatmap);
+3. ``search``   -- latency-aware evolutionary search, finalists measured end to end;
+4. ``retrain``  -- retrain the chosen subnet, evaluate on the test split;
+5. ``export``   -- ONNX (portable and TensorRT flavours), measured end to end on the target;
+6. ``engine``   -- on a TensorRT target, the engine built by the agent, with its latency;
+7. ``report``   -- ``report.md`` and ``report.json``.
+
+Before any training the dataset is loaded (a broken one fails with what is wrong) and the
+target is contacted (an unreachable one fails in seconds with the address tried).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+from autonad_edge.io import atomic_write_json
+
+STAGES = ("supernet", "latency", "search", "retrain", "export", "engine", "report")
+
+
+class PipelineError(RuntimeError):
+    """A run that cannot go on; the message is one line naming the problem."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    space: str
+    image_size: int
+    synthetic_count: int
+    supernet_epochs: int
+    retrain_epochs: int
+    batch_size: int
+    population: int
+    generations: int
+    parents: int
+    calibration_archs: int  # subnets measured end to end to fit the latency correction
+    finalists: int  # top candidates re-measured end to end before the final choice
+    retrain_init: str  # "inherited" fine-tunes from the supernet, "scratch" trains anew
+    max_steps_per_epoch: int | None = None
+
+
+PRESETS: dict[str, Preset] = {
+    # Seconds: for tests and smoke runs.
+    "tiny": Preset("tiny", 64, 48, 2, 2, 8, 6, 2, 3, 4, 2, "inherited", max_steps_per_epoch=4),
+    # The default: minutes on a 2-core CPU with --target local.
+    "cpu": Preset("tiny", 128, 160, 10, 8, 8, 16, 5, 5, 8, 4, "inherited"),
+    # The paper's settings (Sec. V-B), for GPU hosts.
+    "paper": Preset("default", 320, 240, 100, 200, 8, 100, 50, 10, 50, 10, "scratch"),
+}
+
+
+@dataclass
+class PipelineConfig:
+    out: str = "runs/search"
+    data: str | None = None
+    format: str = "synthetic"
+    target: str = "local"
+    targets_path: str | None = None
+    table: str = "runs/latency.sqlite"
+    preset: str = "cpu"
+    # None = the preset's value
+    space: str | None = None
+    image_size: int | None = None
+    supernet_epochs: int | None = None
+    retrain_epochs: int | None = None
+    batch_size: int | None = None
+    population: int | None = None
+    generations: int | None = None
+    parents: int | None = None
+    sharing: str = "cross"
+    latency_weight: float = 0.1
+    latency_budget_ms: float | None = None
+    params_budget: int | None = None
+    prior_method: str = "softmax"
+    prior_temperature: float | None = None
+    seed: int = 0
+    device: str = "auto"
+    quiet: bool = False
+
+    def resolved(self) -> "PipelineConfig":
+        if self.preset not in PRESETS:
+            raise PipelineError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        preset = asdict(PRESETS[self.preset])
+        values = asdict(self)
+        for f in fields(self):
+            if values[f.name] is None and f.name in preset:
+                values[f.name] = preset[f.name]
+        return PipelineConfig(**values)
+
+    @property
+    def preset_values(self) -> Preset:
+        return PRESETS[self.preset]
+
+
+@dataclass
+class StageLog:
+    """``stages.json``: which stages finished, their wall time and their (small) results."""
+
+    path: Path
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, path: Path) -> "StageLog":
+        records = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        return cls(path, records)
+
+    def done(self, name: str) -> bool:
+        return self.records.get(name, {}).get("status") == "done"
+
+    def result(self, name: str) -> dict[str, Any]:
+        return self.records.get(name, {}).get("result", {})
+
+    def finish(self, name: str, wall_s: float, result: dict[str, Any], note: str = "") -> None:
+        self.records[name] = {"status": "done", "wall_s": wall_s, "result": result, "note": note}
+        atomic_write_json(self.path, self.records)
+
+
+class SearchPipeline:
+    def __init__(self, config: PipelineConfig, log: Callable[[str], None] = print) -> None:
+        self.cfg = config.resolved()
+        self.out = Path(self.cfg.out)
+        self.log = log
+        self.stage_times: dict[str, tuple[str, float]] = {}
+
+    # ---- helpers -------------------------------------------------------------------------
+    def _stage(self, stages: StageLog, name: str, fn: Callable[[], dict[str, Any]], note: str = "") -> dict[str, Any]:
+        if stages.done(name):
+            self.stage_times[name] = ("resumed", stages.records[name]["wall_s"])
+            self.log(f"[{name}] done in an earlier run; skipped")
+            return stages.result(name)
+        self.log(f"[{name}] ...")
+        start = time.perf_counter()
+        result = fn()
+        wall = time.perf_counter() - start
+        stages.finish(name, wall, result, note=result.pop("_note", note) if isinstance(result, dict) else note)
+        self.stage_times[name] = ("done", wall)
+        self.log(f"[{name}] finished in {wall:.1f} s")
+        return stages.result(name)
+
+    # ---- the run -------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        from autonad_edge.data import DatasetError, load_dataset
+        from autonad_edge.latency.table import LatencyTable
+        from autonad_edge.latency.targets import TargetError, open_target
+        from autonad_edge.space import ArchError, SearchSpace
+
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._check_config_unchanged()
+        try:
+            space = SearchSpace.named(cfg.space) if not cfg.space.endswith(".json") else \
+                SearchSpace.from_json(Path(cfg.space).read_text(encoding="utf-8"))
+        except (ArchError, OSError, ValueError) as exc:
+            raise PipelineError(f"search space {cfg.space}: {exc}") from None
+        try:
+            manifest = self._saved_manifest()
+            data = load_dataset(
+                cfg.data, cfg.format, image_size=cfg.image_size, seed=cfg.seed,
+                synthetic_count=cfg.preset_values.synthetic_count, manifest=manifest,
+            )
+        except DatasetError as exc:
+            raise PipelineError(f"dataset: {exc}") from None
+        if len(data.train) == 0 or len(data.val) == 0:
+            raise PipelineError("dataset: the train and val splits need at least one image each")
+        if manifest is None:
+            data.save_manifest(self.out / "splits.json")
+        stages = StageLog.open(self.out / "stages.json")
+        with contextlib.ExitStack() as stack:
+            table = stack.enter_context(LatencyTable(cfg.table))
+            try:
+                pool = stack.enter_context(open_target(cfg.target, cfg.targets_path, table=table))
+            except TargetError as exc:
+                raise PipelineError(str(exc)) from None
+            ctx = _RunContext(self, space, data, table, pool)
+            self._stage(stages, "supernet", ctx.train_supernet)
+            self._stage(stages, "latency", ctx.latency)
+            self._stage(stages, "search", ctx.search)
+            self._stage(stages, "retrain", ctx.retrain)
+            self._stage(stages, "export", ctx.export)
+            self._stage(stages, "engine", ctx.engine)
+            report = ctx.report(stages)
+        return report
+
+    def _check_config_unchanged(self) -> None:
+        """A rerun into the same directory must be the same run, or its stages don't fit."""
+        path = self.out / "config.json"
+        current = asdict(self.cfg)
+        volatile = {"quiet", "device", "generations", "targets_path"}
+        if path.exists():
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            changed = sorted(k for k in current if k not in volatile and saved.get(k) != current[k])
+            if changed:
+                raise PipelineError(
+                    f"{self.out} holds a run with other settings ({', '.join(changed)}); "
+                    "use another --out or the same settings to resume"
+                )
+        atomic_write_json(path, current)
+
+    def _saved_manifest(self) -> dict | None:
+        path = self.out / "splits.json"
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+class _RunContext:
+    """The stages, sharing what one run has open: data, table, target pool, estimator."""
+
+    def __init__(self, pipeline: SearchPipeline, space, data, table, pool) -> None:
+        self.p, self.cfg, self.out = pipeline, pipeline.cfg, pipeline.out
+        self.space, self.data, self.table, self.pool = space, data, table, pool
+        self._estimator = None
+        self._supernet = None
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        s = self.cfg.image_size
+        return (s, s) if isinstance(s, int) else tuple(s)
+
+    def estimator(self):
+        if self._estimator is None:
+            from autonad_edge.latency.estimator import LatencyEstimator
+
+            self._estimator = LatencyEstimator(
+                self.table, self.space, self.image_hw, self.data.num_classes, pool=self.pool,
+                corrections=self.out / "latency" / "corrections.json",
+            )
+        return self._estimator
+
+    def supernet(self):
+        if self._supernet is None:
+            from autonad_edge.training.checkpoint import load_supernet
+
+            self._supernet, _ = load_supernet(self.out / "supernet" / "supernet.pt")
+        return self._supernet
+
+    # ---- 1. supernet ---------------------------------------------------------------------
+    def train_supernet(self) -> dict[str, Any]:
+        from autonad_edge.latency.background import BackgroundProfiler
+        from autonad_edge.training.config import SupernetConfig
+        from autonad_edge.training.supernet_trainer import train_supernet
+
+        cfg, out_dir = self.cfg, self.out / "supernet"
+        config = SupernetConfig(
+            data=cfg.data, format=cfg.format, image_size=cfg.image_size,
+            synthetic_count=cfg.preset_values.synthetic_count, epochs=cfg.supernet_epochs,
+            batch_size=cfg.batch_size, seed=cfg.seed, device=cfg.device, space=cfg.space,
+            sharing=cfg.sharing, max_steps_per_epoch=cfg.preset_values.max_steps_per_epoch,
+        )
+        resume = (out_dir / "supernet.pt").exists()
+        with BackgroundProfiler(self.pool, self.table, self.space, self.image_hw, self.data.num_classes) as bg:
+            summary = train_supernet(
+                config, self.data, out_dir, space=self.space, resume=resume, quiet=self.cfg.quiet,
+                step_hooks=[bg], epoch_hooks=[bg.epoch_hook],
+            )
+            bg.flush()
+            stats = bg.stats
+        return {"checkpoint": str(out_dir / "supernet.pt"), "summary": _json_safe(summary),
+                "background_latency": _json_safe(asdict(stats) if hasattr(stats, "__dataclass_fields__") else stats)}
+
+    # ---- 2. latency table, correction, prior ---------------------------------------------
+    def latency(self) -> dict[str, Any]:
+        from autonad_edge.latency.prior import build_prior, plot_prior, save_prior
+        from autonad_edge.latency.profiler import profile
+
+        out_dir = self.out / "latency"
+        report = profile(self.space, self.pool, self.table, self.image_hw, self.data.num_classes,
+                         progress=not self.cfg.quiet)
+        est = self.estimator()
+        rng = random.Random(self.cfg.seed + 1)
+        calib = [self.space.sample(rng) for _ in range(self.cfg.preset_values.calibration_archs)]
+        correction = est.calibrate(calib)
+        method = self.cfg.prior_method
+        kwargs = {} if self.cfg.prior_temperature is None else {"temperature": self.cfg.prior_temperature}
+        prior, meta = build_prior(est, method=method, target=self.cfg.target, seed=self.cfg.seed, **kwargs)
+        save_prior(out_dir / "prior.json", prior, meta)
+        plot_prior(prior, self.space, out_dir / "prior.png",
+                   subtitle=f"target {self.cfg.target}: {est.key.summary()}")
+        return {
+            "profile": report.summary(),
+            "correction": _json_safe(correction.to_dict()),
+            "prior": str(out_dir / "prior.json"),
+            "heatmap": str(out_dir / "prior.png"),
+            "fingerprint": est.key.fingerprint.hash,
+            "fingerprint_summary": est.key.summary(),
+        }
+
+    # ---- 3. evolutionary search ----------------------------------------------------------
+    def search(self) -> dict[str, Any]:
+        from autonad_edge.latency.prior import load_prior
+        from autonad_edge.models.complexity import count_flops, count_params
+        from autonad_edge.search.evolution import (
+            EvolutionarySearch, EvolutionConfig, SearchCallbacks, SearchError, pareto_front,
+        )
+        from autonad_edge.search.plots import plot_pareto
+        from autonad_edge.training.evaluate import evaluate
+
+        cfg, out_dir = self.cfg, self.out / "search"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        prior, _ = load_prior(self.out / "latency" / "prior.json")
+        supernet, est = self.supernet(), self.estimator()
+        num_classes = self.data.num_classes
+
+        def evaluate_arch(arch):
+            r = evaluate(supernet, self.data.val, arch, batch_size=cfg.batch_size,
+                         num_classes=num_classes, class_names=self.data.class_names)
+            return r.miou, r.mf1
+
+        evo_cfg = EvolutionConfig(
+            population=cfg.population, generations=cfg.generations, parents=cfg.parents,
+            latency_weight=cfg.latency_weight, latency_budget_ms=cfg.latency_budget_ms,
+            params_budget=cfg.params_budget, seed=cfg.seed,
+        )
+        progress = _GenerationProgress(cfg.generations, quiet=cfg.quiet)
+        callbacks = SearchCallbacks(
+            evaluate=evaluate_arch,
+            latency_ms=est.estimate,
+            params=lambda a: count_params(a, self.space, num_classes),
+            measure_ms=est.measure_end_to_end,
+            on_generation=progress.generation,
+            on_evaluated=progress.evaluated,
+        )
+        search = EvolutionarySearch(self.space, evo_cfg, callbacks, prior=prior, state_path=out_dir / "state.json")
+        try:
+            with progress:
+                search.run()
+            best = search.finalize(top=self.cfg.preset_values.finalists)
+        except SearchError as exc:
+            raise PipelineError(f"search: {exc}") from None
+        candidates = list(search.cache.values())
+        for c in candidates:
+            c.extra.setdefault("flops", count_flops(c.arch, self.space, num_classes, self.image_hw))
+            c.extra["score"] = search.score(c)
+        front = pareto_front(candidates)
+        atomic_write_json(out_dir / "search.json", {
+            "config": asdict(evo_cfg), "reference_ms": search.reference_ms,
+            "score": "mIoU - lambda * latency_ms / reference_ms",
+            "chosen": best.arch.hash,
+            "candidates": [c.to_dict() for c in sorted(candidates, key=lambda c: -search.score(c))],
+        })
+        atomic_write_json(out_dir / "pareto.json", [c.to_dict() for c in front])
+        atomic_write_json(self.out / "best_arch.json", best.arch.to_dict())
+        plot_pareto(candidates, best, out_dir / "pareto.png",
+                    title=f"Search on {cfg.target}: validation mIoU vs latency")
+        return {
+            "best": best.to_dict(), "evaluated": len(candidates), "pareto": len(front),
+            "reference_ms": search.reference_ms,
+            "search_json": str(out_dir / "search.json"), "pareto_png": str(out_dir / "pareto.png"),
+        }
+
+    def _best_arch(self):
+        from autonad_edge.space import Arch
+
+        return Arch.from_dict(json.loads((self.out / "best_arch.json").read_text(encoding="utf-8")))
+
+    # ---- 4. retrain + test ---------------------------------------------------------------
+    def retrain(self) -> dict[str, Any]:
+        from autonad_edge.training.checkpoint import load_model
+        from autonad_edge.training.config import RetrainConfig
+        from autonad_edge.training.evaluate import evaluate
+        from autonad_edge.training.retrain import BEST_FILE, retrain
+
+        cfg, out_dir = self.cfg, self.out / "retrain"
+        preset = cfg.preset_values
+        arch = self._best_arch()
+        config = RetrainConfig(
+            data=cfg.data, format=cfg.format, image_size=cfg.image_size,
+            synthetic_count=preset.synthetic_count, epochs=cfg.retrain_epochs, batch_size=cfg.batch_size,
+            seed=cfg.seed, device=cfg.device, init=preset.retrain_init,
+            supernet=str(self.out / "supernet" / "supernet.pt") if preset.retrain_init == "inherited" else None,
+            max_steps_per_epoch=preset.max_steps_per_epoch,
+        )
+        resume = (out_dir / "last.pt").exists()
+        retrain(config, self.data, out_dir, space=self.space, arch=arch, resume=resume, quiet=cfg.quiet)
+        ckpt = out_dir / BEST_FILE if (out_dir / BEST_FILE).exists() else out_dir / "last.pt"
+        model, _ = load_model(ckpt)
+        results = {}
+        for split in ("val", "test"):
+            dataset = getattr(self.data, split)
+            if len(dataset):
+                r = evaluate(model, dataset, batch_size=cfg.batch_size, num_classes=self.data.num_classes,
+                             class_names=self.data.class_names)
+                results[split] = r.to_dict()
+        return {"checkpoint": str(ckpt), "metrics": _json_safe(results)}
+
+    # ---- 5. export -----------------------------------------------------------------------
+    def export(self) -> dict[str, Any]:
+        from autonad_edge.export.onnx_export import export_network, save_model
+        from autonad_edge.export.graph import op_counts
+        from autonad_edge.latency.client import TensorSpec
+
+        out_dir = self.out / "export"
+        model, _ = self._load_retrained()
+        files = {}
+        for flavor in ("portable", "tensorrt"):
+            onnx_model = export_network(model, self.image_hw, flavor)
+            path = out_dir / f"model.{flavor}.onnx"
+            sha = save_model(onnx_model, path)
+            files[flavor] = {"path": str(path), "sha256": sha, "ops": sum(op_counts(onnx_model).values())}
+        # The model a TensorRT target runs is the plugin flavour; every other target the portable one.
+        flavor = "tensorrt" if self._backend() == "tensorrt" else "portable"
+        onnx_bytes = Path(files[flavor]["path"]).read_bytes()
+        m = self.pool.measure(onnx_bytes, [TensorSpec("image", (1, 3, *self.image_hw), "float32")])
+        return {"files": files, "measured": {"flavor": flavor, **_json_safe(m.to_dict())}}
+
+    def _load_retrained(self):
+        from autonad_edge.training.checkpoint import load_model
+
+        return load_model(self.p_result("retrain")["checkpoint"])
+
+    def p_result(self, name: str) -> dict[str, Any]:
+        return StageLog.open(self.out / "stages.json").result(name)
+
+    def _backend(self) -> str:
+        return self.estimator().key.backend
+
+    # ---- 6. engine -----------------------------------------------------------------------
+    def engine(self) -> dict[str, Any]:
+        from autonad_edge.export.bundle import write_bundle
+        from autonad_edge.export.engine import EngineBuildError, build_engine
+
+        cfg, out_dir = self.cfg, self.out / "deploy"
+        export = self.p_result("export")["files"]
+        engine_path, engine_ms, note = None, None, ""
+        if self._backend() == "tensorrt":
+            try:
+                result = build_engine(cfg.target, export["tensorrt"]["path"], out_dir / "model.engine",
+                                      fp16=self.estimator().key.precision == "fp16", targets_path=cfg.targets_path)
+                engine_path = out_dir / "model.engine"
+                engine_ms = getattr(result, "latency_ms", None)
+                note = "built on the target's agent"
+            except EngineBuildError as exc:
+                note = f"engine build failed: {exc}; the ONNX models are kept"
+        else:
+            note = (f"target '{cfg.target}' runs {self._backend()}, not TensorRT: no engine was built; "
+                    "deploy export/model.portable.onnx (or run build-engine against a TensorRT target)")
+        best = self._best_arch()
+        write_bundle(
+            out_dir / "bundle", export["portable"]["path"], engine_path,
+            manifest={"arch": best, "classes": list(self.data.class_names), "image_size": list(self.image_hw)},
+            extra_onnx=[export["tensorrt"]["path"]], overwrite=True,
+        )
+        return {"engine": str(engine_path) if engine_path else None, "engine_ms": engine_ms, "note": note,
+                "bundle": str(out_dir / "bundle"), "_note": note}
+
+    # ---- 7. report -----------------------------------------------------------------------
+    def report(self, stages: StageLog) -> dict[str, Any]:
+        import platform
+
+        from autonad_edge import __version__
+        from autonad_edge.models.complexity import count_flops, count_params
+        from autonad_edge.search.report import artefact_entries, write_report
+
+        start = time.perf_counter()
+        cfg = self.cfg
+        best = self._best_arch()
+        search = stages.result("search")
+        retrain_metrics = stages.result("retrain").get("metrics", {})
+        export = stages.result("export")
+        engine = stages.result("engine")
+        latency = stages.result("latency")
+        accuracy = {"search_val": {"miou": search["best"]["miou"], "mf1": search["best"]["mf1"]}}
+        for split, m in retrain_metrics.items():
+            accuracy[split] = {"miou": m.get("miou"), "mf1": m.get("mf1"), "per_class": m.get("per_class")}
+        desc = self.data.describe()
+        artefacts = [
+            self.out / "best_arch.json", self.out / "search" / "search.json", self.out / "search" / "pareto.json",
+            self.out / "search" / "pareto.png", self.out / "latency" / "prior.json", self.out / "latency" / "prior.png",
+            Path(stages.result("retrain")["checkpoint"]), *(Path(f["path"]) for f in export["files"].values()),
+            self.out / "splits.json",
+        ]
+        if engine.get("engine"):
+            artefacts.append(Path(engine["engine"]))
+        devices = self.pool.device_info()
+        report = {
+            "autonad_edge_version": __version__,
+            "host": platform.node(),
+            "config": asdict(cfg),
+            "dataset": {
+                "format": cfg.format, "root": cfg.data, "num_classes": self.data.num_classes,
+                "classes": list(self.data.class_names), "image_size": f"{self.image_hw[0]}x{self.image_hw[1]}",
+                "images": {s: len(getattr(self.data, s)) for s in ("train", "val", "test")},
+                "splits_file": "splits.json", "description": _json_safe(desc),
+            },
+            "target": {
+                "name": cfg.target, "backend": self._backend(), "precision": self.estimator().key.precision,
+                "device": devices[0].device_name if devices and hasattr(devices[0], "device_name") else "?",
+                "agents": len(devices),
+            },
+            "search_space": self.space.to_dict(),
+            "budgets": {
+                "preset": cfg.preset, "sharing": cfg.sharing, "latency_weight (lambda)": cfg.latency_weight,
+                "latency_budget_ms": cfg.latency_budget_ms, "params_budget": cfg.params_budget,
+                "population": cfg.population, "generations": cfg.generations, "parents": cfg.parents,
+                "supernet_epochs": cfg.supernet_epochs, "retrain_epochs": cfg.retrain_epochs,
+                "evaluated_candidates": search["evaluated"],
+            },
+            "chosen": {
+                "hash": best.hash, "summary": best.summary(), "arch": best.to_dict(),
+                "params": count_params(best, self.space, self.data.num_classes),
+                "flops": count_flops(best, self.space, self.data.num_classes, self.image_hw),
+            },
+            "accuracy": accuracy,
+            "latency": {
+                "estimated_ms": search["best"]["latency_ms"],
+                "finalist_measured_ms": search["best"].get("measured_ms"),
+                "measured_ms": export["measured"]["median_ms"],
+                "measured_p90_ms": export["measured"].get("p90_ms"),
+                "measured_flavor": export["measured"]["flavor"],
+                "engine_ms": engine.get("engine_ms"),
+                "engine_note": engine.get("note"),
+                "fingerprint": latency.get("fingerprint_summary"),
+            },
+            "artefacts": artefact_entries(self.out, artefacts),
+        }
+        report["stages"] = [
+            {"name": name, "status": self.p.stage_times.get(name, ("done", 0.0))[0],
+             "wall_s": stages.records.get(name, {}).get("wall_s", 0.0), "note": stages.records.get(name, {}).get("note", "")}
+            for name in STAGES if name != "report"
+        ]
+        report["stages"].append({"name": "report", "status": "done", "wall_s": time.perf_counter() - start, "note": ""})
+        write_report(self.out, report)
+        return report
+
+
+class _GenerationProgress:
+    """A rich progress bar over generations (plain lines when quiet or not a terminal)."""
+
+    def __init__(self, generations: int, quiet: bool) -> None:
+        self.generations, self.quiet = generations, quiet
+        self._progress = None
+        self._task = None
+        self._evaluated = 0
+
+    def __enter__(self):
+        if not self.quiet:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(
+                TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                TimeElapsedColumn(),
+            )
+            self._progress.__enter__()
+            self._task = self._progress.add_task("search", total=self.generations, info="")
+        return self
+
+    def __exit__(self, *exc):
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+    def evaluated(self, cand) -> None:
+        self._evaluated += 1
+        if self._progress is not None:
+            self._progress.update(self._task, info=f"{self._evaluated} evaluated, last mIoU {100 * cand.miou:.1f}%")
+
+    def generation(self, gen: int, ranked) -> None:
+        if self._progress is not None and ranked:
+            best = ranked[0]
+            self._progress.update(
+                self._task, completed=gen,
+                info=f"{self._evaluated} evaluated; best mIoU {100 * best.miou:.1f}% at {best.latency_ms:.2f} ms",
+            )
+
+
+def _json_safe(obj: Any) -> Any:
+    """Plain JSON types (NaN becomes None) for results stored in stages.json."""
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float):
+        return None if obj != obj else obj
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    if hasattr(obj, "item"):
+        return _json_safe(obj.item())
+    if isinstance(obj, Path):
+        return str(obj)
+    return str(obj)
+
+
+def run_search(config: PipelineConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Library entry point of `autonad-edge search`."""
+    return SearchPipeline(config, log).run()

@@ -1,0 +1,176 @@
+"""The deployment bundle: manifest, files and checksums, plugin sources, engine records, and
+the bundled infer.py run with ONNX Runtime on one image (no torch in this file's models)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from autonad_edge.export.bundle import (
+    BundleError,
+    engine_record_path,
+    plugin_source_dir,
+    read_bundle,
+    sha256_file,
+    write_bundle,
+)
+
+H, W, CLASSES = 24, 40, 3
+
+
+def _seg_model(path: Path, flavor: str = "portable", dynamic: bool = False) -> Path:
+    """A stand-in segmentation net with the exported models' interface: image [N,3,H,W] ->
+    logits [N,3,H,W] (a 1x1 conv whose class 1 fires on bright red, class 2 on bright blue)."""
+    batch = "batch" if dynamic else 1
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, 3, H, W])
+    logits = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, CLASSES, H, W])
+    weight = np.array([[0, 0, 0], [4, -2, -2], [-2, -2, 4]], np.float32).reshape(CLASSES, 3, 1, 1)
+    bias = np.array([3.0, 0, 0], np.float32)
+    nodes = [helper.make_node("Conv", ["image", "w", "b"], ["conv"])]
+    if flavor == "tensorrt":
+        nodes.append(helper.make_node("SpatialShift", ["conv"], ["logits"], domain="autonad", pattern=1,
+                                      plugin_version="1", plugin_namespace="autonad"))
+    else:
+        nodes.append(helper.make_node("Identity", ["conv"], ["logits"]))
+    graph = helper.make_graph(nodes, "seg", [image], [logits],
+                              initializer=[numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
+    opsets = [helper.make_opsetid("", 18)] + ([helper.make_opsetid("autonad", 1)] if flavor == "tensorrt" else [])
+    model = helper.make_model(graph, opset_imports=opsets)
+    arch = {"version": 1, "stages": [], "mfam": {"edges": {}, "pool_sizes": []}}
+    for key, value in {"autonad.flavor": flavor, "autonad.num_classes": str(CLASSES),
+                       "autonad.arch": json.dumps(arch)}.items():
+        model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+    onnx.save(model, str(path))
+    return path
+
+
+def test_bundle_contents_and_manifest(tmp_path):
+    portable = _seg_model(tmp_path / "p.onnx")
+    trt = _seg_model(tmp_path / "t.onnx", "tensorrt")
+    out = tmp_path / "bundle"
+    manifest_path = write_bundle(out, portable, extra_onnx=[trt],
+                                 manifest={"classes": ["background", "red", "blue"], "line": "L3"})
+    assert manifest_path == out / "manifest.json"
+    m = read_bundle(out)
+    assert m["format"] == "autonad-edge-bundle" and m["version"] == 1
+    assert m["classes"] == ["background", "red", "blue"] and m["num_classes"] == 3
+    assert m["input"]["shape"] == [1, 3, H, W] and m["input"]["name"] == "image"
+    assert m["input"]["mean"] == [0.485, 0.456, 0.406] and m["input"]["std"] == [0.229, 0.224, 0.225]
+    assert m["line"] == "L3", "extra manifest fields are kept"
+    assert m["arch"]["version"] == 1, "arch comes from the ONNX metadata when not given"
+    files = {e["file"]: e for e in m["models"]}
+    assert set(files) == {"model.portable.onnx", "model.tensorrt.onnx"}
+    assert files["model.tensorrt.onnx"]["custom_ops"] == ["autonad::SpatialShift"]
+    assert files["model.tensorrt.onnx"]["opset"] == {"ai.onnx": 18, "autonad": 1}
+    assert files["model.portable.onnx"]["sha256"] == sha256_file(portable) == sha256_file(out / "model.portable.onnx")
+    assert m["engine"] is None
+    for name in ("infer.py", "README.md"):
+        assert (out / name).is_file()
+    source = plugin_source_dir()
+    if source is not None:  # the agent's plugin sources ship with the bundle
+        assert m["plugin"]["source"] == "plugin/spatial_shift"
+        assert (out / "plugin" / "spatial_shift" / "CMakeLists.txt").is_file()
+        assert m["plugin"]["namespace"] == "autonad" and m["plugin"]["version"] == "1"
+    # Nothing is left behind next to the bundle (it is built in a temp dir and renamed).
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "p.onnx", "t.onnx"]
+
+
+def test_bundle_refuses_to_clobber_and_verifies(tmp_path):
+    model = _seg_model(tmp_path / "p.onnx")
+    out = tmp_path / "bundle"
+    write_bundle(out, model, plugin_dir=False, plugin_lib=False)
+    assert not (out / "plugin").exists()
+    with pytest.raises(BundleError, match="not empty"):
+        write_bundle(out, model)
+    write_bundle(out, model, overwrite=True, manifest={"classes": ["a", "b", "c"]})
+    assert read_bundle(out)["classes"] == ["a", "b", "c"]
+    (out / "model.portable.onnx").write_bytes(b"tampered")
+    with pytest.raises(BundleError, match="sha256"):
+        read_bundle(out)
+    with pytest.raises(BundleError, match="class names"):
+        write_bundle(tmp_path / "b2", model, manifest={"classes": ["only", "two"]})
+    with pytest.raises(BundleError, match="no such ONNX"):
+        write_bundle(tmp_path / "b3", tmp_path / "missing.onnx")
+
+
+def test_bundle_with_engine_record(tmp_path):
+    trt = _seg_model(tmp_path / "t.onnx", "tensorrt")
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"\x00serialized-engine")
+    record = {"target": "jetson", "onnx_sha256": sha256_file(trt), "precision": "fp16",
+              "fields": {"device": "Orin", "runtime_version": "10.3.0", "uses_spatial_shift_plugin": "true"}}
+    engine_record_path(engine).write_text(json.dumps(record))
+    write_bundle(tmp_path / "bundle", trt, engine_path=engine)
+    m = read_bundle(tmp_path / "bundle")
+    assert m["engine"]["file"] == "model.engine" and m["engine"]["sha256"] == sha256_file(engine)
+    assert m["engine"]["built_from"] == "model.tensorrt.onnx"
+    assert m["engine"]["device"] == "Orin" and m["engine"]["precision"] == "fp16"
+    assert m["engine"]["target"] == "jetson"
+    # An engine built from some other model does not go into the bundle.
+    other = _seg_model(tmp_path / "other.onnx")
+    with pytest.raises(BundleError, match="not in this bundle"):
+        write_bundle(tmp_path / "bundle2", other, engine_path=engine)
+
+
+def _image(path: Path) -> Path:
+    from PIL import Image
+
+    pixels = np.zeros((30, 50, 3), np.uint8)
+    pixels[:, :20] = (250, 10, 10)  # red: class 1
+    pixels[:, 35:] = (10, 10, 250)  # blue: class 2
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def test_infer_py_runs_with_onnxruntime(tmp_path):
+    from PIL import Image
+
+    portable = _seg_model(tmp_path / "p.onnx", dynamic=True)
+    trt = _seg_model(tmp_path / "t.onnx", "tensorrt")
+    bundle = tmp_path / "bundle"
+    write_bundle(bundle, portable, extra_onnx=[trt], manifest={"classes": ["background", "red", "blue"],
+                                                               "image_size": [H, W]})
+    image = _image(tmp_path / "part.png")
+    out = tmp_path / "masks" / "part_mask.png"
+    run = subprocess.run([sys.executable, str(bundle / "infer.py"), str(image), "--out", str(out),
+                          "--backend", "auto"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "onnxruntime" in run.stdout and "red" in run.stdout and "blue" in run.stdout
+    mask = Image.open(out)
+    assert mask.mode == "P" and mask.size == (50, 30), "the mask has the input image's size"
+    values = np.asarray(mask)
+    assert values[:, :15].max() == values[:, :15].min() == 1
+    assert values[:, 40:].max() == values[:, 40:].min() == 2
+    assert values[:, 24:28].max() == 0
+    # Without an engine there is no TensorRT path; the message says so in one line.
+    run = subprocess.run([sys.executable, str(bundle / "infer.py"), str(image), "--backend", "tensorrt"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and run.stderr.strip().count("\n") == 0 and "no TensorRT engine" in run.stderr
+
+
+def test_bundle_command(tmp_path):
+    from typer.testing import CliRunner
+
+    from autonad_edge.cli import app
+
+    portable = _seg_model(tmp_path / "p.onnx")
+    trt = _seg_model(tmp_path / "t.onnx", "tensorrt")
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"engine")
+    engine_record_path(engine).write_text(json.dumps({"onnx_sha256": sha256_file(trt), "precision": "fp32"}))
+    out = tmp_path / "bundle"
+    args = ["bundle", "--onnx", str(portable), "--onnx", str(trt), "--engine", str(engine), "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "model.portable.onnx, model.tensorrt.onnx, model.engine" in result.output
+    assert read_bundle(out)["engine"]["built_from"] == "model.tensorrt.onnx"
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and result.output.strip().count("\n") == 0 and "not empty" in result.output
+    assert CliRunner().invoke(app, [*args, "--force"]).exit_code == 0

@@ -1,0 +1,242 @@
+"""`autonad-edge export` and `autonad-edge build-engine` through the Typer app: checkpoints
+from the training API (subnet and supernet + arch), op-count report, bundle + infer.py, and
+the one-line refusal of a target without TensorRT (the real in-process local agent)."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+from typer.testing import CliRunner
+
+from autonad_edge.cli import app
+from autonad_edge.models.network import SegmentationNet
+from autonad_edge.models.supernet import HybridSupernet
+from autonad_edge.space import SearchSpace, iter_blocks
+from autonad_edge.training.checkpoint import save_checkpoint, save_subnet
+
+runner = CliRunner()
+SPACE = SearchSpace.tiny()
+CLASSES = ["background", "scratch", "dent"]
+
+
+def _mlp_arch():
+    return next(
+        a for a in (SPACE.sample(random.Random(s)) for s in range(100))
+        if sum(b.op == "mlp" for _, _, b in iter_blocks(a)) >= 2 and sum(a.depths) <= 6
+    )
+
+
+@pytest.fixture(scope="module")
+def subnet_checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    net = SegmentationNet.from_arch(_mlp_arch(), SPACE, len(CLASSES))
+    path = tmp_path_factory.mktemp("ckpt") / "best.pt"
+    save_subnet(path, net, SPACE, CLASSES, image_size=(40, 56))
+    return path
+
+
+@pytest.fixture(scope="module")
+def supernet_checkpoint(tmp_path_factory):
+    torch.manual_seed(1)
+    supernet = HybridSupernet(SPACE, num_classes=2)
+    path = tmp_path_factory.mktemp("ckpt") / "supernet.pt"
+    save_checkpoint(path, {
+        "kind": "supernet", "model": supernet.state_dict(), "space": SPACE.to_json(indent=None),
+        "sharing": "cross", "num_classes": 2, "class_names": ["ok", "defect"], "image_size": [48, 48],
+    })
+    return path
+
+
+def _one_line_error(result) -> str:
+    text = result.output.strip()
+    assert text.count("\n") == 0, text
+    assert text.startswith("error:"), text
+    return text
+
+
+def test_export_portable_json_bundle_and_infer(subnet_checkpoint, tmp_path):
+    out = tmp_path / "model.onnx"
+    bundle = tmp_path / "bundle"
+    result = runner.invoke(app, ["export", "--checkpoint", str(subnet_checkpoint), "--out", str(out),
+                                 "--bundle", str(bundle), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["flavor"] == "portable" and report["input"]["shape"] == [1, 3, 40, 56]
+    assert report["nodes"] == sum(report["ops"].values()) > 0
+    assert report["ops"]["Slice"] > 0 and "autonad::SpatialShift" not in report["ops"]
+    assert report["ort_max_abs_error"] < 1e-4
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model, full_check=True)
+    assert len(model.graph.node) == report["nodes"]
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["classes"] == CLASSES and manifest["input"]["shape"] == [1, 3, 40, 56]
+    assert manifest["arch_hash"] == report["arch_hash"]
+    assert manifest["models"][0]["sha256"] == report["sha256"]
+
+    from PIL import Image
+
+    image = tmp_path / "part.jpg"
+    Image.fromarray((np.random.default_rng(0).random((45, 70, 3)) * 255).astype(np.uint8)).save(image)
+    run = subprocess.run([sys.executable, str(bundle / "infer.py"), str(image)], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    mask = np.asarray(Image.open(tmp_path / "part_mask.png"))
+    assert mask.shape == (45, 70) and mask.max() < len(CLASSES)
+
+
+def test_export_tensorrt_from_supernet_and_build_engine_on_local(supernet_checkpoint, tmp_path):
+    arch = _mlp_arch()
+    arch_path = tmp_path / "arch.json"
+    arch_path.write_text(arch.to_json())
+    out = tmp_path / "model.onnx"
+    result = runner.invoke(app, ["export", "--checkpoint", str(supernet_checkpoint), "--arch", str(arch_path),
+                                 "--out", str(out), "--flavor", "tensorrt", "--image-size", "32", "48"])
+    assert result.exit_code == 0, result.output
+    n_mlp = sum(b.op == "mlp" for _, _, b in iter_blocks(arch))
+    assert "autonad::SpatialShift" in result.output and "nodes" in result.output
+    model = onnx.load(str(out))
+    assert sum(n.op_type == "SpatialShift" for n in model.graph.node) == 2 * n_mlp
+    assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 32, 48]
+
+    engine = tmp_path / "model.engine"
+    result = runner.invoke(app, ["build-engine", "--target", "local", "--onnx", str(out), "--out", str(engine)])
+    assert result.exit_code == 3
+    line = _one_line_error(result)
+    assert "target 'local' has no TensorRT" in line and f"kept {out}" in line
+    assert not engine.exists() and not (tmp_path / "model.engine.json").exists()
+
+
+def test_export_errors_are_one_line(supernet_checkpoint, subnet_checkpoint, tmp_path):
+    out = tmp_path / "m.onnx"
+    result = runner.invoke(app, ["export", "--checkpoint", str(supernet_checkpoint), "--out", str(out)])
+    assert result.exit_code == 2 and "--arch" in _one_line_error(result)
+    result = runner.invoke(app, ["export", "--checkpoint", str(tmp_path / "nope.pt"), "--out", str(out)])
+    assert result.exit_code == 2 and "no such checkpoint" in _one_line_error(result)
+    result = runner.invoke(app, ["export", "--checkpoint", str(subnet_checkpoint), "--out", str(out),
+                                 "--flavor", "coreml"])
+    assert result.exit_code == 2 and "--flavor" in _one_line_error(result)
+    assert not out.exists()
+
+
+def test_build_engine_refuses_dynamic_shapes_and_unknown_targets(tmp_path):
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 8, 8])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3, 8, 8])
+    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["image"], ["logits"])], "g", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 18)])
+    path = tmp_path / "dyn.onnx"
+    onnx.save(model, str(path))
+    result = runner.invoke(app, ["build-engine", "--target", "local", "--onnx", str(path),
+                                 "--out", str(tmp_path / "e.engine")])
+    assert result.exit_code == 3 and "dynamic" in _one_line_error(result)
+    static = tmp_path / "static.onnx"
+    for v in (*model.graph.input, *model.graph.output):
+        v.type.tensor_type.shape.dim[0].dim_value = 1
+    onnx.save(model, str(static))
+    targets = tmp_path / "targets.toml"
+    targets.write_text('[targets.jetson]\nagents = ["127.0.0.1:9"]\n')
+    result = runner.invoke(app, ["build-engine", "--target", "orin", "--targets", str(targets),
+                                 "--onnx", str(static), "--out", str(tmp_path / "e.engine")])
+    assert result.exit_code == 3 and "'orin' not found" in _one_line_error(result)
+    result = runner.invoke(app, ["build-engine", "--target", "local", "--onnx", str(tmp_path / "none.onnx"),
+                                 "--out", str(tmp_path / "e.engine")])
+    assert result.exit_code == 2 and "no such ONNX file" in _one_line_error(result)
+    assert not (tmp_path / "e.engine").exists()
+
+
+class _FakeClient:
+    """Stands in for an `AgentClient` of a TensorRT target (no GPU here)."""
+
+    address = "10.0.0.7:50051"
+
+    def __init__(self, fail_with=None):
+        self.fail_with = fail_with
+        self.requests = []
+
+    def device_info(self):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(backends=[SimpleNamespace(name="tensorrt", available=True, reason="",
+                                                         can_build_engine=True)])
+
+    def build_engine(self, onnx_bytes, *, backend, precision, timeout_s=None):
+        import hashlib
+
+        from autonad_edge.latency.client import Engine
+
+        self.requests.append((backend, precision))
+        if self.fail_with is not None:
+            raise self.fail_with
+        fields = {"onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest(), "device": "Orin",
+                  "runtime_version": "10.3.0", "precision": precision, "latency_ms_median": "1.250000",
+                  "uses_spatial_shift_plugin": "true"}
+        return Engine(b"\x01engine-bytes", fields, None)
+
+
+def _fake_target(monkeypatch, client):
+    import contextlib
+    from types import SimpleNamespace
+
+    import autonad_edge.latency.targets as targets
+
+    @contextlib.contextmanager
+    def open_target(name, targets_path=None, **kwargs):
+        yield SimpleNamespace(clients=[client])
+
+    monkeypatch.setattr(targets, "open_target", open_target)
+
+
+def _static_model(path):
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3, 8, 8])
+    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["image"], ["logits"])], "g", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 18)])
+    onnx.save(model, str(path))
+    return path
+
+
+def test_build_engine_success_writes_engine_record_and_bundles(monkeypatch, tmp_path):
+    client = _FakeClient()
+    _fake_target(monkeypatch, client)
+    model = _static_model(tmp_path / "model.onnx")
+    engine = tmp_path / "model.engine"
+    result = runner.invoke(app, ["build-engine", "--target", "jetson", "--onnx", str(model), "--out", str(engine),
+                                 "--fp16"])
+    assert result.exit_code == 0, result.output
+    assert client.requests == [("tensorrt", "fp16")]
+    assert engine.read_bytes() == b"\x01engine-bytes"
+    record = json.loads((tmp_path / "model.engine.json").read_text())
+    assert record["target"] == "jetson" and record["precision"] == "fp16" and record["agent"] == client.address
+    assert record["fields"]["device"] == "Orin" and "Orin" in result.output
+    from autonad_edge.export.engine import build_engine
+
+    assert build_engine("jetson", model, tmp_path / "again.engine").latency_ms == 1.25
+    result = runner.invoke(app, ["bundle", "--onnx", str(model), "--engine", str(engine), "--out", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["engine"]["device"] == "Orin" and manifest["engine"]["built_from"] == "model.portable.onnx"
+
+
+def test_build_engine_rejected_by_the_agent(monkeypatch, tmp_path):
+    import grpc
+
+    from autonad_edge.latency.client import AgentError
+
+    error = AgentError("10.0.0.7:50051", grpc.StatusCode.FAILED_PRECONDITION,
+                       "the model uses autonad::SpatialShift but the TensorRT plugin is unavailable on this device: "
+                       "not built (run `autonad-agent build-plugin`)")
+    _fake_target(monkeypatch, _FakeClient(fail_with=error))
+    model = _static_model(tmp_path / "model.onnx")
+    result = runner.invoke(app, ["build-engine", "--target", "jetson", "--onnx", str(model),
+                                 "--out", str(tmp_path / "model.engine")])
+    assert result.exit_code == 3
+    line = _one_line_error(result)
+    assert "could not build the engine" in line and "build-plugin" in line and "kept" in line
+    assert not (tmp_path / "model.engine").exists()
