@@ -266,7 +266,7 @@ class _RunContext:
                 config, self.data, out_dir, space=self.space, resume=resume, quiet=self.cfg.quiet,
                 step_hooks=[bg], epoch_hooks=[bg.epoch_hook],
             )
-            bg.flush()
+            # Units still queued are measured by the latency stage, with its progress bar.
             stats = bg.stats
         return {"checkpoint": str(out_dir / "supernet.pt"), "summary": _json_safe(summary),
                 "background_latency": _json_safe(asdict(stats) if hasattr(stats, "__dataclass_fields__") else stats)}
@@ -497,8 +497,9 @@ class _RunContext:
             },
             "target": {
                 "name": cfg.target, "backend": self._backend(), "precision": self.estimator().key.precision,
-                "device": devices[0].device_name if devices and hasattr(devices[0], "device_name") else "?",
-                "agents": len(devices),
+                "device": self.estimator().key.fingerprint.summary(),
+                "fingerprint": self.estimator().key.fingerprint.hash,
+                "agents": [d.address for d in devices],
             },
             "search_space": self.space.to_dict(),
             "budgets": {

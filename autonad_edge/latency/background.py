@@ -1,0 +1,281 @@
+"""Measuring units in the background while the supernet trains.
+
+Every training step samples a subnet; its units that the table lacks are worth measuring, so
+the latency table is full by the time the search starts::
+
+    with BackgroundProfiler(pool, table, space, image_size=320, num_classes=6) as profiler:
+        trainer.add_step_hook(profiler)                # fn(step, arch): queues, never blocks
+        trainer.add_epoch_hook(profiler.epoch_hook)    # deferred mode measures here, between epochs
+        trainer.fit()
+
+`submit` only appends the architecture to a queue (microseconds); a worker thread expands it
+into units, drops the ones already queued or in the table (by signature), exports the rest
+(at a lowered OS priority) and measures them through the pool, which records complete
+measurements only.
+
+Two modes:
+
+- ``continuous``: the worker measures as architectures arrive. Right for a remote target: the
+  host only exports (a few seconds of one core per new unit, early in training; then almost
+  every unit is known) and the device measures undisturbed.
+- ``deferred``: the worker only collects; units are measured when `flush()` is called (between
+  epochs, when training is paused). Right for an agent on the training machine (``local``):
+  there the agent's timed runs and the training step would compete for the same cores,
+  slowing the step and, worse, inflating the recorded latencies.
+
+``mode="auto"`` (the default) picks ``deferred`` when every agent of the pool is on a loopback
+address, ``continuous`` otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Sequence
+
+from autonad_edge.latency.blocks import Unit, units_of
+from autonad_edge.latency.profiler import (
+    ProfileReport,
+    TargetKey,
+    export_bytes,
+    is_loopback_pool,
+    measure_units,
+    target_key,
+)
+
+if TYPE_CHECKING:
+    from autonad_agent.measure import MeasurementPolicy
+    from autonad_edge.latency.pool import ClientPool
+    from autonad_edge.latency.table import LatencyTable
+    from autonad_edge.space import Arch, SearchSpace
+
+log = logging.getLogger(__name__)
+
+MODES = ("auto", "continuous", "deferred")
+
+
+@dataclass(frozen=True)
+class BackgroundStats:
+    submitted: int  # architectures submitted
+    dropped: int  # architectures dropped because the queue was full
+    units_seen: int  # distinct unit signatures considered
+    known: int  # of those, already in the table
+    measured: int
+    failed: int
+    pending_archs: int
+    pending_units: int
+    export_s: float
+    measure_s: float
+
+
+class BackgroundProfiler:
+    """Queue architectures' unmeasured units and measure them on a background thread."""
+
+    def __init__(
+        self,
+        pool: "ClientPool",
+        table: "LatencyTable",
+        space: "SearchSpace",
+        image_size: int | Sequence[int],
+        num_classes: int,
+        *,
+        mode: str = "auto",
+        policy: "MeasurementPolicy | None" = None,
+        key: TargetKey | None = None,
+        nice: int = 10,
+        chunk: int = 4,
+        max_pending: int = 10_000,
+        exporter: Callable[[Unit, str], bytes] = export_bytes,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        self.pool, self.table, self.space, self.num_classes = pool, table, space, num_classes
+        self.image_size = image_size
+        self.key = key or target_key(pool)
+        self.mode = ("deferred" if is_loopback_pool(pool) else "continuous") if mode == "auto" else mode
+        self.policy, self.nice, self.chunk, self.max_pending = policy, nice, chunk, max_pending
+        self.exporter = exporter
+        self._archs: deque["Arch"] = deque()
+        self._units: deque[Unit] = deque()
+        self._seen: set[str] = set()
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._paused = False
+        self._drain = 0  # flush() calls waiting
+        self._busy = False
+        self._report = ProfileReport(self.key)
+        self._submitted = self._dropped = self._known = 0
+        self._failed: dict[str, str] = {}
+        self._measure_s = 0.0
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="latency-background", daemon=True)
+        self._thread.start()
+
+    # ---- the training side (never blocks) ------------------------------------------------
+    def submit(self, arch: "Arch") -> bool:
+        """Queue `arch` for measurement; returns at once. False if the queue was full."""
+        with self._cond:
+            if self._stop.is_set():
+                raise RuntimeError("the background profiler is closed")
+            if len(self._archs) >= self.max_pending:
+                self._dropped += 1
+                return False
+            self._archs.append(arch)
+            self._submitted += 1
+            self._cond.notify_all()
+        return True
+
+    def __call__(self, step: int, arch: "Arch") -> None:
+        """Step-hook form: ``trainer.add_step_hook(profiler)``."""
+        self.submit(arch)
+
+    def epoch_hook(self, epoch: int, record: object = None) -> None:
+        """Epoch-hook form, ``trainer.add_epoch_hook(profiler.epoch_hook)``: measures what the
+        epoch's subnets left unmeasured, while training waits (the deferred mode's drain)."""
+        self.flush()
+
+    def pause(self) -> None:
+        """Stop measuring after the current chunk (continuous mode) until `resume()`."""
+        with self._cond:
+            self._paused = True
+
+    def resume(self) -> None:
+        with self._cond:
+            self._paused = False
+            self._cond.notify_all()
+
+    # ---- draining ------------------------------------------------------------------------
+    def flush(self, timeout: float | None = None) -> bool:
+        """Measure everything submitted so far and wait for it (deferred mode measures only
+        here). Returns False on timeout. Re-raises an error that stopped the worker."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            self._drain += 1
+            self._cond.notify_all()
+            try:
+                while self._archs or self._units or self._busy:
+                    if self._error is not None or not self._thread.is_alive():
+                        break
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return False
+                    self._cond.wait(remaining)
+            finally:
+                self._drain -= 1
+        if self._error is not None:
+            raise RuntimeError(f"background profiling stopped: {self._error}") from self._error
+        return True
+
+    def close(self, flush: bool = False, timeout: float | None = None) -> None:
+        """Stop the worker (after measuring what is pending if `flush`). Chunks in flight finish."""
+        if flush and self._thread.is_alive():
+            self.flush(timeout)
+        with self._cond:
+            self._stop.set()
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    def __enter__(self) -> "BackgroundProfiler":
+        return self
+
+    def __exit__(self, exc_type, *exc_info: object) -> None:
+        # Leaving normally (training is over): measure what is left. On an error: stop.
+        self.close(flush=exc_type is None)
+
+    @property
+    def busy(self) -> bool:
+        """True while the worker is exporting or measuring a chunk."""
+        with self._cond:
+            return self._busy
+
+    @property
+    def stats(self) -> BackgroundStats:
+        with self._cond:
+            return BackgroundStats(
+                submitted=self._submitted, dropped=self._dropped, units_seen=len(self._seen), known=self._known,
+                measured=self._report.measured, failed=len(self._report.failed),
+                pending_archs=len(self._archs), pending_units=len(self._units),
+                export_s=self._report.export_s, measure_s=self._measure_s,
+            )
+
+    @property
+    def failures(self) -> list[tuple[Unit, str]]:
+        return list(self._report.failed)
+
+    # ---- the worker ----------------------------------------------------------------------
+    def _lower_priority(self) -> None:
+        if self.nice <= 0 or not hasattr(os, "setpriority"):
+            return
+        try:  # Linux: a thread's nice value is per thread (its native id is a pid)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
+        except OSError:
+            pass
+
+    def _may_work(self) -> bool:
+        if self._stop.is_set():
+            return False
+        if self._drain:
+            return True
+        return self.mode == "continuous" and not self._paused
+
+    def _expand(self, archs: list["Arch"]) -> list[Unit]:
+        """New, unmeasured units of `archs` (worker thread only; no lock held, so `submit`
+        never waits on the table)."""
+        fp, backend, precision = self.key.fingerprint, self.key.backend, self.key.precision
+        new: list[Unit] = []
+        known = 0
+        for arch in archs:
+            for unit in units_of(arch, self.space, self.num_classes, self.image_size):
+                if unit.signature in self._seen:
+                    continue
+                self._seen.add(unit.signature)
+                if self.table.get(fp, backend, precision, unit.signature) is not None:
+                    known += 1
+                else:
+                    new.append(unit)
+        with self._cond:
+            self._known += known
+        return new
+
+    def _run(self) -> None:
+        self._lower_priority()
+        try:
+            while True:
+                with self._cond:
+                    while not self._stop.is_set() and not (self._may_work() and (self._archs or self._units)):
+                        self._cond.wait()
+                    if self._stop.is_set():
+                        return
+                    archs = list(self._archs)
+                    self._archs.clear()
+                    self._busy = True
+                new = self._expand(archs)
+                with self._cond:
+                    self._units.extend(new)
+                    batch = [self._units.popleft() for _ in range(min(self.chunk, len(self._units)))]
+                if batch:
+                    t0 = time.perf_counter()
+                    measure_units(
+                        self.pool, self.table, batch, key=self.key, policy=self.policy, chunk=len(batch),
+                        overlap=False, exporter=self.exporter, report=self._report,
+                    )
+                    elapsed = time.perf_counter() - t0
+                else:
+                    elapsed = 0.0
+                with self._cond:
+                    self._measure_s += elapsed
+                    self._busy = False
+                    self._cond.notify_all()
+        except BaseException as exc:  # surfaced by flush()
+            log.error("background profiling stopped: %s", exc)
+            with self._cond:
+                self._error = exc
+                self._busy = False
+                self._cond.notify_all()
+
+
+__all__ = ["BackgroundProfiler", "BackgroundStats", "MODES"]

@@ -1,0 +1,334 @@
+"""Profiling: measure every unit a search can hit on a target, into the latency table.
+
+    with LatencyTable("runs/latency.sqlite") as table, open_target("local") as pool:
+        report = profile(SearchSpace.tiny(), pool, table, image_size=320, num_classes=6)
+
+Only units the table does not hold yet for the target's fingerprint (and backend/precision)
+are exported and measured, so a second run measures nothing. Measurements are spread over the
+target's agents by the `ClientPool`; only complete measurements reach the table (the pool
+records them as they arrive, or this module does when the pool has no table of its own), and
+a unit that fails (export error, agent rejection) is reported, never recorded.
+
+Host export and device measurement overlap for remote targets. For a target whose agents run
+on this machine (loopback addresses, e.g. `local`) they alternate instead: exporting on the
+same cores while the agent times a model would inflate its numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+
+from autonad_edge.latency.blocks import Unit, dedup, space_units, units_of
+
+if TYPE_CHECKING:
+    from autonad_agent.measure import MeasurementPolicy
+    from autonad_edge.latency.client import Measurement
+    from autonad_edge.latency.fingerprint import Fingerprint
+    from autonad_edge.latency.pool import ClientPool
+    from autonad_edge.latency.table import LatencyTable
+    from autonad_edge.space import SearchSpace
+
+log = logging.getLogger(__name__)
+
+# Units exported ahead of the measurements: bounds memory and keeps the pool busy.
+DEFAULT_CHUNK = 8
+
+
+@dataclass(frozen=True)
+class TargetKey:
+    """What the pool's measurements are filed under in the table."""
+
+    fingerprint: "Fingerprint"
+    backend: str
+    precision: str
+
+    @property
+    def flavor(self) -> str:
+        """The export flavour this backend runs: the TensorRT plugin node, or portable ONNX."""
+        return "tensorrt" if self.backend == "tensorrt" else "portable"
+
+    def summary(self) -> str:
+        return f"{self.fingerprint.summary()} / {self.backend} {self.precision}"
+
+
+def target_key(pool: "ClientPool") -> TargetKey:
+    """Fingerprint, backend and precision of `pool`'s measurements (asks the agents)."""
+    infos = pool.device_info()
+    backend = pool.backend or infos[0].default_backend
+    return TargetKey(pool.fingerprint(), backend, pool.precision)
+
+
+def is_loopback_pool(pool: "ClientPool") -> bool:
+    """True when every agent of `pool` runs on this machine (shares its cores)."""
+    from autonad_agent.server import is_loopback
+
+    return all(is_loopback(c.address.rsplit(":", 1)[0]) for c in pool.clients)
+
+
+def lenient_policy() -> "MeasurementPolicy":
+    """A fast policy for tests and quick looks: a few warm-ups, a handful of timed runs.
+
+    (The agent reads 0 as "its default", so the small durations are set to tiny values.)
+    """
+    from autonad_agent.measure import MeasurementPolicy
+
+    return MeasurementPolicy(
+        warmup_runs=3, warmup_ms=1e-3, min_runs=7, min_duration_ms=1e-3, max_runs=7, max_cv=10.0, max_repeats=1
+    )
+
+
+@dataclass
+class ProfileReport:
+    """What a profiling run did."""
+
+    key: TargetKey
+    considered: int = 0  # distinct units asked for
+    known: int = 0  # already in the table for this fingerprint
+    measured: int = 0
+    unstable: int = 0  # measured but flagged noisy by the agent (recorded, flagged)
+    failed: list[tuple[Unit, str]] = field(default_factory=list)
+    export_s: float = 0.0
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        text = (
+            f"{self.considered} units: {self.known} already in the table, {self.measured} measured"
+            f" ({self.unstable} flagged unstable), {len(self.failed)} failed in {self.seconds:.1f} s"
+            f" (export {self.export_s:.1f} s)"
+        )
+        return text
+
+
+def missing_units(units: Iterable[Unit], table: "LatencyTable", key: TargetKey) -> list[Unit]:
+    """The distinct `units` the table has no entry for under `key` (never another device's)."""
+    return [u for u in dedup(units) if table.get(key.fingerprint, key.backend, key.precision, u.signature) is None]
+
+
+def _seed_for(unit: Unit) -> int:
+    return int(unit.key[:8], 16)
+
+
+class _ExportCache:
+    """Recently exported units, by (signature, flavour), bounded in bytes. Exports are
+    deterministic (weights seeded by the signature), so a repeat is the same model; exporting
+    takes seconds, so a profile, an estimator and a background profiler in one process share."""
+
+    def __init__(self, max_bytes: int = 128 * 1024 * 1024) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str]) -> bytes | None:
+        with self._lock:
+            data = self._items.get(key)
+            if data is not None:
+                self._items.move_to_end(key)
+            return data
+
+    def put(self, key: tuple[str, str], data: bytes) -> None:
+        with self._lock:
+            if key in self._items or len(data) > self.max_bytes:
+                return
+            self._items[key] = data
+            self._size += len(data)
+            while self._size > self.max_bytes:
+                _, old = self._items.popitem(last=False)
+                self._size -= len(old)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._size = 0
+
+
+EXPORT_CACHE = _ExportCache()
+
+
+def export_bytes(unit: Unit, flavor: str) -> bytes:
+    """Serialised ONNX of `unit` with deterministic weights (seeded by its signature: the same
+    unit exports the same bytes, so repeats hit `EXPORT_CACHE` and the agent's result cache)."""
+    cached = EXPORT_CACHE.get((unit.signature, flavor))
+    if cached is not None:
+        return cached
+    import torch
+
+    from autonad_edge.latency.blocks import export_unit
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_seed_for(unit))
+        data = export_unit(unit, flavor=flavor).SerializeToString()
+    EXPORT_CACHE.put((unit.signature, flavor), data)
+    return data
+
+
+ProgressFn = Callable[[int, int, Unit, "Measurement | BaseException"], None]
+
+
+def measure_units(
+    pool: "ClientPool",
+    table: "LatencyTable",
+    units: Sequence[Unit],
+    *,
+    key: TargetKey | None = None,
+    policy: "MeasurementPolicy | None" = None,
+    chunk: int = DEFAULT_CHUNK,
+    overlap: bool | None = None,
+    progress: ProgressFn | None = None,
+    exporter: Callable[[Unit, str], bytes] = export_bytes,
+    report: ProfileReport | None = None,
+    stop: threading.Event | None = None,
+) -> ProfileReport:
+    """Export and measure `units` (all of them: filter with `missing_units` first), record
+    each complete measurement under its signature. `overlap` (default: unless the agents are
+    on this machine) exports the next chunk while the pool measures the current one."""
+    from autonad_edge.latency.pool import MeasureJob
+
+    key = key or target_key(pool)
+    report = report or ProfileReport(key)
+    if overlap is None:
+        overlap = not is_loopback_pool(pool)
+    units = list(units)
+    chunks = [units[i : i + max(1, chunk)] for i in range(0, len(units), max(1, chunk))]
+    done = 0
+    start = time.perf_counter()
+
+    def export_chunk(part: list[Unit]) -> list[tuple[Unit, bytes | BaseException]]:
+        out: list[tuple[Unit, bytes | BaseException]] = []
+        t0 = time.perf_counter()
+        for unit in part:
+            try:
+                out.append((unit, exporter(unit, key.flavor)))
+            except Exception as exc:  # one unit that does not export must not stop the others
+                log.warning("cannot export %s: %s", unit.describe(), exc)
+                out.append((unit, exc))
+        report.export_s += time.perf_counter() - t0
+        return out
+
+    def measure_chunk(exported: list[tuple[Unit, bytes | BaseException]]) -> None:
+        nonlocal done
+        ready = [(u, b) for u, b in exported if isinstance(b, bytes)]
+        for unit, err in exported:
+            if not isinstance(err, bytes):
+                report.failed.append((unit, f"export: {err}"))
+                done += 1
+                if progress:
+                    progress(done, len(units), unit, err)
+        if not ready:
+            return
+        jobs = [MeasureJob(onnx=b, signature=u.signature, policy=policy) for u, b in ready]
+        results = pool.measure_many(jobs, return_exceptions=True)
+        to_record = []
+        for (unit, _), result in zip(ready, results):
+            done += 1
+            if isinstance(result, BaseException):
+                report.failed.append((unit, str(result)))
+            else:
+                if result.backend != key.backend or result.fingerprint != key.fingerprint:
+                    # An agent answered for another backend/device: keep it out of this key.
+                    report.failed.append((unit, f"answered by {result.backend} {result.fingerprint.hash}"))
+                    continue
+                report.measured += 1
+                report.unstable += 0 if result.stable else 1
+                if pool.table is not table:
+                    to_record.append((unit.signature, result))
+            if progress:
+                progress(done, len(units), unit, result)
+        if to_record:
+            table.record_many(to_record)
+
+    if overlap and len(chunks) > 1:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="latency-export") as executor:
+            pending: Future | None = executor.submit(export_chunk, chunks[0])
+            for i in range(len(chunks)):
+                assert pending is not None
+                exported = pending.result()
+                pending = executor.submit(export_chunk, chunks[i + 1]) if i + 1 < len(chunks) else None
+                if stop is not None and stop.is_set():
+                    break
+                measure_chunk(exported)
+            if pending is not None:
+                pending.result()
+    else:
+        for part in chunks:
+            if stop is not None and stop.is_set():
+                break
+            measure_chunk(export_chunk(part))
+    report.seconds += time.perf_counter() - start
+    return report
+
+
+def profile(
+    space: "SearchSpace",
+    pool: "ClientPool",
+    table: "LatencyTable",
+    image_size: int | Sequence[int],
+    num_classes: int,
+    *,
+    sample: int | None = None,
+    seed: int = 0,
+    policy: "MeasurementPolicy | None" = None,
+    chunk: int = DEFAULT_CHUNK,
+    progress: bool | ProgressFn = False,
+    exporter: Callable[[Unit, str], bytes] = export_bytes,
+) -> ProfileReport:
+    """Measure every unit a search over `space` can hit at `image_size` that the table lacks
+    for `pool`'s fingerprint. `sample=N` instead takes only the units of N random subnets
+    (the estimator measures others on demand). `progress=True` shows a progress bar."""
+    if sample is None:
+        wanted = space_units(space, num_classes, image_size)
+    else:
+        rng = random.Random(seed)
+        wanted = dedup(u for _ in range(sample) for u in units_of(space.sample(rng), space, num_classes, image_size))
+    key = target_key(pool)
+    todo = missing_units(wanted, table, key)
+    report = ProfileReport(key, considered=len(wanted), known=len(wanted) - len(todo))
+    if not todo:
+        return report
+    if progress is True:
+        return _with_progress_bar(pool, table, todo, key, policy, chunk, exporter, report)
+    return measure_units(
+        pool, table, todo, key=key, policy=policy, chunk=chunk,
+        progress=progress or None, exporter=exporter, report=report,
+    )
+
+
+def _with_progress_bar(pool, table, todo, key, policy, chunk, exporter, report) -> ProfileReport:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = (
+        TextColumn("[bold]profiling[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.description}"),
+    )
+    with Progress(*columns, transient=False) as bar:
+        task = bar.add_task("", total=len(todo))
+
+        def advance(done: int, total: int, unit: Unit, result) -> None:
+            ok = not isinstance(result, BaseException)
+            what = f"{result.median_ms:.3f} ms" if ok else "[red]failed[/]"
+            bar.update(task, completed=done, description=f"{unit.describe()}: {what}")
+
+        return measure_units(
+            pool, table, todo, key=key, policy=policy, chunk=chunk, progress=advance,
+            exporter=exporter, report=report,
+        )
+
+
+__all__ = [
+    "ProfileReport",
+    "TargetKey",
+    "export_bytes",
+    "is_loopback_pool",
+    "lenient_policy",
+    "measure_units",
+    "missing_units",
+    "profile",
+    "target_key",
+]

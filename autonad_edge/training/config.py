@@ -1,0 +1,79 @@
+"""Run configurations: plain dataclasses stored (as dicts) in every checkpoint.
+
+`SupernetConfig` (AutoNAD Sec. V-B: AdamW, lr 5e-4, per-step cosine decay, one uniformly
+sampled subnet per step, optional sandwich rule) and `RetrainConfig` (Adam, lr 1e-4, poly
+decay with power 0.9, from scratch or from inherited supernet weights) share `RunConfig`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+# Settings that may differ when a run is resumed: they do not change what is computed (or
+# only where it runs). Everything else must match the checkpoint's config.
+RESUMABLE_OVERRIDES = frozenset({"device", "workers", "eval_every", "eval_batch_size", "data", "amp"})
+
+
+@dataclass
+class RunConfig:
+    # data (recorded for reproducibility; the trainer receives the loaded data)
+    data: str | None = None  # dataset root; None = the embedded synthetic generator
+    format: str = "synthetic"
+    image_size: int = 320
+    synthetic_count: int = 240
+    augment: bool = True
+    # optimisation
+    epochs: int = 100
+    batch_size: int = 8
+    seed: int = 0
+    grad_clip: float | None = None  # max gradient L2 norm, None = no clipping
+    max_steps_per_epoch: int | None = None  # cap the steps of every epoch (smoke runs, budgets)
+    # execution
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # float16 autocast + GradScaler, on CUDA only
+    workers: int = 0  # DataLoader worker processes
+    eval_every: int = 1  # evaluate on val every N epochs (and after the last); 0 = never
+    eval_batch_size: int = 8
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class SupernetConfig(RunConfig):
+    space: str = "default"  # a preset name or a space JSON path (the checkpoint stores the JSON)
+    sharing: str = "cross"  # cross | entangled | classical
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    warmup_epochs: float = 0.0  # linear warm-up length, in epochs (fractions allowed)
+    min_lr_factor: float = 0.0  # the cosine ends at lr * min_lr_factor
+    sandwich: bool = False  # largest + smallest + `sandwich_random` random subnets per step
+    sandwich_random: int = 2
+
+
+@dataclass
+class RetrainConfig(RunConfig):
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    poly_power: float = 0.9
+    init: str = "scratch"  # scratch | inherited
+    supernet: str | None = None  # the supernet checkpoint for init="inherited"
+
+
+def config_conflicts(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Keys (outside RESUMABLE_OVERRIDES) whose values differ between two config dicts."""
+    keys = (set(saved) | set(current)) - RESUMABLE_OVERRIDES
+    return sorted(k for k in keys if saved.get(k) != current.get(k))
+
+
+__all__ = ["RESUMABLE_OVERRIDES", "RetrainConfig", "RunConfig", "SupernetConfig", "config_conflicts"]

@@ -1,0 +1,424 @@
+"""The training loop shared by supernet training and retraining.
+
+`Trainer.fit()` runs epochs over the train split, evaluates on val, logs, checkpoints and
+resumes. Subclasses say what the model is, how the optimiser and schedule are built, what one
+step does and what goes into the checkpoint.
+
+Determinism and resuming. Everything random is seeded from ``config.seed`` and checkpointed at
+every epoch end: the subnet sampler (`random.Random`), the data order (a `torch.Generator`
+drawing each epoch's permutation), the global torch RNG (and CUDA's), the optimiser, the LR
+schedule and the AMP scaler. Augmentation depends only on (seed, epoch, index). So a run killed
+at any point and restarted with ``resume=True`` continues from its last completed epoch and
+ends bit-identical (on CPU) to a run that was never interrupted.
+
+Distributed. Under torchrun every rank builds the same model from the same seed, samples the
+same subnets and draws the same permutation, of which it takes its share
+(``perm[rank::world]``, padded so all ranks run the same number of steps). The model is wrapped
+in DistributedDataParallel; only rank 0 writes files and calls hooks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from autonad_edge.io import atomic_write_json
+from autonad_edge.space import Arch, SearchSpace
+from autonad_edge.training.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    python_rng_state,
+    save_checkpoint,
+    set_python_rng_state,
+    set_torch_rng_states,
+    torch_rng_states,
+)
+from autonad_edge.training.config import RunConfig, config_conflicts
+from autonad_edge.training.distributed import DistContext, parameter_digest
+from autonad_edge.training.progress import JsonlLog, Progress, _json_safe
+
+StepHook = Callable[[int, Arch], None]
+EpochHook = Callable[[int, dict], None]
+
+SPLITS_FILE = "splits.json"
+LOG_FILE = "train_log.jsonl"
+
+
+class ResumeError(ValueError):
+    """A resume that would not continue the same run (different config, split or world size)."""
+
+
+def epoch_batches(n: int, batch_size: int, generator: torch.Generator, rank: int = 0,
+                  world_size: int = 1, max_steps: int | None = None) -> list[list[int]]:
+    """This rank's batches of one epoch: a permutation drawn from `generator` (the same on every
+    rank), padded to a multiple of `world_size` by repeating its head, then ``perm[rank::world]``
+    cut into batches."""
+    perm = torch.randperm(n, generator=generator).tolist()
+    per_rank = math.ceil(n / world_size)
+    perm += perm[: per_rank * world_size - n]
+    mine = perm[rank::world_size]
+    batches = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
+    return batches[:max_steps] if max_steps else batches
+
+
+def steps_per_epoch(n: int, batch_size: int, world_size: int = 1, max_steps: int | None = None) -> int:
+    steps = math.ceil(math.ceil(n / world_size) / batch_size)
+    return min(steps, max_steps) if max_steps else steps
+
+
+def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+    """Mean cross-entropy over labelled pixels; 0 (not NaN) when a batch has none."""
+    total = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="sum")
+    count = (target != ignore_index).sum().clamp_min(1)
+    return total / count
+
+
+class Trainer:
+    """Base class; see `SupernetTrainer` and `RetrainTrainer`."""
+
+    kind = "subnet"
+    checkpoint_name = "last.pt"
+    title = "train"
+
+    def __init__(self, config: RunConfig, data, out_dir: str | Path, *, space: SearchSpace,
+                 resume: bool = False, quiet: bool = False, dist: DistContext | None = None) -> None:
+        self.config = config
+        self.data = data
+        self.out_dir = Path(out_dir)
+        self.space = space
+        self.resume = resume
+        self.quiet = quiet
+        self._dist = dist
+        self._step_hooks: list[StepHook] = []
+        self._epoch_hooks: list[EpochHook] = []
+        self.ignore_index = int(getattr(data, "ignore_index", 255))
+        self.history: list[dict[str, Any]] = []
+        self.resuming = False  # set by fit(): resume asked and a checkpoint exists
+
+    # ---- hooks ---------------------------------------------------------------------------
+    def add_step_hook(self, hook: StepHook) -> None:
+        """Call ``hook(step, arch)`` after every optimiser step, on rank 0, once per subnet
+        trained in that step (one; with the sandwich rule the largest, the smallest, then the
+        random ones). `step` counts optimiser steps from 1 over the whole run.
+
+        The hook runs inside the training loop and MUST NOT BLOCK: hand the arch to a queue or
+        a thread and return (see `BackgroundHook`). An exception raised by a hook stops the run
+        (the last checkpoint stays valid)."""
+        self._step_hooks.append(hook)
+
+    def add_epoch_hook(self, hook: EpochHook) -> None:
+        """Call ``hook(epoch, record)`` on rank 0 after each epoch's log record and checkpoint
+        are written (`epoch` counts from 1; `record` is the `train_log.jsonl` entry)."""
+        self._epoch_hooks.append(hook)
+
+    # ---- subclass interface --------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        raise NotImplementedError
+
+    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        raise NotImplementedError
+
+    def build_scheduler(self, optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int):
+        raise NotImplementedError
+
+    def train_step(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[float, list[Arch]]:
+        """Forward/backward (gradients accumulated into .grad), no optimiser step. Returns the
+        mean loss and the subnets trained."""
+        raise NotImplementedError
+
+    def evaluate_val(self) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        """Kind-specific checkpoint entries (model weights included)."""
+        raise NotImplementedError
+
+    def load_extra(self, ckpt: dict[str, Any]) -> None:
+        """Restore kind-specific state (the model weights are loaded by the base class)."""
+
+    def after_epoch(self, epoch: int, record: dict[str, Any]) -> None:
+        """Rank 0, at the end of an epoch, before its log record and resumable checkpoint are
+        written (it may add entries to `record`)."""
+
+    def summary_extra(self) -> dict[str, Any]:
+        return {}
+
+    # ---- helpers for subclasses ------------------------------------------------------------
+    @property
+    def dist(self) -> DistContext:
+        return self._dist
+
+    @property
+    def module(self) -> nn.Module:
+        """The bare model (not the DDP wrapper)."""
+        return self.model
+
+    def autocast(self):
+        if self.use_amp:
+            return torch.autocast("cuda", dtype=torch.float16)
+        return nullcontext()
+
+    def loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        return masked_cross_entropy(logits, masks, self.ignore_index)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backward of a (possibly AMP-scaled) loss; gradients accumulate into .grad."""
+        self.scaler.scale(loss).backward()
+
+    def no_sync(self, last: bool):
+        """DDP gradient sync only on the last backward of a step (gradient accumulation)."""
+        if self.dist.distributed and not last:
+            return self.net.no_sync()
+        return nullcontext()
+
+    # ---- files -------------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / self.checkpoint_name
+
+    def _payload(self, epoch: int, step: int) -> dict[str, Any]:
+        payload = {
+            "kind": self.kind,
+            "space": self.space.to_json(indent=None),
+            "num_classes": int(self.data.num_classes),
+            "class_names": list(self.data.class_names),
+            "image_size": [int(v) for v in self.data.image_size],
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.use_amp else None,
+            "rng": {
+                "sampler": python_rng_state(self.sampler_rng),
+                "data": self.data_gen.get_state(),
+                **torch_rng_states(self.device),
+            },
+            "epoch": int(epoch),
+            "step": int(step),
+            "world_size": int(self.dist.world_size),
+            "config": self.config.to_dict(),
+            "metrics": dict(self.history[-1]) if self.history else {},
+            "splits": json.dumps(self.manifest),
+        }
+        payload.update(self.checkpoint_extra())
+        return payload
+
+    def _write_run_files(self, fresh: bool) -> None:
+        if not self.dist.is_main:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.out_dir / SPLITS_FILE, self.manifest)
+        atomic_write_json(self.out_dir / "config.json", {"kind": self.kind, **self.config.to_dict()})
+        if fresh:
+            self.log.reset()
+
+    # ---- resume --------------------------------------------------------------------------
+    def _try_resume(self) -> tuple[int, int]:
+        if not self.resume or not self.checkpoint_path.exists():
+            return 0, 0
+        ckpt = load_checkpoint(self.checkpoint_path, map_location=self.device)
+        if ckpt["kind"] != self.kind:
+            raise ResumeError(f"{self.checkpoint_path}: a {ckpt['kind']} checkpoint, not a {self.kind} one")
+        conflicts = config_conflicts(ckpt.get("config") or {}, self.config.to_dict())
+        if conflicts:
+            saved = ckpt["config"]
+            detail = ", ".join(f"{k}={saved.get(k)!r} (now {self.config.to_dict().get(k)!r})" for k in conflicts)
+            raise ResumeError(f"{self.checkpoint_path}: cannot resume with a different configuration: {detail}")
+        if int(ckpt.get("world_size", 1)) != self.dist.world_size:
+            raise ResumeError(
+                f"{self.checkpoint_path}: the run used {ckpt.get('world_size')} processes, not "
+                f"{self.dist.world_size} (the data order and schedule depend on it)"
+            )
+        saved_splits = json.loads(ckpt["splits"]) if ckpt.get("splits") else None
+        if saved_splits is not None and saved_splits.get("splits") != self.manifest.get("splits"):
+            raise ResumeError(
+                f"{self.checkpoint_path}: the data split differs from the checkpoint's; load the data "
+                f"with the run's {SPLITS_FILE}"
+            )
+        self.load_extra(ckpt)
+        self.module.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.use_amp and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        rng = ckpt["rng"]
+        set_python_rng_state(self.sampler_rng, rng["sampler"])
+        self.data_gen.set_state(rng["data"].cpu())
+        set_torch_rng_states(rng, self.device)
+        epoch, step = int(ckpt["epoch"]), int(ckpt["step"])
+        if self.dist.is_main:
+            self.log.truncate_after(epoch)
+            self.history = [r for r in self.log.read() if int(r.get("epoch", 0)) <= epoch]
+        return epoch, step
+
+    # ---- the loop ------------------------------------------------------------------------
+    def _setup(self) -> None:
+        cfg = self.config
+        if self._dist is None:
+            self._dist = DistContext.from_env(cfg.device)
+        self.device = self.dist.device
+        self.use_amp = bool(cfg.amp) and self.device.type == "cuda"
+        self.manifest = self.data.manifest()
+        self.log = JsonlLog(self.out_dir / LOG_FILE, enabled=self.dist.is_main)
+        self.resuming = bool(self.resume) and self.checkpoint_path.exists()
+        torch.manual_seed(cfg.seed)
+        self.sampler_rng = random.Random(cfg.seed)
+        self.data_gen = torch.Generator().manual_seed(cfg.seed)
+        self.model = self.build_model().to(self.device)
+        self.train_set = self.data.train_augmented(cfg.seed) if cfg.augment else self.data.train
+        if len(self.train_set) == 0:
+            raise ValueError("the train split is empty")
+        self.steps_per_epoch = steps_per_epoch(len(self.train_set), cfg.batch_size,
+                                               self.dist.world_size, cfg.max_steps_per_epoch)
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.optimizer = self.build_optimizer(self.model)
+        self.scheduler = self.build_scheduler(self.optimizer, self.total_steps, self.steps_per_epoch)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+
+    def _wrap(self) -> None:
+        self.net: nn.Module = self.model
+        if self.dist.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = DDP(self.model, device_ids=ids, find_unused_parameters=self.find_unused_parameters)
+
+    find_unused_parameters = False
+
+    def _optimizer_step(self) -> None:
+        if self.config.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+
+    def _check_ranks_agree(self, what: str, value: Any) -> None:
+        values = self.dist.all_gather_object(value)
+        if len(set(values)) > 1:
+            raise RuntimeError(f"ranks disagree on {what}: {values}")
+
+    def fit(self) -> dict[str, Any]:
+        """Train to ``config.epochs`` (resuming first if asked); returns the run summary."""
+        self._setup()
+        try:
+            return self._fit()
+        finally:
+            self.dist.close()
+
+    def _fit(self) -> dict[str, Any]:
+        cfg = self.config
+        start_epoch, step = self._try_resume()
+        self._wrap()
+        self._write_run_files(fresh=start_epoch == 0)
+        run_start = time.perf_counter()
+        progress = Progress(cfg.epochs, self.steps_per_epoch, quiet=self.quiet,
+                            enabled=self.dist.is_main, title=self.title, start_step=step)
+        with progress:
+            if start_epoch:
+                progress.message(f"resumed {self.checkpoint_path} at epoch {start_epoch}, step {step}")
+            elif self.checkpoint_path.exists() and not self.resume:
+                progress.message(f"starting afresh: {self.checkpoint_path} will be replaced (--resume continues it)")
+            for epoch in range(start_epoch, cfg.epochs):
+                step = self._run_epoch(epoch, step, progress)
+        digests = self.dist.all_gather_object(parameter_digest(self.module))
+        if len(set(digests)) > 1:
+            raise RuntimeError(f"ranks ended with different parameters: {digests}")
+        summary = {
+            "kind": self.kind,
+            "epochs": cfg.epochs,
+            "steps": step,
+            "world_size": self.dist.world_size,
+            "device": str(self.device),
+            "checkpoint": str(self.checkpoint_path),
+            "rank_param_digests": digests,
+            "time": time.perf_counter() - run_start,
+            "last": self.history[-1] if self.history else None,
+            **self.summary_extra(),
+        }
+        if self.dist.is_main:
+            atomic_write_json(self.out_dir / "summary.json", _json_safe(summary))
+        return summary
+
+    def _run_epoch(self, epoch: int, step: int, progress: Progress) -> int:
+        cfg = self.config
+        epoch_start = time.perf_counter()
+        if hasattr(self.train_set, "set_epoch"):
+            self.train_set.set_epoch(epoch)
+        if self.dist.distributed:
+            state = repr(self.sampler_rng.getstate()).encode()
+            self._check_ranks_agree("the subnet sampler state", hashlib.sha256(state).hexdigest()[:16])
+        batches = epoch_batches(len(self.train_set), cfg.batch_size, self.data_gen,
+                                self.dist.rank, self.dist.world_size, cfg.max_steps_per_epoch)
+        loader = DataLoader(self.train_set, batch_sampler=batches, num_workers=cfg.workers,
+                            pin_memory=self.device.type == "cuda")
+        self.model.train()
+        progress.start_epoch(epoch, len(batches))
+        loss_sum, images_seen, speed = 0.0, 0, 0.0
+        for images, masks in loader:
+            t0 = time.perf_counter()
+            images = images.to(self.device, non_blocking=True)
+            masks = masks.to(self.device, non_blocking=True)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss, archs = self.train_step(images, masks)
+            self._optimizer_step()
+            step += 1
+            loss_sum += loss
+            images_seen += images.shape[0]
+            if self.dist.is_main:
+                for arch in archs:
+                    for hook in self._step_hooks:
+                        hook(step, arch)
+            now = time.perf_counter()
+            rate = images.shape[0] * self.dist.world_size / max(now - t0, 1e-9)
+            speed = rate if speed == 0 else 0.9 * speed + 0.1 * rate
+            progress.step(loss, self.optimizer.param_groups[0]["lr"], speed)
+        train_time = time.perf_counter() - epoch_start
+        totals = self.dist.all_reduce_sum(torch.tensor([loss_sum, float(len(batches)), float(images_seen)],
+                                                       dtype=torch.float64))
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "step": step,
+            "loss": float(totals[0] / max(totals[1], 1)),
+            "lr": float(self.optimizer.param_groups[0]["lr"]),
+            "images_per_s": float(totals[2] / max(train_time, 1e-9)),
+            "train_time": train_time,
+        }
+        last = epoch + 1 == cfg.epochs
+        if cfg.eval_every and ((epoch + 1) % cfg.eval_every == 0 or last) and len(self.data.val):
+            record.update(self.evaluate_val() or {})
+        record["time"] = time.perf_counter() - epoch_start
+        self.history.append(record)
+        if self.dist.is_main:
+            self.after_epoch(epoch + 1, record)
+            self.log.write(record)
+            save_checkpoint(self.checkpoint_path, self._payload(epoch + 1, step))
+            progress.end_epoch(record, cfg.epochs - epoch - 1)
+            for hook in self._epoch_hooks:
+                hook(epoch + 1, record)
+        self.dist.barrier()
+        return step
+
+
+__all__ = [
+    "CheckpointError",
+    "EpochHook",
+    "LOG_FILE",
+    "ResumeError",
+    "SPLITS_FILE",
+    "StepHook",
+    "Trainer",
+    "epoch_batches",
+    "masked_cross_entropy",
+    "steps_per_epoch",
+]

@@ -1,0 +1,158 @@
+"""Evaluation: mIoU, mF1 and per-class IoU/F1 of a network (or a supernet's subnet) on a split.
+
+    result = evaluate(model, data.test)                      # a static SegmentationNet
+    result = evaluate(supernet, data.val, arch=arch)         # inherited weights, no extraction
+    result.miou, result.mf1, result.to_dict(data.class_names)
+
+Batched, under ``torch.no_grad()`` and in eval mode (the previous mode is restored). Under
+torchrun each rank evaluates its share of the split and the confusion matrices are summed,
+so every rank returns the full-split figures. Metric conventions: `autonad_edge.metrics`.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from autonad_edge.metrics import ConfusionMatrix, SegmentationMetrics, metrics_from_matrix
+from autonad_edge.space import Arch, ArchError
+
+
+@dataclass
+class EvalResult:
+    metrics: SegmentationMetrics
+    class_names: list[str]
+    num_images: int
+    arch_hash: str | None = None
+
+    @property
+    def miou(self) -> float:
+        return self.metrics.miou
+
+    @property
+    def mf1(self) -> float:
+        return self.metrics.mf1
+
+    @property
+    def pixel_accuracy(self) -> float:
+        return self.metrics.pixel_accuracy
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe: miou, mf1, pixel_accuracy, num_images, per_class {name: {iou, f1,
+        precision, recall}} (None for a class absent from target and prediction), and the
+        flat iou/f1 maps of `SegmentationMetrics.as_dict`."""
+        flat = self.metrics.as_dict(self.class_names)
+        per_class = {
+            name: {key: flat[key][name] for key in ("iou", "f1", "precision", "recall")}
+            for name in self.class_names
+        }
+        return {
+            "miou": flat["miou"],
+            "mf1": flat["mf1"],
+            "pixel_accuracy": flat["pixel_accuracy"],
+            "num_images": self.num_images,
+            "arch_hash": self.arch_hash,
+            "per_class": per_class,
+            "iou": flat["iou"],
+            "f1": flat["f1"],
+            "confusion_matrix": self.metrics.matrix.tolist(),
+        }
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel / DataParallel wrapper."""
+    return getattr(model, "module", model)
+
+
+def _is_supernet(model: nn.Module) -> bool:
+    from autonad_edge.models.supernet import HybridSupernet
+
+    return isinstance(model, HybridSupernet)
+
+
+def _forward_fn(model: nn.Module, arch: Arch | None):
+    if _is_supernet(model):
+        if arch is None:
+            raise ArchError("evaluating a supernet needs an architecture (arch=...)")
+        model.space.validate(arch)
+        return lambda x: model(x, arch)
+    stored = getattr(model, "arch", None)
+    if arch is not None and stored is not None and stored != arch:
+        raise ArchError(f"the model is {stored.summary()}, not the requested {arch.summary()}")
+    return model
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    dataset: Dataset,
+    arch: Arch | None = None,
+    *,
+    batch_size: int = 8,
+    device: torch.device | str | None = None,
+    num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
+    ignore_index: int = 255,
+    amp: bool = False,
+    dist=None,
+    num_workers: int = 0,
+) -> EvalResult:
+    """Confusion-matrix metrics of `model` (or supernet `model` running `arch`) on `dataset`.
+
+    dataset: items (image float [3,H,W], mask int64 [H,W]) of one size. device: defaults to
+    the model's. dist: a `DistContext` to split the work over ranks (None: this process only).
+    amp: float16 autocast on CUDA.
+    """
+    model = unwrap(model)
+    if device is None:
+        first = next(model.parameters(), None)
+        device = first.device if first is not None else torch.device("cpu")
+    device = torch.device(device)
+    num_classes = int(num_classes or getattr(model, "num_classes"))
+    names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+    forward = _forward_fn(model, arch)
+
+    subset: Dataset = dataset
+    if dist is not None and dist.distributed:
+        subset = Subset(dataset, list(range(dist.rank, len(dataset), dist.world_size)))
+    loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=device.type == "cuda")
+    confusion = ConfusionMatrix(num_classes, ignore_index)
+    autocast = (torch.autocast("cuda", dtype=torch.float16)
+                if amp and device.type == "cuda" else nullcontext())
+    was_training = model.training
+    model.eval()
+    try:
+        for images, masks in loader:
+            images = images.to(device, non_blocking=True)
+            with autocast:
+                logits = forward(images)
+            confusion.update(logits.argmax(dim=1).cpu(), masks)
+    finally:
+        model.train(was_training)
+    matrix = confusion.matrix
+    count = len(subset)
+    if dist is not None and dist.distributed:
+        matrix = dist.all_reduce_sum(torch.from_numpy(np.array(matrix, dtype=np.int64))).numpy()
+        count = len(dataset)
+    arch_hash = arch.hash if arch is not None else getattr(getattr(model, "arch", None), "hash", None)
+    return EvalResult(metrics_from_matrix(matrix), names, count, arch_hash)
+
+
+def constant_baseline(dataset: Dataset, num_classes: int, label: int = 0,
+                      ignore_index: int = 255) -> EvalResult:
+    """Metrics of predicting `label` everywhere (the all-background floor a model must beat)."""
+    confusion = ConfusionMatrix(num_classes, ignore_index)
+    for index in range(len(dataset)):
+        _, mask = dataset[index]
+        confusion.update(torch.full_like(mask, label), mask)
+    return EvalResult(confusion.compute(), [str(i) for i in range(num_classes)], len(dataset))
+
+
+__all__ = ["EvalResult", "constant_baseline", "evaluate", "unwrap"]

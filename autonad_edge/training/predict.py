@@ -1,0 +1,153 @@
+"""Prediction on image files: class-index masks and colour overlays.
+
+    model, info = load_model("runs/retrain/best.pt")
+    predict_images(model, "photos/", "out/", image_size=info.image_size, class_names=info.class_names)
+
+Every image in the folder (png, jpg, jpeg, bmp, tif, tiff; any size, greyscale or colour) is
+resized to the model's input size the way the training data was (PIL bilinear), normalised, and
+segmented; the logits are resized back to the image's own size (bilinear) before the argmax.
+Written: ``masks/<stem>.png`` (8-bit greyscale, pixel = class index), ``overlays/<stem>.png``
+(the image with each defect class tinted in its colour), and ``predictions.json`` (per image:
+size and pixels per class, plus the class colours).
+"""
+
+from __future__ import annotations
+
+import colorsys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autonad_edge.data.errors import DatasetError
+from autonad_edge.io import atomic_write_json
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+_BASE_COLOURS = [
+    (0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128),
+]
+
+
+def class_colours(num_classes: int) -> list[tuple[int, int, int]]:
+    """A fixed colour per class (class 0, background, is black and left untinted)."""
+    colours = list(_BASE_COLOURS[:num_classes])
+    for i in range(len(colours), num_classes):
+        r, g, b = colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.8, 0.95)
+        colours.append((int(r * 255), int(g * 255), int(b * 255)))
+    return colours
+
+
+def list_images(path: str | Path) -> list[Path]:
+    """The image files of a folder (sorted, not recursive), or `path` itself if it is one."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise DatasetError("no such image folder", path)
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise DatasetError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in the folder", path)
+    return files
+
+
+def _load_pixels(path: Path):
+    from autonad_edge.data.cache import open_image
+
+    image = open_image(path)
+    if image.mode in ("L", "1", "I", "I;16", "I;16B", "I;16L", "F"):
+        image = image.convert("L")
+    elif image.mode != "RGB":
+        image = image.convert("RGB")
+    return image
+
+
+def overlay(image_rgb: np.ndarray, mask: np.ndarray, colours: Sequence[tuple[int, int, int]],
+            alpha: float = 0.5) -> np.ndarray:
+    """uint8 [H,W,3]: `image_rgb` with every pixel of class c > 0 blended towards colour c."""
+    lut = np.asarray(colours, dtype=np.float32)
+    tint = lut[mask]
+    out = image_rgb.astype(np.float32)
+    fg = (mask > 0)[..., None]
+    out = np.where(fg, (1 - alpha) * out + alpha * tint, out)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+@torch.no_grad()
+def predict_image(model: nn.Module, image, image_size: tuple[int, int], device: torch.device) -> np.ndarray:
+    """The uint8 [H,W] class mask of one PIL image at its own size."""
+    from PIL import Image
+
+    from autonad_edge.data.transforms import to_image_tensor
+
+    height, width = image_size
+    resized = image if (image.height, image.width) == (height, width) else image.resize((width, height), Image.BILINEAR)
+    pixels = np.array(resized, dtype=np.uint8)
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    x = to_image_tensor(pixels)[None].to(device)
+    logits = model(x).float()
+    if logits.shape[-2:] != (image.height, image.width):
+        logits = F.interpolate(logits, size=(image.height, image.width), mode="bilinear", align_corners=False)
+    return logits.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
+
+
+def predict_images(
+    model: nn.Module,
+    images: str | Path,
+    out_dir: str | Path,
+    *,
+    image_size: int | tuple[int, int],
+    class_names: Sequence[str],
+    device: torch.device | str | None = None,
+    alpha: float = 0.5,
+) -> list[dict[str, Any]]:
+    """Segment every image of `images` (a folder or one file); write masks, overlays and
+    ``predictions.json`` under `out_dir`. Returns the per-image records."""
+    from PIL import Image
+
+    if isinstance(image_size, int):
+        image_size = (image_size, image_size)
+    files = list_images(images)
+    if device is None:
+        first = next(model.parameters(), None)
+        device = first.device if first is not None else torch.device("cpu")
+    device = torch.device(device)
+    out_dir = Path(out_dir)
+    (out_dir / "masks").mkdir(parents=True, exist_ok=True)
+    (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
+    colours = class_colours(len(class_names))
+    stems = [p.stem for p in files]
+    was_training = model.training
+    model.eval()
+    records = []
+    try:
+        for path in files:
+            name = path.stem if stems.count(path.stem) == 1 else path.name
+            image = _load_pixels(path)
+            mask = predict_image(model, image, tuple(image_size), device)
+            Image.fromarray(mask, mode="L").save(out_dir / "masks" / f"{name}.png")
+            rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+            Image.fromarray(overlay(rgb, mask, colours, alpha)).save(out_dir / "overlays" / f"{name}.png")
+            counts = np.bincount(mask.ravel(), minlength=len(class_names))
+            records.append({
+                "image": str(path),
+                "mask": f"masks/{name}.png",
+                "overlay": f"overlays/{name}.png",
+                "size": [int(image.height), int(image.width)],
+                "pixels": {c: int(n) for c, n in zip(class_names, counts)},
+            })
+    finally:
+        model.train(was_training)
+    atomic_write_json(out_dir / "predictions.json", {
+        "image_size": list(image_size),
+        "classes": {c: list(col) for c, col in zip(class_names, colours)},
+        "images": records,
+    })
+    return records
+
+
+__all__ = ["IMAGE_EXTENSIONS", "class_colours", "list_images", "overlay", "predict_image", "predict_images"]

@@ -1,0 +1,127 @@
+"""Retraining a searched subnet as a plain `SegmentationNet`.
+
+From scratch (``init="scratch"``, fresh initialisation) or fine-tuned from the supernet's
+inherited weights (``init="inherited"`` with ``supernet=<supernet checkpoint>``). Adam, lr 1e-4,
+per-step poly decay (power 0.9), cross-entropy with ignore index 255. After every evaluated
+epoch the best-val-mIoU network is kept as ``<out>/best.pt``; ``<out>/last.pt`` holds the full
+training state and resumes like supernet training. Both are ``kind="subnet"`` checkpoints that
+`load_model` reads.
+
+    trainer = RetrainTrainer(RetrainConfig(epochs=50), data, "runs/retrain", space=space, arch=arch)
+    trainer.fit()
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from autonad_edge.models.network import SegmentationNet
+from autonad_edge.space import Arch, ArchError, SearchSpace
+from autonad_edge.training.checkpoint import CheckpointError, load_model, save_checkpoint, subnet_payload
+from autonad_edge.training.config import RetrainConfig
+from autonad_edge.training.engine import Trainer
+from autonad_edge.training.evaluate import evaluate
+from autonad_edge.training.schedules import poly_schedule
+
+BEST_FILE = "best.pt"
+INITS = ("scratch", "inherited")
+
+
+class RetrainTrainer(Trainer):
+    kind = "subnet"
+    checkpoint_name = "last.pt"
+    title = "retrain"
+
+    config: RetrainConfig
+
+    def __init__(self, config: RetrainConfig, data, out_dir, *, space: SearchSpace, arch: Arch, **kwargs) -> None:
+        super().__init__(config, data, out_dir, space=space, **kwargs)
+        if config.init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}, got {config.init!r}")
+        if config.init == "inherited" and not config.supernet:
+            raise ValueError("init='inherited' needs the supernet checkpoint (supernet=...)")
+        self.arch = space.validate(arch)
+        self.best: dict[str, Any] = {"epoch": 0, "val_miou": None}
+
+    def build_model(self) -> SegmentationNet:
+        if self.config.init == "scratch" or self.resuming:
+            # Resuming: the weights come from last.pt, the supernet is not needed.
+            return SegmentationNet.from_arch(self.arch, self.space, self.data.num_classes)
+        net, info = load_model(self.config.supernet, self.arch)
+        if info.kind != "supernet":
+            raise CheckpointError(f"{self.config.supernet}: init='inherited' needs a supernet checkpoint")
+        if info.space != self.space:
+            raise ArchError(f"{self.config.supernet}: the supernet's search space differs from the run's")
+        if info.num_classes != self.data.num_classes or info.class_names != self.data.class_names:
+            raise CheckpointError(
+                f"{self.config.supernet}: the supernet was trained on classes {info.class_names}, "
+                f"the data has {self.data.class_names}"
+            )
+        return net.train()
+
+    def build_optimizer(self, model):
+        return torch.optim.Adam(model.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+
+    def build_scheduler(self, optimizer, total_steps: int, steps_per_epoch: int):
+        return poly_schedule(optimizer, total_steps, self.config.poly_power)
+
+    def train_step(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[float, list[Arch]]:
+        with self.autocast():
+            logits = self.net(images)
+        loss = self.loss(logits, masks)
+        self.backward(loss)
+        return float(loss.detach()), [self.arch]
+
+    def evaluate_val(self) -> dict[str, Any]:
+        result = evaluate(self.model, self.data.val, batch_size=self.config.eval_batch_size,
+                          device=self.device, class_names=self.data.class_names,
+                          ignore_index=self.ignore_index, amp=self.use_amp, dist=self.dist)
+        return {"val_miou": result.miou, "val_mf1": result.mf1}
+
+    def _subnet_payload(self, **extra) -> dict[str, Any]:
+        return subnet_payload(self.model, self.space, list(self.data.class_names),
+                              tuple(self.data.image_size), **extra)
+
+    def after_epoch(self, epoch: int, record: dict[str, Any]) -> None:
+        score = record.get("val_miou")
+        if score is None or (isinstance(score, float) and math.isnan(score)):
+            return
+        if self.best["val_miou"] is None or score > self.best["val_miou"]:
+            self.best = {"epoch": epoch, "val_miou": float(score), "val_mf1": record.get("val_mf1")}
+            save_checkpoint(self.out_dir / BEST_FILE, self._subnet_payload(
+                epoch=epoch, step=int(record["step"]), config=self.config.to_dict(),
+                metrics=dict(record), splits=self._payload_splits(),
+            ))
+        record["best_val_miou"] = self.best["val_miou"]
+
+    def _payload_splits(self) -> str:
+        import json
+
+        return json.dumps(self.manifest)
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        extra = self._subnet_payload()
+        extra["best"] = dict(self.best)
+        extra["init"] = self.config.init
+        return extra
+
+    def load_extra(self, ckpt: dict[str, Any]) -> None:
+        if ckpt.get("arch") and Arch.from_json(ckpt["arch"]) != self.arch:
+            raise ArchError(f"{self.checkpoint_path}: the run retrains another architecture")
+        self.best = dict(ckpt.get("best") or self.best)
+
+    def summary_extra(self) -> dict[str, Any]:
+        return {"arch_hash": self.arch.hash, "arch": self.arch.summary(), "best": dict(self.best),
+                "best_checkpoint": str(self.out_dir / BEST_FILE) if self.best.get("val_miou") is not None else None}
+
+
+def retrain(config: RetrainConfig, data, out_dir, *, space: SearchSpace, arch: Arch,
+            resume: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """Functional form of `RetrainTrainer(...).fit()`."""
+    return RetrainTrainer(config, data, out_dir, space=space, arch=arch, resume=resume, quiet=quiet).fit()
+
+
+__all__ = ["BEST_FILE", "INITS", "RetrainTrainer", "retrain"]

@@ -1,0 +1,58 @@
+"""Per-step learning-rate schedules as `LambdaLR` factors with plain-data state.
+
+The factor objects hold only numbers, so ``scheduler.state_dict()`` is plain data (it stores
+each factor's ``__dict__``) and a resumed run continues the exact same schedule.
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+
+class CosineFactor:
+    """Linear warm-up from ``warmup_start`` to 1 over `warmup_steps`, then cosine from 1 down to
+    ``min_factor`` at `total_steps` (AutoNAD Sec. V-B: cosine decay for the supernet)."""
+
+    def __init__(self, total_steps: int, warmup_steps: int = 0, min_factor: float = 0.0,
+                 warmup_start: float = 0.01) -> None:
+        self.total_steps = max(int(total_steps), 1)
+        self.warmup_steps = max(int(warmup_steps), 0)
+        self.min_factor = float(min_factor)
+        self.warmup_start = float(warmup_start)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.warmup_start + (1.0 - self.warmup_start) * step / self.warmup_steps
+        span = max(self.total_steps - self.warmup_steps, 1)
+        progress = min(max(step - self.warmup_steps, 0) / span, 1.0)
+        return self.min_factor + (1.0 - self.min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class PolyFactor:
+    """``(1 - step / total_steps) ** power`` (the retraining schedule, power 0.9), floored at
+    ``min_factor``."""
+
+    def __init__(self, total_steps: int, power: float = 0.9, min_factor: float = 0.0) -> None:
+        self.total_steps = max(int(total_steps), 1)
+        self.power = float(power)
+        self.min_factor = float(min_factor)
+
+    def __call__(self, step: int) -> float:
+        progress = min(max(step, 0) / self.total_steps, 1.0)
+        return max((1.0 - progress) ** self.power, self.min_factor)
+
+
+def cosine_schedule(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0,
+                    min_factor: float = 0.0) -> LambdaLR:
+    return LambdaLR(optimizer, CosineFactor(total_steps, warmup_steps, min_factor))
+
+
+def poly_schedule(optimizer: Optimizer, total_steps: int, power: float = 0.9,
+                  min_factor: float = 0.0) -> LambdaLR:
+    return LambdaLR(optimizer, PolyFactor(total_steps, power, min_factor))
+
+
+__all__ = ["CosineFactor", "PolyFactor", "cosine_schedule", "poly_schedule"]

@@ -1,0 +1,201 @@
+"""Profiling into the table, subnet estimates with the learned correction, and the background
+profiler: against a real in-process agent (`open_target("local")`, ONNX Runtime on this CPU),
+with a lenient measurement policy and a very small space to stay fast."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+
+import pytest
+
+from autonad_edge.latency import LatencyTable, MissingEntriesError, open_target
+from autonad_edge.latency.background import BackgroundProfiler
+from autonad_edge.latency.blocks import space_units, units_of
+from autonad_edge.latency.estimator import (
+    FEATURES,
+    Correction,
+    LatencyEstimator,
+    accuracy_report,
+    corrections_path,
+    fit_correction,
+    stored_key,
+)
+from autonad_edge.latency.profiler import lenient_policy, missing_units, profile, target_key
+from autonad_edge.space import SearchSpace, StageSpace
+
+SIZE = 32
+CLASSES = 3
+
+
+def micro_space() -> SearchSpace:
+    """Two operators, one width and ratio per stage: 19 distinct units at 32 px."""
+    return SearchSpace(
+        stages=(
+            StageSpace((1, 2), (16,), (2.0,), sr_ratio=4),
+            StageSpace((1,), (16,), (2.0,), sr_ratio=2),
+            StageSpace((1,), (16,), (2.0,), sr_ratio=1),
+            StageSpace((1,), (32,), (2.0,), sr_ratio=1),
+        ),
+        operators=("conv", "mlp"),
+        kernels=(3,),
+        edge_ops=("conv1x1", "dwconv3x3"),
+        pool_size_choices=(1, 2),
+        num_pool_branches=2,
+        decoder_channels=16,
+        head_dim=16,
+    )
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """One local agent, one table profiled once for the whole module."""
+    path = tmp_path_factory.mktemp("latency") / "table.sqlite"
+    space = micro_space()
+    with LatencyTable(path) as table, open_target("local") as pool:
+        first = profile(space, pool, table, SIZE, CLASSES, policy=lenient_policy())
+        yield {"space": space, "table": table, "pool": pool, "path": path, "first": first}
+
+
+def test_profile_fills_the_table_and_a_second_run_measures_nothing(lab):
+    space, table, pool = lab["space"], lab["table"], lab["pool"]
+    first = lab["first"]
+    every = space_units(space, CLASSES, SIZE)
+    assert first.considered == len(every) and first.known == 0
+    assert first.measured == len(every) and not first.failed
+    key = target_key(pool)
+    assert missing_units(every, table, key) == []
+    entries = table.entries(key.fingerprint, key.backend, key.precision)
+    assert {e.signature for e in entries} == {u.signature for u in every}
+    assert all(e.median_ms > 0 and e.n == 7 for e in entries)
+    second = profile(space, pool, table, SIZE, CLASSES, policy=lenient_policy())
+    assert second.measured == 0 and second.known == len(every) and second.considered == len(every)
+
+
+def test_estimate_against_end_to_end_after_fitting(lab):
+    space, table, pool, path = lab["space"], lab["table"], lab["pool"], lab["path"]
+    policy = lenient_policy()
+    est = LatencyEstimator(table, space, SIZE, CLASSES, pool=pool, policy=policy, end_to_end_policy=policy)
+    assert est.correction is None
+    rng = random.Random(7)
+    archs = []
+    while len(archs) < 4:  # distinct subnets
+        a = space.sample(rng)
+        if a not in archs:
+            archs.append(a)
+    raw = [est.estimate(a) for a in archs]
+    assert raw == pytest.approx([est.raw_sum(a) for a in archs])
+    assert all(r > 0 for r in raw)
+    measured = est.measure_end_to_end_many(archs)
+    assert all(m > 0 for m in measured)
+    # Recorded in the table: a second call reuses it without measuring.
+    assert est.measure_end_to_end(archs[0]) == measured[0]
+    correction = est.fit(list(zip(archs[:3], measured[:3])))
+    assert correction.samples == 3 and set(correction.weights) == set(FEATURES)
+    corrected = est.estimate(archs[3])
+    # A sane bound only: a small noisy machine, seven timed runs per model.
+    assert 0.25 * measured[3] < corrected < 4 * measured[3]
+    # Saved next to the table under this fingerprint, and found again by a new estimator.
+    saved = json.loads(corrections_path(path).read_text())
+    assert est.correction_key in saved["corrections"]
+    again = LatencyEstimator(table, space, SIZE, CLASSES, pool=pool)
+    assert again.correction is not None and again.estimate(archs[3]) == pytest.approx(corrected)
+    # Offline (no target): the table's only fingerprint, same numbers.
+    offline = LatencyEstimator(table, space, SIZE, CLASSES, key=stored_key(table, est.key.backend))
+    assert offline.estimate(archs[3]) == pytest.approx(corrected)
+    # Another image size has no correction and no entries: offline it says so.
+    other = LatencyEstimator(table, space, 48, CLASSES, key=est.key)
+    assert other.correction is None
+    with pytest.raises(MissingEntriesError):
+        other.estimate(archs[0])
+
+
+def test_fit_correction_recovers_a_linear_relation_and_shrinks_to_the_sum():
+    rng = random.Random(0)
+    rows = []
+    for _ in range(40):
+        row = {f: 0.0 for f in FEATURES}
+        for f in FEATURES[:8]:
+            row[f] = rng.uniform(0.1, 2.0)
+        row["n_units"], row["bias"] = float(rng.randint(15, 30)), 1.0
+        rows.append(row)
+    truth = Correction.identity()
+    truth.weights.update(sum_transformer=1.3, sum_conv=0.8, n_units=-0.02, bias=0.3)
+    y = [truth.apply(r) for r in rows]
+    fitted = fit_correction(rows, y)
+    assert fitted.fit_rmspe < 1.0
+    assert all(abs(fitted.apply(r) - t) / t < 0.02 for r, t in zip(rows, y))
+    # Measurements that equal the plain sum leave it (almost) alone.
+    plain = [Correction.identity().apply(r) for r in rows]
+    same = fit_correction(rows, plain)
+    assert same.fit_rmspe < 1e-6
+    report = accuracy_report([1.04, 0.92, 1.0], [1.0, 1.0, 1.0])
+    assert report["within_5pct"] == pytest.approx(2 / 3) and report["within_10pct"] == 1.0
+
+
+def test_background_profiler_measures_without_blocking_submit(lab, tmp_path):
+    space, pool = lab["space"], lab["pool"]
+    rng = random.Random(3)
+    archs = [space.sample(rng) for _ in range(30)]
+    wanted = {u.signature for a in archs for u in units_of(a, space, CLASSES, SIZE)}
+    with LatencyTable(tmp_path / "bg.sqlite") as table:
+        profiler = BackgroundProfiler(pool, table, space, SIZE, CLASSES, mode="continuous", policy=lenient_policy())
+        with profiler:
+            start = time.perf_counter()
+            for step, arch in enumerate(archs):
+                profiler(step, arch)  # the step-hook form
+            elapsed = time.perf_counter() - start
+            assert elapsed < 0.05, f"submit blocked: {elapsed:.3f} s for {len(archs)} archs"
+            assert profiler.flush(timeout=120)
+            stats = profiler.stats
+        assert stats.submitted == 30 and stats.failed == 0 and stats.dropped == 0
+        assert stats.units_seen == len(wanted) == stats.measured
+        key = target_key(pool)
+        assert {e.signature for e in table.entries(key.fingerprint)} == wanted
+    # Deferred mode collects but measures only on flush; known units are not measured again.
+    distinct = len(set(units_of(archs[0], space, CLASSES, SIZE)))
+    with LatencyTable(tmp_path / "bg2.sqlite") as table:
+        deferred = BackgroundProfiler(pool, table, space, SIZE, CLASSES, mode="deferred", policy=lenient_policy())
+        deferred.submit(archs[0])
+        deferred.submit(archs[0])
+        time.sleep(0.2)
+        assert deferred.stats.measured == 0 and deferred.stats.pending_archs == 2
+        assert deferred.flush(timeout=60)
+        assert deferred.stats.measured == distinct
+        deferred.submit(archs[0])
+        assert deferred.flush(timeout=60)
+        deferred.close()
+        assert deferred.stats.measured == distinct and deferred.stats.units_seen == distinct
+        assert not deferred._thread.is_alive()
+
+
+def test_cli_profile_and_prior(lab, tmp_path):
+    """`latency profile` finds nothing left to measure in the profiled table; `latency prior`
+    writes the prior JSON and its heatmap."""
+    import typer
+    from typer.testing import CliRunner
+
+    from autonad_edge.cli.latency_profile import register
+    from autonad_edge.space import ChoicePrior
+
+    group = typer.Typer()
+    register(group)
+    space_file = tmp_path / "space.json"
+    space_file.write_text(lab["space"].to_json())
+    common = ["--space", str(space_file), "--image-size", str(SIZE), "--num-classes", str(CLASSES),
+              "--table", str(lab["path"])]
+    runner = CliRunner()
+    result = runner.invoke(group, ["profile", *common, "--quick"])
+    assert result.exit_code == 0, result.output
+    assert "0 measured" in result.output
+    out, png = tmp_path / "prior.json", tmp_path / "prior.png"
+    result = runner.invoke(group, ["prior", *common, "--out", str(out), "--plot", str(png), "--temperature", "0.3"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    prior = ChoicePrior.from_dict(data)
+    assert len(prior.ops) == 4 and set(prior.ops[0][0]) == {"conv", "mlp"}
+    assert data["meta"]["temperature"] == 0.3 and data["meta"]["target"] == "local"
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    result = runner.invoke(group, ["prior", *common, "--out", str(out), "--method", "nope"])
+    assert result.exit_code == 2 and "softmax or fastest" in result.output

@@ -1,0 +1,92 @@
+"""End to end: `autonad-edge search` on tiny synthetic data with a real local agent."""
+
+import json
+import socket
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from autonad_edge.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("search")
+    args = ["search", "--preset", "tiny", "--out", str(out / "run"), "--table", str(out / "latency.sqlite"),
+            "--quiet", "--seed", "3"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return out / "run", args, result.output
+
+
+def test_search_produces_every_artefact(finished_run):
+    run, _, output = finished_run
+    for rel in ("report.md", "report.json", "best_arch.json", "splits.json", "stages.json",
+                "search/search.json", "search/pareto.json", "search/pareto.png",
+                "latency/prior.json", "latency/prior.png",
+                "export/model.portable.onnx", "export/model.tensorrt.onnx",
+                "deploy/bundle/manifest.json"):
+        assert (run / rel).is_file(), rel
+    report = json.loads((run / "report.json").read_text())
+    assert report["target"]["name"] == "local" and report["target"]["backend"] == "onnxruntime"
+    assert report["latency"]["measured_ms"] > 0 and report["latency"]["estimated_ms"] > 0
+    # No TensorRT here: the report says so instead of pretending.
+    assert report["latency"]["engine_ms"] is None
+    assert "not TensorRT" in report["latency"]["engine_note"]
+    assert not (run / "deploy" / "model.engine").exists()
+    assert {s["name"] for s in report["stages"]} == {
+        "supernet", "latency", "search", "retrain", "export", "engine", "report"}
+    assert 0.0 <= report["accuracy"]["test"]["miou"] <= 1.0
+    search = json.loads((run / "search" / "search.json").read_text())
+    hashes = [c["hash"] for c in search["candidates"]]
+    assert len(hashes) == len(set(hashes)) and search["chosen"] in hashes
+    md = (run / "report.md").read_text()
+    assert "Chosen architecture" in md and "TensorRT engine" in md
+    assert "chosen" in output and "measured on 'local'" in output
+
+
+def test_rerun_resumes_and_skips_finished_stages(finished_run):
+    run, args, _ = finished_run
+    before = json.loads((run / "stages.json").read_text())
+    start = time.perf_counter()
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert result.output.count("done in an earlier run; skipped") == 6
+    assert json.loads((run / "stages.json").read_text()) == before
+    assert time.perf_counter() - start < 60
+
+
+def test_changed_settings_refuse_to_mix_runs(finished_run):
+    run, args, _ = finished_run
+    result = runner.invoke(app, [*args, "--lambda", "0.5"])
+    assert result.exit_code == 2
+    assert "other settings (latency_weight)" in result.output
+
+
+def test_unreachable_target_fails_fast_before_training(tmp_path):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    targets = tmp_path / "targets.toml"
+    targets.write_text(f'[targets.line1]\nagents = ["127.0.0.1:{port}"]\nbackend = "onnxruntime"\n')
+    start = time.perf_counter()
+    result = runner.invoke(app, ["search", "--preset", "tiny", "--target", "line1", "--targets", str(targets),
+                                 "--out", str(tmp_path / "run"), "--table", str(tmp_path / "t.sqlite"), "--quiet"])
+    assert result.exit_code == 2
+    assert f"127.0.0.1:{port}" in result.output
+    assert time.perf_counter() - start < 30
+    assert not (tmp_path / "run" / "supernet").exists()
+
+
+def test_bad_dataset_fails_before_training(tmp_path):
+    bad = tmp_path / "voc"
+    (bad / "JPEGImages").mkdir(parents=True)
+    (bad / "SegmentationClass").mkdir()
+    result = runner.invoke(app, ["search", "--preset", "tiny", "--data", str(bad), "--format", "voc",
+                                 "--out", str(tmp_path / "run"), "--table", str(tmp_path / "t.sqlite"), "--quiet"])
+    assert result.exit_code == 2
+    assert "dataset" in result.output
+    assert not (tmp_path / "run" / "supernet").exists()

@@ -1,0 +1,280 @@
+"""Supernet training, resuming, retraining, evaluation and prediction: real (tiny) training runs.
+
+The data is a small toy set (big coloured blobs, one defect class) that the tiny space learns in
+a few dozen steps on a CPU; the embedded synthetic generator is exercised by the CLI tests.
+"""
+
+import json
+import random
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from autonad_edge.data.cache import build_cache, label_histogram
+from autonad_edge.data.dataset import SegmentationData
+from autonad_edge.data.splits import stratified_split
+from autonad_edge.models.network import SegmentationNet
+from autonad_edge.space import SearchSpace
+from autonad_edge.training.checkpoint import load_checkpoint, load_model, load_supernet
+from autonad_edge.training.config import RetrainConfig, SupernetConfig
+from autonad_edge.training.engine import ResumeError, epoch_batches
+from autonad_edge.training.evaluate import constant_baseline, evaluate
+from autonad_edge.training.hooks import BackgroundHook
+from autonad_edge.training.predict import predict_images
+from autonad_edge.training.retrain import RetrainTrainer
+from autonad_edge.training.schedules import CosineFactor, PolyFactor
+from autonad_edge.training.supernet_trainer import SupernetTrainer
+
+SIZE = 64
+SPACE = SearchSpace.tiny()
+
+
+def toy_data(count: int = 40, size: int = SIZE, seed: int = 0) -> SegmentationData:
+    """Grey noise with (usually) one big red blob of class 1."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    samples = []
+    for _ in range(count):
+        image = np.repeat(rng.normal(128, 25, (size, size, 1)), 3, axis=2).clip(0, 255)
+        mask = np.zeros((size, size), np.uint8)
+        if rng.random() < 0.85:
+            r = rng.uniform(0.2, 0.32) * size
+            cy, cx = rng.uniform(r, size - r, 2)
+            blob = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+            image[blob] = (230, 40, 40)
+            mask[blob] = 1
+        samples.append((image.astype(np.uint8), mask, (size, size), label_histogram(mask)))
+    ids = [f"toy{i:03d}" for i in range(count)]
+    cache = build_cache(ids, samples, ["background", "blob"], None, [None] * count)
+    ratios = (0.6, 0.2, 0.2)
+    splits = stratified_split(ids, cache.strata.tolist(), ratios, seed)
+    return SegmentationData(cache, splits, fmt="synthetic", root=None, seed=seed, ratios=ratios,
+                            split_source="toy", image_size=(size, size), synthetic_count=count)
+
+
+def read_log(run_dir):
+    return [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def data():
+    return toy_data()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data):
+    """One real supernet training run shared by the tests below."""
+    out = tmp_path_factory.mktemp("supernet")
+    cfg = SupernetConfig(image_size=SIZE, epochs=10, batch_size=8, lr=2e-3, augment=False,
+                         eval_every=5, device="cpu", space="tiny")
+    trainer = SupernetTrainer(cfg, data, out, space=SPACE, quiet=True)
+    seen = []
+    trainer.add_step_hook(lambda step, arch: seen.append((step, arch)))
+    epochs_seen = []
+    trainer.add_epoch_hook(lambda epoch, record: epochs_seen.append(epoch))
+    summary = trainer.fit()
+    return {"out": out, "summary": summary, "seen": seen, "epochs": epochs_seen,
+            "checkpoint": out / "supernet.pt"}
+
+
+def test_supernet_training_learns(trained, data):
+    out, log = trained["out"], read_log(trained["out"])
+    assert [r["epoch"] for r in log] == list(range(1, 11)) == trained["epochs"]
+    assert log[-1]["loss"] < 0.7 * log[0]["loss"]
+    for key in ("loss", "lr", "images_per_s", "time"):
+        assert all(key in r for r in log)
+    evaluated = [r for r in log if "val_miou" in r]
+    assert [r["epoch"] for r in evaluated] == [5, 10]
+    floor = constant_baseline(data.val, data.num_classes).miou
+    assert log[-1]["val_miou"] > floor + 0.1, (log[-1]["val_miou"], floor)
+    # Cosine decay per step, down to 0 at the end.
+    lrs = [r["lr"] for r in log]
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] == pytest.approx(0.0, abs=1e-12)
+    for name in ("supernet.pt", "splits.json", "config.json", "summary.json"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "splits.json").read_text())["splits"] == data.manifest()["splits"]
+    ckpt = load_checkpoint(trained["checkpoint"])
+    assert ckpt["kind"] == "supernet" and ckpt["epoch"] == 10 and ckpt["step"] == 30
+    assert ckpt["class_names"] == data.class_names and ckpt["sharing"] == "cross"
+
+
+def test_step_hooks_see_every_sampled_subnet(trained):
+    seen = trained["seen"]
+    assert [s for s, _ in seen] == list(range(1, 31))
+    archs = [a for _, a in seen]
+    assert all(SPACE.contains(a) for a in archs)
+    assert len({a.hash for a in archs}) > 20  # uniform sampling: (almost) all different
+    # The sampler is a seeded random.Random: the same seed gives the same subnets.
+    rng = random.Random(0)
+    assert [SPACE.sample(rng) for _ in range(5)] == archs[:5]
+
+
+def test_supernet_with_arch_evaluates_like_the_extracted_subnet(trained, data):
+    supernet, _ = load_supernet(trained["checkpoint"])
+    for seed in (1, 2):
+        arch = SPACE.sample(random.Random(seed))
+        inherited = evaluate(supernet, data.val, arch, batch_size=4, class_names=data.class_names)
+        model, info = load_model(trained["checkpoint"], arch)
+        assert isinstance(model, SegmentationNet) and info.arch == arch
+        extracted = evaluate(model, data.val, batch_size=3, class_names=data.class_names)
+        assert np.array_equal(inherited.metrics.matrix, extracted.metrics.matrix)
+        assert inherited.miou == extracted.miou and inherited.mf1 == extracted.mf1
+        report = extracted.to_dict()
+        assert set(report["per_class"]) == {"background", "blob"}
+        assert report["per_class"]["blob"]["iou"] == report["iou"]["blob"]
+    assert not supernet.training  # evaluate restores the mode it found
+
+
+def _supernet_cfg(**changes):
+    cfg = SupernetConfig(image_size=32, epochs=3, batch_size=8, lr=1e-3, sandwich=True,
+                         sandwich_random=1, eval_every=1, device="cpu", space="tiny", seed=5)
+    return cfg.replace(**changes)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_is_bit_exact(tmp_path):
+    data = toy_data(count=24, size=32, seed=1)  # 14 train images: 2 steps an epoch
+    cfg = _supernet_cfg()
+    straight = SupernetTrainer(cfg, data, tmp_path / "straight", space=SPACE, quiet=True)
+    straight.fit()
+
+    interrupted = SupernetTrainer(cfg, data, tmp_path / "resumed", space=SPACE, quiet=True)
+
+    def kill(epoch, record):
+        if epoch == 1:
+            raise Killed
+
+    interrupted.add_epoch_hook(kill)
+    with pytest.raises(Killed):
+        interrupted.fit()
+    assert load_checkpoint(tmp_path / "resumed" / "supernet.pt")["epoch"] == 1
+    resumed = SupernetTrainer(cfg, data, tmp_path / "resumed", space=SPACE, quiet=True, resume=True)
+    archs = []
+    resumed.add_step_hook(lambda step, arch: archs.append(step))
+    summary = resumed.fit()
+    assert archs[0] == 3  # continued at the second epoch's first step (3 subnets a step)
+
+    a = load_checkpoint(tmp_path / "straight" / "supernet.pt")
+    b = load_checkpoint(tmp_path / "resumed" / "supernet.pt")
+    assert a["epoch"] == b["epoch"] == 3 and a["step"] == b["step"] == summary["steps"] == 6
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    for index, state in a["optimizer"]["state"].items():
+        for key, value in state.items():
+            assert torch.equal(value, b["optimizer"]["state"][index][key]), (index, key)
+    assert a["scheduler"] == b["scheduler"]
+    assert a["rng"]["sampler"] == b["rng"]["sampler"]
+    assert torch.equal(a["rng"]["data"], b["rng"]["data"])
+    log_a, log_b = read_log(tmp_path / "straight"), read_log(tmp_path / "resumed")
+    strip = lambda log: [{k: v for k, v in r.items() if "time" not in k and "per_s" not in k} for r in log]  # noqa: E731
+    assert strip(log_a) == strip(log_b)
+
+    # A resume that would not continue the same run is refused.
+    with pytest.raises(ResumeError, match="lr"):
+        SupernetTrainer(cfg.replace(lr=5e-4), data, tmp_path / "resumed", space=SPACE, quiet=True,
+                        resume=True).fit()
+
+
+def test_retrain_from_scratch_and_from_inherited_weights(tmp_path, trained, data):
+    arch = SPACE.sample(random.Random(3))
+    floor = constant_baseline(data.val, data.num_classes).miou
+
+    cfg = RetrainConfig(image_size=SIZE, epochs=2, batch_size=8, lr=2e-3, augment=False, device="cpu")
+    summary = RetrainTrainer(cfg, data, tmp_path / "scratch", space=SPACE, arch=arch, quiet=True).fit()
+    assert (tmp_path / "scratch" / "last.pt").is_file() and (tmp_path / "scratch" / "best.pt").is_file()
+    model, info = load_model(tmp_path / "scratch" / "best.pt")
+    assert info.kind == "subnet" and info.arch == arch and info.image_size == (SIZE, SIZE)
+    assert info.epoch == summary["best"]["epoch"]
+    assert len(read_log(tmp_path / "scratch")) == 2
+    last = load_checkpoint(tmp_path / "scratch" / "last.pt")
+    assert last["epoch"] == 2 and "optimizer" in last and last["best"]["val_miou"] is not None
+
+    inherited_cfg = cfg.replace(init="inherited", supernet=str(trained["checkpoint"]), epochs=1, lr=1e-4)
+    trainer = RetrainTrainer(inherited_cfg, data, tmp_path / "inherited", space=SPACE, arch=arch, quiet=True)
+    start = trainer.build_model()
+    extracted, _ = load_model(trained["checkpoint"], arch)
+    for (name, p), q in zip(start.state_dict().items(), extracted.state_dict().values()):
+        assert torch.equal(p, q), name
+    summary = trainer.fit()
+    # Inherited weights start from a trained supernet: already well above the floor.
+    assert summary["best"]["val_miou"] > floor + 0.05, (summary["best"], floor)
+    assert load_model(tmp_path / "inherited" / "best.pt")[1].config["init"] == "inherited"
+
+
+def test_predict_writes_masks_and_overlays(tmp_path, trained, data):
+    model, info = load_model(trained["checkpoint"], SPACE.largest())
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    sizes = {"wide.png": (50, 90), "grey.jpg": (64, 64), "big.bmp": (130, 110)}
+    for name, (h, w) in sizes.items():
+        pixels = rng.integers(90, 160, (h, w, 3), dtype=np.uint8)
+        pixels[h // 4 : h // 2, w // 4 : w // 2] = (230, 40, 40)
+        img = Image.fromarray(pixels)
+        (img.convert("L") if name.startswith("grey") else img).save(images / name)
+    (images / "notes.txt").write_text("not an image")
+    out = tmp_path / "pred"
+    records = predict_images(model, images, out, image_size=info.image_size, class_names=info.class_names)
+    assert [r["mask"] for r in records] == ["masks/big.png", "masks/grey.png", "masks/wide.png"]
+    for name, (h, w) in sizes.items():
+        stem = name.split(".")[0]
+        mask = np.asarray(Image.open(out / "masks" / f"{stem}.png"))
+        assert mask.shape == (h, w) and mask.max() < data.num_classes
+        over = Image.open(out / "overlays" / f"{stem}.png")
+        assert over.size == (w, h) and over.mode == "RGB"
+    report = json.loads((out / "predictions.json").read_text())
+    assert len(report["images"]) == 3 and set(report["classes"]) == {"background", "blob"}
+    # The red square is found (the model was trained on red blobs).
+    wide = np.asarray(Image.open(out / "masks" / "wide.png"))
+    assert wide[15:25, 25:45].mean() > 0.5
+
+
+def test_schedules():
+    cos = CosineFactor(total_steps=100, warmup_steps=10)
+    assert cos(0) == pytest.approx(0.01) and cos(10) == pytest.approx(1.0)
+    assert cos(55) == pytest.approx(0.5) and cos(100) == pytest.approx(0.0, abs=1e-12)
+    assert all(cos(s) >= cos(s + 1) for s in range(10, 100))
+    poly = PolyFactor(total_steps=10, power=0.9)
+    assert poly(0) == 1.0 and poly(5) == pytest.approx(0.5**0.9) and poly(10) == 0.0
+
+
+def test_epoch_batches_shard_the_same_permutation():
+    def shards(world):
+        return [epoch_batches(10, 3, torch.Generator().manual_seed(4), rank, world) for rank in range(world)]
+
+    single = shards(1)[0]
+    assert sorted(i for b in single for i in b) == list(range(10))
+    two = shards(2)
+    assert len(two[0]) == len(two[1])  # same number of steps on every rank
+    flat = [i for rank in two for b in rank for i in b]
+    assert sorted(set(flat)) == list(range(10)) and len(flat) == 10
+    assert epoch_batches(10, 3, torch.Generator().manual_seed(4), max_steps=2) == single[:2]
+
+
+def test_background_hook_never_blocks_the_step():
+    done = []
+
+    def slow(step, arch):
+        time.sleep(0.05)
+        done.append(step)
+
+    hook = BackgroundHook(slow, maxsize=4)
+    start = time.perf_counter()
+    for step in range(1, 21):
+        hook(step, None)
+    assert time.perf_counter() - start < 0.05  # 20 calls, no waiting on the consumer
+    hook.close()
+    assert hook.dropped > 0 and len(done) + hook.dropped == 20 and done == sorted(done)
+
+    def broken(step, arch):
+        raise RuntimeError("agent down")
+
+    with BackgroundHook(broken) as failing:
+        failing(1, None)
+    assert failing.errors == 1 and "agent down" in str(failing.last_error)

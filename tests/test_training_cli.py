@@ -1,0 +1,123 @@
+"""`autonad-edge supernet train | retrain | evaluate | predict` through the real Typer app,
+on the embedded synthetic data (no dataset files)."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from autonad_edge.cli import app
+from autonad_edge.space import SearchSpace
+
+runner = CliRunner()
+SMALL = ["--space", "tiny", "--image-size", "32", "--synthetic-count", "24", "--device", "cpu", "--quiet"]
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    result = invoke("supernet", "train", *SMALL, "--epochs", "2", "--batch-size", "8", "--out", root / "sup")
+    assert result.exit_code == 0, result.output
+    arch = root / "arch.json"
+    assert invoke("arch", "sample", "--space", "tiny", "--seed", "2", "--out", arch).exit_code == 0
+    return root
+
+
+def test_supernet_train_writes_a_run(run):
+    sup = run / "sup"
+    for name in ("supernet.pt", "splits.json", "train_log.jsonl", "config.json", "summary.json"):
+        assert (sup / name).is_file(), name
+    log = [json.loads(line) for line in (sup / "train_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2] and all("val_miou" in r for r in log)
+    splits = json.loads((sup / "splits.json").read_text())
+    assert splits["format"] == "synthetic" and splits["image_size"] == [32, 32]
+
+
+def test_resume_of_a_finished_run_and_conflicting_resume(run, tmp_path):
+    again = invoke("supernet", "train", "--out", run / "sup", "--resume", "--quiet")
+    assert again.exit_code == 0, again.output  # all settings come from the checkpoint
+    conflict = invoke("supernet", "train", "--out", run / "sup", "--resume", "--lr", "0.1", "--quiet")
+    assert conflict.exit_code == 2
+    assert "lr" in conflict.output and "Traceback" not in conflict.output
+
+
+def test_evaluate_supernet_with_arch_json(run):
+    result = invoke("evaluate", "--checkpoint", run / "sup" / "supernet.pt", "--arch", run / "arch.json",
+                    "--split", "val", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["kind"] == "supernet" and report["split"] == "val"
+    assert 0 <= report["miou"] <= 1 and 0 <= report["mf1"] <= 1
+    assert set(report["per_class"]) == {"background", "scratch", "pit", "crack", "stain"}
+    assert set(report["per_class"]["background"]) == {"iou", "f1", "precision", "recall"}
+    table = invoke("evaluate", "--checkpoint", run / "sup" / "supernet.pt", "--arch", run / "arch.json")
+    assert table.exit_code == 0 and "mIoU" in table.stdout
+
+
+def test_retrain_scratch_and_inherited_then_evaluate_and_predict(run, tmp_path):
+    scratch = tmp_path / "scratch"
+    result = invoke("retrain", "--arch", run / "arch.json", *SMALL, "--epochs", "1", "--out", scratch)
+    assert result.exit_code == 0, result.output
+    assert (scratch / "best.pt").is_file() and (scratch / "last.pt").is_file()
+
+    inherited = tmp_path / "inherited"
+    result = invoke("retrain", "--arch", run / "arch.json", "--init", "inherited", "--supernet",
+                    run / "sup" / "supernet.pt", "--epochs", "1", "--device", "cpu", "--quiet",
+                    "--out", inherited)
+    assert result.exit_code == 0, result.output
+    # The supernet's split and image size are reused, so val/test stay unseen.
+    sup_splits = json.loads((run / "sup" / "splits.json").read_text())
+    assert json.loads((inherited / "splits.json").read_text())["splits"] == sup_splits["splits"]
+
+    result = invoke("evaluate", "--checkpoint", inherited / "best.pt", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["kind"] == "subnet" and report["split"] == "test" and report["image_size"] == [32, 32]
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(images / "a.png")
+    Image.fromarray(rng.integers(0, 255, (33, 33), dtype=np.uint8)).save(images / "b.jpg")
+    out = tmp_path / "pred"
+    result = invoke("predict", "--checkpoint", inherited / "best.pt", "--images", images, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert np.asarray(Image.open(out / "masks" / "a.png")).shape == (40, 56)
+    assert Image.open(out / "overlays" / "b.png").size == (33, 33)
+    # A supernet checkpoint predicts through an extracted subnet.
+    result = invoke("predict", "--checkpoint", run / "sup" / "supernet.pt", "--arch", run / "arch.json",
+                    "--images", images / "a.png", "--out", tmp_path / "pred2")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "pred2" / "masks" / "a.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["supernet", "train", "--data", "/nonexistent/mt", "--format", "mt", "--out", "{tmp}/x"], "nonexistent"),
+        (["supernet", "train", "--format", "coco", "--out", "{tmp}/x"], "--format"),
+        (["supernet", "train", "--space", "huge", "--out", "{tmp}/x"], "huge"),
+        (["evaluate", "--checkpoint", "{tmp}/missing.pt"], "no such checkpoint"),
+        (["evaluate", "--checkpoint", "{sup}"], "--arch"),
+        (["evaluate", "--checkpoint", "{sup}", "--arch", "{tmp}/bad.json"], "width"),
+        (["retrain", "--arch", "{tmp}/bad.json", "--space", "tiny", "--out", "{tmp}/r"], "width"),
+        (["retrain", "--arch", "{tmp}/bad.json", "--init", "inherited", "--out", "{tmp}/r"], "--supernet"),
+        (["predict", "--checkpoint", "{sup}", "--arch", "{arch}", "--images", "{tmp}/none", "--out", "{tmp}/p"],
+         "no such image folder"),
+    ],
+)
+def test_errors_are_one_line(run, tmp_path, args, needle):
+    bad = SearchSpace.tiny().sample(__import__("random").Random(0)).to_dict()
+    bad["stages"][1]["width"] = 999
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    subst = {"tmp": tmp_path, "sup": run / "sup" / "supernet.pt", "arch": run / "arch.json"}
+    result = invoke(*[a.format(**subst) for a in args])
+    assert result.exit_code == 2, result.output
+    assert needle in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
