@@ -447,6 +447,11 @@ class SearchSpace:
         return self._uniform(min, op, edge)
 
     def _uniform(self, pick, op: str, edge: str) -> Arch:
+        # A space without the requested choice falls back to its own extreme one.
+        if op not in self.operators:
+            op = self.operators[0]
+        if edge not in self.edge_ops:
+            edge = self.edge_ops[-1] if pick is max else self.edge_ops[0]
         kernel = pick(self.kernels) if op == "conv" else None
         stages = tuple(
             StageArch(

@@ -8,15 +8,28 @@ import pytest
 from typer.testing import CliRunner
 
 from autonad_edge.cli import app
+from autonad_edge.space import SearchSpace, StageSpace
 
 runner = CliRunner()
+
+
+def micro_space() -> SearchSpace:
+    """Every operator type, few other choices: a space whose blocks profile in about a minute."""
+    return SearchSpace(
+        stages=(StageSpace((1,), (16,), (2.0,), 8), StageSpace((1,), (16,), (2.0,), 4),
+                StageSpace((1, 2), (32,), (2.0,), 2), StageSpace((1,), (32,), (2.0,), 1)),
+        kernels=(3,), edge_ops=("conv1x1", "dwconv3x3"), pool_size_choices=(1, 2, 3, 4),
+        decoder_channels=16, head_dim=16,
+    )
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("search")
-    args = ["search", "--preset", "tiny", "--out", str(out / "run"), "--table", str(out / "latency.sqlite"),
-            "--quiet", "--seed", "3"]
+    space = out / "micro.json"
+    space.write_text(micro_space().to_json())
+    args = ["search", "--preset", "tiny", "--space", str(space), "--out", str(out / "run"),
+            "--table", str(out / "latency.sqlite"), "--quiet", "--seed", "3"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     return out / "run", args, result.output
