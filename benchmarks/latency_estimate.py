@@ -1,22 +1,28 @@
 """How well the latency table predicts whole subnets, and what background profiling costs.
 
-1. Profiles every unit of the space at the input size on the target into a latency table.
-2. Measures random subnets end to end (whole exported networks): a *fit* set and a disjoint
-   *evaluation* set (at least 50).
-3. Reports, nn-Meter style, the share of evaluation subnets whose estimate is within +-5% and
-   +-10% of the measurement, and the RMSPE: for the plain sum of unit medians, and for the
-   sum corrected by the linear model fitted on the fit set only.
-4. (Unless --skip-overhead) Times simulated supernet-training steps (HybridSupernet forward +
+1. Profiles every unit of the space at the input size on the target into a latency table and
+   measures random subnets end to end (whole exported networks): a *fit* set and a disjoint
+   *evaluation* set (at least 50). By default everything is exported first and then measured
+   in one shuffled order (units and subnets interleaved), so that load from other processes
+   drifting over the run affects both alike; --no-interleave profiles first, like a real
+   `latency profile` followed by later end-to-end checks.
+2. Reports, nn-Meter style, the share of evaluation subnets whose estimate is within +-5% and
+   +-10% of the measurement, and the RMSPE: for the plain sum of the units' medians, and for
+   the sum corrected by the linear model fitted on the fit set only; and the same with each
+   measurement's minimum instead of its median (less sensitive to other load).
+3. (Unless --skip-overhead) Times simulated supernet-training steps (HybridSupernet forward +
    backward + AdamW on random subnets) without and with a `BackgroundProfiler` (continuous
    and deferred), and how much the continuously measured latencies moved under training load.
 
-    python benchmarks/latency_estimate.py --target local --space tiny --image-size 320 \
-        --fit 25 --eval 50 --out benchmarks/results/latency_estimate.json
+    python benchmarks/latency_estimate.py --target local --local-threads 1 --space tiny \
+        --image-size 320 --fit 25 --eval 50 --out benchmarks/results/latency_estimate.json
 
-Entries are kept in --table between runs (re-runs measure only what is new); pass a fresh
-path for a clean run. Export dominates the run time on a small host (a few seconds per unit,
-~5-15 s per whole subnet with torch.export): the tiny space at 320 px keeps a clean run at
-about 10-15 minutes on 2 cores.
+--local-threads N runs the in-process agent with N ONNX Runtime threads (the built-in `local`
+uses every core: on a small machine shared with other work its timings are dominated by the
+contention). Entries are kept in --table between runs (re-runs measure only what is new) and
+exports in --export-cache: export dominates a clean run on a small host (1-4 s per unit, 5-15 s
+per whole subnet with torch.export): the tiny space at 320 px takes about 25 minutes clean on
+2 shared cores, about 10 with the exports cached.
 """
 
 from __future__ import annotations
@@ -45,9 +51,11 @@ from autonad_edge.latency.profiler import export_bytes, profile
 @contextlib.contextmanager
 def open_pool(args, table):
     """`open_target(args.target)`, or with --local-threads an in-process agent like `local`
-    whose ONNX Runtime uses that many intra-op threads (the built-in `local` uses every core)."""
+    whose ONNX Runtime uses that many intra-op threads (the built-in `local` uses every core).
+    The pool has no table of its own: what is recorded where is explicit here (the overhead
+    part's measurements under training load go to scratch tables only)."""
     if args.local_threads is None:
-        with open_target(args.target, args.targets, table=table) as pool:
+        with open_target(args.target, args.targets) as pool:
             yield pool
         return
     if args.target != "local":
@@ -61,7 +69,7 @@ def open_pool(args, table):
     try:
         client = AgentClient(server.address, token=token)
         client.connect()
-        with ClientPool([client], backend="onnxruntime", table=table) as pool:
+        with ClientPool([client], backend="onnxruntime") as pool:
             yield pool
     finally:
         server.stop(grace_s=0)
@@ -116,7 +124,35 @@ def measure_networks(est, pool, archs, policy, exports: DiskExports) -> None:
             continue
         data = exports.get_or_make(sig, key.flavor, lambda: export_network(
             arch, est.space, est.num_classes, est.image_size, key.flavor).SerializeToString())
-        pool.measure(data, policy=policy, signature=sig)
+        est.table.record(sig, pool.measure(data, policy=policy, signature=sig))
+
+
+def measure_interleaved(est, pool, space, archs, policy, exports: DiskExports, seed: int) -> dict:
+    """Export every missing unit and subnet first, then measure them all in one shuffled
+    order, so that load from other processes drifting over the run hits units and whole
+    subnets alike (on a shared host that drift, not the estimator, otherwise dominates)."""
+    from rich.progress import track
+
+    from autonad_edge.latency.blocks import export_network, space_units
+    from autonad_edge.latency.profiler import missing_units
+
+    key = est.key
+    t0 = time.perf_counter()
+    jobs = []
+    for unit in track(missing_units(space_units(space, est.num_classes, est.image_size), est.table, key),
+                      description="exporting units"):
+        jobs.append((unit.signature, exports.unit_exporter(unit, key.flavor)))
+    for arch in track(archs, description="exporting subnets"):
+        sig = est.network_signature(arch)
+        if est.table.get(key.fingerprint, key.backend, key.precision, sig) is None:
+            jobs.append((sig, exports.get_or_make(sig, key.flavor, lambda: export_network(
+                arch, est.space, est.num_classes, est.image_size, key.flavor).SerializeToString())))
+    export_s = time.perf_counter() - t0
+    random.Random(seed).shuffle(jobs)
+    t0 = time.perf_counter()
+    for sig, data in track(jobs, description="measuring units and subnets, interleaved"):
+        est.table.record(sig, pool.measure(data, policy=policy, signature=sig))
+    return {"jobs": len(jobs), "export_s": export_s, "measure_s": time.perf_counter() - t0}
 
 
 def distinct_archs(space, n: int, seed: int, exclude: set[str]) -> list:
@@ -222,8 +258,10 @@ def training_overhead(args, space, pool, policy) -> dict:
                           "flush_finished": finished, "units_measured": def_stats.measured,
                           "units_left": def_stats.pending_units, "export_s": def_stats.export_s}
     b = result["baseline"]["mean_s"]
+    bm = result["baseline"]["median_s"]
     for mode in ("continuous", "deferred"):
         result[mode]["overhead_pct"] = 100 * (result[mode]["mean_s"] - b) / b
+        result[mode]["overhead_median_pct"] = 100 * (result[mode]["median_s"] - bm) / bm
     # How much training load moved the continuously measured numbers: re-measure the same units
     # with training stopped and compare medians. Their bytes are in the export cache; a slightly
     # different policy keeps the agent from answering from its result cache.
@@ -258,6 +296,8 @@ def main() -> None:
     parser.add_argument("--local-threads", type=int, default=None,
                         help="with --target local: the agent's ONNX Runtime intra-op threads (default: all cores)")
     parser.add_argument("--export-cache", default="runs/bench/exports", help="keep exports here between runs ('' = off)")
+    parser.add_argument("--no-interleave", action="store_true",
+                        help="profile all units first, then the subnets (default: one shuffled order)")
     parser.add_argument("--skip-overhead", action="store_true")
     parser.add_argument("--overhead-steps", type=int, default=10, help="training steps per phase")
     parser.add_argument("--overhead-rounds", type=int, default=3)
@@ -277,6 +317,13 @@ def main() -> None:
                  "host_cpus": os.cpu_count()}
     exports = DiskExports(args.export_cache)
     with LatencyTable(args.table) as table, open_pool(args, table) as pool:
+        est = LatencyEstimator(table, space, size, args.num_classes, pool=pool, policy=policy,
+                               end_to_end_policy=policy, correct=False)
+        eval_archs = distinct_archs(space, args.eval, args.seed + 1, set())
+        fit_archs = distinct_archs(space, args.fit, args.seed + 2, {a.hash for a in eval_archs})
+        if not args.no_interleave:
+            out["interleaved"] = measure_interleaved(est, pool, space, fit_archs + eval_archs, policy, exports,
+                                                     args.seed)
         t0 = time.perf_counter()
         report = profile(space, pool, table, size, args.num_classes, policy=policy, progress=True,
                          exporter=exports.unit_exporter)
@@ -284,12 +331,8 @@ def main() -> None:
                           "unstable": report.unstable, "failed": len(report.failed),
                           "export_s": report.export_s, "seconds": time.perf_counter() - t0}
         print(report.summary(), flush=True)
-        est = LatencyEstimator(table, space, size, args.num_classes, pool=pool, policy=policy,
-                               end_to_end_policy=policy, correct=False)
         out["fingerprint"] = {"hash": est.key.fingerprint.hash, "summary": est.key.fingerprint.summary(),
                               "fields": dict(est.key.fingerprint.fields)}
-        eval_archs = distinct_archs(space, args.eval, args.seed + 1, set())
-        fit_archs = distinct_archs(space, args.fit, args.seed + 2, {a.hash for a in eval_archs})
         t0 = time.perf_counter()
         # Interleaved, so drifting background load affects both sets alike.
         order = fit_archs + eval_archs
@@ -340,7 +383,7 @@ def main() -> None:
         o = out["training_overhead"]
         print(f"\nsimulated supernet training (batch {o['train_batch']} at {o['train_size']} px, "
               f"{o['rounds']} rounds x {o['steps_per_phase']} steps per mode): "
-              f"baseline {1e3 * o['baseline']['mean_s']:.1f} ms/step")
+              f"baseline {1e3 * o['baseline']['median_s']:.1f} ms/step median ({1e3 * o['baseline']['mean_s']:.1f} mean)")
         for mode in ("continuous", "deferred"):
             m = o[mode]
             if mode == "deferred":
@@ -351,10 +394,16 @@ def main() -> None:
                 if "latency_ratio_vs_quiet_median" in m:
                     extra += (f", recorded latency x{m['latency_ratio_vs_quiet_median']:.2f} median "
                               f"(x{m['latency_ratio_vs_quiet_max']:.2f} max) of a quiet re-measurement")
-            print(f"  {mode:<10} {1e3 * m['mean_s']:.1f} ms/step ({m['overhead_pct']:+.1f}%), "
+            print(f"  {mode:<10} {1e3 * m['median_s']:.1f} ms/step median ({m['overhead_median_pct']:+.1f}%), "
+                  f"{1e3 * m['mean_s']:.1f} mean ({m['overhead_pct']:+.1f}%), "
                   f"hook {m['hook_mean_us']:.0f} us mean / {m['hook_max_us']:.0f} us max{extra}")
-    print(f"\ntotal {out['seconds']:.0f} s (profile {out['profile']['seconds']:.0f} s, "
-          f"end-to-end {out['end_to_end_s']:.0f} s)")
+    if "interleaved" in out:
+        i = out["interleaved"]
+        print(f"\ntotal {out['seconds']:.0f} s (export {i['export_s']:.0f} s, {i['jobs']} units and subnets "
+              f"measured interleaved in {i['measure_s']:.0f} s)")
+    else:
+        print(f"\ntotal {out['seconds']:.0f} s (profile {out['profile']['seconds']:.0f} s, "
+              f"end-to-end {out['end_to_end_s']:.0f} s)")
     from autonad_edge.io import atomic_write_json
 
     atomic_write_json(args.out, out)

@@ -197,5 +197,12 @@ def test_cli_profile_and_prior(lab, tmp_path):
     assert len(prior.ops) == 4 and set(prior.ops[0][0]) == {"conv", "mlp"}
     assert data["meta"]["temperature"] == 0.3 and data["meta"]["target"] == "local"
     assert png.read_bytes()[:4] == b"\x89PNG"
+    # Offline: from the table alone, labelled with the given target name.
+    result = runner.invoke(group, ["prior", *common, "--offline", "only", "--target", "bench-box",
+                                   "--method", "fastest", "--samples", "50", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["meta"]["target"] == "bench-box"
+    result = runner.invoke(group, ["prior", *common, "--offline", "ffff", "--out", str(out)])
+    assert result.exit_code == 2 and "fingerprint" in result.output
     result = runner.invoke(group, ["prior", *common, "--out", str(out), "--method", "nope"])
     assert result.exit_code == 2 and "softmax or fastest" in result.output

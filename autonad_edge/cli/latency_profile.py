@@ -246,11 +246,18 @@ def prior_command(
     num_classes: int = typer.Option(6, help="Output classes (background included)."),
     table: Path = typer.Option(DEFAULT_TABLE, help="Latency table (SQLite)."),
     quick: bool = typer.Option(False, "--quick", help="Units missing from the table: a few timed runs each."),
+    offline: Optional[str] = typer.Option(
+        None, "--offline", metavar="FINGERPRINT",
+        help="Do not contact the target: use the table's entries of this device fingerprint (hash or "
+             "prefix; 'only' when the table holds one device). --target then only labels the result.",
+    ),
+    backend: str = typer.Option("onnxruntime", help="With --offline: the backend of the table entries."),
+    precision: str = typer.Option("fp32", help="With --offline: the precision of the table entries."),
 ) -> None:
     """Build the latency-aware prior for the search from the target's latency table."""
     from autonad_edge.latency.blocks import space_units
     from autonad_edge.latency.estimator import LatencyEstimator
-    from autonad_edge.latency.prior import build_prior, plot_prior, plot_title, save_prior
+    from autonad_edge.latency.prior import build_prior
     from autonad_edge.latency.profiler import missing_units, profile
 
     if method not in ("softmax", "fastest"):
@@ -264,6 +271,22 @@ def prior_command(
     the_space = load_space(space)
     size = _image_size(image_size)
     policy = _policy(quick, None)
+    if offline is not None:
+        from autonad_edge.latency.estimator import stored_key
+        from autonad_edge.latency.table import LatencyTable, LatencyTableError
+
+        if not table.is_file():
+            fail(f"latency table {table} does not exist")
+        with LatencyTable(table) as the_table:
+            try:
+                key = stored_key(the_table, backend, precision, None if offline == "only" else offline)
+                est = LatencyEstimator(the_table, the_space, size, num_classes, key=key)
+                prior, meta = build_prior(est, method=method, temperature=temperature, mix=mix, samples=samples,
+                                          top=top, seed=seed, target=target)
+            except (LookupError, LatencyTableError, ValueError) as exc:
+                fail(str(exc).splitlines()[0])
+        _write_prior(out, plot, prior, meta, the_space)
+        return
     with _Session(target, targets, table) as (the_table, pool):
         try:
             est = LatencyEstimator(the_table, the_space, size, num_classes, pool=pool, policy=policy)
@@ -275,11 +298,17 @@ def prior_command(
                                       top=top, seed=seed, target=target)
         except (_errors() + (ValueError,)) as exc:
             fail(str(exc).splitlines()[0])
+    _write_prior(out, plot, prior, meta, the_space)
+
+
+def _write_prior(out: Path, plot: Path | None, prior, meta, space) -> None:
+    from autonad_edge.latency.prior import plot_prior, plot_title, save_prior
+
     save_prior(out, prior, meta)
     typer.echo(f"wrote {out}")
     if plot is not None:
         title, subtitle = plot_title(meta)
-        plot_prior(prior, the_space, plot, title=title, subtitle=subtitle)
+        plot_prior(prior, space, plot, title=title, subtitle=subtitle)
         typer.echo(f"wrote {plot}")
 
 

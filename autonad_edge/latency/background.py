@@ -183,8 +183,10 @@ class BackgroundProfiler:
         return self
 
     def __exit__(self, exc_type, *exc_info: object) -> None:
-        # Leaving normally (training is over): measure what is left. On an error: stop.
-        self.close(flush=exc_type is None)
+        # Leaving normally, continuous mode finishes what is queued; deferred mode leaves it to
+        # the caller (an epoch hook has flushed each epoch; `profile()` measures any rest with
+        # its progress bar). On an error: stop.
+        self.close(flush=exc_type is None and self.mode == "continuous")
 
     @property
     def busy(self) -> bool:

@@ -119,7 +119,11 @@ def fit_correction(rows: Sequence[dict[str, float]], measured: Sequence[float],
     a = x / y[:, None]  # relative residuals: (y - x w) / y = 1 - a w
     r = 1.0 - a @ w0  # what the plain sum leaves
     scale = np.sqrt(np.mean(a**2, axis=0))
-    active = scale > 1e-12
+    # A feature that is constant over the fit set (e.g. the top-down merges, whose shapes do
+    # not depend on the subnet) cannot be told from the bias: keep it at its prior weight.
+    spread = np.ptp(x, axis=0)
+    constant = (spread <= 1e-9 * np.maximum(np.abs(x).max(axis=0), 1e-12)) & (np.array(FEATURES) != "bias")
+    active = (scale > 1e-12) & ~constant
     a_s = a[:, active] / scale[active]
     best: tuple[float, float, np.ndarray] | None = None
     n, k = a_s.shape
