@@ -14,6 +14,9 @@ from autonad_edge.training.checkpoint import load_checkpoint
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 
 
+TRANSIENT = ("Address already in use", "EADDRINUSE", "Connection refused", "Connection reset")
+
+
 def test_two_gloo_processes_train_in_lockstep(tmp_path):
     launcher = tmp_path / "launch.py"
     launcher.write_text("from autonad_edge.cli import app\napp(prog_name='autonad-edge')\n")
@@ -25,8 +28,14 @@ def test_two_gloo_processes_train_in_lockstep(tmp_path):
         "--sandwich-random", "1", "--device", "cpu", "--out", str(out),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CI": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for attempt in range(2):
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        output = proc.stdout + proc.stderr
+        # A local port taken by another process between torchrun picking it and binding it is
+        # the one failure worth a second try; anything else is a real failure.
+        if proc.returncode == 0 or not any(s in output for s in TRANSIENT):
+            break
+    assert proc.returncode == 0, output[-6000:]
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2

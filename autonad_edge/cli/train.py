@@ -149,6 +149,7 @@ def supernet_train(
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="float16 autocast on CUDA. [default: on]"),
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Training augmentation. [default: on]"),
     workers: Optional[int] = typer.Option(None, help="DataLoader worker processes. [default: 0]"),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads (1 is often fastest on a busy CPU). [default: torch's]"),
     eval_every: Optional[int] = typer.Option(None, help="Validate every N epochs (0: never). [default: 1]"),
     max_steps_per_epoch: Optional[int] = typer.Option(None, help="Cap each epoch's steps (a budget)."),
     splits: Optional[Path] = typer.Option(None, help="Reuse this split manifest (splits.json)."),
@@ -167,7 +168,8 @@ def supernet_train(
         data=str(data) if data else None, format=fmt, image_size=image_size, synthetic_count=synthetic_count,
         epochs=epochs, space=space, sharing=sharing, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
         warmup_epochs=warmup_epochs, sandwich=sandwich, sandwich_random=sandwich_random, seed=seed,
-        grad_clip=grad_clip, device=device, amp=amp, augment=augment, workers=workers, eval_every=eval_every,
+        grad_clip=grad_clip, device=device, amp=amp, augment=augment, workers=workers, threads=threads,
+        eval_every=eval_every,
         max_steps_per_epoch=max_steps_per_epoch,
     )
     config, ckpt = _run_config(SupernetConfig, out, SupernetTrainer.checkpoint_name, resume, explicit)
@@ -212,6 +214,7 @@ def retrain_command(
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="float16 autocast on CUDA. [default: on]"),
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Training augmentation. [default: on]"),
     workers: Optional[int] = typer.Option(None, help="DataLoader worker processes. [default: 0]"),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads (1 is often fastest on a busy CPU). [default: torch's]"),
     eval_every: Optional[int] = typer.Option(None, help="Validate every N epochs (0: never). [default: 1]"),
     max_steps_per_epoch: Optional[int] = typer.Option(None, help="Cap each epoch's steps (a budget)."),
     splits: Optional[Path] = typer.Option(None, help="Reuse this split manifest (default: the supernet run's)."),
@@ -220,8 +223,8 @@ def retrain_command(
 ) -> None:
     """Retrain an architecture as a static network, from scratch or from inherited weights.
 
-    Adam, lr 1e-4, poly decay (power 0.9); keeps the best-val-mIoU network (best.pt) and the
-    last state (last.pt)."""
+    Adam, lr 1e-4, poly decay 0.9; writes best.pt (best val mIoU) and last.pt (resumable).
+    """
     from autonad_edge.space import ArchError, SearchSpace, load_arch
     from autonad_edge.training.checkpoint import load_checkpoint
     from autonad_edge.training.config import RetrainConfig
@@ -236,7 +239,8 @@ def retrain_command(
         data=str(data) if data else None, format=fmt, image_size=image_size, synthetic_count=synthetic_count,
         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, poly_power=poly_power,
         init=init, supernet=str(supernet) if supernet else None, seed=seed, grad_clip=grad_clip, device=device,
-        amp=amp, augment=augment, workers=workers, eval_every=eval_every, max_steps_per_epoch=max_steps_per_epoch,
+        amp=amp, augment=augment, workers=workers, threads=threads, eval_every=eval_every,
+        max_steps_per_epoch=max_steps_per_epoch,
     )
     config, ckpt = _run_config(RetrainConfig, out, RetrainTrainer.checkpoint_name, resume, explicit)
     _check_device(config.device)
@@ -296,12 +300,18 @@ def _eval_data(info, data: Optional[Path], fmt: Optional[str], image_size: Optio
     fmt = fmt or (manifest or {}).get("format") or cfg.get("format") or "synthetic"
     if manifest is not None and manifest.get("format") != fmt:
         manifest = None  # another dataset: a fresh split of it
-    if manifest is not None and data is not None and manifest.get("root") not in (None, str(data)):
-        pass  # the dataset moved: same ids, new root (load_dataset checks the ids exist)
     size = image_size or (info.image_size[0] if info.image_size else None) or cfg.get("image_size") or 320
+    # --data wins (a moved dataset: same ids, new root); else the manifest's root, else the run's.
     path = str(data) if data else (None if manifest else cfg.get("data"))
     count = synthetic_count or cfg.get("synthetic_count") or 240
     return _load_data(fmt, path, size, seed if manifest is None else 0, count, manifest)
+
+
+def _set_threads(threads: Optional[int]) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def _load_for_eval(checkpoint: Path, arch: Optional[Path], device: str):
@@ -343,6 +353,7 @@ def evaluate_command(
     seed: int = typer.Option(0, help="Split seed when there is no manifest."),
     batch_size: int = typer.Option(8, help="Images per batch."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (mIoU, mF1, per class)."),
 ) -> None:
     """mIoU, mF1 and per-class IoU/F1 of a checkpoint on a split of the run's data."""
@@ -350,6 +361,7 @@ def evaluate_command(
 
     _check_choice("format", fmt, FORMATS)
     _check_choice("split", split, ("train", "val", "test"))
+    _set_threads(threads)
     model, info, the_arch = _load_for_eval(checkpoint, arch, device)
     the_data = _eval_data(info, data, fmt, image_size, splits, checkpoint, seed, synthetic_count)
     if the_data.class_names != info.class_names:
@@ -393,12 +405,14 @@ def predict_command(
     arch: Optional[Path] = typer.Option(None, help="Architecture JSON (needed for a supernet checkpoint)."),
     image_size: Optional[int] = typer.Option(None, help="Model input size (default: the checkpoint's)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's)."),
     alpha: float = typer.Option(0.5, help="Overlay opacity of the class colours."),
 ) -> None:
     """Segment every image of a folder: class-index mask PNGs and colour overlays."""
     from autonad_edge.data.errors import DatasetError
     from autonad_edge.training.predict import predict_images
 
+    _set_threads(threads)
     model, info, the_arch = _load_for_eval(checkpoint, arch, device)
     if the_arch is not None:
         model = model.extract(the_arch).eval()

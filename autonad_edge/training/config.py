@@ -13,7 +13,7 @@ from typing import Any
 
 # Settings that may differ when a run is resumed: they do not change what is computed (or
 # only where it runs). Everything else must match the checkpoint's config.
-RESUMABLE_OVERRIDES = frozenset({"device", "workers", "eval_every", "eval_batch_size", "data", "amp"})
+RESUMABLE_OVERRIDES = frozenset({"device", "workers", "eval_every", "eval_batch_size", "data", "amp", "threads"})
 
 
 @dataclass
@@ -34,6 +34,7 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # float16 autocast + GradScaler, on CUDA only
     workers: int = 0  # DataLoader worker processes
+    threads: int | None = None  # torch CPU threads (None: torch's default); 1 is often fastest on a busy CPU
     eval_every: int = 1  # evaluate on val every N epochs (and after the last); 0 = never
     eval_batch_size: int = 8
 

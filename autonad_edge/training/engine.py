@@ -266,6 +266,8 @@ class Trainer:
         if self._dist is None:
             self._dist = DistContext.from_env(cfg.device)
         self.device = self.dist.device
+        if cfg.threads:
+            torch.set_num_threads(int(cfg.threads))
         self.use_amp = bool(cfg.amp) and self.device.type == "cuda"
         self.manifest = self.data.manifest()
         self.log = JsonlLog(self.out_dir / LOG_FILE, enabled=self.dist.is_main)
@@ -310,11 +312,12 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         """Train to ``config.epochs`` (resuming first if asked); returns the run summary."""
-        self._setup()
         try:
+            self._setup()
             return self._fit()
         finally:
-            self.dist.close()
+            if self._dist is not None:
+                self._dist.close()
 
     def _fit(self) -> dict[str, Any]:
         cfg = self.config
