@@ -71,7 +71,7 @@ PRESETS: dict[str, Preset] = {
     # Seconds: for tests and smoke runs.
     "tiny": Preset("tiny", 64, 48, 2, 2, 8, 6, 2, 3, 4, 2, "inherited", max_steps_per_epoch=4),
     # The default: minutes on a 2-core CPU with --target local.
-    "cpu": Preset("tiny", 128, 160, 10, 8, 8, 16, 5, 5, 8, 4, "inherited"),
+    "cpu": Preset("tiny", 128, 160, 25, 30, 8, 16, 5, 5, 8, 4, "inherited"),
     # The paper's settings (Sec. V-B), for GPU hosts.
     "paper": Preset("default", 320, 240, 100, 200, 8, 100, 50, 10, 50, 10, "scratch", timing="full"),
 }
