@@ -101,6 +101,9 @@ class DistContext:
     def close(self) -> None:
         """Leave the process group if this context joined it."""
         if self.initialised_here and dist.is_initialized():
+            # Leave together: a rank tearing gloo down while another still talks to it
+            # aborts the process ("terminate called without an active exception").
+            dist.barrier()
             dist.destroy_process_group()
             self.initialised_here = False
 
