@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
-from autonad_edge.io import atomic_write_json
+from autonad_edge.io import atomic_write_json, json_safe as _json_safe
 
 STAGES = ("supernet", "latency", "search", "retrain", "export", "engine", "report")
 
@@ -199,7 +199,7 @@ class SearchPipeline:
                 pool = stack.enter_context(open_target(cfg.target, cfg.targets_path, table=table))
             except TargetError as exc:
                 raise PipelineError(str(exc)) from None
-            ctx = _RunContext(self, space, data, table, pool)
+            ctx = _RunContext(self, space, data, table, pool, stages)
             self._stage(stages, "supernet", ctx.train_supernet)
             self._stage(stages, "latency", ctx.latency)
             self._stage(stages, "search", ctx.search)
@@ -232,7 +232,8 @@ class SearchPipeline:
 class _RunContext:
     """The stages, sharing what one run has open: data, table, target pool, estimator."""
 
-    def __init__(self, pipeline: SearchPipeline, space, data, table, pool) -> None:
+    def __init__(self, pipeline: SearchPipeline, space, data, table, pool, stages: StageLog) -> None:
+        self.stages = stages
         self.p, self.cfg, self.out = pipeline, pipeline.cfg, pipeline.out
         self.space, self.data, self.table, self.pool = space, data, table, pool
         self._estimator = None
@@ -439,7 +440,7 @@ class _RunContext:
         return load_model(self.p_result("retrain")["checkpoint"])
 
     def p_result(self, name: str) -> dict[str, Any]:
-        return StageLog.open(self.out / "stages.json").result(name)
+        return self.stages.result(name)
 
     def _backend(self) -> str:
         return self.estimator().key.backend
@@ -591,23 +592,6 @@ class _GenerationProgress:
                 self._task, completed=gen,
                 info=f"{self._evaluated} evaluated; best mIoU {100 * best.miou:.1f}% at {best.latency_ms:.2f} ms",
             )
-
-
-def _json_safe(obj: Any) -> Any:
-    """Plain JSON types (NaN becomes None) for results stored in stages.json."""
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, float):
-        return None if obj != obj else obj
-    if isinstance(obj, (str, int, bool)) or obj is None:
-        return obj
-    if hasattr(obj, "item"):
-        return _json_safe(obj.item())
-    if isinstance(obj, Path):
-        return str(obj)
-    return str(obj)
 
 
 def run_search(config: PipelineConfig, log: Callable[[str], None] = print) -> dict[str, Any]:

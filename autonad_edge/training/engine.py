@@ -46,7 +46,8 @@ from autonad_edge.training.checkpoint import (
 )
 from autonad_edge.training.config import RunConfig, config_conflicts
 from autonad_edge.training.distributed import DistContext, parameter_digest
-from autonad_edge.training.progress import JsonlLog, Progress, _json_safe
+from autonad_edge.io import json_safe as _json_safe
+from autonad_edge.training.progress import JsonlLog, Progress
 
 StepHook = Callable[[int, Arch], None]
 EpochHook = Callable[[int, dict], None]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from autonad_edge.io import atomic_write_text
+from autonad_edge.io import json_safe as _json_safe
 
 
 def fancy_output_allowed(quiet: bool = False) -> bool:
@@ -133,17 +134,6 @@ class Progress:
             self._progress.console.print(text, highlight=False)
         else:
             print(text, file=sys.stderr, flush=True)
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN/inf floats become None (strict JSON); containers are converted recursively."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 class JsonlLog:
