@@ -33,7 +33,6 @@ import hashlib
 import os
 import platform
 import random
-import secrets
 import statistics
 import sys
 import tempfile
@@ -50,29 +49,13 @@ from autonad_edge.latency.profiler import export_bytes, profile
 
 @contextlib.contextmanager
 def open_pool(args, table):
-    """`open_target(args.target)`, or with --local-threads an in-process agent like `local`
-    whose ONNX Runtime uses that many intra-op threads (the built-in `local` uses every core).
-    The pool has no table of its own: what is recorded where is explicit here (the overhead
-    part's measurements under training load go to scratch tables only)."""
-    if args.local_threads is None:
-        with open_target(args.target, args.targets) as pool:
-            yield pool
-        return
-    if args.target != "local":
+    """`open_target(args.target)`; --local-threads sets the thread count of `local`. The pool
+    has no table of its own: what is recorded where is explicit here (the overhead part's
+    measurements under training load go to scratch tables only)."""
+    if args.local_threads is not None and args.target != "local":
         raise SystemExit("--local-threads applies to --target local only")
-    from autonad_agent.server import AgentConfig, AgentServer
-    from autonad_edge.latency import AgentClient, ClientPool
-
-    token = secrets.token_urlsafe(32)
-    server = AgentServer(AgentConfig(host="127.0.0.1", port=0, backend="onnxruntime", token=token,
-                                     threads=args.local_threads)).start()
-    try:
-        client = AgentClient(server.address, token=token)
-        client.connect()
-        with ClientPool([client], backend="onnxruntime") as pool:
-            yield pool
-    finally:
-        server.stop(grace_s=0)
+    with open_target(args.target, args.targets, local_threads=args.local_threads) as pool:
+        yield pool
 
 
 class DiskExports:

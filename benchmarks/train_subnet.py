@@ -32,7 +32,7 @@ from autonad_edge.io import atomic_write_json
 from autonad_edge.models.supernet import HybridSupernet
 from autonad_edge.space import Arch, BlockArch, SearchSpace, StageArch, load_arch
 from autonad_edge.training.config import RetrainConfig
-from autonad_edge.training.engine import masked_cross_entropy
+from autonad_edge.training.losses import masked_cross_entropy
 from autonad_edge.training.evaluate import constant_baseline, evaluate
 from autonad_edge.training.retrain import RetrainTrainer
 from autonad_edge.training.rundata import load_run_data

@@ -104,6 +104,24 @@ def test_local_target_measures_and_records(isolated: Path):
             client.connect()
 
 
+def test_local_thread_count_reaches_the_fingerprint(isolated: Path, monkeypatch: pytest.MonkeyPatch):
+    """`local_threads` (or $AUTONAD_LOCAL_THREADS) sets the in-process agent's ONNX Runtime
+    threads; the count is in the fingerprint, so tables of other counts are never reused."""
+    monkeypatch.delenv("AUTONAD_LOCAL_THREADS", raising=False)
+    with open_target("local", local_threads=1) as pool:
+        one = pool.measure(testing.conv_model(), policy=FAST).fingerprint
+    monkeypatch.setenv("AUTONAD_LOCAL_THREADS", "3")
+    with open_target("local") as pool:
+        three = pool.measure(testing.conv_model(), policy=FAST).fingerprint
+    assert one.fields["threads"] == "1" and three.fields["threads"] == "3"
+    assert one.hash != three.hash
+    monkeypatch.setenv("AUTONAD_LOCAL_THREADS", "many")
+    with pytest.raises(TargetError, match="AUTONAD_LOCAL_THREADS='many' is not a thread count"):
+        open_target("local")
+    with pytest.raises(TargetError, match="threads must be >= 1"):
+        open_target("local", local_threads=0)
+
+
 def test_remote_target_with_token(isolated: Path):
     token = "t" * 32
     (isolated / "agent.token").write_text(token)

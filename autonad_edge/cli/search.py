@@ -12,6 +12,7 @@ from autonad_edge.cli.common import fail
 def search(
     target: str = typer.Option("local", help="Target name from the targets file; 'local' = an in-process ONNX Runtime agent on this CPU."),
     targets: Path = typer.Option(None, help="Targets TOML (default: $AUTONAD_TARGETS, ./targets.toml, then ~/.config/autonad/targets.toml)."),
+    local_threads: int = typer.Option(None, help="ONNX Runtime threads of the 'local' agent (default: $AUTONAD_LOCAL_THREADS, else all CPUs; 1 is steadier on a busy host)."),
     data: Path = typer.Option(None, help="Dataset root; omit for the embedded synthetic defect set."),
     format: str = typer.Option("synthetic", "--format", help="Dataset format: synthetic, mt (Magnetic-tile) or voc."),
     out: Path = typer.Option(Path("runs/search"), help="Output directory; rerun the same command to resume."),
@@ -42,7 +43,7 @@ def search(
 
     config = PipelineConfig(
         out=str(out), data=str(data) if data else None, format=format, target=target,
-        targets_path=str(targets) if targets else None, table=str(table), preset=preset, space=space,
+        targets_path=str(targets) if targets else None, local_threads=local_threads, table=str(table), preset=preset, space=space,
         image_size=image_size, supernet_epochs=supernet_epochs, retrain_epochs=retrain_epochs,
         batch_size=batch_size, population=population, generations=generations, sharing=sharing,
         latency_weight=latency_weight, latency_budget_ms=latency_budget_ms, params_budget=params_budget,
@@ -62,6 +63,8 @@ def search(
         f"latency {lat['measured_ms']:.3f} ms measured on '{report['target']['name']}' "
         f"(estimated {lat['estimated_ms']:.3f} ms)"
     )
+    if lat.get("warning"):
+        typer.echo(f"warning: {lat['warning']}", err=True)
     typer.echo(f"report: {out / 'report.md'}")
 
 

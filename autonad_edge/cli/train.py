@@ -21,6 +21,7 @@ from typing import Any, Optional
 import typer
 
 from autonad_edge.cli.common import fail, load_space
+from autonad_edge.training.config import CLASS_WEIGHTINGS
 
 FORMATS = ("synthetic", "mt", "voc")
 SPACE_HELP = "Search space: 'default' (the paper's Table I), 'tiny', or a space JSON file."
@@ -145,6 +146,8 @@ def supernet_train(
     sandwich_random: Optional[int] = typer.Option(None, help="Random subnets per sandwich step. [default: 2]"),
     seed: Optional[int] = typer.Option(None, help="Seed of init, subnet sampling, data order and split. [default: 0]"),
     grad_clip: Optional[float] = typer.Option(None, help="Clip gradients to this L2 norm. [default: off]"),
+    class_weighting: Optional[str] = typer.Option(
+        None, help="Loss weights for rare defect pixels: none or inverse_sqrt (1/sqrt of class pixel share). [default: none]"),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N. [default: auto]"),
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="float16 autocast on CUDA. [default: on]"),
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Training augmentation. [default: on]"),
@@ -164,12 +167,13 @@ def supernet_train(
 
     _check_choice("format", fmt, FORMATS)
     _check_choice("sharing", sharing, ("cross", "entangled", "classical"))
+    _check_choice("class-weighting", class_weighting, CLASS_WEIGHTINGS)
     explicit = dict(
         data=str(data) if data else None, format=fmt, image_size=image_size, synthetic_count=synthetic_count,
         epochs=epochs, space=space, sharing=sharing, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
         warmup_epochs=warmup_epochs, sandwich=sandwich, sandwich_random=sandwich_random, seed=seed,
-        grad_clip=grad_clip, device=device, amp=amp, augment=augment, workers=workers, threads=threads,
-        eval_every=eval_every,
+        grad_clip=grad_clip, class_weighting=class_weighting, device=device, amp=amp, augment=augment,
+        workers=workers, threads=threads, eval_every=eval_every,
         max_steps_per_epoch=max_steps_per_epoch,
     )
     config, ckpt = _run_config(SupernetConfig, out, SupernetTrainer.checkpoint_name, resume, explicit)
@@ -210,6 +214,8 @@ def retrain_command(
     poly_power: Optional[float] = typer.Option(None, help="Poly decay power. [default: 0.9]"),
     seed: Optional[int] = typer.Option(None, help="Seed of init, data order and split. [default: 0]"),
     grad_clip: Optional[float] = typer.Option(None, help="Clip gradients to this L2 norm. [default: off]"),
+    class_weighting: Optional[str] = typer.Option(
+        None, help="Loss weights for rare defect pixels: none or inverse_sqrt (1/sqrt of class pixel share). [default: none]"),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N. [default: auto]"),
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="float16 autocast on CUDA. [default: on]"),
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Training augmentation. [default: on]"),
@@ -233,12 +239,14 @@ def retrain_command(
 
     _check_choice("format", fmt, FORMATS)
     _check_choice("init", init, ("scratch", "inherited"))
+    _check_choice("class-weighting", class_weighting, CLASS_WEIGHTINGS)
     if init == "inherited" and supernet is None:
         fail("--init inherited needs --supernet CHECKPOINT")
     explicit = dict(
         data=str(data) if data else None, format=fmt, image_size=image_size, synthetic_count=synthetic_count,
         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, poly_power=poly_power,
-        init=init, supernet=str(supernet) if supernet else None, seed=seed, grad_clip=grad_clip, device=device,
+        init=init, supernet=str(supernet) if supernet else None, seed=seed, grad_clip=grad_clip,
+        class_weighting=class_weighting, device=device,
         amp=amp, augment=augment, workers=workers, threads=threads, eval_every=eval_every,
         max_steps_per_epoch=max_steps_per_epoch,
     )

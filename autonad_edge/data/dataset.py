@@ -234,6 +234,14 @@ class SegmentationData:
             synthetic_count=self.synthetic_count,
         )
 
+    def class_frequencies(self, split: str = "train") -> np.ndarray:
+        """float64 [num_classes]: each class's share of the split's labelled pixels (at native
+        resolution; all zeros for an empty split)."""
+        rows = self.split(split).indices
+        counts = self.cache.class_pixel_counts()[rows, : self.num_classes].sum(axis=0).astype(np.float64)
+        total = counts.sum()
+        return counts / total if total > 0 else counts
+
     def save_manifest(self, path: str | Path) -> Path:
         return save_manifest(self.manifest(), path)
 

@@ -11,7 +11,10 @@
 The file is the first of: the explicit path (--targets), $AUTONAD_TARGETS, ./targets.toml,
 $XDG_CONFIG_HOME/autonad/targets.toml (~/.config/autonad/targets.toml). The built-in target
 `local` needs no file: it runs an agent in this process (ONNX Runtime on this CPU) on a
-loopback port with a random token, so everything works on a laptop.
+loopback port with a random token, so everything works on a laptop. Its ONNX Runtime uses all
+usable CPUs unless told a thread count (`local_threads=`, else $AUTONAD_LOCAL_THREADS): on a
+shared or busy host one thread gives much steadier numbers. The count is part of the device
+fingerprint, so tables measured with different counts never mix.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ log = logging.getLogger(__name__)
 
 LOCAL_TARGET = "local"
 TARGETS_ENV = "AUTONAD_TARGETS"
+LOCAL_THREADS_ENV = "AUTONAD_LOCAL_THREADS"
 _PRECISIONS = ("fp32", "fp16")
 _KEYS = {"agents", "backend", "precision", "token_file", "tls_ca", "tls_server_name", "timeout_s"}
 
@@ -60,6 +64,7 @@ class TargetConfig:
     # Deadline of one measurement request.
     timeout_s: float = 600.0
     source: Path | None = None  # the TOML file it came from; None for `local`
+    threads: int | None = None  # `local` only: ONNX Runtime intra-op threads (None: all usable CPUs)
 
     def read_token(self) -> str | None:
         if self.token_file is None:
@@ -160,13 +165,23 @@ def load_targets(targets_path: str | Path | None = None) -> dict[str, TargetConf
     return {name: _parse_target(name, table, path) for name, table in targets.items()}
 
 
-def local_target_config() -> TargetConfig:
-    return TargetConfig(name=LOCAL_TARGET, agents=("127.0.0.1:0",), backend="onnxruntime")
+def local_target_config(threads: int | None = None) -> TargetConfig:
+    if threads is None and os.environ.get(LOCAL_THREADS_ENV, "").strip():
+        raw = os.environ[LOCAL_THREADS_ENV].strip()
+        try:
+            threads = int(raw)
+        except ValueError:
+            raise TargetError(f"${LOCAL_THREADS_ENV}={raw!r} is not a thread count") from None
+    if threads is not None and threads < 1:
+        raise TargetError(f"local target threads must be >= 1, got {threads}")
+    return TargetConfig(name=LOCAL_TARGET, agents=("127.0.0.1:0",), backend="onnxruntime", threads=threads)
 
 
-def get_target(name: str, targets_path: str | Path | None = None) -> TargetConfig:
+def get_target(name: str, targets_path: str | Path | None = None, *,
+               local_threads: int | None = None) -> TargetConfig:
+    """The named target; `local_threads` sets the thread count of the built-in `local`."""
     if name == LOCAL_TARGET:
-        return local_target_config()
+        return local_target_config(local_threads)
     targets = load_targets(targets_path)
     if name not in targets:
         path = find_targets_file(targets_path)
@@ -201,7 +216,8 @@ class Target:
         from autonad_agent.server import AgentConfig, AgentServer
 
         token = secrets.token_urlsafe(32)
-        config = AgentConfig(host="127.0.0.1", port=0, backend=self.config.backend or "onnxruntime", token=token)
+        config = AgentConfig(host="127.0.0.1", port=0, backend=self.config.backend or "onnxruntime", token=token,
+                             threads=self.config.threads)
         try:
             self._local_agent = AgentServer(config).start()
         except RuntimeError as exc:
@@ -276,10 +292,12 @@ def open_target(
     *,
     table: LatencyTable | None = None,
     connect_timeout_s: float = 5.0,
+    local_threads: int | None = None,
 ) -> Target:
     """Resolve target `name` (see module doc); use the result as a context manager that
     yields a `ClientPool`. Raises TargetError with a one-line message."""
-    return Target(get_target(name, targets_path), table=table, connect_timeout_s=connect_timeout_s)
+    return Target(get_target(name, targets_path, local_threads=local_threads), table=table,
+                  connect_timeout_s=connect_timeout_s)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,24 @@ from typing import Any
 from autonad_edge.io import atomic_write_json, atomic_write_text
 
 
+UNSTABLE_RATIO = 1.25  # two end-to-end measurements of one network further apart than this
+
+
+def latency_disagreement(lat: dict[str, Any]) -> str | None:
+    """A sentence when the two end-to-end measurements of the chosen network disagree by more
+    than UNSTABLE_RATIO: the device's timings moved (another load on it, thermal or power
+    state), so every latency of the run is less certain than its table suggests."""
+    first, final = lat.get("finalist_measured_ms"), lat.get("measured_ms")
+    if not first or not final:
+        return None
+    ratio = max(first, final) / min(first, final)
+    if ratio <= UNSTABLE_RATIO:
+        return None
+    return (f"the chosen network measured {first:.3f} ms during the search and {final:.3f} ms at export "
+            f"({ratio:.2f}x apart): the target's timings were unstable (other load on the device, clocks "
+            "or power mode changing); re-measure with `autonad-edge latency measure` on a quiet device.")
+
+
 def file_sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -79,9 +97,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         "| what | ms |",
         "| --- | --- |",
         f"| estimate from the block latency table | {_ms(lat.get('estimated_ms'))} |",
-        f"| measured end to end (exported ONNX, median) | {_ms(lat.get('measured_ms'))} |",
+        f"| measured end to end during the search (quick timing, median) | {_ms(lat.get('finalist_measured_ms'))} |",
+        f"| measured end to end (exported ONNX, full timing, median) | {_ms(lat.get('measured_ms'))} |",
         f"| TensorRT engine (median) | {_ms(lat.get('engine_ms'))} |",
     ]
+    warning = latency_disagreement(lat)
+    if warning:
+        lines += ["", f"**Warning:** {warning}"]
     if lat.get("engine_note"):
         lines += ["", f"TensorRT engine: {lat['engine_note']}"]
     if lat.get("fingerprint"):

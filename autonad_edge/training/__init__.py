@@ -5,7 +5,7 @@
 
 Modules: `config` (run settings), `engine` (the shared loop: resume, DDP, logging), `supernet_trainer`,
 `retrain`, `evaluate`, `predict`, `checkpoint` (atomic weights_only checkpoints, `load_model`),
-`schedules`, `distributed`, `progress`, `hooks` (non-blocking step hooks), `rundata` (loading a
+`losses` (class-weighted cross-entropy), `schedules`, `distributed`, `progress`, `hooks` (non-blocking step hooks), `rundata` (loading a
 run's data with its split manifest).
 """
 
@@ -37,6 +37,8 @@ _LAZY: dict[str, str] = {
     "BackgroundHook": "hooks",
     "DistContext": "distributed",
     "load_run_data": "rundata",
+    "class_weights": "losses",
+    "masked_cross_entropy": "losses",
 }
 
 __all__ = sorted(_LAZY)

@@ -13,6 +13,8 @@ from typing import Any
 
 # Settings that may differ when a run is resumed: they do not change what is computed (or
 # only where it runs). Everything else must match the checkpoint's config.
+CLASS_WEIGHTINGS = ("none", "inverse_sqrt")  # RunConfig.class_weighting; see training.losses
+
 RESUMABLE_OVERRIDES = frozenset({"device", "workers", "eval_every", "eval_batch_size", "data", "amp", "threads"})
 
 
@@ -28,6 +30,7 @@ class RunConfig:
     epochs: int = 100
     batch_size: int = 8
     seed: int = 0
+    class_weighting: str = "none"  # none | inverse_sqrt (see training.losses): for rare defect pixels
     grad_clip: float | None = None  # max gradient L2 norm, None = no clipping
     max_steps_per_epoch: int | None = None  # cap the steps of every epoch (smoke runs, budgets)
     # execution
@@ -77,4 +80,4 @@ def config_conflicts(saved: dict[str, Any], current: dict[str, Any]) -> list[str
     return sorted(k for k in keys if saved.get(k) != current.get(k))
 
 
-__all__ = ["RESUMABLE_OVERRIDES", "RetrainConfig", "RunConfig", "SupernetConfig", "config_conflicts"]
+__all__ = ["CLASS_WEIGHTINGS", "RESUMABLE_OVERRIDES", "RetrainConfig", "RunConfig", "SupernetConfig", "config_conflicts"]

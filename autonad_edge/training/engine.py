@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -46,6 +45,7 @@ from autonad_edge.training.checkpoint import (
 )
 from autonad_edge.training.config import RunConfig, config_conflicts
 from autonad_edge.training.distributed import DistContext, parameter_digest
+from autonad_edge.training.losses import class_weights, masked_cross_entropy
 from autonad_edge.io import json_safe as _json_safe
 from autonad_edge.training.progress import JsonlLog, Progress
 
@@ -76,13 +76,6 @@ def epoch_batches(n: int, batch_size: int, generator: torch.Generator, rank: int
 def steps_per_epoch(n: int, batch_size: int, world_size: int = 1, max_steps: int | None = None) -> int:
     steps = math.ceil(math.ceil(n / world_size) / batch_size)
     return min(steps, max_steps) if max_steps else steps
-
-
-def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
-    """Mean cross-entropy over labelled pixels; 0 (not NaN) when a batch has none."""
-    total = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="sum")
-    count = (target != ignore_index).sum().clamp_min(1)
-    return total / count
 
 
 class Trainer:
@@ -171,7 +164,7 @@ class Trainer:
         return nullcontext()
 
     def loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        return masked_cross_entropy(logits, masks, self.ignore_index)
+        return masked_cross_entropy(logits, masks, self.ignore_index, self.class_weight)
 
     def backward(self, loss: torch.Tensor) -> None:
         """Backward of a (possibly AMP-scaled) loss; gradients accumulate into .grad."""
@@ -277,6 +270,8 @@ class Trainer:
         self.sampler_rng = random.Random(cfg.seed)
         self.data_gen = torch.Generator().manual_seed(cfg.seed)
         self.model = self.build_model().to(self.device)
+        weights = class_weights(self.data.class_frequencies("train"), cfg.class_weighting)
+        self.class_weight = None if weights is None else torch.tensor(weights, dtype=torch.float32, device=self.device)
         self.train_set = self.data.train_augmented(cfg.seed) if cfg.augment else self.data.train
         if len(self.train_set) == 0:
             raise ValueError("the train split is empty")
