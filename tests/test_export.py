@@ -281,3 +281,19 @@ def test_bad_arguments():
     with pytest.raises(ExportError, match="DataDependent") as info:
         export_module(DataDependent(), (x,))
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("flavor", ["portable", "tensorrt"])
+def test_cached_exporter_registry_gives_the_public_exporters_model(flavor, monkeypatch):
+    """Exports reuse one op registry (rebuilding it is half of a small export); the model must be
+    byte-identical to what the public `torch.onnx.export` path writes."""
+    import autonad_edge.export.onnx_export as onnx_export
+
+    torch.manual_seed(0)
+    block = HybridBlock.build(16, BlockArch("mlp", 2.0), 16, 2)
+    x = torch.randn(1, 16, 8, 8)
+    cached = export_module(block, (x,), flavor=flavor).SerializeToString()
+    assert onnx_export._REGISTRIES[(flavor, onnx_export.OPSET)] is not None
+    monkeypatch.setitem(onnx_export._REGISTRIES, (flavor, onnx_export.OPSET), None)
+    public = export_module(block, (x,), flavor=flavor).SerializeToString()
+    assert cached == public

@@ -103,3 +103,28 @@ def test_bad_dataset_fails_before_training(tmp_path):
     assert result.exit_code == 2
     assert "dataset" in result.output
     assert not (tmp_path / "run" / "supernet").exists()
+
+
+def test_report_warns_when_the_two_end_to_end_measurements_disagree():
+    from autonad_edge.search.report import latency_disagreement
+
+    assert latency_disagreement({"finalist_measured_ms": 1.31, "measured_ms": 1.40}) is None
+    assert latency_disagreement({"finalist_measured_ms": None, "measured_ms": 3.6}) is None
+    warning = latency_disagreement({"finalist_measured_ms": 1.31, "measured_ms": 3.61})
+    assert "1.310 ms" in warning and "3.610 ms" in warning and "2.76x" in warning
+
+
+def test_cpu_preset_trains_with_class_weights_and_its_own_learning_rates():
+    """The default run must leave the all-background floor in minutes: the cpu preset's
+    optimisation settings reach both trainers (and the baselines' benchmark, via
+    `retrain_config`)."""
+    from autonad_edge.search.pipeline import PRESETS, PipelineConfig
+
+    cfg = PipelineConfig().resolved()
+    retrain = cfg.retrain_config("runs/x/supernet.pt")
+    preset = PRESETS["cpu"]
+    assert retrain.class_weighting == "inverse_sqrt" and retrain.lr == preset.retrain_lr
+    assert retrain.init == "inherited" and retrain.supernet == "runs/x/supernet.pt"
+    assert retrain.epochs == preset.retrain_epochs and retrain.image_size == preset.image_size
+    paper = PipelineConfig(preset="paper").resolved().retrain_config("s.pt")
+    assert paper.class_weighting == "none" and paper.lr == 1e-4 and paper.supernet is None

@@ -304,6 +304,9 @@ class _RunContext:
             sharing=cfg.sharing, max_steps_per_epoch=cfg.preset_values.max_steps_per_epoch,
             class_weighting=cfg.preset_values.class_weighting,
             warmup_epochs=cfg.preset_values.supernet_warmup_epochs,
+            # The supernet's val figures are progress information only (the search evaluates
+            # subnets itself): ten points per run are enough.
+            eval_every=max(1, cfg.supernet_epochs // 10),
             **({"lr": cfg.preset_values.supernet_lr} if cfg.preset_values.supernet_lr else {}),
         )
         resume = (out_dir / "supernet.pt").exists()
