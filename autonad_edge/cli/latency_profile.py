@@ -135,6 +135,17 @@ def profile_command(
         raise typer.Exit(1)
 
 
+STAT_HELP = ("Statistic summed and predicted: median, or min (the interference-free latency: "
+             "the steadiest figure on a shared or busy device), mean, p90. A correction is fitted per statistic.")
+
+
+def _check_stat(stat: str) -> None:
+    from autonad_edge.latency.estimator import STATS
+
+    if stat not in STATS:
+        fail(f"--stat {stat!r}: choose one of {', '.join(STATS)}")
+
+
 def calibrate_command(
     target: str = typer.Option("local", help=TARGET_HELP),
     targets: Optional[Path] = typer.Option(None, "--targets", help=TARGETS_HELP),
@@ -145,6 +156,7 @@ def calibrate_command(
     subnets: int = typer.Option(20, help="Random subnets to measure end to end."),
     seed: int = typer.Option(1000, help="Sampling seed."),
     quick: bool = typer.Option(False, "--quick", help="A few timed runs per model (fast, noisier)."),
+    stat: str = typer.Option("median", help=STAT_HELP),
 ) -> None:
     """Measure random subnets end to end and fit the estimator's correction for the target.
 
@@ -152,6 +164,7 @@ def calibrate_command(
     """
     from autonad_edge.latency.estimator import LatencyEstimator, accuracy_report
 
+    _check_stat(stat)
     the_space = load_space(space)
     size = _image_size(image_size)
     if subnets < 2:
@@ -162,7 +175,7 @@ def calibrate_command(
     with _Session(target, targets, table) as (the_table, pool):
         try:
             est = LatencyEstimator(the_table, the_space, size, num_classes, pool=pool, policy=policy,
-                                   end_to_end_policy=policy, correct=False)
+                                   end_to_end_policy=policy, correct=False, stat=stat)
             from rich.progress import track
 
             measured = [est.measure_end_to_end(a) for a in track(archs, description="measuring subnets end to end")]
@@ -187,11 +200,13 @@ def estimate_command(
     table: Path = typer.Option(DEFAULT_TABLE, help="Latency table (SQLite)."),
     measure: bool = typer.Option(False, "--measure", help="Also export the subnet and measure it end to end."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    stat: str = typer.Option("median", help=STAT_HELP),
 ) -> None:
     """Estimated latency of an architecture on the target (per-unit breakdown)."""
     from autonad_edge.latency.estimator import LatencyEstimator
     from autonad_edge.space import ArchError, load_arch
 
+    _check_stat(stat)
     the_space = load_space(space)
     size = _image_size(image_size)
     try:
@@ -200,7 +215,7 @@ def estimate_command(
         fail(f"{arch_path}: {exc}")
     with _Session(target, targets, table) as (the_table, pool):
         try:
-            est = LatencyEstimator(the_table, the_space, size, num_classes, pool=pool)
+            est = LatencyEstimator(the_table, the_space, size, num_classes, pool=pool, stat=stat)
             parts = est.breakdown(arch)
             estimate = est.estimate(arch)
             measured = est.measure_end_to_end(arch, reuse=False) if measure else None
@@ -209,7 +224,7 @@ def estimate_command(
     raw = sum(ms for _, ms in parts)
     if as_json:
         print(json.dumps({
-            "arch": arch.hash, "summary": arch.summary(), "estimate_ms": estimate, "sum_ms": raw,
+            "arch": arch.hash, "summary": arch.summary(), "statistic": stat, "estimate_ms": estimate, "sum_ms": raw,
             "corrected": est.correction is not None, "measured_ms": measured,
             "fingerprint": est.key.fingerprint.hash, "units": [
                 {"label": u.label, "unit": u.describe(), "signature": u.key, "ms": ms} for u, ms in parts

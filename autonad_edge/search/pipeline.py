@@ -108,6 +108,10 @@ class PipelineConfig:
     parents: int | None = None
     sharing: str = "cross"
     latency_weight: float = 0.1
+    # The statistic the latency table sums and the search scores: "min" (the latency without
+    # interference, which block sums predict best: benchmarks/RESULTS.md) or "median", ...
+    # The report gives the end-to-end median and min either way.
+    latency_stat: str = "min"
     latency_budget_ms: float | None = None
     params_budget: int | None = None
     prior_method: str = "softmax"
@@ -119,6 +123,10 @@ class PipelineConfig:
     def resolved(self) -> "PipelineConfig":
         if self.preset not in PRESETS:
             raise PipelineError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        from autonad_edge.latency.estimator import STATS
+
+        if self.latency_stat not in STATS:
+            raise PipelineError(f"unknown latency statistic {self.latency_stat!r}; choose one of {', '.join(STATS)}")
         preset = asdict(PRESETS[self.preset])
         values = asdict(self)
         for f in fields(self):
@@ -279,7 +287,7 @@ class _RunContext:
             self._estimator = LatencyEstimator(
                 self.table, self.space, self.image_hw, self.data.num_classes, pool=self.pool,
                 corrections=self.out / "latency" / "corrections.json",
-                policy=self.policy, end_to_end_policy=self.policy,
+                policy=self.policy, end_to_end_policy=self.policy, stat=self.cfg.latency_stat,
             )
         return self._estimator
 
@@ -559,9 +567,11 @@ class _RunContext:
             },
             "accuracy": accuracy,
             "latency": {
+                "statistic": cfg.latency_stat,
                 "estimated_ms": search["best"]["latency_ms"],
                 "finalist_measured_ms": search["best"].get("measured_ms"),
                 "measured_ms": export["measured"]["median_ms"],
+                "measured_min_ms": export["measured"].get("min_ms"),
                 "measured_p90_ms": export["measured"].get("p90_ms"),
                 "measured_flavor": export["measured"]["flavor"],
                 "engine_ms": engine.get("engine_ms"),
