@@ -206,3 +206,31 @@ def test_cli_profile_and_prior(lab, tmp_path):
     assert result.exit_code == 2 and "fingerprint" in result.output
     result = runner.invoke(group, ["prior", *common, "--out", str(out), "--method", "nope"])
     assert result.exit_code == 2 and "softmax or fastest" in result.output
+
+
+def test_cli_estimate_with_the_min_statistic(lab, tmp_path):
+    """`latency estimate --stat min` sums the units' minima (never more than their medians);
+    an unknown statistic is a one-line error."""
+    import typer
+    from typer.testing import CliRunner
+
+    from autonad_edge.cli.latency_profile import register
+
+    group = typer.Typer()
+    register(group)
+    space_file = tmp_path / "space.json"
+    space_file.write_text(lab["space"].to_json())
+    arch_file = tmp_path / "arch.json"
+    arch_file.write_text(lab["space"].sample(random.Random(4)).to_json())
+    common = [str(arch_file), "--space", str(space_file), "--image-size", str(SIZE), "--num-classes",
+              str(CLASSES), "--table", str(lab["path"]), "--json"]
+    runner = CliRunner()
+    by_stat = {}
+    for stat in ("median", "min"):
+        result = runner.invoke(group, ["estimate", *common, "--stat", stat])
+        assert result.exit_code == 0, result.output
+        by_stat[stat] = json.loads(result.output)
+    assert by_stat["min"]["statistic"] == "min"
+    assert 0 < by_stat["min"]["sum_ms"] <= by_stat["median"]["sum_ms"]
+    result = runner.invoke(group, ["estimate", *common, "--stat", "mode"])
+    assert result.exit_code == 2 and "--stat 'mode': choose one of median, min, mean, p90" in result.output

@@ -46,6 +46,9 @@ def test_search_produces_every_artefact(finished_run):
     report = json.loads((run / "report.json").read_text())
     assert report["target"]["name"] == "local" and report["target"]["backend"] == "onnxruntime"
     assert report["latency"]["measured_ms"] > 0 and report["latency"]["estimated_ms"] > 0
+    # The search scores the min latency (what block sums predict best); the report gives both.
+    assert report["latency"]["statistic"] == "min"
+    assert 0 < report["latency"]["measured_min_ms"] <= report["latency"]["measured_ms"]
     # No TensorRT here: the report says so instead of pretending.
     assert report["latency"]["engine_ms"] is None
     assert "not TensorRT" in report["latency"]["engine_note"]
