@@ -97,8 +97,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         "## Latency on the target",
         "",
-        *([f"The search scores the {stat} latency (see `latency_stat`); the median below is what a "
-           "busy device typically adds on top.", ""] if stat != "median" else []),
+        *([f"The search scores the {stat} latency (see `latency_stat`); the median below also "
+           "holds what other load on the device added while it was timed.", ""] if stat != "median" else []),
         "| what | ms |",
         "| --- | --- |",
         f"| estimate from the block latency table ({stat}) | {_ms(lat.get('estimated_ms'))} |",
