@@ -55,7 +55,9 @@ def baseline_arch(name: str, space: SearchSpace) -> Arch:
     largest-ratio setting, with the decoder its family usually has."""
     if name not in BASELINES:
         raise ValueError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
-    kernel = 3 if name == "conv" and 3 in space.kernels else (max(space.kernels) if name == "conv" else None)
+    kernel = None
+    if name == "conv":  # 3x3, the usual hand-designed choice, where the space offers it
+        kernel = 3 if 3 in space.kernels else min(space.kernels)
     stages = tuple(
         StageArch(max(st.widths), tuple(BlockArch(name, max(st.ffn_ratios), kernel) for _ in range(max(st.depths))))
         for st in space.stages
