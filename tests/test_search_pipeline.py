@@ -129,5 +129,9 @@ def test_cpu_preset_trains_with_class_weights_and_its_own_learning_rates():
     assert retrain.class_weighting == "inverse_sqrt" and retrain.lr == preset.retrain_lr
     assert retrain.init == "inherited" and retrain.supernet == "runs/x/supernet.pt"
     assert retrain.epochs == preset.retrain_epochs and retrain.image_size == preset.image_size
+    supernet = cfg.supernet_config()
+    assert supernet.class_weighting == "inverse_sqrt" and supernet.lr == preset.supernet_lr
+    assert supernet.epochs == preset.supernet_epochs and supernet.warmup_epochs == preset.supernet_warmup_epochs
+    assert PipelineConfig(preset="paper").resolved().supernet_config().lr == 5e-4
     paper = PipelineConfig(preset="paper").resolved().retrain_config("s.pt")
     assert paper.class_weighting == "none" and paper.lr == 1e-4 and paper.supernet is None

@@ -138,6 +138,23 @@ class PipelineConfig:
     def preset_values(self) -> Preset:
         return PRESETS[self.preset]
 
+    def supernet_config(self):
+        """The supernet training settings of a run (of a resolved config)."""
+        from autonad_edge.training.config import SupernetConfig
+
+        preset = self.preset_values
+        return SupernetConfig(
+            data=self.data, format=self.format, image_size=self.image_size,
+            synthetic_count=preset.synthetic_count, epochs=self.supernet_epochs, batch_size=self.batch_size,
+            seed=self.seed, device=self.device, space=self.space, sharing=self.sharing,
+            max_steps_per_epoch=preset.max_steps_per_epoch, class_weighting=preset.class_weighting,
+            warmup_epochs=preset.supernet_warmup_epochs,
+            # Its val figures are progress information only (the search evaluates subnets itself):
+            # ten points per run are enough.
+            eval_every=max(1, self.supernet_epochs // 10),
+            **({"lr": preset.supernet_lr} if preset.supernet_lr else {}),
+        )
+
     def retrain_config(self, supernet_checkpoint: str | Path):
         """The retraining settings of a run (of a resolved config): the chosen subnet's, and
         those any baseline compared with it must get (same epochs, optimiser, loss, init)."""
@@ -301,22 +318,10 @@ class _RunContext:
     # ---- 1. supernet ---------------------------------------------------------------------
     def train_supernet(self) -> dict[str, Any]:
         from autonad_edge.latency.background import BackgroundProfiler
-        from autonad_edge.training.config import SupernetConfig
         from autonad_edge.training.supernet_trainer import train_supernet
 
         cfg, out_dir = self.cfg, self.out / "supernet"
-        config = SupernetConfig(
-            data=cfg.data, format=cfg.format, image_size=cfg.image_size,
-            synthetic_count=cfg.preset_values.synthetic_count, epochs=cfg.supernet_epochs,
-            batch_size=cfg.batch_size, seed=cfg.seed, device=cfg.device, space=cfg.space,
-            sharing=cfg.sharing, max_steps_per_epoch=cfg.preset_values.max_steps_per_epoch,
-            class_weighting=cfg.preset_values.class_weighting,
-            warmup_epochs=cfg.preset_values.supernet_warmup_epochs,
-            # The supernet's val figures are progress information only (the search evaluates
-            # subnets itself): ten points per run are enough.
-            eval_every=max(1, cfg.supernet_epochs // 10),
-            **({"lr": cfg.preset_values.supernet_lr} if cfg.preset_values.supernet_lr else {}),
-        )
+        config = cfg.supernet_config()
         resume = (out_dir / "supernet.pt").exists()
         with BackgroundProfiler(self.pool, self.table, self.space, self.image_hw, self.data.num_classes,
                                 policy=self.policy) as bg:
