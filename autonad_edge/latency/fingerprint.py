@@ -46,7 +46,8 @@ class Fingerprint:
         f = self.fields
         device = f.get("device") or f.get("board") or f.get("cpu_model", "?")
         runtime = f"{f.get('runtime', '?')} {f.get('runtime_version', '')}".strip()
-        return f"{self.hash}  {device} / {runtime} / {f.get('threads', '?')} threads"
+        threads = f.get("threads", "?")
+        return f"{self.hash}  {device} / {runtime} / {threads} thread{'' if threads == '1' else 's'}"
 
     def differences(self, other: Fingerprint) -> dict[str, tuple[str | None, str | None]]:
         """Fields that differ: name -> (value here, value in `other`)."""
