@@ -31,14 +31,7 @@ from autonad_edge.training.supernet_trainer import SupernetTrainer
 SIZE = 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: these models are tiny, and on a shared CPU two OpenMP threads can be
-    10x slower than one (spinning while another process holds the other core)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SPACE = SearchSpace.tiny()
 
 

@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -15,14 +14,7 @@ from autonad_edge.space import SearchSpace
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: these models are tiny, and on a shared CPU two OpenMP threads can be
-    10x slower than one (spinning while another process holds the other core)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SMALL = ["--space", "tiny", "--image-size", "32", "--synthetic-count", "24", "--device", "cpu", "--quiet"]
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -75,6 +75,15 @@ class _Session:
         self._stack.close()
 
 
+
+# Options every `latency` table command takes: one definition, one help text.
+TargetOpt = Annotated[str, typer.Option(help=TARGET_HELP)]
+TargetsOpt = Annotated[Optional[Path], typer.Option("--targets", help=TARGETS_HELP)]
+SpaceOpt = Annotated[str, typer.Option(help=SPACE_HELP)]
+ImageSizeOpt = Annotated[str, typer.Option(help="Input size: N (square) or HxW.")]
+NumClassesOpt = Annotated[int, typer.Option(help="Output classes (background included).")]
+
+
 def _errors():
     from autonad_edge.latency.client import AgentError
     from autonad_edge.latency.estimator import EstimateError
@@ -85,11 +94,11 @@ def _errors():
 
 
 def profile_command(
-    target: str = typer.Option("local", help=TARGET_HELP),
-    targets: Optional[Path] = typer.Option(None, "--targets", help=TARGETS_HELP),
-    space: str = typer.Option("default", help=SPACE_HELP),
-    image_size: str = typer.Option("320", help="Input size: N (square) or HxW."),
-    num_classes: int = typer.Option(6, help="Output classes (background included)."),
+    target: TargetOpt = "local",
+    targets: TargetsOpt = None,
+    space: SpaceOpt = "default",
+    image_size: ImageSizeOpt = "320",
+    num_classes: NumClassesOpt = 6,
     table: Path = typer.Option(DEFAULT_TABLE, help="Latency table (SQLite); created if missing."),
     sample: Optional[int] = typer.Option(
         None, help="Only the units of this many random subnets (others are measured on demand later)."
@@ -147,11 +156,11 @@ def _check_stat(stat: str) -> None:
 
 
 def calibrate_command(
-    target: str = typer.Option("local", help=TARGET_HELP),
-    targets: Optional[Path] = typer.Option(None, "--targets", help=TARGETS_HELP),
-    space: str = typer.Option("default", help=SPACE_HELP),
-    image_size: str = typer.Option("320", help="Input size: N (square) or HxW."),
-    num_classes: int = typer.Option(6, help="Output classes (background included)."),
+    target: TargetOpt = "local",
+    targets: TargetsOpt = None,
+    space: SpaceOpt = "default",
+    image_size: ImageSizeOpt = "320",
+    num_classes: NumClassesOpt = 6,
     table: Path = typer.Option(DEFAULT_TABLE, help="Latency table (SQLite)."),
     subnets: int = typer.Option(20, help="Random subnets to measure end to end."),
     seed: int = typer.Option(1000, help="Sampling seed."),
@@ -192,11 +201,11 @@ def calibrate_command(
 
 def estimate_command(
     arch_path: Path = typer.Argument(..., help="Architecture JSON file."),
-    target: str = typer.Option("local", help=TARGET_HELP),
-    targets: Optional[Path] = typer.Option(None, "--targets", help=TARGETS_HELP),
-    space: str = typer.Option("default", help=SPACE_HELP),
-    image_size: str = typer.Option("320", help="Input size: N (square) or HxW."),
-    num_classes: int = typer.Option(6, help="Output classes (background included)."),
+    target: TargetOpt = "local",
+    targets: TargetsOpt = None,
+    space: SpaceOpt = "default",
+    image_size: ImageSizeOpt = "320",
+    num_classes: NumClassesOpt = 6,
     table: Path = typer.Option(DEFAULT_TABLE, help="Latency table (SQLite)."),
     measure: bool = typer.Option(False, "--measure", help="Also export the subnet and measure it end to end."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -246,8 +255,8 @@ def estimate_command(
 
 
 def prior_command(
-    target: str = typer.Option("local", help=TARGET_HELP),
-    targets: Optional[Path] = typer.Option(None, "--targets", help=TARGETS_HELP),
+    target: TargetOpt = "local",
+    targets: TargetsOpt = None,
     out: Path = typer.Option(..., "--out", help="Write the prior JSON here (ChoicePrior + metadata)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the prior as a heatmap PNG."),
     method: str = typer.Option("softmax", help="softmax (of measured operator latency) or fastest (top-k% subnets)."),
@@ -256,9 +265,9 @@ def prior_command(
     samples: int = typer.Option(1000, help="fastest: subnets to sample."),
     top: float = typer.Option(0.1, help="fastest: share of the fastest subnets to count (0.1 = 10%)."),
     seed: int = typer.Option(0, help="fastest: sampling seed."),
-    space: str = typer.Option("default", help=SPACE_HELP),
-    image_size: str = typer.Option("320", help="Input size: N (square) or HxW."),
-    num_classes: int = typer.Option(6, help="Output classes (background included)."),
+    space: SpaceOpt = "default",
+    image_size: ImageSizeOpt = "320",
+    num_classes: NumClassesOpt = 6,
     table: Path = typer.Option(DEFAULT_TABLE, help="Latency table (SQLite)."),
     quick: bool = typer.Option(False, "--quick", help="Units missing from the table: a few timed runs each."),
     offline: Optional[str] = typer.Option(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -126,18 +126,39 @@ def _format_summary(summary: dict[str, Any]) -> str:
 DATA_HELP = "Dataset root (default: the embedded synthetic generator, no files needed)."
 FORMAT_HELP = "Dataset format: synthetic, mt (magnetic-tile) or voc."
 
+# Options both training commands take: one definition, one help text.
+DataOpt = Annotated[Optional[Path], typer.Option(help=DATA_HELP)]
+FmtOpt = Annotated[Optional[str], typer.Option("--format", help=FORMAT_HELP + " [default: synthetic]")]
+ImageSizeOpt = Annotated[Optional[int], typer.Option(help="Square input size. [default: 320]")]
+SyntheticCountOpt = Annotated[Optional[int], typer.Option(help="Images of the synthetic set. [default: 240]")]
+EpochsOpt = Annotated[Optional[int], typer.Option(help="Epochs. [default: 100]")]
+BatchSizeOpt = Annotated[Optional[int], typer.Option(help="Images per step (per process). [default: 8]")]
+GradClipOpt = Annotated[Optional[float], typer.Option(help="Clip gradients to this L2 norm. [default: off]")]
+ClassWeightingOpt = Annotated[Optional[str], typer.Option(
+    help="Loss weights for rare defect pixels: none or inverse_sqrt (1/sqrt of class pixel share). [default: none]")]
+DeviceOpt = Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N. [default: auto]")]
+AmpOpt = Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="float16 autocast on CUDA. [default: on]")]
+AugmentOpt = Annotated[Optional[bool], typer.Option("--augment/--no-augment",
+                                                    help="Training augmentation. [default: on]")]
+WorkersOpt = Annotated[Optional[int], typer.Option(help="DataLoader worker processes. [default: 0]")]
+ThreadsOpt = Annotated[Optional[int], typer.Option(
+    help="torch CPU threads (1 is often fastest on a busy CPU). [default: torch's]")]
+EvalEveryOpt = Annotated[Optional[int], typer.Option(help="Validate every N epochs (0: never). [default: 1]")]
+MaxStepsPerEpochOpt = Annotated[Optional[int], typer.Option(help="Cap each epoch's steps (a budget).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+
 
 @supernet_app.command("train")
 def supernet_train(
-    data: Optional[Path] = typer.Option(None, help=DATA_HELP),
-    fmt: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP + " [default: synthetic]"),
-    image_size: Optional[int] = typer.Option(None, help="Square input size. [default: 320]"),
-    synthetic_count: Optional[int] = typer.Option(None, help="Images of the synthetic set. [default: 240]"),
-    epochs: Optional[int] = typer.Option(None, help="Epochs. [default: 100]"),
+    data: DataOpt = None,
+    fmt: FmtOpt = None,
+    image_size: ImageSizeOpt = None,
+    synthetic_count: SyntheticCountOpt = None,
+    epochs: EpochsOpt = None,
     out: Path = typer.Option(Path("runs/supernet"), help="Run directory (checkpoint, logs, splits)."),
     space: Optional[str] = typer.Option(None, help=SPACE_HELP + " [default: default]"),
     sharing: Optional[str] = typer.Option(None, help="Weight sharing: cross, entangled or classical. [default: cross]"),
-    batch_size: Optional[int] = typer.Option(None, help="Images per step (per process). [default: 8]"),
+    batch_size: BatchSizeOpt = None,
     lr: Optional[float] = typer.Option(None, help="AdamW peak learning rate. [default: 5e-4]"),
     weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay. [default: 0.05]"),
     warmup_epochs: Optional[float] = typer.Option(None, help="Linear warm-up, in epochs. [default: 0]"),
@@ -145,19 +166,18 @@ def supernet_train(
                                             help="Largest + smallest + N random subnets per step. [default: off]"),
     sandwich_random: Optional[int] = typer.Option(None, help="Random subnets per sandwich step. [default: 2]"),
     seed: Optional[int] = typer.Option(None, help="Seed of init, subnet sampling, data order and split. [default: 0]"),
-    grad_clip: Optional[float] = typer.Option(None, help="Clip gradients to this L2 norm. [default: off]"),
-    class_weighting: Optional[str] = typer.Option(
-        None, help="Loss weights for rare defect pixels: none or inverse_sqrt (1/sqrt of class pixel share). [default: none]"),
-    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N. [default: auto]"),
-    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="float16 autocast on CUDA. [default: on]"),
-    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Training augmentation. [default: on]"),
-    workers: Optional[int] = typer.Option(None, help="DataLoader worker processes. [default: 0]"),
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads (1 is often fastest on a busy CPU). [default: torch's]"),
-    eval_every: Optional[int] = typer.Option(None, help="Validate every N epochs (0: never). [default: 1]"),
-    max_steps_per_epoch: Optional[int] = typer.Option(None, help="Cap each epoch's steps (a budget)."),
+    grad_clip: GradClipOpt = None,
+    class_weighting: ClassWeightingOpt = None,
+    device: DeviceOpt = None,
+    amp: AmpOpt = None,
+    augment: AugmentOpt = None,
+    workers: WorkersOpt = None,
+    threads: ThreadsOpt = None,
+    eval_every: EvalEveryOpt = None,
+    max_steps_per_epoch: MaxStepsPerEpochOpt = None,
     splits: Optional[Path] = typer.Option(None, help="Reuse this split manifest (splits.json)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+    quiet: QuietOpt = False,
 ) -> None:
     """Train the hybrid supernet: AdamW, cosine decay, one uniformly sampled subnet per step."""
     from autonad_edge.space import SearchSpace
@@ -201,31 +221,30 @@ def retrain_command(
     arch: Path = typer.Option(..., "--arch", help="Architecture JSON to retrain."),
     init: Optional[str] = typer.Option(None, help="scratch (fresh weights) or inherited (from --supernet). [default: scratch]"),
     supernet: Optional[Path] = typer.Option(None, help="Supernet checkpoint for --init inherited."),
-    data: Optional[Path] = typer.Option(None, help=DATA_HELP),
-    fmt: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP + " [default: synthetic]"),
-    image_size: Optional[int] = typer.Option(None, help="Square input size. [default: 320]"),
-    synthetic_count: Optional[int] = typer.Option(None, help="Images of the synthetic set. [default: 240]"),
-    epochs: Optional[int] = typer.Option(None, help="Epochs. [default: 100]"),
+    data: DataOpt = None,
+    fmt: FmtOpt = None,
+    image_size: ImageSizeOpt = None,
+    synthetic_count: SyntheticCountOpt = None,
+    epochs: EpochsOpt = None,
     out: Path = typer.Option(Path("runs/retrain"), help="Run directory (best.pt, last.pt, logs, splits)."),
     space: Optional[str] = typer.Option(None, help=SPACE_HELP + " [default: the supernet's, else default]"),
-    batch_size: Optional[int] = typer.Option(None, help="Images per step (per process). [default: 8]"),
+    batch_size: BatchSizeOpt = None,
     lr: Optional[float] = typer.Option(None, help="Adam learning rate. [default: 1e-4]"),
     weight_decay: Optional[float] = typer.Option(None, help="Adam weight decay. [default: 0]"),
     poly_power: Optional[float] = typer.Option(None, help="Poly decay power. [default: 0.9]"),
     seed: Optional[int] = typer.Option(None, help="Seed of init, data order and split. [default: 0]"),
-    grad_clip: Optional[float] = typer.Option(None, help="Clip gradients to this L2 norm. [default: off]"),
-    class_weighting: Optional[str] = typer.Option(
-        None, help="Loss weights for rare defect pixels: none or inverse_sqrt (1/sqrt of class pixel share). [default: none]"),
-    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N. [default: auto]"),
-    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="float16 autocast on CUDA. [default: on]"),
-    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Training augmentation. [default: on]"),
-    workers: Optional[int] = typer.Option(None, help="DataLoader worker processes. [default: 0]"),
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads (1 is often fastest on a busy CPU). [default: torch's]"),
-    eval_every: Optional[int] = typer.Option(None, help="Validate every N epochs (0: never). [default: 1]"),
-    max_steps_per_epoch: Optional[int] = typer.Option(None, help="Cap each epoch's steps (a budget)."),
+    grad_clip: GradClipOpt = None,
+    class_weighting: ClassWeightingOpt = None,
+    device: DeviceOpt = None,
+    amp: AmpOpt = None,
+    augment: AugmentOpt = None,
+    workers: WorkersOpt = None,
+    threads: ThreadsOpt = None,
+    eval_every: EvalEveryOpt = None,
+    max_steps_per_epoch: MaxStepsPerEpochOpt = None,
     splits: Optional[Path] = typer.Option(None, help="Reuse this split manifest (default: the supernet run's)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from last.pt."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+    quiet: QuietOpt = False,
 ) -> None:
     """Retrain an architecture as a static network, from scratch or from inherited weights.
 

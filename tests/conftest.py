@@ -1,0 +1,47 @@
+"""Fixtures shared by the test modules."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+# Prepended to code run by `run_without_torch`: any import of torch fails loudly.
+_BLOCK_TORCH = textwrap.dedent(
+    """
+    import importlib.abc, sys
+
+    class _BlockTorch(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch" or name.startswith("torch."):
+                raise ImportError(f"torch is blocked ({name})")
+            return None
+
+    sys.meta_path.insert(0, _BlockTorch())
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread (use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``):
+    the test models are tiny, and on a shared CPU two OpenMP threads can be 10x slower than one
+    (spinning while another process holds the other core)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def run_without_torch():
+    """Run Python `code` in a fresh interpreter where importing torch raises ImportError (what
+    a Jetson image without a usable torch looks like); returns the CompletedProcess."""
+
+    def run(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", _BLOCK_TORCH + textwrap.dedent(code)],
+                              capture_output=True, text=True, timeout=timeout)
+
+    return run
