@@ -129,7 +129,7 @@ class LatencyTable:
         )
         self._lock = threading.Lock()
         with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._enable_wal(busy_timeout_s)
             self._db.execute("PRAGMA synchronous=FULL")  # a measurement costs seconds; keep it
             self._db.execute("PRAGMA foreign_keys=ON")
             with self._transaction():
@@ -141,6 +141,20 @@ class LatencyTable:
                 (version,) = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             if int(version) != SCHEMA_VERSION:
                 raise LatencyTableError(f"{self.path} has schema version {version}, this code reads {SCHEMA_VERSION}")
+
+    def _enable_wal(self, timeout_s: float) -> None:
+        """Switch to WAL. SQLite answers "database is locked" at once, without its busy handler,
+        when another process is switching the same new file at that moment: retry until the
+        busy timeout (two runs opening a fresh shared table together hit this)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)
 
     def close(self) -> None:
         with self._lock:
