@@ -38,6 +38,16 @@ def image_size_hw(image_size: int | Sequence[int]) -> tuple[int, int]:
     return height, width
 
 
+def training_scale_hw(height: int, width: int, max_side: int | None) -> tuple[int, int]:
+    """The (height, width) an image of `height` x `width` is trained and inferred at: the
+    aspect ratio kept, the long side scaled DOWN to `max_side` (never up; None = native).
+    Thin structures survive because nothing is squashed to a square."""
+    if max_side is None or max(height, width) <= max_side:
+        return int(height), int(width)
+    factor = max_side / max(height, width)
+    return max(1, round(height * factor)), max(1, round(width * factor))
+
+
 @dataclass
 class ImageCache:
     """Decoded, resized samples of one dataset, in the order of `ids`.

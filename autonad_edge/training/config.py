@@ -14,6 +14,8 @@ from typing import Any
 # Settings that may differ when a run is resumed: they do not change what is computed (or
 # only where it runs). Everything else must match the checkpoint's config.
 CLASS_WEIGHTINGS = ("none", "inverse_sqrt")  # RunConfig.class_weighting; see training.losses
+# RunConfig.loss: cross-entropy alone, or plus a region loss over the defect classes (training.losses)
+LOSSES = ("ce", "ce+dice", "ce+lovasz")
 
 RESUMABLE_OVERRIDES = frozenset({"device", "workers", "eval_every", "eval_batch_size", "data", "amp", "threads"})
 
