@@ -109,7 +109,8 @@ def export_command(
         try:
             manifest_path = write_bundle(
                 bundle, out, manifest={"arch": info.arch, "classes": info.class_names,
-                                       "num_classes": info.num_classes, "checkpoint": str(checkpoint)},
+                                       "num_classes": info.num_classes, "checkpoint": str(checkpoint),
+                                       "max_side": getattr(info, "max_side", None)},
                 overwrite=force,
             )
         except BundleError as exc:
@@ -191,7 +192,8 @@ def bundle_command(
             wanted = load_arch(str(arch), info.space) if arch is not None else info.arch
         except (CheckpointError, ArchError) as exc:
             fail(str(exc))
-        manifest = {"classes": info.class_names, "num_classes": info.num_classes, "checkpoint": str(checkpoint)}
+        manifest = {"classes": info.class_names, "num_classes": info.num_classes, "checkpoint": str(checkpoint),
+                    "max_side": getattr(info, "max_side", None)}  # infer.py's training scale
         if wanted is not None:
             manifest["arch"] = wanted
     try:

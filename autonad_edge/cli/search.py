@@ -18,7 +18,8 @@ def search(
     out: Path = typer.Option(Path("runs/search"), help="Output directory; rerun the same command to resume."),
     preset: str = typer.Option("cpu", help="Budgets: tiny (seconds), cpu (minutes on a laptop), paper (the paper's settings, GPU)."),
     space: str = typer.Option(None, help="Search space: default, tiny or a JSON file (default: the preset's)."),
-    image_size: int = typer.Option(None, help="Square input size (default: the preset's)."),
+    image_size: int = typer.Option(None, help="Network input side: training crops, inference tiles and timed latency (default: the preset's)."),
+    time_budget: float = typer.Option(None, help="Minutes for the whole run: epochs and search size are planned from costs measured on this machine."),
     supernet_epochs: int = typer.Option(None, help="Supernet training epochs (default: the preset's)."),
     retrain_epochs: int = typer.Option(None, help="Retraining epochs of the chosen subnet (default: the preset's)."),
     batch_size: int = typer.Option(None, help="Batch size (default: the preset's)."),
@@ -49,6 +50,7 @@ def search(
         retrain_epochs=retrain_epochs, batch_size=batch_size, population=population, generations=generations,
         sharing=sharing, latency_weight=latency_weight, latency_budget_ms=latency_budget_ms,
         latency_stat=latency_stat, params_budget=params_budget, seed=seed, device=device, quiet=quiet,
+        time_budget=time_budget,
     )
     try:
         report = run_search(config, log=lambda msg: typer.echo(msg, err=True))
@@ -57,10 +59,12 @@ def search(
     except KeyboardInterrupt:
         fail(f"interrupted; rerun the same command to resume from {out}", code=130)
     acc, lat = report["accuracy"], report["latency"]
-    test = acc.get("test") or acc.get("val") or {}
+    split = "test" if acc.get("test") else "val"
+    figures = acc.get(split) or {}
     typer.echo(
         f"chosen {report['chosen']['summary']} (hash {report['chosen']['hash']}): "
-        f"test mIoU {100 * (test.get('miou') or 0):.2f}%, mF1 {100 * (test.get('mf1') or 0):.2f}%; "
+        f"{split} mIoU {100 * (figures.get('miou') or 0):.2f}% "
+        f"(defect classes {100 * (figures.get('miou_defects') or 0):.2f}%), mF1 {100 * (figures.get('mf1') or 0):.2f}%; "
         f"latency {lat['measured_ms']:.3f} ms median / {lat['measured_min_ms']:.3f} ms min measured on "
         f"'{report['target']['name']}' (estimated {lat['estimated_ms']:.3f} ms {lat['statistic']})"
     )

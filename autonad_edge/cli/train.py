@@ -434,18 +434,22 @@ def predict_command(
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's)."),
     alpha: float = typer.Option(0.5, help="Overlay opacity of the class colours."),
+    tile: Optional[int] = typer.Option(None, help="Tile side of the sliding window (default: the input size)."),
 ) -> None:
     """Segment every image of a folder: class-index mask PNGs and colour overlays."""
     from autonad_edge.data.errors import DatasetError
     from autonad_edge.training.predict import predict_images
 
+    if tile is not None and tile < 8:
+        fail(f"--tile must be at least 8 pixels, got {tile}")
     _set_threads(threads)
     model, info, the_arch = _load_for_eval(checkpoint, arch, device)
     if the_arch is not None:
         model = model.extract(the_arch).eval()
     size = image_size or (info.image_size[0] if info.image_size else 320)
     try:
-        records = predict_images(model, images, out, image_size=size, class_names=info.class_names, alpha=alpha)
+        records = predict_images(model, images, out, image_size=size, class_names=info.class_names, alpha=alpha,
+                                 max_side=getattr(info, "max_side", None), tile=tile)
     except DatasetError as exc:
         fail(str(exc))
     flagged = sum(1 for r in records if sum(list(r["pixels"].values())[1:]) > 0)

@@ -52,8 +52,9 @@ def training_scale_hw(height: int, width: int, max_side: int | None) -> tuple[in
 class ImageCache:
     """Decoded, resized samples of one dataset, in the order of `ids`.
 
-    images:       uint8 [N, H, W, C], C = 1 (greyscale, replicated to 3 channels on use) or 3
-    masks:        uint8 [N, H, W] class indices, IGNORE_INDEX for "don't care"
+    images:       uint8 [N, H, W, C], C = 1 (greyscale, replicated to 3 channels on use) or 3;
+                  a list of [H_i, W_i, C] arrays when the samples' sizes differ
+    masks:        uint8 [N, H, W] class indices, IGNORE_INDEX for "don't care" (or a list)
     native_sizes: int64 [N, 2] (height, width) of the files before resizing
     label_counts: int64 [N, 256] histogram of each mask at its native resolution
     strata:       int64 [N] class used to stratify splits (MT: folder class; else dominant class)
@@ -61,8 +62,8 @@ class ImageCache:
     """
 
     ids: list[str]
-    images: np.ndarray
-    masks: np.ndarray
+    images: np.ndarray | list[np.ndarray]
+    masks: np.ndarray | list[np.ndarray]
     native_sizes: np.ndarray
     label_counts: np.ndarray
     strata: np.ndarray
@@ -145,10 +146,39 @@ def mask_values(image, path: Path) -> np.ndarray:
     )
 
 
+def downscale_mask(mask: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """Resize a label mask to `size_hw`; when shrinking, a defect survives in every output pixel
+    whose source box it covers by at least 1/(2*factor): a 1-px crack stays a connected line
+    instead of the dotted remains of nearest-neighbour sampling. Enlarging is nearest."""
+    from PIL import Image
+
+    height, width = size_hw
+    nearest = np.asarray(Image.fromarray(mask).resize((width, height), Image.NEAREST))
+    factor = max(mask.shape[0] / height, mask.shape[1] / width)
+    if factor <= 1.0:
+        return nearest
+    out = nearest.copy()
+    best = np.zeros((height, width), dtype=np.float32)
+    for label in np.unique(mask):
+        if label == 0 or label == IGNORE_INDEX:
+            continue
+        binary = Image.fromarray(((mask == label) * 255).astype(np.uint8))
+        coverage = np.asarray(binary.resize((width, height), Image.BOX), dtype=np.float32) / 255.0
+        wins = (coverage >= 0.5 / factor) & (coverage > best) & (nearest != IGNORE_INDEX)
+        out[wins] = label
+        best = np.maximum(best, np.where(wins, coverage, 0.0))
+    return out
+
+
 def resize_pair(
-    image, mask: np.ndarray, size_hw: tuple[int, int], image_path: Path, mask_path: Path
+    image, mask: np.ndarray, size_hw: tuple[int, int] | None, image_path: Path, mask_path: Path,
+    max_side: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Check that image and mask agree in size, then resize: bilinear image, nearest mask."""
+    """Check that image and mask agree in size, then bring them to the training scale.
+
+    size_hw given: squash to exactly that size (the paper's fixed-size resize). size_hw None:
+    keep the aspect ratio, the long side scaled down to `max_side` (None: native pixels).
+    Image bilinear, mask with `downscale_mask`."""
     from PIL import Image
 
     if (image.height, image.width) != mask.shape:
@@ -157,10 +187,10 @@ def resize_pair(
             f"{mask.shape[1]}x{mask.shape[0]} (width x height)",
             image_path,
         )
-    height, width = size_hw
+    height, width = size_hw if size_hw is not None else training_scale_hw(image.height, image.width, max_side)
     if (image.height, image.width) != (height, width):
         image = image.resize((width, height), Image.BILINEAR)
-        mask = np.asarray(Image.fromarray(mask).resize((width, height), Image.NEAREST))
+        mask = downscale_mask(mask, (height, width))
     pixels = np.asarray(image, dtype=np.uint8)
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
@@ -182,8 +212,10 @@ def build_cache(
 
     if not samples:
         raise DatasetError("empty dataset: no samples")
-    images = np.stack([s[0] for s in samples])
-    masks = np.stack([s[1] for s in samples])
+    # One array when every sample has one size (fast slicing); a list when sizes vary.
+    same = len({s[1].shape for s in samples}) == 1 and len({s[0].shape for s in samples}) == 1
+    images = np.stack([s[0] for s in samples]) if same else [s[0] for s in samples]
+    masks = np.stack([s[1] for s in samples]) if same else [s[1] for s in samples]
     native = np.array([s[2] for s in samples], dtype=np.int64)
     counts = np.stack([s[3] for s in samples]).astype(np.int64)
     num_classes = len(class_names)

@@ -27,6 +27,7 @@ from autonad_edge.data.cache import (
     image_size_hw,
     label_histogram,
 )
+from autonad_edge.data.crops import CropConfig, CropDataset
 from autonad_edge.data.errors import DatasetError
 from autonad_edge.data.magnetic_tile import is_mt_root, load_mt
 from autonad_edge.data.splits import (
@@ -220,6 +221,13 @@ class SegmentationData:
         """The train split with the paper's augmentation, deterministic in (seed, epoch)."""
         return AugmentedSegmentationDataset(self.train, Augmentation(config, self.ignore_index), seed)
 
+    def train_crops(
+        self, seed: int, crop: CropConfig, augmentation: AugmentationConfig | None = AugmentationConfig()
+    ) -> CropDataset:
+        """The train split as defect-aware crops (see `crops.py`), deterministic in (seed, epoch);
+        `augmentation=None` cuts plain crops."""
+        return CropDataset(self.train, self.num_classes, crop, seed, augmentation, self.ignore_index)
+
     def manifest(self) -> dict[str, Any]:
         """The JSON-able split manifest (pass it back to `load_dataset` to reuse the split)."""
         return make_manifest(
@@ -326,8 +334,15 @@ def load_dataset(
     split_ratios: Sequence[float] = DEFAULT_RATIOS,
     synthetic_count: int = 240,
     manifest: dict[str, Any] | None = None,
+    keep_aspect: bool = True,
+    max_side: int | None = None,
 ) -> SegmentationData:
     """Load a dataset into memory and split it.
+
+    keep_aspect (the default): images keep their aspect ratio and native pixels, the long side
+    scaled down to `max_side` when given; training cuts `image_size` crops and inference tiles.
+    keep_aspect=False squashes every image to `image_size` (the paper's fixed-size resize).
+    Synthetic images are generated at `image_size` either way.
 
     fmt: "mt" (magnetic-tile layout), "voc" (VOC layout), "synthetic" (generated in memory
     when `path` is None, else a VOC directory written by `autonad-edge data synth`), or
@@ -381,13 +396,13 @@ def load_dataset(
         raise DatasetError(f"format {fmt!r} needs a dataset path")
     elif fmt == "mt":
         root = Path(path).expanduser().resolve()  # absolute, so a manifest works from any cwd
-        cache = load_mt(root, size_hw, ids=wanted)
+        cache = load_mt(root, None if keep_aspect else size_hw, ids=wanted, max_side=max_side)
     else:  # "voc", or "synthetic" read back from disk
         root = Path(path).expanduser().resolve()
         index = read_voc_index(root)
         if wanted is None:
             wanted = [i for name in SPLIT_NAMES for i in (index.splits[name] or [])]
-        cache = load_voc(root, size_hw, wanted, index.class_names)
+        cache = load_voc(root, None if keep_aspect else size_hw, wanted, index.class_names, max_side=max_side)
 
     if manifest is not None:
         splits = {name: list(manifest["splits"][name]) for name in SPLIT_NAMES}

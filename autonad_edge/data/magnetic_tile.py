@@ -89,20 +89,22 @@ def find_mt_pairs(root: str | Path) -> list[MTPair]:
     return pairs
 
 
-def _load_pair(pair: MTPair, size_hw: tuple[int, int]):
+def _load_pair(pair: MTPair, size_hw: tuple[int, int] | None, max_side: int | None):
     image = open_image(pair.image_path).convert("L")
     mask_image = open_image(pair.mask_path)
     native = (image.height, image.width)
     grey = np.asarray(mask_image.convert("L"), dtype=np.uint8)
     mask = np.where(grey >= MASK_THRESHOLD, pair.label, 0).astype(np.uint8)
-    pixels, mask_resized = resize_pair(image, mask, size_hw, pair.image_path, pair.mask_path)
+    pixels, mask_resized = resize_pair(image, mask, size_hw, pair.image_path, pair.mask_path, max_side)
     return pixels, mask_resized, native, label_histogram(mask)
 
 
 def load_mt(
-    root: str | Path, size_hw: tuple[int, int], ids: list[str] | None = None
+    root: str | Path, size_hw: tuple[int, int] | None, ids: list[str] | None = None,
+    max_side: int | None = None,
 ) -> ImageCache:
-    """Decode and resize the MT dataset (or only `ids`) into an ImageCache (1 channel).
+    """Decode and resize the MT dataset (or only `ids`) into an ImageCache (1 channel); see
+    `resize_pair` for `size_hw` (None: keep the aspect ratio) and `max_side`.
 
     Splits are stratified by the folder class.
     """
@@ -115,7 +117,7 @@ def load_mt(
                 f"manifest id {missing[0]!r} not found ({len(missing)} missing)", root
             )
         pairs = [by_id[sample_id] for sample_id in ids]
-    samples = parallel_map(lambda pair: _load_pair(pair, size_hw), pairs)
+    samples = parallel_map(lambda pair: _load_pair(pair, size_hw, max_side), pairs)
     return build_cache(
         ids=[pair.sample_id for pair in pairs],
         samples=samples,

@@ -132,11 +132,13 @@ def _image_path(root: Path, sample_id: str, names: set[str]) -> Path:
 
 def load_voc(
     root: str | Path,
-    size_hw: tuple[int, int],
+    size_hw: tuple[int, int] | None,
     ids: Sequence[str],
     class_names: list[str] | None,
+    max_side: int | None = None,
 ) -> ImageCache:
-    """Decode and resize the samples `ids` into an ImageCache (3 channels).
+    """Decode and resize the samples `ids` into an ImageCache (3 channels); see `resize_pair`
+    for `size_hw` (None: keep the aspect ratio) and `max_side`.
 
     Raises DatasetError on a missing image/mask, a size mismatch, a label out of range or an
     unreadable file. Splits are stratified by each image's dominant class.
@@ -158,7 +160,7 @@ def load_voc(
         image_path, mask_path = job
         image = open_image(image_path).convert("RGB")
         mask = mask_values(open_image(mask_path), mask_path)
-        pixels, mask_resized = resize_pair(image, mask, size_hw, image_path, mask_path)
+        pixels, mask_resized = resize_pair(image, mask, size_hw, image_path, mask_path, max_side)
         return pixels, mask_resized, (image.height, image.width), label_histogram(mask)
 
     samples = parallel_map(load_one, jobs)

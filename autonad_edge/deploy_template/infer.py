@@ -13,9 +13,12 @@ bundle has one and ``tensorrt`` imports, else the portable ONNX model with ONNX 
 engine only runs on the device (GPU model, TensorRT version) it was built on; the TensorRT
 flavour of the ONNX model needs the SpatialShift plugin, so ONNX Runtime uses the portable one.
 
-The mask PNG is a palette image whose pixel values are the class indices (0 = background),
-at the input image's size. Everything this needs (input size, normalisation, classes, files)
-comes from ``manifest.json`` next to this script.
+The image is scaled to the model's training scale (long side down to the manifest's
+``max_side``, aspect kept; none = native) and segmented in overlapping windows of the model's
+fixed input size, so any size or aspect ratio runs and thin cracks are not squashed. The mask
+PNG is a palette image whose pixel values are the class indices (0 = background), at the input
+image's size. Everything this needs (input size, normalisation, scale, classes, files) comes
+from ``manifest.json`` next to this script.
 """
 
 from __future__ import annotations
@@ -51,22 +54,82 @@ def load_image(path: Path):
     return image
 
 
-def preprocess(image, spec: dict) -> np.ndarray:
-    """PIL image -> float32 [1, 3, H, W]: RGB (grey replicated), resized bilinearly to the
-    model's input size, ((pixel / 255) - mean) / std."""
+def training_scale(height: int, width: int, max_side: int | None) -> tuple[int, int]:
+    """(height, width) the model was trained at for such an image: the long side scaled DOWN to
+    `max_side`, aspect kept (None = native). Mirrors autonad_edge.data.cache.training_scale_hw."""
+    if max_side is None or max(height, width) <= max_side:
+        return int(height), int(width)
+    factor = max_side / max(height, width)
+    return max(1, round(height * factor)), max(1, round(width * factor))
+
+
+def preprocess(image, spec: dict, max_side: int | None) -> np.ndarray:
+    """PIL image -> float32 [3, h, w]: RGB (grey replicated), scaled bilinearly to the training
+    scale (nothing squashed to the model's input: thin cracks keep their width),
+    ((pixel / 255) - mean) / std."""
     from PIL import Image
 
-    _, channels, height, width = spec["shape"]
+    channels = spec["shape"][1]
+    if channels != 3:
+        raise InferError(f"the model expects {channels} input channels; this example handles 3")
     rgb = image.convert("RGB")
+    height, width = training_scale(rgb.height, rgb.width, max_side)
     if rgb.size != (width, height):
         rgb = rgb.resize((width, height), Image.BILINEAR)
     pixels = np.asarray(rgb, dtype=np.float32) / 255.0
     mean = np.asarray(spec["mean"], dtype=np.float32)
     std = np.asarray(spec["std"], dtype=np.float32)
-    x = ((pixels - mean) / std).transpose(2, 0, 1)[None]
-    if channels != 3:
-        raise InferError(f"the model expects {channels} input channels; this example handles 3")
-    return np.ascontiguousarray(x, dtype=np.float32)
+    return np.ascontiguousarray(((pixels - mean) / std).transpose(2, 0, 1), dtype=np.float32)
+
+
+# The tile planner mirrors autonad_edge.inference.plan_tiles (re-implemented: the bundle must
+# not import the package). Windows of min(tile, length) with a stride of tile - overlap, the last
+# flush with the edge; each window's output is kept up to the middle of its overlaps, so the
+# kept regions partition the image and every pixel comes from the window where it is furthest
+# from a border. The model's input is fixed, so one axis may tile differently from the other.
+def axis_spans(length: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
+    """(window start, window end, keep start, keep end) along one axis."""
+    if length <= tile:
+        return [(0, length, 0, length)]
+    starts = list(range(0, length - tile, tile - overlap)) + [length - tile]
+    cuts = [(nxt + prev + tile) // 2 for prev, nxt in zip(starts, starts[1:])]
+    return [(s, s + tile, k0, k1) for s, k0, k1 in zip(starts, [0, *cuts], [*cuts, length])]
+
+
+def plan_tiles(height: int, width: int, tile_hw: tuple[int, int]):
+    """[(window (y0, x0, y1, x1), keep (y0, x0, y1, x1))] over the image, overlap a quarter tile."""
+    rows = axis_spans(height, tile_hw[0], tile_hw[0] // 4)
+    cols = axis_spans(width, tile_hw[1], tile_hw[1] // 4)
+    return [((wy0, wx0, wy1, wx1), (ky0, kx0, ky1, kx1))
+            for wy0, wy1, ky0, ky1 in rows for wx0, wx1, kx0, kx1 in cols]
+
+
+def resize_logits(logits: np.ndarray, height: int, width: int) -> np.ndarray:
+    """float32 [C, h, w] -> [C, height, width], bilinear per class (PIL float images)."""
+    from PIL import Image
+
+    if logits.shape[1:] == (height, width):
+        return logits
+    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(c, dtype=np.float32))  # mode F
+                                .resize((width, height), Image.BILINEAR)) for c in logits])
+
+
+def tiled_logits(run, x: np.ndarray, tile_hw: tuple[int, int]) -> np.ndarray:
+    """float32 [C, h, w] logits of a normalised image [3, h, w] from `run` (the model, fixed input
+    [1, 3, *tile_hw]). A window shorter than the input is padded with zeros (the normalised mean
+    colour) and its output cropped; memory: the logits plus one tile."""
+    _, height, width = x.shape
+    out = None
+    for (wy0, wx0, wy1, wx1), (ky0, kx0, ky1, kx1) in plan_tiles(height, width, tile_hw):
+        batch = np.zeros((1, 3, *tile_hw), dtype=np.float32)
+        batch[0, :, :wy1 - wy0, :wx1 - wx0] = x[:, wy0:wy1, wx0:wx1]
+        logits = np.asarray(run(batch), dtype=np.float32)[0]
+        if logits.shape[1:] != tuple(tile_hw):  # a model whose output is not at input size
+            logits = resize_logits(logits, *tile_hw)
+        if out is None:
+            out = np.empty((logits.shape[0], height, width), dtype=np.float32)
+        out[:, ky0:ky1, kx0:kx1] = logits[:, ky0 - wy0:ky1 - wy0, kx0 - wx0:kx1 - wx0]
+    return out
 
 
 def palette() -> list[int]:
@@ -84,21 +147,40 @@ def palette() -> list[int]:
     return colours
 
 
-def save_mask(logits: np.ndarray, size: tuple[int, int], out: Path):
+def save_mask(mask: np.ndarray, out: Path) -> np.ndarray:
+    """Write uint8 [H, W] class indices as a palette PNG; returns what was written."""
     from PIL import Image
 
-    mask = np.asarray(logits[0]).argmax(axis=0).astype(np.uint8)
-    image = Image.fromarray(mask)  # mode L; putpalette makes it P, keeping the indices
+    image = Image.fromarray(mask.astype(np.uint8))  # mode L; putpalette makes it P, keeping the indices
     image.putpalette(palette())
-    if image.size != size:
-        image = image.resize(size, Image.NEAREST)
     out.parent.mkdir(parents=True, exist_ok=True)
     image.save(out)
     return np.asarray(image)
 
 
+def argmax_at(logits: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 [height, width] argmax of logits [C, h, w] resized bilinearly to that size, one
+    class at a time (a multi-megapixel image never holds all its resized logits at once)."""
+    best = resize_logits(logits[:1], height, width)[0]
+    mask = np.zeros((height, width), dtype=np.uint8)
+    for index in range(1, logits.shape[0]):
+        score = resize_logits(logits[index:index + 1], height, width)[0]
+        mask[score > best] = index
+        np.maximum(best, score, out=best)
+    return mask
+
+
+def segment(run, image, spec: dict, max_side: int | None) -> np.ndarray:
+    """uint8 [H, W] class mask of a PIL image at its own size: training scale, tiles of the
+    model's input, logits resized back to the image (bilinear), argmax."""
+    x = preprocess(image, spec, max_side)
+    logits = tiled_logits(run, x, (int(spec["shape"][2]), int(spec["shape"][3])))
+    return argmax_at(logits, image.height, image.width)
+
+
 # ---------------------------------------------------------------------------- backends
-def run_onnxruntime(model_path: Path, x: np.ndarray, input_name: str) -> np.ndarray:
+# A backend loads its model once and returns `run`: float32 [1, 3, H, W] -> logits, called per tile.
+def onnxruntime_runner(model_path: Path, input_name: str):
     try:
         import onnxruntime as ort
     except ImportError:
@@ -106,7 +188,7 @@ def run_onnxruntime(model_path: Path, x: np.ndarray, input_name: str) -> np.ndar
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(model_path), options, providers=ort.get_available_providers())
-    return session.run(None, {input_name: x})[0]
+    return lambda x: session.run(None, {input_name: x})[0]
 
 
 def find_plugin_library(explicit: str | None) -> Path | None:
@@ -141,7 +223,7 @@ def load_plugin(trt, explicit: str | None):
     return library
 
 
-def run_tensorrt(engine_path: Path, x: np.ndarray, input_name: str, plugin_lib: str | None, needs_plugin: bool):
+def tensorrt_runner(engine_path: Path, shape: list[int], plugin_lib: str | None, needs_plugin: bool):
     import tensorrt as trt
 
     try:
@@ -164,7 +246,7 @@ def run_tensorrt(engine_path: Path, x: np.ndarray, input_name: str, plugin_lib: 
     outputs = [n for n in names if n not in inputs]
     if len(inputs) != 1 or not outputs:
         raise InferError(f"expected one input and an output, the engine has {inputs} -> {outputs}")
-    allocations = []  # keeps the device buffers alive until the copies are done
+    allocations = []  # keeps the device buffers alive as long as the runner
 
     def bind(name: str, host: np.ndarray):
         buffer = cuda.mem_alloc(max(host.nbytes, 1))
@@ -172,20 +254,26 @@ def run_tensorrt(engine_path: Path, x: np.ndarray, input_name: str, plugin_lib: 
         context.set_tensor_address(name, int(buffer))
         return buffer
 
-    data = np.ascontiguousarray(x.astype(trt.nptype(engine.get_tensor_dtype(inputs[0]))))
-    context.set_input_shape(inputs[0], data.shape)  # shapes first: outputs follow from them
-    cuda.memcpy_htod_async(bind(inputs[0], data), data, stream)
+    input_dtype = trt.nptype(engine.get_tensor_dtype(inputs[0]))
+    context.set_input_shape(inputs[0], tuple(shape))  # shapes first: outputs follow from them
+    input_buffer = bind(inputs[0], np.empty(tuple(shape), dtype=input_dtype))
     host_out = []
     for name in outputs:
         host = np.empty(tuple(context.get_tensor_shape(name)), dtype=trt.nptype(engine.get_tensor_dtype(name)))
         host_out.append((host, bind(name, host)))
-    if not context.execute_async_v3(stream.handle):
-        raise InferError("TensorRT execution failed")
-    for host, buffer in host_out:
-        cuda.memcpy_dtoh_async(host, buffer, stream)
-    stream.synchronize()
-    del library, stream  # the plugin library had to stay loaded until the run finished
-    return host_out[0][0].astype(np.float32)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        data = np.ascontiguousarray(x.astype(input_dtype))
+        cuda.memcpy_htod_async(input_buffer, data, stream)
+        if not context.execute_async_v3(stream.handle):
+            raise InferError("TensorRT execution failed")
+        for host, buffer in host_out:
+            cuda.memcpy_dtoh_async(host, buffer, stream)
+        stream.synchronize()
+        return host_out[0][0].astype(np.float32)
+
+    run.keep_alive = (library, runtime, engine, allocations)  # the plugin stays loaded while run exists
+    return run
 
 
 # ---------------------------------------------------------------------------- main
@@ -241,13 +329,13 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_verify and entry.get("sha256") and sha256_file(path) != entry["sha256"]:
             raise InferError(f"{path} does not match the sha256 in manifest.json")
         image = load_image(args.image)
-        x = preprocess(image, spec)
         if backend == "tensorrt":
-            logits = run_tensorrt(path, x, spec["name"], args.plugin_lib, needs_plugin)
+            run = tensorrt_runner(path, spec["shape"], args.plugin_lib, needs_plugin)
         else:
-            logits = run_onnxruntime(path, x, spec["name"])
+            run = onnxruntime_runner(path, spec["name"])
+        max_side = manifest.get("max_side")
         out = args.out or args.image.with_name(args.image.stem + "_mask.png")
-        mask = save_mask(logits, image.size, out)
+        mask = save_mask(segment(run, image, spec, int(max_side) if max_side else None), out)
     except InferError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

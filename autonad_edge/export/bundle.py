@@ -294,7 +294,8 @@ def write_bundle(
                 "normalization": "(pixel / 255 - mean) / std",
                 "mean": mean,
                 "std": std,
-                "resize": "bilinear to shape[2:] (H, W)",
+                "resize": "bilinear to the training scale (long side down to max_side, aspect kept), "
+                          "then overlapping tiles of shape[2:] (H, W)",
             },
             "output": {
                 "name": primary["outputs"][0]["name"] if primary["outputs"] else "logits",

@@ -125,6 +125,8 @@ def _tensorrt_spatial_shift(x, pattern: int):
 
 def translation_table(flavor: str) -> dict:
     check_flavor(flavor)
+    import autonad_edge.models.spatial_shift  # noqa: F401  (registers the op: a model without shifts may not have)
+
     fn = _portable_spatial_shift if flavor == "portable" else _tensorrt_spatial_shift
     return {torch.ops.autonad.spatial_shift.default: fn}
 

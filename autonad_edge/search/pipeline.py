@@ -62,6 +62,19 @@ class Preset:
     supernet_warmup_epochs: float = 0.0
     retrain_lr: float | None = None
     class_weighting: str = "none"
+    # The defect-aware recipe (training.config.RunConfig): loss, crops, training scale.
+    loss: str = "ce+dice"
+    defect_crop_share: float = 0.5
+    keep_aspect: bool = True
+    max_side: int | None = 1024
+    sandwich: bool = False  # with in-place distillation (SupernetConfig.distill_weight)
+    sandwich_random: int = 1
+    retrain_schedule: str = "cosine"
+    retrain_warmup_epochs: float = 0.0
+    retrain_ema: float | None = None
+    # Epochs are tuned for this many train images and scaled to keep the optimiser steps
+    # (`budget.scale_epochs`); None = used as given.
+    reference_images: int | None = None
 
 
 def measurement_policy(timing: str):
@@ -76,14 +89,18 @@ def measurement_policy(timing: str):
 
 PRESETS: dict[str, Preset] = {
     # Seconds: for tests and smoke runs.
-    "tiny": Preset("tiny", 64, 48, 2, 2, 8, 6, 2, 3, 4, 2, "inherited", max_steps_per_epoch=4),
+    "tiny": Preset("tiny", 64, 48, 2, 2, 8, 6, 2, 3, 4, 2, "inherited", max_steps_per_epoch=4, max_side=256),
     # The default: minutes on a 2-core CPU with --target local.
     # Measured (benchmarks/RESULTS.md): at the paper's lr the supernet never leaves the
     # all-background floor in a CPU budget; 3e-3 with class weighting separates subnets.
-    "cpu": Preset("tiny", 128, 240, 50, 30, 8, 16, 5, 5, 8, 4, "inherited",
-                  supernet_lr=3e-3, supernet_warmup_epochs=1.0, retrain_lr=1e-3, class_weighting="inverse_sqrt"),
-    # The paper's settings (Sec. V-B), for GPU hosts.
-    "paper": Preset("default", 320, 240, 100, 200, 8, 100, 50, 10, 50, 10, "scratch", timing="full"),
+    # The recipe: defect-centred crops (half of them), CE + soft Dice, the sandwich rule with
+    # in-place distillation, warm-up + cosine for both trainings, EMA of the retrained weights.
+    "cpu": Preset("tiny", 128, 240, 40, 30, 8, 16, 5, 5, 8, 4, "inherited",
+                  supernet_lr=3e-3, supernet_warmup_epochs=1.0, retrain_lr=2e-3, class_weighting="none",
+                  sandwich=True, retrain_warmup_epochs=0.5, retrain_ema=0.998, reference_images=168),
+    # The paper's settings (Sec. V-B), for GPU hosts: fixed-size resize, plain cross-entropy.
+    "paper": Preset("default", 320, 240, 100, 200, 8, 100, 50, 10, 50, 10, "scratch", timing="full",
+                    loss="ce", defect_crop_share=0.0, keep_aspect=False, retrain_schedule="poly"),
 }
 
 
@@ -116,6 +133,9 @@ class PipelineConfig:
     params_budget: int | None = None
     prior_method: str = "softmax"
     prior_temperature: float | None = None
+    # Minutes for the whole run: epochs and search size are planned from measured costs
+    # (search.budget); None = the preset's epochs.
+    time_budget: float | None = None
     seed: int = 0
     device: str = "auto"
     quiet: bool = False
@@ -148,7 +168,8 @@ class PipelineConfig:
             synthetic_count=preset.synthetic_count, epochs=self.supernet_epochs, batch_size=self.batch_size,
             seed=self.seed, device=self.device, space=self.space, sharing=self.sharing,
             max_steps_per_epoch=preset.max_steps_per_epoch, class_weighting=preset.class_weighting,
-            warmup_epochs=preset.supernet_warmup_epochs,
+            warmup_epochs=preset.supernet_warmup_epochs, sandwich=preset.sandwich,
+            sandwich_random=preset.sandwich_random, **self.recipe(),
             # Its val figures are progress information only (the search evaluates subnets itself):
             # ten points per run are enough.
             eval_every=max(1, self.supernet_epochs // 10),
@@ -167,8 +188,16 @@ class PipelineConfig:
             seed=self.seed, device=self.device, init=preset.retrain_init,
             supernet=str(supernet_checkpoint) if preset.retrain_init == "inherited" else None,
             max_steps_per_epoch=preset.max_steps_per_epoch, class_weighting=preset.class_weighting,
+            schedule=preset.retrain_schedule, warmup_epochs=preset.retrain_warmup_epochs,
+            ema_decay=preset.retrain_ema, **self.recipe(),
             **({"lr": preset.retrain_lr} if preset.retrain_lr else {}),
         )
+
+    def recipe(self) -> dict[str, Any]:
+        """The data and loss settings both trainings share (`RunConfig` fields)."""
+        preset = self.preset_values
+        return {"loss": preset.loss, "defect_crop_share": preset.defect_crop_share,
+                "keep_aspect": preset.keep_aspect, "max_side": preset.max_side}
 
 
 @dataclass
@@ -197,6 +226,9 @@ class StageLog:
 class SearchPipeline:
     def __init__(self, config: PipelineConfig, log: Callable[[str], None] = print) -> None:
         self.cfg = config.resolved()
+        # The budgets set explicitly (not from the preset): a plan never overrides them.
+        self.given = {f.name for f in fields(config) if getattr(config, f.name) is not None
+                      and f.name in asdict(PRESETS[self.cfg.preset])}
         self.out = Path(self.cfg.out)
         self.log = log
         self.stage_times: dict[str, tuple[str, float]] = {}
@@ -236,6 +268,7 @@ class SearchPipeline:
             data = load_dataset(
                 cfg.data, cfg.format, image_size=cfg.image_size, seed=cfg.seed,
                 synthetic_count=cfg.preset_values.synthetic_count, manifest=manifest,
+                keep_aspect=cfg.preset_values.keep_aspect, max_side=cfg.preset_values.max_side,
             )
         except DatasetError as exc:
             raise PipelineError(f"dataset: {exc}") from None
@@ -251,6 +284,7 @@ class SearchPipeline:
                                                            local_threads=cfg.local_threads))
             except TargetError as exc:
                 raise PipelineError(str(exc)) from None
+            self.cfg = cfg = self._planned(cfg, space, data, table, pool)
             ctx = _RunContext(self, space, data, table, pool, stages)
             self._stage(stages, "supernet", ctx.train_supernet)
             self._stage(stages, "latency", ctx.latency)
@@ -260,6 +294,50 @@ class SearchPipeline:
             self._stage(stages, "engine", ctx.engine)
             report = ctx.report(stages)
         return report
+
+    def _planned(self, cfg: PipelineConfig, space, data, table, pool) -> PipelineConfig:
+        """The run's epochs and search size: the time budget's plan (measured here once, then
+        read back from ``plan.json`` on a rerun), else the preset's epochs scaled to the data
+        set's size; values given on the command line are kept."""
+        from dataclasses import replace
+
+        from autonad_edge.search.budget import BudgetPlan, measure_costs, plan_budget, scale_epochs
+
+        path = self.out / "plan.json"
+        if path.exists():
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            return replace(cfg, **saved["epochs"])
+        given, preset = self.given, cfg.preset_values
+        epochs: dict[str, int] = {}
+        if cfg.time_budget is not None:
+            from autonad_edge.latency.blocks import space_units
+            from autonad_edge.latency.profiler import missing_units, target_key
+
+            units = missing_units(space_units(space, data.num_classes, self._image_hw(cfg)), table, target_key(pool))
+            self.log(f"[plan] timing {len(units)} blocks and a few training steps to plan {cfg.time_budget:g} min")
+            costs = measure_costs(cfg.supernet_config(), cfg.retrain_config("probe"), space, data,
+                                  units_to_time=len(units), subnets_to_time=preset.calibration_archs + preset.finalists,
+                                  seed=cfg.seed)
+            plan: BudgetPlan = plan_budget(costs, 60 * cfg.time_budget, population=cfg.population,
+                                           generations=cfg.generations, parents=cfg.parents)
+            self.log(f"[plan] {plan.summary()}")
+            epochs = {"supernet_epochs": plan.supernet_epochs, "retrain_epochs": plan.retrain_epochs,
+                      "population": plan.population, "generations": plan.generations}
+            record = {"epochs": {}, "plan": plan.to_dict(), "costs": asdict(costs)}
+        else:
+            if preset.reference_images:
+                for name in ("supernet_epochs", "retrain_epochs"):
+                    epochs[name] = scale_epochs(getattr(cfg, name), len(data.train), preset.reference_images)
+            record = {"epochs": {}, "plan": None, "scaled_for_images": len(data.train)}
+        # Values given on the command line win over the plan.
+        record["epochs"] = {k: v for k, v in epochs.items() if k not in given}
+        atomic_write_json(path, record)
+        return replace(cfg, **record["epochs"])
+
+    @staticmethod
+    def _image_hw(cfg: PipelineConfig) -> tuple[int, int]:
+        s = cfg.image_size
+        return (s, s) if isinstance(s, int) else tuple(s)
 
     def _check_config_unchanged(self) -> None:
         """A rerun into the same directory must be the same run, or its stages don't fit."""
@@ -379,7 +457,8 @@ class _RunContext:
 
         def evaluate_arch(arch):
             r = evaluate(supernet, self.data.val, arch, batch_size=cfg.batch_size,
-                         num_classes=num_classes, class_names=self.data.class_names)
+                         num_classes=num_classes, class_names=self.data.class_names,
+                         tile_size=int(cfg.image_size))
             return r.miou, r.mf1
 
         evo_cfg = EvolutionConfig(
@@ -447,7 +526,7 @@ class _RunContext:
             dataset = getattr(self.data, split)
             if len(dataset):
                 r = evaluate(model, dataset, batch_size=cfg.batch_size, num_classes=self.data.num_classes,
-                             class_names=self.data.class_names)
+                             class_names=self.data.class_names, tile_size=int(cfg.image_size))
                 results[split] = r.to_dict()
         return {"checkpoint": str(ckpt), "metrics": _json_safe(results)}
 
@@ -506,7 +585,8 @@ class _RunContext:
         best = self._best_arch()
         write_bundle(
             out_dir / "bundle", export["portable"]["path"], engine_path,
-            manifest={"arch": best, "classes": list(self.data.class_names), "image_size": list(self.image_hw)},
+            manifest={"arch": best, "classes": list(self.data.class_names), "image_size": list(self.image_hw),
+                      "max_side": self.cfg.preset_values.max_side if self.cfg.preset_values.keep_aspect else None},
             extra_onnx=[export["tensorrt"]["path"]], overwrite=True,
         )
         return {"engine": str(engine_path) if engine_path else None, "engine_ms": engine_ms, "note": note,
@@ -530,7 +610,8 @@ class _RunContext:
         latency = stages.result("latency")
         accuracy = {"search_val": {"miou": search["best"]["miou"], "mf1": search["best"]["mf1"]}}
         for split, m in retrain_metrics.items():
-            accuracy[split] = {"miou": m.get("miou"), "mf1": m.get("mf1"), "per_class": m.get("per_class")}
+            accuracy[split] = {"miou": m.get("miou"), "miou_defects": m.get("miou_defects"), "mf1": m.get("mf1"),
+                               "per_class": m.get("per_class")}
         desc = self.data.describe()
         artefacts = [
             self.out / "best_arch.json", self.out / "search" / "search.json", self.out / "search" / "pareto.json",
@@ -563,7 +644,9 @@ class _RunContext:
                 "latency_budget_ms": cfg.latency_budget_ms, "params_budget": cfg.params_budget,
                 "population": cfg.population, "generations": cfg.generations, "parents": cfg.parents,
                 "supernet_epochs": cfg.supernet_epochs, "retrain_epochs": cfg.retrain_epochs,
-                "evaluated_candidates": search["evaluated"],
+                "evaluated_candidates": search["evaluated"], "time_budget_min": cfg.time_budget,
+                "plan": json.loads((self.out / "plan.json").read_text(encoding="utf-8")).get("plan")
+                if (self.out / "plan.json").exists() else None,
             },
             "chosen": {
                 "hash": best.hash, "summary": best.summary(), "arch": best.to_dict(),

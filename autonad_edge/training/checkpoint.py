@@ -133,6 +133,7 @@ class CheckpointInfo:
     config: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     splits: dict[str, Any] | None = None  # the split manifest of the run
+    max_side: int | None = None  # the training scale's long-side cap (None: native or squashed)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -143,6 +144,7 @@ class CheckpointInfo:
             "num_classes": self.num_classes,
             "class_names": list(self.class_names),
             "image_size": list(self.image_size) if self.image_size else None,
+            "max_side": self.max_side,
             "sharing": self.sharing,
             "epoch": self.epoch,
             "step": self.step,
@@ -172,6 +174,7 @@ def checkpoint_info(data: dict[str, Any], path: str | Path, arch: Arch | None = 
             config=dict(data.get("config") or {}),
             metrics=dict(data.get("metrics") or {}),
             splits=splits,
+            max_side=data.get("max_side"),
         )
     except KeyError as exc:
         raise CheckpointError(f"{path}: checkpoint is missing the field {exc.args[0]!r}") from None

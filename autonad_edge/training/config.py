@@ -28,11 +28,21 @@ class RunConfig:
     image_size: int = 320
     synthetic_count: int = 240
     augment: bool = True
+    # the defect-aware recipe (data.crops, training.losses), shared by supernet and retraining
+    keep_aspect: bool = True  # False: squash every image to image_size (the paper's resize)
+    max_side: int | None = 1024  # training scale: long side scaled down to this; None = native
+    crop_size: int | None = None  # training crops (square); None = image_size (the network input)
+    defect_crop_share: float = 0.5  # share of crops centred on a defect pixel, classes balanced
+    loss: str = "ce+dice"  # one of LOSSES
+    class_weighting: str = "none"  # none | inverse_sqrt (see training.losses): for rare defect pixels
+    ema_decay: float | None = None  # evaluate (and save) an exponential moving average of the weights
     # optimisation
     epochs: int = 100
     batch_size: int = 8
     seed: int = 0
-    class_weighting: str = "none"  # none | inverse_sqrt (see training.losses): for rare defect pixels
+    schedule: str = "cosine"  # cosine | poly, per step, after `warmup_epochs` of linear warm-up
+    warmup_epochs: float = 0.0  # linear warm-up length, in epochs (fractions allowed)
+    min_lr_factor: float = 0.0  # the schedule ends at lr * min_lr_factor
     grad_clip: float | None = None  # max gradient L2 norm, None = no clipping
     max_steps_per_epoch: int | None = None  # cap the steps of every epoch (smoke runs, budgets)
     # execution
@@ -42,6 +52,11 @@ class RunConfig:
     threads: int | None = None  # torch CPU threads (None: torch's default); 1 is often fastest on a busy CPU
     eval_every: int = 1  # evaluate on val every N epochs (and after the last); 0 = never
     eval_batch_size: int = 8
+
+    @property
+    def crop_hw(self) -> tuple[int, int]:
+        side = int(self.crop_size or self.image_size)
+        return side, side
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -61,16 +76,18 @@ class SupernetConfig(RunConfig):
     sharing: str = "cross"  # cross | entangled | classical
     lr: float = 5e-4
     weight_decay: float = 0.05
-    warmup_epochs: float = 0.0  # linear warm-up length, in epochs (fractions allowed)
-    min_lr_factor: float = 0.0  # the cosine ends at lr * min_lr_factor
     sandwich: bool = False  # largest + smallest + `sandwich_random` random subnets per step
     sandwich_random: int = 2
+    # In-place distillation (BigNAS) under the sandwich rule: every subnet but the largest
+    # learns (1 - w) * loss(labels) + w * KL(largest's predictions || its own).
+    distill_weight: float = 0.5
 
 
 @dataclass
 class RetrainConfig(RunConfig):
     lr: float = 1e-4
     weight_decay: float = 0.0
+    schedule: str = "poly"  # the paper's retraining schedule
     poly_power: float = 0.9
     init: str = "scratch"  # scratch | inherited
     supernet: str | None = None  # the supernet checkpoint for init="inherited"
@@ -82,4 +99,6 @@ def config_conflicts(saved: dict[str, Any], current: dict[str, Any]) -> list[str
     return sorted(k for k in keys if saved.get(k) != current.get(k))
 
 
-__all__ = ["CLASS_WEIGHTINGS", "RESUMABLE_OVERRIDES", "RetrainConfig", "RunConfig", "SupernetConfig", "config_conflicts"]
+SCHEDULES = ("cosine", "poly")
+
+__all__ = ["CLASS_WEIGHTINGS", "LOSSES", "SCHEDULES", "RESUMABLE_OVERRIDES", "RetrainConfig", "RunConfig", "SupernetConfig", "config_conflicts"]

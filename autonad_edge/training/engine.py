@@ -45,7 +45,11 @@ from autonad_edge.training.checkpoint import (
 )
 from autonad_edge.training.config import RunConfig, config_conflicts
 from autonad_edge.training.distributed import DistContext, parameter_digest
-from autonad_edge.training.losses import class_weights, masked_cross_entropy
+from autonad_edge.data.crops import CropConfig
+from autonad_edge.data.transforms import AugmentationConfig
+from autonad_edge.training.ema import WeightAverage
+from autonad_edge.training.losses import SegmentationLoss, class_weights, masked_cross_entropy
+from autonad_edge.training.schedules import make_schedule
 from autonad_edge.io import json_safe as _json_safe
 from autonad_edge.training.progress import JsonlLog, Progress
 
@@ -124,7 +128,10 @@ class Trainer:
         raise NotImplementedError
 
     def build_scheduler(self, optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int):
-        raise NotImplementedError
+        cfg = self.config
+        warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+        return make_schedule(optimizer, cfg.schedule, total_steps, warmup, cfg.min_lr_factor,
+                             power=getattr(cfg, "poly_power", 0.9))
 
     def train_step(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[float, list[Arch]]:
         """Forward/backward (gradients accumulated into .grad), no optimiser step. Returns the
@@ -164,7 +171,22 @@ class Trainer:
         return nullcontext()
 
     def loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        return masked_cross_entropy(logits, masks, self.ignore_index, self.class_weight)
+        return self.loss_fn(logits, masks)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The model evaluated and saved: the weight average when `ema_decay` is set."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def evaluate_split(self, dataset, arch: Arch | None = None):
+        """`evaluate` of the evaluated model on `dataset`: whole images at their training scale,
+        in tiles of the network's input size."""
+        from autonad_edge.training.evaluate import evaluate
+
+        return evaluate(self.eval_model, dataset, arch, batch_size=self.config.eval_batch_size,
+                        device=self.device, class_names=self.data.class_names,
+                        ignore_index=self.ignore_index, amp=self.use_amp, dist=self.dist,
+                        tile_size=int(self.config.image_size))
 
     def backward(self, loss: torch.Tensor) -> None:
         """Backward of a (possibly AMP-scaled) loss; gradients accumulate into .grad."""
@@ -204,6 +226,12 @@ class Trainer:
             "splits": json.dumps(self.manifest),
         }
         payload.update(self.checkpoint_extra())
+        if self.ema is not None:
+            # "model" is what every loader reads: the evaluated (averaged) weights; the raw
+            # training weights ride along for resuming.
+            payload["train_model"] = payload["model"]
+            payload["model"] = {k: v.detach().cpu() for k, v in self.ema.module.state_dict().items()}
+            payload["ema_updates"] = int(self.ema.updates)
         return payload
 
     def _write_run_files(self, fresh: bool) -> None:
@@ -239,7 +267,12 @@ class Trainer:
                 f"with the run's {SPLITS_FILE}"
             )
         self.load_extra(ckpt)
-        self.module.load_state_dict(ckpt["model"])
+        if self.ema is not None and "train_model" in ckpt:
+            self.module.load_state_dict(ckpt["train_model"])
+            self.ema.module.load_state_dict(ckpt["model"])
+            self.ema.updates = int(ckpt.get("ema_updates", 0))
+        else:
+            self.module.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if self.use_amp and ckpt.get("scaler"):
@@ -272,7 +305,10 @@ class Trainer:
         self.model = self.build_model().to(self.device)
         weights = class_weights(self.data.class_frequencies("train"), cfg.class_weighting)
         self.class_weight = None if weights is None else torch.tensor(weights, dtype=torch.float32, device=self.device)
-        self.train_set = self.data.train_augmented(cfg.seed) if cfg.augment else self.data.train
+        self.loss_fn = SegmentationLoss(cfg.loss, self.ignore_index, self.class_weight)
+        self.ema = WeightAverage(self.model, cfg.ema_decay) if cfg.ema_decay else None
+        crops = CropConfig(cfg.crop_hw, cfg.defect_crop_share)
+        self.train_set = self.data.train_crops(cfg.seed, crops, AugmentationConfig() if cfg.augment else None)
         if len(self.train_set) == 0:
             raise ValueError("the train split is empty")
         self.steps_per_epoch = steps_per_epoch(len(self.train_set), cfg.batch_size,
@@ -300,6 +336,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
 
     def _check_ranks_agree(self, what: str, value: Any) -> None:
         values = self.dist.all_gather_object(value)

@@ -4,22 +4,27 @@
     result = evaluate(supernet, data.val, arch=arch)         # inherited weights, no extraction
     result.miou, result.mf1, result.to_dict(data.class_names)
 
-Batched, under ``torch.no_grad()`` and in eval mode (the previous mode is restored). Under
-torchrun each rank evaluates its share of the split and the confusion matrices are summed,
-so every rank returns the full-split figures. Metric conventions: `autonad_edge.metrics`.
+Items may differ in size (each at its training scale): consecutive items of one size are
+batched; with ``tile_size`` an image larger than a tile runs as overlapping tiles
+(`autonad_edge.inference.tiled_logits`), so memory stays bounded and nothing is squashed.
+Under ``torch.no_grad()`` and in eval mode (the previous mode is restored). Under torchrun each
+rank evaluates its share of the split and the confusion matrices are summed, so every rank
+returns the full-split figures. Metric conventions: `autonad_edge.metrics`.
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from autonad_edge.inference import resolve_overlap, tiled_logits
 from autonad_edge.metrics import ConfusionMatrix, SegmentationMetrics, metrics_from_matrix
 from autonad_edge.space import Arch, ArchError
 
@@ -43,8 +48,16 @@ class EvalResult:
     def pixel_accuracy(self) -> float:
         return self.metrics.pixel_accuracy
 
+    @property
+    def defect_miou(self) -> float:
+        """Mean IoU over the defect classes (1..C-1) present in target or prediction: the
+        background's near-1 IoU left out. NaN when no defect class is present."""
+        defects = self.metrics.iou[1:]
+        defects = defects[~np.isnan(defects)]
+        return float(defects.mean()) if defects.size else math.nan
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe: miou, mf1, pixel_accuracy, num_images, per_class {name: {iou, f1,
+        """JSON-safe: miou, miou_defects, mf1, pixel_accuracy, num_images, per_class {name: {iou, f1,
         precision, recall}} (None for a class absent from target and prediction), and the
         flat iou/f1 maps of `SegmentationMetrics.as_dict`."""
         flat = self.metrics.as_dict(self.class_names)
@@ -54,6 +67,7 @@ class EvalResult:
         }
         return {
             "miou": flat["miou"],
+            "miou_defects": None if math.isnan(self.defect_miou) else self.defect_miou,
             "mf1": flat["mf1"],
             "pixel_accuracy": flat["pixel_accuracy"],
             "num_images": self.num_images,
@@ -88,6 +102,38 @@ def _forward_fn(model: nn.Module, arch: Arch | None):
     return model
 
 
+Item = tuple[Tensor, Tensor]
+
+
+def _groups(items: Iterator[Item], batch_size: int, tile_size: int | None) -> Iterator[list[Item]]:
+    """Consecutive items of one size in groups of at most `batch_size` (one stacked forward);
+    an item larger than a tile comes alone, to be tiled."""
+    pending: list[Item] = []
+    for image, mask in items:
+        alone = tile_size is not None and max(image.shape[-2:]) > tile_size
+        if pending and (alone or len(pending) == batch_size or pending[0][0].shape != image.shape):
+            yield pending
+            pending = []
+        if alone:
+            yield [(image, mask)]
+        else:
+            pending.append((image, mask))
+    if pending:
+        yield pending
+
+
+def _autocast_forward(forward: Callable[[Tensor], Tensor], amp: bool, device: torch.device):
+    """`forward` under float16 autocast when amp is asked for on CUDA (else `forward` itself)."""
+    if not (amp and device.type == "cuda"):
+        return forward
+
+    def run(x: Tensor) -> Tensor:
+        with torch.autocast("cuda", dtype=torch.float16):
+            return forward(x)
+
+    return run
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -102,12 +148,16 @@ def evaluate(
     amp: bool = False,
     dist=None,
     num_workers: int = 0,
+    tile_size: int | None = None,
+    tile_overlap: int | None = None,
 ) -> EvalResult:
     """Confusion-matrix metrics of `model` (or supernet `model` running `arch`) on `dataset`.
 
-    dataset: items (image float [3,H,W], mask int64 [H,W]) of one size. device: defaults to
-    the model's. dist: a `DistContext` to split the work over ranks (None: this process only).
-    amp: float16 autocast on CUDA.
+    dataset: items (image float [3,H,W], mask int64 [H,W]) at their training scale; sizes may
+    differ. tile_size: images with a side above it run as overlapping tiles of that side
+    (`tile_overlap`, default tile_size // 4), batched `batch_size` at a time; None = one
+    forward per image. device: defaults to the model's. dist: a `DistContext` to split the
+    work over ranks (None: this process only). amp: float16 autocast on CUDA.
     """
     model = unwrap(model)
     if device is None:
@@ -116,24 +166,29 @@ def evaluate(
     device = torch.device(device)
     num_classes = int(num_classes or getattr(model, "num_classes"))
     names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
-    forward = _forward_fn(model, arch)
+    if tile_size is not None:
+        tile_overlap = resolve_overlap(int(tile_size), tile_overlap)
+    forward = _autocast_forward(_forward_fn(model, arch), amp, device)
 
     subset: Dataset = dataset
     if dist is not None and dist.distributed:
         subset = Subset(dataset, list(range(dist.rank, len(dataset), dist.world_size)))
-    loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+    # Items one by one (sizes may differ); _groups batches the runs of equal size.
+    loader = DataLoader(subset, batch_size=None, shuffle=False, num_workers=num_workers,
                         pin_memory=device.type == "cuda")
     confusion = ConfusionMatrix(num_classes, ignore_index)
-    autocast = (torch.autocast("cuda", dtype=torch.float16)
-                if amp and device.type == "cuda" else nullcontext())
     was_training = model.training
     model.eval()
     try:
-        for images, masks in loader:
-            images = images.to(device, non_blocking=True)
-            with autocast:
-                logits = forward(images)
-            confusion.update(logits.argmax(dim=1).cpu(), masks)
+        for group in _groups(iter(loader), max(1, int(batch_size)), tile_size):
+            if len(group) == 1 and tile_size is not None:
+                image, mask = group[0]
+                logits = tiled_logits(forward, image, tile_size, tile_overlap, batch_size, device=device)
+                confusion.update(logits.argmax(dim=0), mask)
+                continue
+            images = torch.stack([image for image, _ in group]).to(device, non_blocking=True)
+            logits = forward(images)
+            confusion.update(logits.argmax(dim=1).cpu(), torch.stack([mask for _, mask in group]))
     finally:
         model.train(was_training)
     matrix = confusion.matrix

@@ -4,8 +4,10 @@
     predict_images(model, "photos/", "out/", image_size=info.image_size, class_names=info.class_names)
 
 Every image in the folder (png, jpg, jpeg, bmp, tif, tiff; any size, greyscale or colour) is
-resized to the model's input size the way the training data was (PIL bilinear), normalised, and
-segmented; the logits are resized back to the image's own size (bilinear) before the argmax.
+normalised, scaled to its training scale (long side down to the run's ``max_side``, aspect kept;
+None = native) and segmented in overlapping tiles of the network's input side
+(`autonad_edge.inference`), so memory stays bounded and thin cracks are not squashed; the logits
+are resized back to the image's own size (bilinear) before the argmax.
 Written: ``masks/<stem>.png`` (8-bit greyscale, pixel = class index), ``overlays/<stem>.png``
 (the image with each defect class tinted in its colour), and ``predictions.json`` (per image:
 size and pixels per class, plus the class colours).
@@ -19,7 +21,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from autonad_edge.data.errors import DatasetError
@@ -76,23 +77,27 @@ def overlay(image_rgb: np.ndarray, mask: np.ndarray, colours: Sequence[tuple[int
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
+def default_tile(image_size: int | Sequence[int]) -> int:
+    """The tile side for a model trained at `image_size`: its (longer) input side, the window
+    size the network learnt on."""
+    return int(image_size) if isinstance(image_size, int) else max(int(v) for v in image_size)
+
+
 @torch.no_grad()
-def predict_image(model: nn.Module, image, image_size: tuple[int, int], device: torch.device) -> np.ndarray:
-    """The uint8 [H,W] class mask of one PIL image at its own size."""
-    from PIL import Image
-
+def predict_image(model: nn.Module, image, image_size: int | Sequence[int], device: torch.device, *,
+                  max_side: int | None = None, tile: int | None = None,
+                  overlap: int | None = None) -> np.ndarray:
+    """The uint8 [H,W] class mask of one PIL image at its own size: inferred at its training
+    scale (`max_side`, None = native) in tiles of `tile` (default: `image_size`'s side)."""
     from autonad_edge.data.transforms import to_image_tensor
+    from autonad_edge.inference import predict_logits
 
-    height, width = image_size
-    resized = image if (image.height, image.width) == (height, width) else image.resize((width, height), Image.BILINEAR)
-    pixels = np.array(resized, dtype=np.uint8)
+    pixels = np.array(image, dtype=np.uint8)
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
-    x = to_image_tensor(pixels)[None].to(device)
-    logits = model(x).float()
-    if logits.shape[-2:] != (image.height, image.width):
-        logits = F.interpolate(logits, size=(image.height, image.width), mode="bilinear", align_corners=False)
-    return logits.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
+    logits = predict_logits(model, to_image_tensor(pixels), tile=tile or default_tile(image_size),
+                            overlap=overlap, max_side=max_side, device=device)
+    return logits.argmax(dim=0).to(torch.uint8).numpy()
 
 
 def predict_images(
@@ -104,13 +109,20 @@ def predict_images(
     class_names: Sequence[str],
     device: torch.device | str | None = None,
     alpha: float = 0.5,
+    max_side: int | None = None,
+    tile: int | None = None,
 ) -> list[dict[str, Any]]:
     """Segment every image of `images` (a folder or one file); write masks, overlays and
-    ``predictions.json`` under `out_dir`. Returns the per-image records."""
+    ``predictions.json`` under `out_dir`. max_side: the run's training scale (None = native);
+    tile: the tile side (default: `image_size`'s). Returns the per-image records."""
     from PIL import Image
+
+    from autonad_edge.inference import resolve_overlap
 
     if isinstance(image_size, int):
         image_size = (image_size, image_size)
+    tile = tile or default_tile(image_size)
+    overlap = resolve_overlap(tile, None)  # fails on a bad tile before the first image
     files = list_images(images)
     if device is None:
         first = next(model.parameters(), None)
@@ -128,7 +140,8 @@ def predict_images(
         for path in files:
             name = path.stem if stems.count(path.stem) == 1 else path.name
             image = _load_pixels(path)
-            mask = predict_image(model, image, tuple(image_size), device)
+            mask = predict_image(model, image, tuple(image_size), device, max_side=max_side,
+                                 tile=tile, overlap=overlap)
             Image.fromarray(mask, mode="L").save(out_dir / "masks" / f"{name}.png")
             rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
             Image.fromarray(overlay(rgb, mask, colours, alpha)).save(out_dir / "overlays" / f"{name}.png")
@@ -144,6 +157,9 @@ def predict_images(
         model.train(was_training)
     atomic_write_json(out_dir / "predictions.json", {
         "image_size": list(image_size),
+        "max_side": max_side,
+        "tile": tile,
+        "tile_overlap": overlap,
         "classes": {c: list(col) for c, col in zip(class_names, colours)},
         "images": records,
     })

@@ -23,8 +23,6 @@ from autonad_edge.space import Arch, ArchError, SearchSpace
 from autonad_edge.training.checkpoint import CheckpointError, load_model, save_checkpoint, subnet_payload
 from autonad_edge.training.config import RetrainConfig
 from autonad_edge.training.engine import Trainer
-from autonad_edge.training.evaluate import evaluate
-from autonad_edge.training.schedules import poly_schedule
 
 BEST_FILE = "best.pt"
 INITS = ("scratch", "inherited")
@@ -65,9 +63,6 @@ class RetrainTrainer(Trainer):
     def build_optimizer(self, model):
         return torch.optim.Adam(model.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
 
-    def build_scheduler(self, optimizer, total_steps: int, steps_per_epoch: int):
-        return poly_schedule(optimizer, total_steps, self.config.poly_power)
-
     def train_step(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[float, list[Arch]]:
         with self.autocast():
             logits = self.net(images)
@@ -76,14 +71,14 @@ class RetrainTrainer(Trainer):
         return float(loss.detach()), [self.arch]
 
     def evaluate_val(self) -> dict[str, Any]:
-        result = evaluate(self.model, self.data.val, batch_size=self.config.eval_batch_size,
-                          device=self.device, class_names=self.data.class_names,
-                          ignore_index=self.ignore_index, amp=self.use_amp, dist=self.dist)
-        return {"val_miou": result.miou, "val_mf1": result.mf1}
+        result = self.evaluate_split(self.data.val)
+        return {"val_miou": result.miou, "val_mf1": result.mf1, "val_miou_defects": result.defect_miou}
 
-    def _subnet_payload(self, **extra) -> dict[str, Any]:
-        return subnet_payload(self.model, self.space, list(self.data.class_names),
-                              tuple(self.data.image_size), **extra)
+    def _subnet_payload(self, model=None, **extra) -> dict[str, Any]:
+        """The evaluated model's subnet checkpoint (or `model`'s)."""
+        return subnet_payload(model or self.eval_model, self.space, list(self.data.class_names),
+                              tuple(self.data.image_size), max_side=self.config.max_side if self.config.keep_aspect else None,
+                              **extra)
 
     def after_epoch(self, epoch: int, record: dict[str, Any]) -> None:
         score = record.get("val_miou")
@@ -103,7 +98,7 @@ class RetrainTrainer(Trainer):
         return json.dumps(self.manifest)
 
     def checkpoint_extra(self) -> dict[str, Any]:
-        extra = self._subnet_payload()
+        extra = self._subnet_payload(self.model)  # raw weights; the base class adds the average
         extra["best"] = dict(self.best)
         extra["init"] = self.config.init
         return extra

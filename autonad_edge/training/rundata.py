@@ -16,10 +16,13 @@ def load_run_data(
     seed: int = 0,
     synthetic_count: int = 240,
     manifest: dict[str, Any] | str | Path | None = None,
+    keep_aspect: bool = True,
+    max_side: int | None = None,
 ):
     """`load_dataset(...)`, reusing `manifest` (a dict or a ``splits.json`` path) when given.
 
     A manifest path that does not exist is ignored (a fresh run). Raises `DatasetError`.
+    `keep_aspect` and `max_side` set the training scale (`RunConfig`'s fields of those names).
     """
     from autonad_edge.data import load_dataset
     from autonad_edge.data.splits import load_manifest
@@ -36,6 +39,8 @@ def load_run_data(
             seed=seed,
             synthetic_count=synthetic_count,
             manifest=manifest,
+            keep_aspect=keep_aspect,
+            max_side=max_side,
         )
     except (FileNotFoundError, NotADirectoryError) as exc:
         raise DatasetError(f"cannot read the dataset: {exc}") from None

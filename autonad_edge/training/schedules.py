@@ -32,16 +32,22 @@ class CosineFactor:
 
 
 class PolyFactor:
-    """``(1 - step / total_steps) ** power`` (the retraining schedule, power 0.9), floored at
-    ``min_factor``."""
+    """Linear warm-up over `warmup_steps`, then ``(1 - progress) ** power`` (the retraining
+    schedule, power 0.9), floored at ``min_factor``."""
 
-    def __init__(self, total_steps: int, power: float = 0.9, min_factor: float = 0.0) -> None:
+    def __init__(self, total_steps: int, power: float = 0.9, min_factor: float = 0.0,
+                 warmup_steps: int = 0, warmup_start: float = 0.01) -> None:
         self.total_steps = max(int(total_steps), 1)
         self.power = float(power)
         self.min_factor = float(min_factor)
+        self.warmup_steps = max(int(warmup_steps), 0)
+        self.warmup_start = float(warmup_start)
 
     def __call__(self, step: int) -> float:
-        progress = min(max(step, 0) / self.total_steps, 1.0)
+        if step < self.warmup_steps:
+            return self.warmup_start + (1.0 - self.warmup_start) * step / self.warmup_steps
+        span = max(self.total_steps - self.warmup_steps, 1)
+        progress = min(max(step - self.warmup_steps, 0) / span, 1.0)
         return max((1.0 - progress) ** self.power, self.min_factor)
 
 
@@ -51,8 +57,18 @@ def cosine_schedule(optimizer: Optimizer, total_steps: int, warmup_steps: int = 
 
 
 def poly_schedule(optimizer: Optimizer, total_steps: int, power: float = 0.9,
-                  min_factor: float = 0.0) -> LambdaLR:
-    return LambdaLR(optimizer, PolyFactor(total_steps, power, min_factor))
+                  min_factor: float = 0.0, warmup_steps: int = 0) -> LambdaLR:
+    return LambdaLR(optimizer, PolyFactor(total_steps, power, min_factor, warmup_steps))
 
 
-__all__ = ["CosineFactor", "PolyFactor", "cosine_schedule", "poly_schedule"]
+def make_schedule(optimizer: Optimizer, name: str, total_steps: int, warmup_steps: int = 0,
+                  min_factor: float = 0.0, power: float = 0.9) -> LambdaLR:
+    """The per-step schedule `name` ("cosine" or "poly") with a linear warm-up."""
+    if name == "cosine":
+        return cosine_schedule(optimizer, total_steps, warmup_steps, min_factor)
+    if name == "poly":
+        return poly_schedule(optimizer, total_steps, power, min_factor, warmup_steps)
+    raise ValueError(f"unknown schedule {name!r}; choose cosine or poly")
+
+
+__all__ = ["CosineFactor", "PolyFactor", "cosine_schedule", "make_schedule", "poly_schedule"]

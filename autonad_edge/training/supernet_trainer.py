@@ -1,9 +1,11 @@
-"""Supernet training (AutoNAD Sec. V-B).
+"""Supernet training (AutoNAD Sec. V-B, with the defect-aware recipe of `RunConfig`).
 
-AdamW (lr 5e-4), per-step cosine decay with optional linear warm-up, cross-entropy with
-ignore index 255. Each step trains one subnet drawn uniformly with ``space.sample(rng)`` from a
+AdamW (lr 5e-4), per-step cosine decay with optional linear warm-up, the recipe's loss over
+defect-aware crops. Each step trains one subnet drawn uniformly with ``space.sample(rng)`` from a
 seeded `random.Random` (identical on every rank), or with ``sandwich=True`` the largest, the
-smallest and `sandwich_random` random subnets, their gradients accumulated into one update.
+smallest and `sandwich_random` random subnets, their gradients accumulated into one update;
+then the smaller ones also distil the largest's predictions (BigNAS in-place distillation), so
+that inherited subnets rank like retrained ones.
 
     trainer = SupernetTrainer(SupernetConfig(epochs=30), data, "runs/supernet", space=space)
     trainer.add_step_hook(lambda step, arch: queue.put_nowait(arch))   # must not block
@@ -20,8 +22,7 @@ from autonad_edge.models.supernet import HybridSupernet
 from autonad_edge.space import Arch
 from autonad_edge.training.config import SupernetConfig
 from autonad_edge.training.engine import Trainer
-from autonad_edge.training.evaluate import evaluate
-from autonad_edge.training.schedules import cosine_schedule
+from autonad_edge.training.losses import distillation_loss
 
 
 class SupernetTrainer(Trainer):
@@ -43,10 +44,6 @@ class SupernetTrainer(Trainer):
     def build_optimizer(self, model):
         return torch.optim.AdamW(model.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
 
-    def build_scheduler(self, optimizer, total_steps: int, steps_per_epoch: int):
-        warmup = int(round(self.config.warmup_epochs * steps_per_epoch))
-        return cosine_schedule(optimizer, total_steps, warmup, self.config.min_lr_factor)
-
     def step_archs(self) -> list[Arch]:
         """The subnets of the next step (consumes the sampler RNG)."""
         if not self.config.sandwich:
@@ -55,7 +52,12 @@ class SupernetTrainer(Trainer):
         return [self.space.largest(), self.space.smallest(), *randoms]
 
     def train_step(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[float, list[Arch]]:
+        """One subnet, or the sandwich: the largest learns from the labels, and with
+        `distill_weight` > 0 the others also from the largest's (detached) predictions."""
         archs = self.step_archs()
+        distill = self.config.sandwich and self.config.distill_weight > 0
+        weight = self.config.distill_weight
+        teacher = None
         total = 0.0
         for i, arch in enumerate(archs):
             self.model.set_active(arch)
@@ -63,7 +65,11 @@ class SupernetTrainer(Trainer):
                 with self.autocast():
                     logits = self.net(images)
                 loss = self.loss(logits, masks)
+                if distill and teacher is not None:
+                    loss = (1 - weight) * loss + weight * distillation_loss(logits, teacher, masks, self.ignore_index)
                 self.backward(loss)
+            if distill and i == 0:
+                teacher = logits.detach()
             total += float(loss.detach())
         return total / len(archs), archs
 
@@ -71,9 +77,7 @@ class SupernetTrainer(Trainer):
         record: dict[str, Any] = {}
         scores = []
         for name, arch in self.eval_archs().items():
-            result = evaluate(self.model, self.data.val, arch, batch_size=self.config.eval_batch_size,
-                              device=self.device, class_names=self.data.class_names,
-                              ignore_index=self.ignore_index, amp=self.use_amp, dist=self.dist)
+            result = self.evaluate_split(self.data.val, arch)
             record[f"val_miou_{name}"] = result.miou
             record[f"val_mf1_{name}"] = result.mf1
             scores.append((result.miou, result.mf1))

@@ -1,0 +1,201 @@
+"""Time-budgeted runs: plan supernet and retrain epochs (and the search's size) so that a whole
+`autonad-edge search --time-budget MINUTES` ends within the budget on this machine.
+
+The pipeline measures its own costs first (`StageCosts`: a few timed supernet and retraining
+steps, a timed validation pass) and `plan_budget` turns them into a `BudgetPlan` by plain
+arithmetic, which the report prints. The split of the time follows what buys accuracy:
+after the fixed costs (block timing, latency calibration, export, a safety margin) the search
+gets a capped share, and the rest goes to supernet training and retraining in the ratio
+`supernet_share`. A budget too small for the minimum epochs is refused with the figure that
+would fit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+
+class BudgetError(ValueError):
+    """A budget that cannot hold even the smallest run."""
+
+
+@dataclass(frozen=True)
+class StageCosts:
+    """Seconds per unit of work, measured on this machine before the run (or given, in tests)."""
+
+    supernet_step_s: float  # one supernet optimiser step (all sandwich subnets)
+    retrain_step_s: float  # one retraining step of a typical subnet
+    val_eval_s: float  # evaluating one subnet on the whole val split
+    supernet_steps_per_epoch: int
+    retrain_steps_per_epoch: int
+    latency_s: float  # block timing + end-to-end calibration (estimated)
+    export_s: float = 30.0  # ONNX export, end-to-end measurement, bundle, report
+    supernet_evals_per_epoch: float = 0.2  # val evaluations of 2 subnets every ~5 epochs
+    retrain_evals_per_epoch: float = 1.0
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    budget_s: float
+    supernet_epochs: int
+    retrain_epochs: int
+    population: int
+    generations: int
+    supernet_s: float
+    search_s: float
+    retrain_s: float
+    fixed_s: float  # latency + export + margin
+
+    @property
+    def total_s(self) -> float:
+        return self.supernet_s + self.search_s + self.retrain_s + self.fixed_s
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "total_s": self.total_s}
+
+    def summary(self) -> str:
+        return (f"plan for {self.budget_s / 60:.0f} min: supernet {self.supernet_epochs} epochs "
+                f"(~{self.supernet_s / 60:.1f} min), search {self.population} x {self.generations} "
+                f"(~{self.search_s / 60:.1f} min), retrain {self.retrain_epochs} epochs "
+                f"(~{self.retrain_s / 60:.1f} min), fixed ~{self.fixed_s / 60:.1f} min")
+
+
+def evaluations(population: int, generations: int, parents: int) -> int:
+    """Subnets the evolutionary search evaluates: the first population, then the children."""
+    return population + generations * max(population - parents, 0)
+
+
+def supernet_epoch_s(c: StageCosts) -> float:
+    return c.supernet_steps_per_epoch * c.supernet_step_s + c.supernet_evals_per_epoch * 2 * c.val_eval_s
+
+
+def retrain_epoch_s(c: StageCosts) -> float:
+    return c.retrain_steps_per_epoch * c.retrain_step_s + c.retrain_evals_per_epoch * c.val_eval_s
+
+
+def plan_budget(costs: StageCosts, budget_s: float, *, population: int, generations: int, parents: int,
+                supernet_share: float = 0.5, search_share: float = 0.15, margin: float = 0.07,
+                min_epochs: int = 2, min_population: int = 8, min_generations: int = 2) -> BudgetPlan:
+    """The epochs and search size that fit `budget_s` seconds.
+
+    The search keeps the preset's population and generations when they fit in
+    `search_share` of the budget, else shrinks (generations first, then population) down to
+    the minimums. `margin` of the budget is held back for what the costs do not see (data
+    loading, checkpoints, noise on a busy host).
+    """
+    if budget_s <= 0:
+        raise BudgetError(f"the time budget must be positive, got {budget_s / 60:.1f} min")
+    fixed = costs.latency_s + costs.export_s + margin * budget_s
+    search_cap = search_share * budget_s
+    pop, gens = population, generations
+    while evaluations(pop, gens, parents) * costs.val_eval_s > search_cap and gens > min_generations:
+        gens -= 1
+    while evaluations(pop, gens, parents) * costs.val_eval_s > search_cap and pop > min_population:
+        pop = max(min_population, int(pop * 0.8))
+    search = evaluations(pop, gens, parents) * costs.val_eval_s
+    training = budget_s - fixed - search
+    sup_epoch, re_epoch = supernet_epoch_s(costs), retrain_epoch_s(costs)
+    smallest = min_epochs * (sup_epoch + re_epoch)
+    if training < smallest:
+        need = (fixed + search + smallest) / (1 - margin) if margin < 1 else float("inf")
+        raise BudgetError(
+            f"a {budget_s / 60:.1f} min budget cannot hold {min_epochs} supernet and {min_epochs} retraining "
+            f"epochs here (one epoch takes {sup_epoch:.0f} s and {re_epoch:.0f} s, block timing ~{costs.latency_s:.0f} s); "
+            f"give at least {math.ceil(need / 60)} min"
+        )
+    sup_epochs = max(min_epochs, int(supernet_share * training // sup_epoch))
+    re_epochs = max(min_epochs, int((training - sup_epochs * sup_epoch) // re_epoch))
+    return BudgetPlan(
+        budget_s=float(budget_s), supernet_epochs=sup_epochs, retrain_epochs=re_epochs,
+        population=pop, generations=gens, supernet_s=sup_epochs * sup_epoch, search_s=search,
+        retrain_s=re_epochs * re_epoch, fixed_s=fixed,
+    )
+
+
+# Block timing is not probed (it needs the exports the run makes anyway): per unit, one ONNX
+# export (0.4-0.8 s on a quiet 2-core host, benchmarks/RESULTS.md) plus a quick-policy
+# measurement; per end-to-end subnet, its export and a full-policy measurement.
+UNIT_TIMING_S = 1.0
+SUBNET_TIMING_S = 5.0
+
+
+def measure_costs(supernet_config, retrain_config, space, data, *, units_to_time: int, subnets_to_time: int,
+                  steps: int = 3, seed: int = 0) -> StageCosts:
+    """Time `steps` supernet steps (as configured: sandwich or one subnet), `steps` retraining
+    steps of a random subnet and a validation pass on a few images, after one warm-up step
+    each, on this machine with the run's batch and crop size."""
+    import random
+    import time
+
+    import torch
+
+    from autonad_edge.data.crops import CropConfig
+    from autonad_edge.models.network import SegmentationNet
+    from autonad_edge.models.supernet import HybridSupernet
+    from autonad_edge.training.engine import steps_per_epoch
+    from autonad_edge.training.evaluate import evaluate
+    from autonad_edge.training.losses import SegmentationLoss
+    from torch.utils.data import Subset
+
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    crops = data.train_crops(seed, CropConfig(supernet_config.crop_hw, supernet_config.defect_crop_share))
+    batch = [crops[i % len(crops)] for i in range(supernet_config.batch_size)]
+    images = torch.stack([b[0] for b in batch])
+    masks = torch.stack([b[1] for b in batch])
+    loss_fn = SegmentationLoss(supernet_config.loss, data.ignore_index)
+
+    def timed(step) -> float:
+        step()
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        return (time.perf_counter() - start) / steps
+
+    supernet = HybridSupernet(space, data.num_classes, supernet_config.sharing).train()
+    sup_opt = torch.optim.AdamW(supernet.parameters(), lr=1e-6)
+    n_sub = 2 + supernet_config.sandwich_random if supernet_config.sandwich else 1
+
+    def supernet_step():
+        sup_opt.zero_grad(set_to_none=True)
+        for _ in range(n_sub):
+            supernet.set_active(space.sample(rng))
+            loss_fn(supernet(images), masks).backward()
+        sup_opt.step()
+
+    arch = space.sample(rng)
+    net = SegmentationNet.from_arch(arch, space, data.num_classes).train()
+    net_opt = torch.optim.Adam(net.parameters(), lr=1e-6)
+
+    def retrain_step():
+        net_opt.zero_grad(set_to_none=True)
+        loss_fn(net(images), masks).backward()
+        net_opt.step()
+
+    sup_s, re_s = timed(supernet_step), timed(retrain_step)
+    probe = Subset(data.val, list(range(min(4, len(data.val)))))
+    start = time.perf_counter()
+    evaluate(supernet, probe, arch, num_classes=data.num_classes, tile_size=int(supernet_config.image_size))
+    per_image = (time.perf_counter() - start) / max(len(probe), 1)
+    n = len(crops)
+    return StageCosts(
+        supernet_step_s=sup_s, retrain_step_s=re_s, val_eval_s=per_image * len(data.val),
+        supernet_steps_per_epoch=steps_per_epoch(n, supernet_config.batch_size),
+        retrain_steps_per_epoch=steps_per_epoch(n, retrain_config.batch_size),
+        latency_s=units_to_time * UNIT_TIMING_S + subnets_to_time * SUBNET_TIMING_S,
+    )
+
+
+def scale_epochs(epochs: int, train_images: int, reference_images: int, *, low: float = 0.5,
+                 high: float = 4.0) -> int:
+    """A preset's epochs for a data set of `train_images` images: the optimiser steps stay those
+    the preset was tuned with on `reference_images` (a small set gets more epochs, a large one
+    fewer), within [low, high] times the preset's epochs."""
+    if train_images <= 0:
+        return epochs
+    factor = min(max(reference_images / train_images, low), high)
+    return max(1, round(epochs * factor))
+
+
+__all__ = ["BudgetError", "BudgetPlan", "StageCosts", "evaluations", "measure_costs", "plan_budget", "scale_epochs"]
