@@ -133,7 +133,7 @@ def test_mt_layout_classes_labels_and_threshold(mt_root: Path) -> None:
 
 
 def test_mt_resize_nearest_keeps_binary_labels(mt_root: Path) -> None:
-    data = load_dataset(mt_root, fmt="mt", image_size=24)
+    data = load_dataset(mt_root, fmt="mt", image_size=24, keep_aspect=False)
     assert data.cache.images.shape == (20, 24, 24, 1)
     for sample_id, mask in zip(data.cache.ids, data.cache.masks):
         label = MT_FOLDERS.index(sample_id.split("/")[0]) + 1

@@ -117,20 +117,23 @@ def test_report_warns_when_the_two_end_to_end_measurements_disagree():
     assert "1.310 ms" in warning and "3.610 ms" in warning and "2.76x" in warning
 
 
-def test_cpu_preset_trains_with_class_weights_and_its_own_learning_rates():
-    """The default run must leave the all-background floor in minutes: the cpu preset's
-    optimisation settings reach both trainers (and the baselines' benchmark, via
+def test_cpu_preset_trains_with_the_defect_recipe_and_its_own_learning_rates():
+    """The default run must learn the defects in minutes: the cpu preset's recipe and
+    optimisation settings reach both trainers (and the baselines' benchmarks, via
     `retrain_config`)."""
     from autonad_edge.search.pipeline import PRESETS, PipelineConfig
 
     cfg = PipelineConfig().resolved()
     retrain = cfg.retrain_config("runs/x/supernet.pt")
     preset = PRESETS["cpu"]
-    assert retrain.class_weighting == "inverse_sqrt" and retrain.lr == preset.retrain_lr
+    assert retrain.loss == preset.loss == "ce+dice" and retrain.lr == preset.retrain_lr
+    assert retrain.defect_crop_share == preset.defect_crop_share > 0 and retrain.ema_decay == preset.retrain_ema
+    assert retrain.schedule == "cosine" and retrain.keep_aspect and retrain.max_side == preset.max_side
     assert retrain.init == "inherited" and retrain.supernet == "runs/x/supernet.pt"
     assert retrain.epochs == preset.retrain_epochs and retrain.image_size == preset.image_size
     supernet = cfg.supernet_config()
-    assert supernet.class_weighting == "inverse_sqrt" and supernet.lr == preset.supernet_lr
+    assert supernet.loss == "ce+dice" and supernet.lr == preset.supernet_lr
+    assert supernet.sandwich and supernet.distill_weight > 0
     assert supernet.epochs == preset.supernet_epochs and supernet.warmup_epochs == preset.supernet_warmup_epochs
     assert PipelineConfig(preset="paper").resolved().supernet_config().lr == 5e-4
     paper = PipelineConfig(preset="paper").resolved().retrain_config("s.pt")

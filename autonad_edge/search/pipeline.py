@@ -75,6 +75,8 @@ class Preset:
     # Epochs are tuned for this many train images and scaled to keep the optimiser steps
     # (`budget.scale_epochs`); None = used as given.
     reference_images: int | None = None
+    # Minutes for the whole run when no --time-budget is given (None: the epochs above).
+    time_budget: float | None = None
 
 
 def measurement_policy(timing: str):
@@ -97,7 +99,8 @@ PRESETS: dict[str, Preset] = {
     # in-place distillation, warm-up + cosine for both trainings, EMA of the retrained weights.
     "cpu": Preset("tiny", 128, 240, 40, 30, 8, 16, 5, 5, 8, 4, "inherited",
                   supernet_lr=3e-3, supernet_warmup_epochs=1.0, retrain_lr=2e-3, class_weighting="none",
-                  sandwich=True, retrain_warmup_epochs=0.5, retrain_ema=0.998, reference_images=168),
+                  sandwich=True, retrain_warmup_epochs=0.5, retrain_ema=0.998, reference_images=168,
+                  defect_crop_share=0.7, time_budget=9.0),
     # The paper's settings (Sec. V-B), for GPU hosts: fixed-size resize, plain cross-entropy.
     "paper": Preset("default", 320, 240, 100, 200, 8, 100, 50, 10, 50, 10, "scratch", timing="full",
                     loss="ce", defect_crop_share=0.0, keep_aspect=False, retrain_schedule="poly"),
@@ -134,7 +137,7 @@ class PipelineConfig:
     prior_method: str = "softmax"
     prior_temperature: float | None = None
     # Minutes for the whole run: epochs and search size are planned from measured costs
-    # (search.budget); None = the preset's epochs.
+    # (search.budget); None = the preset's budget (cpu: 9 min), 0 = the preset's epochs.
     time_budget: float | None = None
     seed: int = 0
     device: str = "auto"
@@ -309,7 +312,7 @@ class SearchPipeline:
             return replace(cfg, **saved["epochs"])
         given, preset = self.given, cfg.preset_values
         epochs: dict[str, int] = {}
-        if cfg.time_budget is not None:
+        if cfg.time_budget:  # 0 turns a preset's budget off
             from autonad_edge.latency.blocks import space_units
             from autonad_edge.latency.profiler import missing_units, target_key
 

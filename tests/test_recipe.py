@@ -1,0 +1,159 @@
+"""The defect-aware training recipe: crops, training scale, sandwich + distillation, EMA, the
+time-budget planner. Small generated data, deterministic, no timing assertions."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from autonad_edge.data import load_dataset
+from autonad_edge.data.cache import downscale_mask, training_scale_hw
+from autonad_edge.data.crops import CropConfig, CropSampler, crop_grid, CropSpec
+from autonad_edge.search.budget import BudgetError, StageCosts, evaluations, plan_budget, scale_epochs
+from autonad_edge.space import SearchSpace
+from autonad_edge.training.config import SupernetConfig
+from autonad_edge.training.ema import WeightAverage
+from autonad_edge.training.supernet_trainer import SupernetTrainer
+
+
+def _masks_with_rare_class() -> list[np.ndarray]:
+    """Class 1 on 12 images (large blobs), class 2 on 3 images (a 1-px line): very unequal."""
+    masks = []
+    for i in range(16):
+        m = np.zeros((40, 70), np.uint8)
+        if i < 12:
+            m[5:30, 10:50] = 1
+        if i >= 13:
+            m[20, 5:60] = 2
+        masks.append(m)
+    return masks
+
+
+def test_crop_sampler_hits_defects_at_the_configured_rate_and_balances_classes():
+    masks = _masks_with_rare_class()
+    sampler = CropSampler(masks, 3, CropConfig((16, 16), defect_share=0.6))
+    specs = [sampler(i % len(masks), np.random.default_rng([0, i])) for i in range(2000)]
+    defect = [s for s in specs if s.defect_class is not None]
+    assert abs(len(defect) / len(specs) - 0.6) < 0.04
+    counts = Counter(s.defect_class for s in defect)
+    # The 1-px line on 3 images is picked as often as the blobs on 12.
+    assert set(counts) == {1, 2} and abs(counts[1] - counts[2]) < 0.1 * len(defect)
+    for s in defect:  # the centre lies within the jitter of a pixel of its class
+        y, x = int(s.centre_y), int(s.centre_x)
+        window = masks[s.image][max(0, y - 5): y + 6, max(0, x - 5): x + 6]
+        assert (window == s.defect_class).any()
+    # Uniform crops visit the item's own image.
+    assert all(s.image == i % len(masks) for i, s in enumerate(specs) if s.defect_class is None)
+
+
+def test_crop_without_augmentation_is_the_exact_window():
+    image = torch.arange(30 * 50, dtype=torch.float32).view(1, 1, 30, 50)
+    spec = CropSpec(0, centre_y=12.0, centre_x=20.0, defect_class=None)
+    grid = crop_grid(spec, (30, 50), (8, 10))
+    crop = torch.nn.functional.grid_sample(image, grid, mode="nearest", align_corners=False)[0, 0]
+    assert torch.equal(crop, image[0, 0, 8:16, 15:25])
+    # Near the border the window is clamped inside the image rather than padded.
+    edge = crop_grid(CropSpec(0, 1.0, 49.0, None), (30, 50), (8, 10))
+    crop = torch.nn.functional.grid_sample(image, edge, mode="nearest", align_corners=False)[0, 0]
+    assert torch.equal(crop, image[0, 0, 0:8, 40:50])
+
+
+def test_training_crops_are_fixed_size_from_mixed_size_images(tmp_path):
+    from autonad_edge.data.synthetic import write_synthetic_voc
+
+    root = tmp_path / "voc"
+    write_synthetic_voc(root, count=6, image_size=(48, 80), seed=0)
+    data = load_dataset(root, fmt="voc", image_size=32, max_side=64)
+    assert data.train.raw(0)[1].shape == training_scale_hw(48, 80, 64) == (38, 64)
+    crops = data.train_crops(seed=0, crop=CropConfig((32, 32), 0.5))
+    crops.set_epoch(1)
+    image, mask = crops[0]
+    assert image.shape == (3, 32, 32) and mask.shape == (32, 32)
+    again = data.train_crops(seed=0, crop=CropConfig((32, 32), 0.5))
+    again.set_epoch(1)
+    assert torch.equal(again[0][0], image)  # deterministic in (seed, epoch, index)
+
+
+def test_downscaling_keeps_a_one_pixel_crack_connected():
+    mask = np.zeros((400, 600), np.uint8)
+    rows = (np.arange(600) * 0.37 + 100).astype(int)
+    mask[rows, np.arange(600)] = 3
+    small = downscale_mask(mask, (100, 150))
+    # Every column of the 4x smaller mask still holds the crack: no dotted remains.
+    assert (small == 3).any(axis=0).all()
+    assert (small == 3).sum() < 4 * 150  # and it stays thin
+    assert training_scale_hw(400, 600, 150) == (100, 150) and training_scale_hw(40, 60, 150) == (40, 60)
+
+
+def _tiny_data():
+    return load_dataset(None, fmt="synthetic", image_size=32, synthetic_count=8, seed=0)
+
+
+def test_sandwich_step_trains_largest_smallest_and_random_with_distillation(tmp_path):
+    space = SearchSpace.named("tiny")
+    data = _tiny_data()
+    cfg = SupernetConfig(space="tiny", image_size=32, epochs=1, batch_size=4, sandwich=True, sandwich_random=1,
+                         distill_weight=0.5, eval_every=0, max_steps_per_epoch=1)
+    trainer = SupernetTrainer(cfg, data, tmp_path, space=space, quiet=True)
+    trainer._setup()
+    trainer._wrap()
+    activated = []
+    set_active = trainer.model.set_active
+    trainer.model.set_active = lambda arch: (activated.append(arch), set_active(arch))[1]
+    images, masks = (torch.stack(t) for t in zip(*(trainer.train_set[i] for i in range(4))))
+    loss, archs = trainer.train_step(images, masks)
+    assert archs[:2] == [space.largest(), space.smallest()] and len(archs) == 3
+    assert activated == archs and np.isfinite(loss)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.model.parameters())
+    # Without distillation the children learn from the labels only: another loss.
+    trainer.sampler_rng.seed(0)
+    trainer.config = cfg.replace(distill_weight=0.0)
+    plain, _ = trainer.train_step(images, masks)
+    trainer.sampler_rng.seed(0)
+    trainer.config = cfg
+    distilled, _ = trainer.train_step(images, masks)
+    assert plain != pytest.approx(distilled)
+
+
+def test_weight_average_ramps_then_follows_decay():
+    model = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.zero_()
+    ema = WeightAverage(model, decay=0.9)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model)  # first update: decay min(0.9, 1/10) = 0.1
+    assert ema.module.weight.flatten().tolist() == pytest.approx([0.9, 0.9])
+    for _ in range(200):
+        ema.update(model)
+    assert ema.current_decay() == 0.9
+    assert ema.module.weight.flatten().tolist() == pytest.approx([1.0, 1.0], abs=1e-6)
+
+
+COSTS = StageCosts(supernet_step_s=0.8, retrain_step_s=0.3, val_eval_s=10.0, supernet_steps_per_epoch=35,
+                   retrain_steps_per_epoch=35, latency_s=190.0, export_s=30.0)
+
+
+def test_budget_plan_arithmetic_on_given_costs():
+    plan = plan_budget(COSTS, 3600, population=16, generations=5, parents=5)
+    # Search capped at 15 % of the budget (540 s) at 10 s an evaluation: 16 + g * 11 <= 54.
+    assert (plan.population, plan.generations) == (16, 3) and plan.search_s == evaluations(16, 3, 5) * 10.0
+    assert plan.fixed_s == pytest.approx(190 + 30 + 0.07 * 3600)
+    sup_epoch = 35 * 0.8 + 0.2 * 2 * 10.0
+    re_epoch = 35 * 0.3 + 1.0 * 10.0
+    training = 3600 - plan.fixed_s - plan.search_s
+    assert plan.supernet_epochs == int(0.5 * training // sup_epoch)
+    assert plan.retrain_epochs == int((training - plan.supernet_epochs * sup_epoch) // re_epoch)
+    assert plan.total_s <= 3600
+    with pytest.raises(BudgetError, match="give at least"):
+        plan_budget(COSTS, 300, population=16, generations=5, parents=5)
+
+
+def test_epochs_scale_with_the_data_set_size():
+    assert scale_epochs(40, 168, 168) == 40
+    assert scale_epochs(40, 274, 168) == round(40 * 168 / 274)
+    assert scale_epochs(40, 10, 168) == 160  # capped at 4x
+    assert scale_epochs(40, 100_000, 168) == 20  # floored at 0.5x
