@@ -127,6 +127,7 @@ def test_cpu_preset_trains_with_the_defect_recipe_and_its_own_learning_rates():
     retrain = cfg.retrain_config("runs/x/supernet.pt")
     preset = PRESETS["cpu"]
     assert retrain.loss == preset.loss == "ce+dice" and retrain.lr == preset.retrain_lr
+    assert retrain.class_weighting == preset.class_weighting == "inverse_sqrt"
     assert retrain.defect_crop_share == preset.defect_crop_share > 0 and retrain.ema_decay == preset.retrain_ema
     assert retrain.schedule == "cosine" and retrain.keep_aspect and retrain.max_side == preset.max_side
     assert retrain.init == "inherited" and retrain.supernet == "runs/x/supernet.pt"

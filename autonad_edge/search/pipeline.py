@@ -98,7 +98,7 @@ PRESETS: dict[str, Preset] = {
     # The recipe: defect-centred crops (half of them), CE + soft Dice, the sandwich rule with
     # in-place distillation, warm-up + cosine for both trainings, EMA of the retrained weights.
     "cpu": Preset("tiny", 128, 240, 40, 30, 8, 16, 5, 5, 8, 4, "inherited",
-                  supernet_lr=3e-3, supernet_warmup_epochs=1.0, retrain_lr=2e-3, class_weighting="none",
+                  supernet_lr=3e-3, supernet_warmup_epochs=1.0, retrain_lr=2e-3, class_weighting="inverse_sqrt",
                   sandwich=True, retrain_warmup_epochs=0.5, retrain_ema=0.998, reference_images=168,
                   defect_crop_share=0.7, time_budget=9.0),
     # The paper's settings (Sec. V-B), for GPU hosts: fixed-size resize, plain cross-entropy.
