@@ -164,13 +164,14 @@ def test_voc_greyscale_masks_without_classes_file_and_derived_val(tmp_path: Path
         tmp_path / "voc", count=20, palette=False, classes=None, lists={"train": slice(0, 20)}
     )
     data = load_dataset(root, fmt="voc", image_size=16, seed=3, split_ratios=(0.6, 0.2, 0.2))
-    assert data.class_names == ["class0", "class1", "class2"]
-    assert len(data.test) == 0  # no test.txt
-    assert sorted(data.train.ids + data.val.ids) == [f"img{k:03d}" for k in range(20)]
-    assert len(data.val) == 5  # 20 * 0.2 / (0.6 + 0.2)
+    assert data.class_names == ["background", "class1", "class2"]
+    # No val.txt and no test.txt: both carved from train (stratified), none left empty.
+    assert sorted(data.train.ids + data.val.ids + data.test.ids) == [f"img{k:03d}" for k in range(20)]
+    assert len(data.val) == 4 and len(data.test) == 4  # 20 * 0.2
+    assert not set(data.test.ids) & set(data.val.ids)
     again = load_dataset(root, fmt="voc", image_size=16, seed=3, split_ratios=(0.6, 0.2, 0.2))
-    assert again.val.ids == data.val.ids
-    assert "carved" in data.manifest()["split_source"]
+    assert again.val.ids == data.val.ids and again.test.ids == data.test.ids
+    assert data.manifest()["split_source"] == "ImageSets (val and test carved from train)"
 
 
 # ------------------------------------------------------------------------------------------
@@ -312,7 +313,7 @@ def _checkerboard_voc(root: Path, count: int = 4, size: int = 48) -> Path:
 
 def test_augmentation_keeps_image_and_mask_aligned(tmp_path: Path) -> None:
     data = load_dataset(_checkerboard_voc(tmp_path / "cb"), fmt="voc", image_size=48)
-    assert data.class_names == ["class0", "class1"]
+    assert data.class_names == ["background", "class1"]
     augmented = data.train_augmented(seed=0)
     saw_padding = saw_rotation = False
     for epoch in range(4):

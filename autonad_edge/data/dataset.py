@@ -313,17 +313,20 @@ def _voc_splits(
     ratios: tuple[float, float, float],
     seed: int,
 ) -> tuple[dict[str, list[str]], str]:
-    """Splits from the ImageSets lists; a missing val list is carved out of train."""
+    """Splits from the ImageSets lists; a missing val or test list is carved out of train
+    (stratified), so that no figure is ever called "test" that was used to choose a model."""
     train = list(index_splits["train"] or [])
-    test = list(index_splits["test"] or [])
-    if index_splits["val"] is not None:
-        return {"train": train, "val": list(index_splits["val"]), "test": test}, "ImageSets"
-    train_r, val_r, _ = ratios
+    missing = [name for name in ("val", "test") if index_splits[name] is None]
+    if not missing:
+        return {"train": train, "val": list(index_splits["val"]), "test": list(index_splits["test"])}, "ImageSets"
+    train_r, val_r, test_r = ratios
+    shares = {"train": train_r, "val": val_r if "val" in missing else 0.0, "test": test_r if "test" in missing else 0.0}
+    kept = sum(shares.values())
     strata = [int(cache.strata[cache.index_of[i]]) for i in train]
-    kept = train_r + val_r
-    carved = stratified_split(train, strata, (train_r / kept, val_r / kept, 0.0), seed)
-    splits = {"train": carved["train"], "val": carved["val"], "test": test}
-    return splits, "ImageSets (val carved from train)"
+    carved = stratified_split(train, strata, tuple(shares[n] / kept for n in SPLIT_NAMES), seed)
+    splits = {name: carved[name] if name in missing or name == "train" else list(index_splits[name])
+              for name in SPLIT_NAMES}
+    return splits, f"ImageSets ({' and '.join(missing)} carved from train)"
 
 
 def load_dataset(

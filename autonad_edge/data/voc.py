@@ -5,7 +5,7 @@
                                               greyscale PNG (grey values are the labels)
     ROOT/ImageSets/Segmentation/train.txt     one id per line; val.txt and test.txt optional
     ROOT/classes.txt                          optional, one class name per line (background
-                                              first); else the names are class0..classN-1 with
+                                              first); else background, class1..classN-1 with
                                               N = the largest label found + 1
 
 Label 255 means "ignore". A missing val.txt is derived from train.txt (seeded and stratified by
@@ -169,7 +169,8 @@ def load_voc(
         histogram = np.sum([s[3] for s in samples], axis=0)
         histogram[IGNORE_INDEX] = 0
         used = np.flatnonzero(histogram)
-        class_names = [f"class{i}" for i in range(int(used.max()) + 1 if used.size else 1)]
+        # Label 0 is background by the VOC convention; the others have no names.
+        class_names = ["background"] + [f"class{i}" for i in range(1, int(used.max()) + 1 if used.size else 1)]
     cache = build_cache(
         ids=list(ids),
         samples=samples,
