@@ -113,15 +113,13 @@ def plan_budget(costs: StageCosts, budget_s: float, *, population: int, generati
     )
 
 
-# Block timing is not probed (it needs the exports the run makes anyway): per unit, one ONNX
-# export (0.4-0.8 s on a quiet 2-core host, benchmarks/RESULTS.md) plus a quick-policy
-# measurement; per end-to-end subnet, its export and a full-policy measurement.
-UNIT_TIMING_S = 1.0
+# Per end-to-end subnet: its export and a full-policy measurement (not probed: the subnets
+# come later). Per block, the caller probes a few of the run's own blocks (`unit_timing_s`).
 SUBNET_TIMING_S = 5.0
 
 
 def measure_costs(supernet_config, retrain_config, space, data, *, units_to_time: int, subnets_to_time: int,
-                  steps: int = 3, seed: int = 0) -> StageCosts:
+                  unit_timing_s: float, steps: int = 3, seed: int = 0) -> StageCosts:
     """Time `steps` supernet steps (as configured: sandwich or one subnet), `steps` retraining
     steps of a random subnet and a validation pass on a few images, after one warm-up step
     each, on this machine with the run's batch and crop size."""
@@ -183,7 +181,7 @@ def measure_costs(supernet_config, retrain_config, space, data, *, units_to_time
         supernet_step_s=sup_s, retrain_step_s=re_s, val_eval_s=per_image * len(data.val),
         supernet_steps_per_epoch=steps_per_epoch(n, supernet_config.batch_size),
         retrain_steps_per_epoch=steps_per_epoch(n, retrain_config.batch_size),
-        latency_s=units_to_time * UNIT_TIMING_S + subnets_to_time * SUBNET_TIMING_S,
+        latency_s=units_to_time * unit_timing_s + subnets_to_time * SUBNET_TIMING_S,
     )
 
 

@@ -314,13 +314,19 @@ class SearchPipeline:
         epochs: dict[str, int] = {}
         if cfg.time_budget:  # 0 turns a preset's budget off
             from autonad_edge.latency.blocks import space_units
-            from autonad_edge.latency.profiler import missing_units, target_key
+            from autonad_edge.latency.profiler import measure_units, missing_units, target_key
 
-            units = missing_units(space_units(space, data.num_classes, self._image_hw(cfg)), table, target_key(pool))
+            key = target_key(pool)
+            units = missing_units(space_units(space, data.num_classes, self._image_hw(cfg)), table, key)
             self.log(f"[plan] timing {len(units)} blocks and a few training steps to plan {cfg.time_budget:g} min")
+            # A few of the run's own blocks, timed as the run will (the table keeps them).
+            probe, start = units[:3], time.perf_counter()
+            if probe:
+                measure_units(pool, table, probe, key=key, policy=measurement_policy(preset.timing))
+            unit_s = (time.perf_counter() - start) / max(len(probe), 1)
             costs = measure_costs(cfg.supernet_config(), cfg.retrain_config("probe"), space, data,
-                                  units_to_time=len(units), subnets_to_time=preset.calibration_archs + preset.finalists,
-                                  seed=cfg.seed)
+                                  units_to_time=max(len(units) - len(probe), 0), unit_timing_s=unit_s,
+                                  subnets_to_time=preset.calibration_archs + preset.finalists, seed=cfg.seed)
             plan: BudgetPlan = plan_budget(costs, 60 * cfg.time_budget, population=cfg.population,
                                            generations=cfg.generations, parents=cfg.parents)
             self.log(f"[plan] {plan.summary()}")
