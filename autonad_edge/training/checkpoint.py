@@ -38,7 +38,9 @@ from autonad_edge.space import Arch, ArchError, SearchSpace, load_arch
 
 CHECKPOINT_FORMAT = "autonad-edge-checkpoint"
 CHECKPOINT_VERSION = 1
-KINDS = ("supernet", "subnet")
+# "baseline": the training state of a hand-designed network outside the search space (the
+# benchmarks' U-Net); resumable like the others, not loadable as a searched network.
+KINDS = ("supernet", "subnet", "baseline")
 
 
 class CheckpointError(ValueError):
@@ -216,6 +218,8 @@ def load_model(
     from autonad_edge.models.supernet import HybridSupernet
 
     data = load_checkpoint(path)
+    if data["kind"] == "baseline":
+        raise CheckpointError(f"{path}: a baseline network's training state, not a searched network")
     space = checkpoint_info(data, path).space
     wanted = _resolve_arch(arch, space)
     if data["kind"] == "subnet":
