@@ -2,7 +2,7 @@
 
     data = load_dataset("/data/magnetic-tile", fmt="mt", image_size=320, seed=0)
     data.train[0]                  # (float32 [3,H,W] normalised, int64 [H,W] labels)
-    aug = data.train_augmented(seed=1); aug.set_epoch(epoch)
+    crops = data.train_crops(seed=1, crop=CropConfig((320, 320), 0.5)); crops.set_epoch(epoch)
     save_manifest(data.manifest(), run_dir / "split.json")   # reproduce the split later with
     load_dataset(..., manifest=load_manifest(run_dir / "split.json"))
 
@@ -43,7 +43,6 @@ from autonad_edge.data.synthetic import SYNTHETIC_CLASSES, generate_synthetic, s
 from autonad_edge.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    Augmentation,
     AugmentationConfig,
     Normalizer,
     pixels_to_float,
@@ -52,11 +51,6 @@ from autonad_edge.data.transforms import (
 from autonad_edge.data.voc import is_voc_root, load_voc, read_voc_index
 
 FORMATS: tuple[str, ...] = ("mt", "voc", "synthetic")
-
-# Augmentation pads with 0; sampling grey-centred pixels makes padding mid-grey, close to the
-# mean colour, and lets a greyscale image be warped as 1 channel (3x cheaper) before it is
-# normalised to 3.
-_GREY = 127.5
 
 
 def detect_format(path: str | Path) -> str:
@@ -109,48 +103,6 @@ class SegmentationDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         pixels, mask = self.raw(index)
         return self.normalizer(pixels_to_float(pixels)), to_mask_tensor(mask)
-
-
-def _item_seed(seed: int, epoch: int, index: int) -> int:
-    # A hash of (seed, epoch, index): each item's randomness is independent of the order in
-    # which a DataLoader (or its workers) asks for items.
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
-
-
-class AugmentedSegmentationDataset(Dataset):
-    """A split with the training augmentation; item `i` of epoch `e` depends only on
-    (seed, e, i). Call `set_epoch(e)` before each epoch to get fresh augmentations."""
-
-    def __init__(
-        self, base: SegmentationDataset, augmentation: Augmentation, seed: int, epoch: int = 0
-    ) -> None:
-        if seed < 0:
-            raise ValueError(f"seed must be >= 0, got {seed}")
-        self.base = base
-        self.augmentation = augmentation
-        self.seed = seed
-        self.epoch = epoch
-        self.normalizer = Normalizer(base.mean, base.std, offset=_GREY)
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    @property
-    def ids(self) -> list[str]:
-        return self.base.ids
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        pixels, mask = self.base.raw(index)
-        centred = pixels_to_float(pixels).sub_(_GREY)
-        item_seed = _item_seed(self.seed, self.epoch, index % len(self))
-        generator = torch.Generator().manual_seed(item_seed)
-        warped, labels = self.augmentation(centred, to_mask_tensor(mask), generator)
-        return self.normalizer(warped), labels
 
 
 class SegmentationData:
@@ -215,11 +167,11 @@ class SegmentationData:
             raise KeyError(f"unknown split {name!r}; splits are {', '.join(SPLIT_NAMES)}")
         return self._datasets[name]
 
-    def train_augmented(
-        self, seed: int, config: AugmentationConfig | None = None
-    ) -> AugmentedSegmentationDataset:
-        """The train split with the paper's augmentation, deterministic in (seed, epoch)."""
-        return AugmentedSegmentationDataset(self.train, Augmentation(config, self.ignore_index), seed)
+    def train_augmented(self, seed: int, config: AugmentationConfig | None = None) -> CropDataset:
+        """The train split with the paper's augmentation and no defect-centring: crops of
+        `image_size`, i.e. the whole image where images have that size; deterministic in
+        (seed, epoch)."""
+        return self.train_crops(seed, CropConfig(self.image_size, 0.0), config or AugmentationConfig())
 
     def train_crops(
         self, seed: int, crop: CropConfig, augmentation: AugmentationConfig | None = AugmentationConfig()
