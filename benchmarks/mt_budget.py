@@ -6,7 +6,8 @@
 2. A U-Net (`autonad_edge.models.unet.UNet`, double 3x3 conv + BatchNorm + ReLU, 4 levels)
    trained by the same training engine with the searched subnet's retraining settings (same
    split, crops, loss, schedule, EMA, epochs x crops; its own learning rate), from scratch.
-3. Both evaluated on the test split (whole images, tiles of the network input) and measured
+3. Both decisions calibrated on val (`training.calibration`, the same code path), then
+   both evaluated on the test split (whole images, tiles of the network input) and measured
    end to end on the same local agent in interleaved rounds.
 
     python benchmarks/mt_budget.py --data ../shared/datasets/magnetic-tile --out runs/mt_budget \\
@@ -32,7 +33,8 @@ from autonad_edge.latency.profiler import target_key
 from autonad_edge.latency.targets import open_target
 from autonad_edge.models.unet import UNet
 from autonad_edge.search.pipeline import PipelineConfig, run_search
-from autonad_edge.training.checkpoint import load_model
+from autonad_edge.training.calibration import apply_offset
+from autonad_edge.training.checkpoint import load_checkpoint, load_model
 from autonad_edge.training.engine import Trainer
 from autonad_edge.training.evaluate import evaluate
 from autonad_edge.training.retrain import BEST_FILE
@@ -133,12 +135,18 @@ def main() -> None:
     unet = trainer.build_model()
     unet.load_state_dict(trainer.best["state"] or trainer.eval_model.state_dict())
     unet.eval()
+    # The same decision calibration as the searched network's retrain (RetrainTrainer.finish).
+    unet_calibration = trainer.calibrate(unet)
+    apply_offset(unet.classifier, unet_calibration)
 
     retrained = out / "search" / "retrain"
     searched, _ = load_model(retrained / BEST_FILE if (retrained / BEST_FILE).exists() else retrained / "last.pt")
     rows = {"searched": test_figures(searched, data, tile), "unet": test_figures(unet, data, tile)}
     rows["searched"]["params"] = sum(p.numel() for p in searched.parameters())
     rows["unet"]["params"] = sum(p.numel() for p in unet.parameters())
+    rows["searched"]["calibration"] = load_checkpoint(retrained / BEST_FILE).get("calibration") \
+        if (retrained / BEST_FILE).exists() else None
+    rows["unet"]["calibration"] = unet_calibration.to_dict()
     example = (torch.zeros(1, 3, tile, tile),)
     onnx = {name: export_module(m.eval(), example, flavor="portable").SerializeToString()
             for name, m in (("searched", searched), ("unet", unet))}

@@ -45,3 +45,17 @@ def run_without_torch():
                               capture_output=True, text=True, timeout=timeout)
 
     return run
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_export_cache(tmp_path_factory):
+    """One on-disk export cache for the whole session (never the user's ~/.cache): a unit
+    exported by one test is not exported again by another."""
+    from autonad_edge.latency.profiler import use_export_cache
+
+    import os
+
+    path = tmp_path_factory.mktemp("export-cache")
+    os.environ["AUTONAD_SESSION_EXPORT_CACHE"] = str(path)  # for tests that switch it and back
+    use_export_cache(path)
+    yield path

@@ -197,6 +197,17 @@ def test_retrain_from_scratch_and_from_inherited_weights(tmp_path, trained, data
     assert len(read_log(tmp_path / "scratch")) == 2
     last = load_checkpoint(tmp_path / "scratch" / "last.pt")
     assert last["epoch"] == 2 and "optimizer" in last and last["best"]["val_miou"] is not None
+    # The kept network is calibrated once: its val mIoU is the calibration's, and a resumed run
+    # with nothing left to train finds the record and does not shift the classifier again.
+    best = load_checkpoint(tmp_path / "scratch" / "best.pt")
+    calibration = summary["calibration"]
+    assert best["calibration"] == calibration and calibration["miou_after"] >= calibration["miou_before"]
+    val = evaluate(model, data.val, tile_size=SIZE)
+    assert val.miou == pytest.approx(calibration["miou_after"])
+    again = RetrainTrainer(cfg, data, tmp_path / "scratch", space=SPACE, arch=arch, quiet=True, resume=True).fit()
+    assert again["calibration"] == calibration
+    assert torch.equal(load_checkpoint(tmp_path / "scratch" / "best.pt")["model"]["decoder.classifier.bias"],
+                       best["model"]["decoder.classifier.bias"])
 
     inherited_cfg = cfg.replace(init="inherited", supernet=str(trained["checkpoint"]), epochs=1, lr=1e-4)
     trainer = RetrainTrainer(inherited_cfg, data, tmp_path / "inherited", space=SPACE, arch=arch, quiet=True)

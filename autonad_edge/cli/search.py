@@ -31,6 +31,7 @@ def search(
     params_budget: int = typer.Option(None, help="Hard parameter budget."),
     sharing: str = typer.Option("cross", help="Supernet weight sharing: cross (the paper's), entangled, classical."),
     table: Path = typer.Option(Path("runs/latency.sqlite"), help="Latency table (SQLite), shared across runs."),
+    export_cache: str = typer.Option(None, help="Exported-block cache: a directory, 'table' (next to --table) or 'off' (default: $AUTONAD_EXPORT_CACHE, else ~/.cache/autonad-edge/exports)."),
     seed: int = typer.Option(0, help="Random seed; a run is deterministic for a seed."),
     device: str = typer.Option("auto", help="Training device: auto, cpu, cuda."),
     quiet: bool = typer.Option(False, help="No progress bars."),
@@ -50,7 +51,7 @@ def search(
         retrain_epochs=retrain_epochs, batch_size=batch_size, population=population, generations=generations,
         sharing=sharing, latency_weight=latency_weight, latency_budget_ms=latency_budget_ms,
         latency_stat=latency_stat, params_budget=params_budget, seed=seed, device=device, quiet=quiet,
-        time_budget=time_budget,
+        time_budget=time_budget, export_cache=export_cache,
     )
     try:
         report = run_search(config, log=lambda msg: typer.echo(msg, err=True))

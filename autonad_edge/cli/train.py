@@ -243,12 +243,16 @@ def retrain_command(
     eval_every: EvalEveryOpt = None,
     max_steps_per_epoch: MaxStepsPerEpochOpt = None,
     splits: Optional[Path] = typer.Option(None, help="Reuse this split manifest (default: the supernet run's)."),
+    calibrate: Optional[bool] = typer.Option(
+        None, "--calibrate/--no-calibrate",
+        help="Fold the val-chosen background logit offset into best.pt's classifier. [default: on]"),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from last.pt."),
     quiet: QuietOpt = False,
 ) -> None:
     """Retrain an architecture as a static network, from scratch or from inherited weights.
 
-    Adam, lr 1e-4, poly decay 0.9; writes best.pt (best val mIoU) and last.pt (resumable).
+    Adam, lr 1e-4, poly decay 0.9; writes best.pt (best val mIoU, its decision calibrated on
+    val) and last.pt (resumable).
     """
     from autonad_edge.space import ArchError, SearchSpace, load_arch
     from autonad_edge.training.checkpoint import load_checkpoint
@@ -267,7 +271,7 @@ def retrain_command(
         init=init, supernet=str(supernet) if supernet else None, seed=seed, grad_clip=grad_clip,
         class_weighting=class_weighting, device=device,
         amp=amp, augment=augment, workers=workers, threads=threads, eval_every=eval_every,
-        max_steps_per_epoch=max_steps_per_epoch,
+        max_steps_per_epoch=max_steps_per_epoch, calibrate=calibrate,
     )
     config, ckpt = _run_config(RetrainConfig, out, RetrainTrainer.checkpoint_name, resume, explicit)
     _check_device(config.device)

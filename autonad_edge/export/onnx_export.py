@@ -155,21 +155,65 @@ def _cached_registry(flavor: str, opset: int):
     return _REGISTRIES[key]
 
 
+_CIA_OPS: dict[tuple, object] = {}
+
+
+@contextlib.contextmanager
+def _cached_cia_ops():
+    """torch.export's set of preservable CompositeImplicitAutograd ops, computed once per state
+    of the op registry instead of on every export.
+
+    torch rebuilds the set twice per export by walking every registered operator (about 0.3 s,
+    a third of a small block's export) because a custom op may be registered at any time. The
+    cache key is what such a registration changes: the dispatcher's CIA registrations and the
+    op namespaces; a new op changes the key and the set is rebuilt. Used inside the export lock;
+    a torch without these internals exports uncached."""
+    try:
+        from torch._export import utils as export_utils
+        from torch.export import decomp_utils, exported_program
+    except ImportError:
+        yield
+        return
+    original = getattr(export_utils, "_collect_all_valid_cia_ops", None)
+    users = [m for m in (exported_program, decomp_utils) if getattr(m, "_collect_all_valid_cia_ops", None) is original]
+    if original is None or not users:
+        yield
+        return
+
+    def collect():
+        key = (len(torch._C._dispatch_get_registrations_for_dispatch_key("CompositeImplicitAutograd")),
+               tuple(sorted(torch.ops._dir)))
+        if key not in _CIA_OPS:
+            _CIA_OPS.clear()
+            _CIA_OPS[key] = original()
+        return _CIA_OPS[key]
+
+    for m in users:
+        m._collect_all_valid_cia_ops = collect
+    try:
+        yield
+    finally:
+        for m in users:
+            m._collect_all_valid_cia_ops = original
+
+
 def _torch_onnx_export(module: nn.Module, inputs: tuple[Tensor, ...], flavor: str, opset: int,
                        input_names: list[str], output_names: list[str], dynamic_shapes):
-    """`torch.onnx.export(dynamo=True)` with a cached registry where possible (same result)."""
+    """`torch.onnx.export(dynamo=True)` with a cached registry and CIA op set where possible
+    (same result)."""
     options = dict(input_names=input_names, output_names=output_names, dynamic_shapes=dynamic_shapes,
                    optimize=False, verbose=False, report=False, opset_version=opset)
     registry = _cached_registry(flavor, opset)
-    if registry is not None:
-        try:
-            from torch.onnx._internal.exporter import _core
-        except ImportError:
-            pass
-        else:
-            return _core.export(module, inputs, registry=registry, **options)
-    return torch.onnx.export(module, inputs, dynamo=True, custom_translation_table=translation_table(flavor),
-                             **options)
+    with _cached_cia_ops():
+        if registry is not None:
+            try:
+                from torch.onnx._internal.exporter import _core
+            except ImportError:
+                pass
+            else:
+                return _core.export(module, inputs, registry=registry, **options)
+        return torch.onnx.export(module, inputs, dynamo=True, custom_translation_table=translation_table(flavor),
+                                 **options)
 
 
 def check_flavor(flavor: str) -> str:

@@ -10,8 +10,8 @@ the latency table is full by the time the search starts::
 
 `submit` only appends the architecture to a queue (microseconds); a worker thread expands it
 into units, drops the ones already queued or in the table (by signature), exports the rest
-(at a lowered OS priority) and measures them through the pool, which records complete
-measurements only.
+(in worker processes, `export_pool`; several at once while training waits) and measures
+them through the pool, which records complete measurements only.
 
 Two modes:
 
@@ -87,7 +87,7 @@ class BackgroundProfiler:
         policy: "MeasurementPolicy | None" = None,
         key: TargetKey | None = None,
         nice: int = 10,
-        chunk: int = 4,
+        chunk: int = 8,
         max_pending: int = 10_000,
         exporter: Callable[[Unit, str], bytes] = export_bytes,
     ) -> None:
@@ -188,6 +188,11 @@ class BackgroundProfiler:
         # its progress bar). On an error: stop.
         self.close(flush=exc_type is None and self.mode == "continuous")
 
+    def backlog(self) -> int:
+        """Units known to be waiting for their timing (architectures not yet expanded aside)."""
+        with self._cond:
+            return len(self._units)
+
     @property
     def busy(self) -> bool:
         """True while the worker is exporting or measuring a chunk."""
@@ -248,7 +253,9 @@ class BackgroundProfiler:
         try:
             while True:
                 with self._cond:
-                    while not self._stop.is_set() and not (self._may_work() and (self._archs or self._units)):
+                    # New architectures are expanded into units at once (cheap: it keeps the
+                    # backlog count true); units are measured only when allowed.
+                    while not self._stop.is_set() and not (self._archs or (self._may_work() and self._units)):
                         self._cond.wait()
                     if self._stop.is_set():
                         return
@@ -258,7 +265,8 @@ class BackgroundProfiler:
                 new = self._expand(archs)
                 with self._cond:
                     self._units.extend(new)
-                    batch = [self._units.popleft() for _ in range(min(self.chunk, len(self._units)))]
+                    take = min(self.chunk, len(self._units)) if self._may_work() else 0
+                    batch = [self._units.popleft() for _ in range(take)]
                 if batch:
                     t0 = time.perf_counter()
                     measure_units(

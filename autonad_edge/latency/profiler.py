@@ -17,6 +17,7 @@ same cores while the agent times a model would inflate its numbers.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
@@ -30,6 +31,7 @@ from autonad_edge.latency.blocks import Unit, dedup, space_units, units_of
 if TYPE_CHECKING:
     from autonad_agent.measure import MeasurementPolicy
     from autonad_edge.latency.client import Measurement
+    from autonad_edge.latency.export_cache import ExportCache
     from autonad_edge.latency.fingerprint import Fingerprint
     from autonad_edge.latency.pool import ClientPool
     from autonad_edge.latency.table import LatencyTable
@@ -152,10 +154,64 @@ class _ExportCache:
 EXPORT_CACHE = _ExportCache()
 
 
+_DISK_CACHE: "ExportCache | None | bool" = False  # False: not resolved yet
+
+
+def disk_export_cache() -> "ExportCache | None":
+    """The on-disk export cache of this process (`export_cache.ExportCache.default()` unless
+    `use_export_cache` chose another); None when turned off."""
+    global _DISK_CACHE
+    if _DISK_CACHE is False:
+        from autonad_edge.latency.export_cache import ExportCache
+
+        _DISK_CACHE = ExportCache.default()
+    return _DISK_CACHE  # type: ignore[return-value]
+
+
+def use_export_cache(location: "str | os.PathLike | None") -> "ExportCache | None":
+    """Put the on-disk export cache at `location` ("off" or None: no disk cache) for this
+    process and the export workers it starts (through the environment)."""
+    global _DISK_CACHE
+    from autonad_edge.latency import export_pool
+    from autonad_edge.latency.export_cache import ENV_VAR, ExportCache
+
+    off = location is None or str(location).lower() == "off"
+    os.environ[ENV_VAR] = "off" if off else str(location)
+    _DISK_CACHE = None if off else ExportCache(location)
+    export_pool.shutdown()  # running workers were started with the previous setting
+    return _DISK_CACHE  # type: ignore[return-value]
+
+
+def cached_export(unit: Unit, flavor: str) -> bytes | None:
+    """The unit's export from the in-memory or the on-disk cache, or None."""
+    data = EXPORT_CACHE.get((unit.signature, flavor))
+    if data is not None:
+        return data
+    disk = disk_export_cache()
+    if disk is not None:
+        from autonad_edge.latency.export_cache import export_key
+
+        data = disk.get(export_key(unit.signature, flavor))
+        if data is not None:
+            EXPORT_CACHE.put((unit.signature, flavor), data)
+    return data
+
+
+def remember_export(unit: Unit, flavor: str, data: bytes, disk: bool = False) -> None:
+    """Keep an export in memory (and on disk if `disk`; a worker process already wrote it)."""
+    EXPORT_CACHE.put((unit.signature, flavor), data)
+    cache = disk_export_cache() if disk else None
+    if cache is not None:
+        from autonad_edge.latency.export_cache import export_key
+
+        cache.put(export_key(unit.signature, flavor), data)
+
+
 def export_bytes(unit: Unit, flavor: str) -> bytes:
     """Serialised ONNX of `unit` with deterministic weights (seeded by its signature: the same
-    unit exports the same bytes, so repeats hit `EXPORT_CACHE` and the agent's result cache)."""
-    cached = EXPORT_CACHE.get((unit.signature, flavor))
+    unit exports the same bytes, so repeats hit the export caches and the agent's result
+    cache). Exports in this process; `export_pool.export_units` exports many in workers."""
+    cached = cached_export(unit, flavor)
     if cached is not None:
         return cached
     import torch
@@ -165,7 +221,7 @@ def export_bytes(unit: Unit, flavor: str) -> bytes:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_seed_for(unit))
         data = export_unit(unit, flavor=flavor).SerializeToString()
-    EXPORT_CACHE.put((unit.signature, flavor), data)
+    remember_export(unit, flavor, data, disk=True)
     return data
 
 
@@ -201,14 +257,21 @@ def measure_units(
     start = time.perf_counter()
 
     def export_chunk(part: list[Unit]) -> list[tuple[Unit, bytes | BaseException]]:
-        out: list[tuple[Unit, bytes | BaseException]] = []
         t0 = time.perf_counter()
-        for unit in part:
-            try:
-                out.append((unit, exporter(unit, key.flavor)))
-            except Exception as exc:  # one unit that does not export must not stop the others
-                log.warning("cannot export %s: %s", unit.describe(), exc)
-                out.append((unit, exc))
+        if exporter is export_bytes:  # the real exporter: in worker processes, several at once
+            from autonad_edge.latency.export_pool import export_units
+
+            out = list(zip(part, export_units(part, key.flavor)))
+        else:
+            out = []
+            for unit in part:
+                try:
+                    out.append((unit, exporter(unit, key.flavor)))
+                except Exception as exc:  # one unit that does not export must not stop the others
+                    out.append((unit, exc))
+        for unit, result in out:
+            if isinstance(result, BaseException):
+                log.warning("cannot export %s: %s", unit.describe(), result)
         report.export_s += time.perf_counter() - t0
         return out
 
@@ -324,11 +387,15 @@ def _with_progress_bar(pool, table, todo, key, policy, chunk, exporter, report) 
 __all__ = [
     "ProfileReport",
     "TargetKey",
+    "cached_export",
+    "disk_export_cache",
     "export_bytes",
     "is_loopback_pool",
     "lenient_policy",
     "measure_units",
     "missing_units",
     "profile",
+    "remember_export",
     "target_key",
+    "use_export_cache",
 ]

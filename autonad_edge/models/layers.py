@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -39,14 +40,21 @@ def decoder_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(max(1, channels // 4), channels)
 
 
-def _pool_matrix(size_in: int, size_out: int, like: Tensor) -> Tensor:
+@functools.lru_cache(maxsize=256)
+def _pool_rows(size_in: int, size_out: int) -> tuple[tuple[float, ...], ...]:
     """Row i averages the input window adaptive pooling assigns to output i."""
-    m = torch.zeros(size_out, size_in, dtype=like.dtype, device=like.device)
+    rows = []
     for i in range(size_out):
         start = (i * size_in) // size_out
         stop = -((-(i + 1) * size_in) // size_out)  # ceil
-        m[i, start:stop] = 1.0 / (stop - start)
-    return m
+        rows.append(tuple(1.0 / (stop - start) if start <= j < stop else 0.0 for j in range(size_in)))
+    return tuple(rows)
+
+
+def _pool_matrix(size_in: int, size_out: int, like: Tensor) -> Tensor:
+    # Built from Python numbers, so an export sees one constant, not a traced loop of writes
+    # (which made a pyramid-pooling block take 4 s to export instead of 1).
+    return torch.tensor(_pool_rows(size_in, size_out), dtype=like.dtype, device=like.device)
 
 
 def adaptive_avg_pool2d(x: Tensor, size: int) -> Tensor:

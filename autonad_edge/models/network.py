@@ -57,6 +57,11 @@ class SegmentationNet(nn.Module):
         net.decoder.classifier.reset_parameters()
         return net
 
+    @property
+    def classifier(self) -> nn.Conv2d:
+        """The last layer: the 1x1 conv to class logits (before the resize to the input)."""
+        return self.decoder.classifier
+
     def features(self, x: Tensor) -> list[Tensor]:
         feats = []
         for stage in self.stages:

@@ -116,6 +116,9 @@ class PipelineConfig:
     targets_path: str | None = None
     local_threads: int | None = None  # ONNX Runtime threads of the built-in `local` agent
     table: str = "runs/latency.sqlite"
+    # Exported blocks, kept across runs and targets (latency.export_cache): a directory,
+    # "table" (next to the latency table) or "off"; None = $AUTONAD_EXPORT_CACHE or ~/.cache.
+    export_cache: str | None = None
     preset: str = "cpu"
     # None = the preset's value
     space: str | None = None
@@ -261,6 +264,10 @@ class SearchPipeline:
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
         self._check_config_unchanged()
+        if cfg.export_cache:
+            from autonad_edge.latency.profiler import use_export_cache
+
+            use_export_cache(f"{cfg.table}.exports" if cfg.export_cache == "table" else cfg.export_cache)
         try:
             space = SearchSpace.named(cfg.space) if not cfg.space.endswith(".json") else \
                 SearchSpace.from_json(Path(cfg.space).read_text(encoding="utf-8"))
@@ -352,7 +359,7 @@ class SearchPipeline:
         """A rerun into the same directory must be the same run, or its stages don't fit."""
         path = self.out / "config.json"
         current = asdict(self.cfg)
-        volatile = {"quiet", "device", "generations", "targets_path"}
+        volatile = {"quiet", "device", "generations", "targets_path", "export_cache"}
         if path.exists():
             saved = json.loads(path.read_text(encoding="utf-8"))
             changed = sorted(k for k in current if k not in volatile and saved.get(k) != current[k])
@@ -414,7 +421,7 @@ class _RunContext:
                                 policy=self.policy) as bg:
             summary = train_supernet(
                 config, self.data, out_dir, space=self.space, resume=resume, quiet=self.cfg.quiet,
-                step_hooks=[bg], epoch_hooks=[bg.epoch_hook],
+                step_hooks=[bg], epoch_hooks=[bg.epoch_hook], backlog=bg.backlog,
             )
             # Units still queued are measured by the latency stage, with its progress bar.
             stats = bg.stats
@@ -527,7 +534,7 @@ class _RunContext:
         arch = self._best_arch()
         config = cfg.retrain_config(self.out / "supernet" / "supernet.pt")
         resume = (out_dir / "last.pt").exists()
-        retrain(config, self.data, out_dir, space=self.space, arch=arch, resume=resume, quiet=cfg.quiet)
+        summary = retrain(config, self.data, out_dir, space=self.space, arch=arch, resume=resume, quiet=cfg.quiet)
         ckpt = out_dir / BEST_FILE if (out_dir / BEST_FILE).exists() else out_dir / "last.pt"
         model, _ = load_model(ckpt)
         results = {}
@@ -537,7 +544,7 @@ class _RunContext:
                 r = evaluate(model, dataset, batch_size=cfg.batch_size, num_classes=self.data.num_classes,
                              class_names=self.data.class_names, tile_size=int(cfg.image_size))
                 results[split] = r.to_dict()
-        return {"checkpoint": str(ckpt), "metrics": _json_safe(results)}
+        return {"checkpoint": str(ckpt), "metrics": _json_safe(results), "calibration": summary.get("calibration")}
 
     # ---- 5. export -----------------------------------------------------------------------
     def export(self) -> dict[str, Any]:
@@ -617,7 +624,8 @@ class _RunContext:
         export = stages.result("export")
         engine = stages.result("engine")
         latency = stages.result("latency")
-        accuracy = {"search_val": {"miou": search["best"]["miou"], "mf1": search["best"]["mf1"]}}
+        accuracy = {"search_val": {"miou": search["best"]["miou"], "mf1": search["best"]["mf1"]},
+                    "calibration": stages.result("retrain").get("calibration")}
         for split, m in retrain_metrics.items():
             accuracy[split] = {"miou": m.get("miou"), "miou_defects": m.get("miou_defects"), "mf1": m.get("mf1"),
                                "per_class": m.get("per_class")}

@@ -91,6 +91,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         if split in acc:
             lines.append(f"| {split} | {_pct(acc[split].get('miou'))} | {_pct(acc[split].get('miou_defects'))} "
                          f"| {_pct(acc[split].get('mf1'))} |")
+    calibration = acc.get("calibration")
+    if calibration:
+        lines += ["", f"Decision calibrated on {calibration['split']}: background logit "
+                  f"{calibration['background_offset']:+g}, folded into the classifier (val mIoU "
+                  f"{_pct(calibration['miou_before'])} -> {_pct(calibration['miou_after'])} %); the val and test "
+                  "rows above are of the calibrated network."]
     per_class_split = "test" if acc.get("test", {}).get("per_class") else "val"
     per_class = acc.get(per_class_split, {}).get("per_class")
     if per_class:

@@ -91,6 +91,9 @@ class RetrainConfig(RunConfig):
     poly_power: float = 0.9
     init: str = "scratch"  # scratch | inherited
     supernet: str | None = None  # the supernet checkpoint for init="inherited"
+    # After training, the background logit offset with the best val mIoU is folded into the
+    # kept network (training.calibration): the recipe's crops and weights over-predict defects.
+    calibrate: bool = True
 
 
 def config_conflicts(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:

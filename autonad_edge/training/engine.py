@@ -103,6 +103,8 @@ class Trainer:
         self.ignore_index = int(getattr(data, "ignore_index", 255))
         self.history: list[dict[str, Any]] = []
         self.resuming = False  # set by fit(): resume asked and a checkpoint exists
+        # Blocks still to time (a background profiler's backlog), shown next to the ETA.
+        self.backlog: Callable[[], int] | None = None
 
     # ---- hooks ---------------------------------------------------------------------------
     def add_step_hook(self, hook: StepHook) -> None:
@@ -152,6 +154,11 @@ class Trainer:
         """Rank 0, at the end of an epoch, before its log record and resumable checkpoint are
         written (it may add entries to `record`)."""
 
+    def finish(self) -> dict[str, Any]:
+        """Called on every rank once training is done (also when a resumed run had no epochs
+        left); returns summary entries. The base trainer has nothing to finish."""
+        return {}
+
     def summary_extra(self) -> dict[str, Any]:
         return {}
 
@@ -187,6 +194,15 @@ class Trainer:
                         device=self.device, class_names=self.data.class_names,
                         ignore_index=self.ignore_index, amp=self.use_amp, dist=self.dist,
                         tile_size=int(self.config.image_size))
+
+    def calibrate(self, model: nn.Module, arch: Arch | None = None):
+        """The val-chosen background logit offset of `model` (`training.calibration`), scored
+        as `evaluate_split` scores; folding it in is the caller's."""
+        from autonad_edge.training.calibration import calibrate
+
+        return calibrate(model, self.data.val, arch, batch_size=self.config.eval_batch_size, device=self.device,
+                         num_classes=self.data.num_classes, ignore_index=self.ignore_index, amp=self.use_amp,
+                         dist=self.dist, tile_size=int(self.config.image_size))
 
     def backward(self, loss: torch.Tensor) -> None:
         """Backward of a (possibly AMP-scaled) loss; gradients accumulate into .grad."""
@@ -360,7 +376,7 @@ class Trainer:
         self._write_run_files(fresh=start_epoch == 0)
         run_start = time.perf_counter()
         progress = Progress(cfg.epochs, self.steps_per_epoch, quiet=self.quiet,
-                            enabled=self.dist.is_main, title=self.title, start_step=step)
+                            enabled=self.dist.is_main, title=self.title, start_step=step, backlog=self.backlog)
         with progress:
             if start_epoch:
                 progress.message(f"resumed {self.checkpoint_path} at epoch {start_epoch}, step {step}")
@@ -371,6 +387,7 @@ class Trainer:
         digests = self.dist.all_gather_object(parameter_digest(self.module))
         if len(set(digests)) > 1:
             raise RuntimeError(f"ranks ended with different parameters: {digests}")
+        finished = self.finish()
         summary = {
             "kind": self.kind,
             "epochs": cfg.epochs,
@@ -382,6 +399,7 @@ class Trainer:
             "time": time.perf_counter() - run_start,
             "last": self.history[-1] if self.history else None,
             **self.summary_extra(),
+            **finished,
         }
         if self.dist.is_main:
             atomic_write_json(self.out_dir / "summary.json", _json_safe(summary))

@@ -134,6 +134,55 @@ def _autocast_forward(forward: Callable[[Tensor], Tensor], amp: bool, device: to
     return run
 
 
+Batch = tuple[Tensor, Tensor]  # logits [B, C, H, W] (cpu), masks [B, H, W]
+
+
+@torch.no_grad()
+def iter_logits(
+    model: nn.Module,
+    dataset: Dataset,
+    arch: Arch | None = None,
+    *,
+    batch_size: int = 8,
+    device: torch.device | str | None = None,
+    amp: bool = False,
+    dist=None,
+    num_workers: int = 0,
+    tile_size: int | None = None,
+    tile_overlap: int | None = None,
+) -> Iterator[Batch]:
+    """The logits of `model` (or supernet `model` running `arch`) on this rank's share of
+    `dataset`, with their masks, as `evaluate` computes them (parameters: `evaluate`'s).
+    In eval mode under ``no_grad``; the previous mode is restored."""
+    model = unwrap(model)
+    if device is None:
+        first = next(model.parameters(), None)
+        device = first.device if first is not None else torch.device("cpu")
+    device = torch.device(device)
+    if tile_size is not None:
+        tile_overlap = resolve_overlap(int(tile_size), tile_overlap)
+    forward = _autocast_forward(_forward_fn(model, arch), amp, device)
+    subset: Dataset = dataset
+    if dist is not None and dist.distributed:
+        subset = Subset(dataset, list(range(dist.rank, len(dataset), dist.world_size)))
+    # Items one by one (sizes may differ); _groups batches the runs of equal size.
+    loader = DataLoader(subset, batch_size=None, shuffle=False, num_workers=num_workers,
+                        pin_memory=device.type == "cuda")
+    was_training = model.training
+    model.eval()
+    try:
+        for group in _groups(iter(loader), max(1, int(batch_size)), tile_size):
+            if len(group) == 1 and tile_size is not None:
+                image, mask = group[0]
+                logits = tiled_logits(forward, image, tile_size, tile_overlap, batch_size, device=device)
+                yield logits.unsqueeze(0).float().cpu(), mask.unsqueeze(0)
+                continue
+            images = torch.stack([image for image, _ in group]).to(device, non_blocking=True)
+            yield forward(images).float().cpu(), torch.stack([mask for _, mask in group])
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -159,45 +208,18 @@ def evaluate(
     forward per image. device: defaults to the model's. dist: a `DistContext` to split the
     work over ranks (None: this process only). amp: float16 autocast on CUDA.
     """
-    model = unwrap(model)
-    if device is None:
-        first = next(model.parameters(), None)
-        device = first.device if first is not None else torch.device("cpu")
-    device = torch.device(device)
-    num_classes = int(num_classes or getattr(model, "num_classes"))
+    num_classes = int(num_classes or getattr(unwrap(model), "num_classes"))
     names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
-    if tile_size is not None:
-        tile_overlap = resolve_overlap(int(tile_size), tile_overlap)
-    forward = _autocast_forward(_forward_fn(model, arch), amp, device)
-
-    subset: Dataset = dataset
-    if dist is not None and dist.distributed:
-        subset = Subset(dataset, list(range(dist.rank, len(dataset), dist.world_size)))
-    # Items one by one (sizes may differ); _groups batches the runs of equal size.
-    loader = DataLoader(subset, batch_size=None, shuffle=False, num_workers=num_workers,
-                        pin_memory=device.type == "cuda")
     confusion = ConfusionMatrix(num_classes, ignore_index)
-    was_training = model.training
-    model.eval()
-    try:
-        for group in _groups(iter(loader), max(1, int(batch_size)), tile_size):
-            if len(group) == 1 and tile_size is not None:
-                image, mask = group[0]
-                logits = tiled_logits(forward, image, tile_size, tile_overlap, batch_size, device=device)
-                confusion.update(logits.argmax(dim=0), mask)
-                continue
-            images = torch.stack([image for image, _ in group]).to(device, non_blocking=True)
-            logits = forward(images)
-            confusion.update(logits.argmax(dim=1).cpu(), torch.stack([mask for _, mask in group]))
-    finally:
-        model.train(was_training)
+    for logits, masks in iter_logits(model, dataset, arch, batch_size=batch_size, device=device, amp=amp,
+                                     dist=dist, num_workers=num_workers, tile_size=tile_size,
+                                     tile_overlap=tile_overlap):
+        confusion.update(logits.argmax(dim=1), masks)
     matrix = confusion.matrix
-    count = len(subset)
     if dist is not None and dist.distributed:
         matrix = dist.all_reduce_sum(torch.from_numpy(np.array(matrix, dtype=np.int64))).numpy()
-        count = len(dataset)
-    arch_hash = arch.hash if arch is not None else getattr(getattr(model, "arch", None), "hash", None)
-    return EvalResult(metrics_from_matrix(matrix), names, count, arch_hash)
+    arch_hash = arch.hash if arch is not None else getattr(getattr(unwrap(model), "arch", None), "hash", None)
+    return EvalResult(metrics_from_matrix(matrix), names, len(dataset), arch_hash)
 
 
 def constant_baseline(dataset: Dataset, num_classes: int, label: int = 0,
@@ -210,4 +232,4 @@ def constant_baseline(dataset: Dataset, num_classes: int, label: int = 0,
     return EvalResult(confusion.compute(), [str(i) for i in range(num_classes)], len(dataset))
 
 
-__all__ = ["EvalResult", "constant_baseline", "evaluate", "unwrap"]
+__all__ = ["EvalResult", "constant_baseline", "evaluate", "iter_logits", "unwrap"]

@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from autonad_edge.io import atomic_write_text
 from autonad_edge.io import json_safe as _json_safe
@@ -39,12 +39,26 @@ def _fmt_eta(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+def format_eta(epochs_eta_s: float, blocks_left: int | None = None) -> str:
+    """"epochs ETA 3:10, blocks left 40": the training time left at the epoch rate, and the
+    block-timing backlog apart from it (timing it costs its own time, between epochs)."""
+    text = f"epochs ETA {_fmt_eta(epochs_eta_s)}"
+    if blocks_left:
+        text += f", blocks left {blocks_left}"
+    return text
+
+
 class Progress:
     """Per-step and per-epoch progress of a training run (rank 0 only: pass enabled=False
-    elsewhere). Use as a context manager."""
+    elsewhere). Use as a context manager.
+
+    The ETA is the epochs' own rate: time spent between epochs (block timing in epoch hooks)
+    is not extrapolated into it; `backlog`, if given, returns the blocks still to time, shown
+    next to it."""
 
     def __init__(self, total_epochs: int, steps_per_epoch: int, *, quiet: bool = False,
-                 enabled: bool = True, title: str = "train", start_step: int = 0) -> None:
+                 enabled: bool = True, title: str = "train", start_step: int = 0,
+                 backlog: "Callable[[], int] | None" = None) -> None:
         self.total_epochs = total_epochs
         self.steps_per_epoch = max(steps_per_epoch, 1)
         self.total_steps = total_epochs * self.steps_per_epoch
@@ -56,13 +70,21 @@ class Progress:
         self._run_start = time.perf_counter()
         self._step = start_step  # global optimiser step
         self._session_steps = 0  # steps taken by this process (a resumed run starts at 0)
+        self._epoch_s = 0.0  # time inside finished epochs (training + validation)
+        self._epoch_start: float | None = None
+        self.backlog = backlog
 
     def eta(self) -> float:
-        """Seconds to the end of the run, from this session's mean step time."""
+        """Seconds of epochs left, from this session's mean step time inside epochs."""
         if not self._session_steps:
             return math.inf
-        per_step = (time.perf_counter() - self._run_start) / self._session_steps
+        inside = self._epoch_s + (time.perf_counter() - self._epoch_start if self._epoch_start is not None else 0.0)
+        per_step = inside / self._session_steps
         return max(self.total_steps - self._step, 0) * per_step
+
+    def eta_text(self, remaining_epochs: int | None = None) -> str:
+        eta = 0.0 if remaining_epochs == 0 else self.eta()
+        return format_eta(eta, self.backlog() if self.backlog is not None else None)
 
     def __enter__(self) -> "Progress":
         if self.fancy:
@@ -103,14 +125,16 @@ class Progress:
         self._step += 1
         self._session_steps += 1
         if self._progress is not None and self._task is not None:
-            stats = f"loss {loss:.4f}  lr {lr:.2e}  {images_per_s:.1f} img/s  run ETA {_fmt_eta(self.eta())}"
+            stats = f"loss {loss:.4f}  lr {lr:.2e}  {images_per_s:.1f} img/s  {self.eta_text()}"
             self._progress.update(self._task, advance=1, stats=stats)
 
     def end_epoch(self, record: dict[str, Any], remaining_epochs: int) -> None:
-        """One line per epoch: loss, lr, images/s, time, val mIoU, run ETA."""
+        """One line per epoch: loss, lr, images/s, time, val mIoU, ETA (and block backlog)."""
+        if self._epoch_start is not None:
+            self._epoch_s += time.perf_counter() - self._epoch_start
+            self._epoch_start = None
         if not self.enabled:
             return
-        eta = self.eta() if remaining_epochs else 0.0
         parts = [
             f"{self.title} epoch {record['epoch']}/{self.total_epochs}",
             f"loss {record['loss']:.4f}",
@@ -120,7 +144,7 @@ class Progress:
         ]
         if record.get("val_miou") is not None:
             parts.append(f"val mIoU {record['val_miou']:.4f}")
-        parts.append(f"ETA {_fmt_eta(eta)}")
+        parts.append(self.eta_text(remaining_epochs))
         line = "  ".join(parts)
         if self._progress is not None:
             self._progress.console.print(line, highlight=False)

@@ -3,8 +3,9 @@
 From scratch (``init="scratch"``, fresh initialisation) or fine-tuned from the supernet's
 inherited weights (``init="inherited"`` with ``supernet=<supernet checkpoint>``). Adam, lr 1e-4,
 per-step poly decay (power 0.9), cross-entropy with ignore index 255. After every evaluated
-epoch the best-val-mIoU network is kept as ``<out>/best.pt``; ``<out>/last.pt`` holds the full
-training state and resumes like supernet training. Both are ``kind="subnet"`` checkpoints that
+epoch the best-val-mIoU network is kept as ``<out>/best.pt``, and after the last one its
+decision is calibrated on val (`training.calibration`, folded into its classifier);
+``<out>/last.pt`` holds the full training state and resumes like supernet training. Both are ``kind="subnet"`` checkpoints that
 `load_model` reads.
 
     trainer = RetrainTrainer(RetrainConfig(epochs=50), data, "runs/retrain", space=space, arch=arch)
@@ -20,7 +21,14 @@ import torch
 
 from autonad_edge.models.network import SegmentationNet
 from autonad_edge.space import Arch, ArchError, SearchSpace
-from autonad_edge.training.checkpoint import CheckpointError, load_model, save_checkpoint, subnet_payload
+from autonad_edge.training.calibration import apply_offset
+from autonad_edge.training.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+    subnet_payload,
+)
 from autonad_edge.training.config import RetrainConfig
 from autonad_edge.training.engine import Trainer
 
@@ -107,6 +115,26 @@ class RetrainTrainer(Trainer):
         if ckpt.get("arch") and Arch.from_json(ckpt["arch"]) != self.arch:
             raise ArchError(f"{self.checkpoint_path}: the run retrains another architecture")
         self.best = dict(ckpt.get("best") or self.best)
+
+    def finish(self) -> dict[str, Any]:
+        """Calibrate the kept network (``best.pt``) once: the val-chosen background offset is
+        folded into its classifier and the checkpoint records it (a resumed run that finds it
+        recorded does not shift it again)."""
+        path = self.out_dir / BEST_FILE
+        if not self.config.calibrate or not len(self.data.val) or not path.exists():
+            return {}
+        payload = load_checkpoint(path)
+        if payload.get("calibration"):
+            return {"calibration": payload["calibration"]}
+        net, _ = load_model(path, device=self.device)
+        calibration = self.calibrate(net)
+        apply_offset(net.classifier, calibration)
+        metrics = dict(payload.get("metrics") or {}, val_miou=calibration.miou_after)
+        if self.dist.is_main:
+            save_checkpoint(path, {**payload, **self._subnet_payload(net), "metrics": metrics,
+                                   "calibration": calibration.to_dict()})
+        self.best["val_miou_calibrated"] = calibration.miou_after
+        return {"calibration": calibration.to_dict()}
 
     def summary_extra(self) -> dict[str, Any]:
         return {"arch_hash": self.arch.hash, "arch": self.arch.summary(), "best": dict(self.best),

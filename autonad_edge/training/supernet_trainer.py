@@ -93,9 +93,11 @@ class SupernetTrainer(Trainer):
 
 
 def train_supernet(config: SupernetConfig, data, out_dir, *, space, resume: bool = False,
-                   quiet: bool = False, step_hooks=(), epoch_hooks=()) -> dict[str, Any]:
-    """Functional form of `SupernetTrainer(...).fit()`."""
+                   quiet: bool = False, step_hooks=(), epoch_hooks=(), backlog=None) -> dict[str, Any]:
+    """Functional form of `SupernetTrainer(...).fit()`; `backlog` (blocks still to time) is
+    shown next to the ETA."""
     trainer = SupernetTrainer(config, data, out_dir, space=space, resume=resume, quiet=quiet)
+    trainer.backlog = backlog
     for hook in step_hooks:
         trainer.add_step_hook(hook)
     for hook in epoch_hooks:

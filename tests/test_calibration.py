@@ -1,0 +1,74 @@
+"""Decision calibration: the background offset chosen on val, folded into the classifier."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from autonad_edge.training.calibration import Calibration, apply_offset, calibrate, choose_offset
+from autonad_edge.training.evaluate import evaluate
+
+
+class ScoreNet(nn.Module):
+    """Logits [0, 10 s - 3] from a pixel's defect score s (image channel 0): the network calls a
+    defect where s > 0.3, where the truth (see `dataset`) is s > 0.7 -- it over-predicts."""
+
+    num_classes = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.classifier = nn.Conv2d(3, 2, 1)
+        with torch.no_grad():
+            self.classifier.weight.zero_()
+            self.classifier.weight[1, 0] = 10.0
+            self.classifier.bias.copy_(torch.tensor([0.0, -3.0]))
+
+    def forward(self, x):
+        return self.classifier(x)
+
+
+def dataset(n: int = 4, size: int = 16):
+    g = torch.Generator().manual_seed(0)
+    items = []
+    for _ in range(n):
+        score = torch.rand(size, size, generator=g)
+        # Keep scores off the decision boundaries so float rounding cannot flip a pixel.
+        score = torch.where((score - 0.7).abs() < 0.02, score + 0.05, score)
+        image = torch.stack([score, torch.zeros_like(score), torch.zeros_like(score)])
+        items.append((image, (score > 0.7).long()))
+    return items
+
+
+def test_choose_offset_prefers_the_best_then_the_smallest_change():
+    assert choose_offset([-1.0, 0.0, 1.0, 2.0], [0.2, 0.3, 0.5, 0.4]) == 1.0
+    assert choose_offset([-1.0, 0.0, 1.0], [0.5, 0.5, 0.5]) == 0.0  # flat: keep the network's own
+    assert choose_offset([-2.0, -1.0, 3.0], [0.1, 0.6, 0.6]) == -1.0
+    assert choose_offset([0.0, 1.0], [math.nan, 0.2]) == 1.0
+
+
+def test_calibration_finds_the_threshold_and_folding_reproduces_it():
+    model, val = ScoreNet(), dataset()
+    before = evaluate(model, val).miou
+    calibration = calibrate(model, val, offsets=[-1.0, 0.0, 2.0, 4.0, 6.0])
+    # Background + b wins where 10 s - 3 < b: b = 4 puts the boundary at the truth's 0.7.
+    assert calibration.background_offset == 4.0
+    assert calibration.miou_after == pytest.approx(1.0)
+    assert calibration.miou_before == pytest.approx(before) and before < 0.9
+    assert calibration.gain > 0.1
+    apply_offset(model.classifier, calibration)
+    assert evaluate(model, val).miou == pytest.approx(calibration.miou_after)
+    assert model.classifier.bias.tolist() == pytest.approx([4.0, -3.0])
+
+
+def test_zero_offset_is_always_scored_and_the_record_round_trips():
+    calibration = calibrate(ScoreNet(), dataset(2), offsets=[4.0, 8.0])
+    assert 0.0 in calibration.offsets
+    assert Calibration.from_dict(calibration.to_dict()) == calibration
+    assert "+4" in calibration.summary()
+
+
+def test_tiled_calibration_matches_whole_image():
+    whole = calibrate(ScoreNet(), dataset(2, size=40), offsets=[0.0, 2.0, 4.0])
+    tiled = calibrate(ScoreNet(), dataset(2, size=40), offsets=[0.0, 2.0, 4.0], tile_size=16)
+    assert tiled.miou_per_offset == pytest.approx(whole.miou_per_offset)

@@ -1,0 +1,107 @@
+"""The persistent export cache, the export workers and the ETA line."""
+
+import os
+
+import pytest
+
+from autonad_edge.latency import export_cache as ec
+from autonad_edge.latency import profiler
+from autonad_edge.latency.blocks import edge_unit
+from autonad_edge.latency.export_cache import ExportCache, export_key
+from autonad_edge.latency.export_pool import export_units
+from autonad_edge.training.progress import format_eta
+
+
+def units(n: int):
+    # Small, distinct, quick to export.
+    return [edge_unit("conv1x1", 8, 8 + 4 * i, (8, 8)) for i in range(n)]
+
+
+def test_hit_returns_the_bytes_put_and_a_missing_key_misses(tmp_path):
+    cache = ExportCache(tmp_path)
+    cache.put("ab" * 32, b"onnx bytes")
+    assert cache.get("ab" * 32) == b"onnx bytes"
+    assert cache.get("cd" * 32) is None
+    assert (cache.hits, cache.misses) == (1, 1)
+
+
+def test_a_corrupt_entry_is_detected_removed_and_missed(tmp_path):
+    cache = ExportCache(tmp_path)
+    key = "ef" * 32
+    cache.put(key, b"x" * 100)
+    path = cache.path(key)
+    blob = bytearray(path.read_bytes())
+    blob[-1] ^= 0xFF  # one flipped bit in the payload
+    path.write_bytes(bytes(blob))
+    assert cache.get(key) is None and cache.corrupt == 1 and not path.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"truncated")
+    assert cache.get(key) is None and cache.corrupt == 2
+
+
+def test_eviction_keeps_the_bound_and_drops_the_least_recently_used(tmp_path):
+    cache = ExportCache(tmp_path, max_bytes=5_000)
+    keys = [f"{i:064x}" for i in range(8)]
+    for i, key in enumerate(keys):
+        cache.put(key, bytes(900))
+        os.utime(cache.path(key), (1000 + i, 1000 + i))  # distinct ages, oldest first
+        if i == 3:
+            cache.get(keys[0])  # a hit makes the oldest the newest
+    assert cache.size_bytes() <= 5_000
+    assert cache.get(keys[0]) is not None and cache.get(keys[-1]) is not None
+    assert cache.get(keys[1]) is None  # the least recently used went first
+
+
+def test_a_version_change_misses(monkeypatch):
+    before = export_key("sig", "portable")
+    assert export_key("sig", "tensorrt") != before
+    import torch
+
+    ec.exporter_fingerprint.cache_clear()
+    monkeypatch.setattr(torch, "__version__", "9.9.9")
+    try:
+        assert export_key("sig", "portable") != before
+    finally:
+        monkeypatch.undo()
+        ec.exporter_fingerprint.cache_clear()
+    assert export_key("sig", "portable") == before
+
+
+def test_workers_export_the_same_bytes_and_a_second_run_exports_nothing(tmp_path):
+    profiler.use_export_cache(tmp_path / "cache")
+    try:
+        todo = units(3)
+        here = [profiler.export_bytes(u, "portable") for u in todo[:1]]
+        profiler.EXPORT_CACHE.clear()
+        profiler.disk_export_cache().clear()
+        first = export_units(todo, "portable", workers=2)  # in two worker processes
+        assert all(isinstance(b, bytes) for b in first) and first[0] == here[0]
+        files = profiler.disk_export_cache().entries()
+        assert len(files) == 3  # written by the workers
+        # A new process (or another target) finds every export on disk: nothing is exported.
+        profiler.EXPORT_CACHE.clear()
+        cache = profiler.disk_export_cache()
+        hits = cache.hits
+        second = export_units(todo, "portable", workers=2)
+        assert second == first and cache.hits - hits == 3
+        assert profiler.disk_export_cache().entries() == files
+    finally:
+        profiler.use_export_cache(os.environ.get("AUTONAD_SESSION_EXPORT_CACHE", "off"))
+
+
+def test_a_unit_that_cannot_export_is_reported_not_raised():
+    bad = edge_unit("conv1x1", 8, 8, (8, 8))
+    object.__setattr__(bad, "kind", "ppm")  # a ppm without its parameters cannot be built
+    profiler.EXPORT_CACHE.clear()
+    result = export_units([bad], "portable", workers=0)
+    assert isinstance(result[0], Exception)
+
+
+@pytest.mark.parametrize("eta,blocks,text", [
+    (190.0, 40, "epochs ETA 3:10, blocks left 40"),
+    (3725.0, 0, "epochs ETA 1:02:05"),
+    (5.0, None, "epochs ETA 0:05"),
+    (float("inf"), 3, "epochs ETA ?, blocks left 3"),
+])
+def test_eta_line_keeps_epochs_and_block_backlog_apart(eta, blocks, text):
+    assert format_eta(eta, blocks) == text
