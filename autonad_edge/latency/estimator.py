@@ -303,12 +303,17 @@ class LatencyEstimator:
         if todo:
             if self.pool is None:
                 raise EstimateError("measuring a whole subnet needs a pool (an open target)")
-            from autonad_edge.latency.blocks import export_network
+            from autonad_edge.latency.export_pool import export_networks
 
-            for sig, arch in todo:  # one at a time: never export while the pool measures locally
-                onnx = export_network(arch, self.space, self.num_classes, self.image_size, self.key.flavor)
+            # All exported first (several at once, in the export workers), then measured one
+            # at a time: never export while the pool measures on this machine.
+            exported = export_networks([a for _, a in todo], self.space, self.num_classes, self.image_size,
+                                       self.key.flavor)
+            for (sig, arch), onnx in zip(todo, exported):
+                if isinstance(onnx, BaseException):
+                    raise onnx
                 (result,) = self.pool.measure_many(
-                    [MeasureJob(onnx=onnx.SerializeToString(), signature=sig, policy=self.end_to_end_policy)]
+                    [MeasureJob(onnx=onnx, signature=sig, policy=self.end_to_end_policy)]
                 )
                 if self.pool.table is not self.table:
                     self.table.record(sig, result)

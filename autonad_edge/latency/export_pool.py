@@ -24,10 +24,11 @@ import os
 import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 if TYPE_CHECKING:
     from autonad_edge.latency.blocks import Unit
+    from autonad_edge.space import Arch, SearchSpace
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ ENV_VAR = "AUTONAD_EXPORT_WORKERS"
 MAX_DEFAULT_WORKERS = 4
 
 _pool: ProcessPoolExecutor | None = None
+_warming: list = []  # the warm-up futures of the current pool
+_disabled = False  # workers failed to start once: export in this process from then on
 _pool_lock = threading.Lock()
 
 
@@ -49,15 +52,59 @@ def worker_count() -> int:
 
 
 def _init_worker() -> None:
+    import warnings
+
     import torch
 
     torch.set_num_threads(1)
+    # The exporter's notices (e.g. "torchvision is not installed") are not the user's business.
+    warnings.simplefilter("ignore")
+    for name in ("torch.onnx", "torch.export", "torch._export", "onnxscript", "torch._dynamo"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _export_in_worker(unit: "Unit", flavor: str) -> bytes:
     from autonad_edge.latency.profiler import export_bytes
 
     return export_bytes(unit, flavor)
+
+
+def _warm_worker(flavor: str) -> int:
+    """One tiny export: the exporter's one-off costs (imports, op registry, torch.export's
+    first call: several seconds) are paid here, not by the first real unit."""
+    from autonad_edge.latency.blocks import edge_unit, export_unit
+
+    export_unit(edge_unit("conv1x1", 4, 4, (4, 4)), flavor=flavor)
+    return os.getpid()
+
+
+def start(flavor: str = "portable", workers: int | None = None, wait: bool = True) -> int:
+    """Start the worker processes and warm them up (`_warm_worker`), once per pool; with
+    `wait`, until they are ready. Returns the pool's size (0: exports run in this process)."""
+    workers = worker_count() if workers is None else workers
+    if workers < 2 or _disabled:
+        return 0
+    try:
+        pool = _get_pool(workers)
+        with _pool_lock:
+            if not _warming:
+                _warming.extend(pool.submit(_warm_worker, flavor) for _ in range(workers))
+            futures = list(_warming)
+        if wait:
+            for future in futures:
+                future.result()
+    except (BrokenProcessPool, OSError, RuntimeError) as exc:
+        _give_up(exc)
+        return 0
+    return workers
+
+
+def _give_up(exc: BaseException) -> None:
+    global _disabled
+    if not _disabled:
+        log.warning("export workers unavailable (%s); exports run in this process", " ".join(str(exc).split())[:200])
+    _disabled = True
+    shutdown()
 
 
 def _get_pool(workers: int) -> ProcessPoolExecutor:
@@ -74,6 +121,7 @@ def shutdown() -> None:
     global _pool
     with _pool_lock:
         pool, _pool = _pool, None
+        _warming.clear()
     if pool is not None:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -81,41 +129,70 @@ def shutdown() -> None:
 atexit.register(shutdown)
 
 
-def export_units(units: Sequence["Unit"], flavor: str, workers: int | None = None) -> list[bytes | BaseException]:
-    """Each unit's ONNX bytes (or the exception its export raised), in order. Cached units
-    come from the caches; two or more misses go to the worker pool (if `workers`, default
-    `worker_count()`, is 2 or more), else they are exported here."""
-    from autonad_edge.latency.profiler import cached_export, export_bytes, remember_export
-
-    results: list[bytes | BaseException | None] = [cached_export(u, flavor) for u in units]
-    todo = [i for i, r in enumerate(results) if r is None]
+def _run(calls: list[tuple[Callable[..., bytes], tuple]], workers: int | None) -> list[bytes | BaseException]:
+    """Each call's bytes (or the exception it raised), in order: in the worker pool when there
+    are two or more and `workers` (default `worker_count()`) is 2 or more, else here."""
+    results: list[bytes | BaseException | None] = [None] * len(calls)
     workers = worker_count() if workers is None else workers
-    if len(todo) >= 2 and workers >= 2:
+    if len(calls) >= 2 and workers >= 2 and not _disabled:
         try:
             pool = _get_pool(workers)
-            futures = {i: pool.submit(_export_in_worker, units[i], flavor) for i in todo}
-            for i, future in futures.items():
+            futures = [pool.submit(fn, *args) for fn, args in calls]
+            for i, future in enumerate(futures):
                 try:
-                    data = future.result()
+                    results[i] = future.result()
                 except BrokenProcessPool:
                     raise
-                except Exception as exc:  # one unit that does not export must not stop the others
+                except Exception as exc:  # one export that fails must not stop the others
                     results[i] = exc
-                else:
-                    remember_export(units[i], flavor, data)
-                    results[i] = data
-            todo = []
+            return results  # type: ignore[return-value]
         except (BrokenProcessPool, OSError, RuntimeError) as exc:
-            # No workers (a sandbox without process spawning, a killed worker): export here.
-            log.warning("export workers unavailable (%s); exporting in this process", exc)
-            shutdown()
-            todo = [i for i, r in enumerate(results) if r is None]
-    for i in todo:
-        try:
-            results[i] = export_bytes(units[i], flavor)
-        except Exception as exc:
-            results[i] = exc
+            # No workers (a sandbox without process spawning, a script without the
+            # ``if __name__ == "__main__":`` guard spawn needs, a killed worker): export here.
+            _give_up(exc)
+    for i, (fn, args) in enumerate(calls):
+        if results[i] is None:
+            try:
+                results[i] = fn(*args)
+            except Exception as exc:
+                results[i] = exc
     return results  # type: ignore[return-value]
 
 
-__all__ = ["ENV_VAR", "export_units", "shutdown", "worker_count"]
+def export_units(units: Sequence["Unit"], flavor: str, workers: int | None = None) -> list[bytes | BaseException]:
+    """Each unit's ONNX bytes (or the exception its export raised), in order; cached units
+    come from the caches, the others are exported (`_run`)."""
+    from autonad_edge.latency.profiler import cached_export, remember_export
+
+    results: list[bytes | BaseException | None] = [cached_export(u, flavor) for u in units]
+    todo = [i for i, r in enumerate(results) if r is None]
+    for i, data in zip(todo, _run([(_export_in_worker, (units[i], flavor)) for i in todo], workers)):
+        if isinstance(data, bytes):
+            remember_export(units[i], flavor, data)
+        results[i] = data
+    return results  # type: ignore[return-value]
+
+
+def _network_in_worker(arch: "Arch", space: "SearchSpace", num_classes: int, image_size, flavor: str) -> bytes:
+    from autonad_edge.latency.blocks import export_network, network_signature
+    from autonad_edge.latency.export_cache import export_key
+    from autonad_edge.latency.profiler import disk_export_cache
+
+    cache = disk_export_cache()
+    key = export_key(network_signature(arch, space, num_classes, image_size), flavor)
+    data = cache.get(key) if cache is not None else None
+    if data is None:
+        data = export_network(arch, space, num_classes, image_size, flavor).SerializeToString()
+        if cache is not None:
+            cache.put(key, data)
+    return data
+
+
+def export_networks(archs: Sequence["Arch"], space: "SearchSpace", num_classes: int, image_size, flavor: str,
+                    workers: int | None = None) -> list[bytes | BaseException]:
+    """Whole subnets' ONNX bytes (`blocks.export_network`: deterministic, so cached on disk
+    like units), in order; several at once in the workers."""
+    return _run([(_network_in_worker, (arch, space, num_classes, image_size, flavor)) for arch in archs], workers)
+
+
+__all__ = ["ENV_VAR", "export_networks", "export_units", "shutdown", "start", "worker_count"]

@@ -273,6 +273,10 @@ class SearchPipeline:
                 SearchSpace.from_json(Path(cfg.space).read_text(encoding="utf-8"))
         except (ArchError, OSError, ValueError) as exc:
             raise PipelineError(f"search space {cfg.space}: {exc}") from None
+        if not (self.out / "stages.json").exists() or not StageLog.open(self.out / "stages.json").done("latency"):
+            from autonad_edge.latency import export_pool
+
+            export_pool.start(wait=False)  # workers warm up while the data loads
         try:
             manifest = self._saved_manifest()
             data = load_dataset(
@@ -311,7 +315,7 @@ class SearchPipeline:
         set's size; values given on the command line are kept."""
         from dataclasses import replace
 
-        from autonad_edge.search.budget import BudgetPlan, measure_costs, plan_budget, scale_epochs
+        from autonad_edge.search.budget import BudgetError, BudgetPlan, measure_costs, plan_budget, scale_epochs
 
         path = self.out / "plan.json"
         if path.exists():
@@ -323,19 +327,26 @@ class SearchPipeline:
             from autonad_edge.latency.blocks import space_units
             from autonad_edge.latency.profiler import measure_units, missing_units, target_key
 
+            from autonad_edge.latency import export_pool
+
             key = target_key(pool)
             units = missing_units(space_units(space, data.num_classes, self._image_hw(cfg)), table, key)
             self.log(f"[plan] timing {len(units)} blocks and a few training steps to plan {cfg.time_budget:g} min")
-            # A few of the run's own blocks, timed as the run will (the table keeps them).
-            probe, start = units[:3], time.perf_counter()
+            # A few of the run's own blocks, timed as the run will (the table keeps them): as
+            # many as keep the export workers busy twice, once the workers are up.
+            workers = export_pool.start(key.flavor) if units else 0
+            probe, start = units[:max(3, 2 * workers)], time.perf_counter()
             if probe:
                 measure_units(pool, table, probe, key=key, policy=measurement_policy(preset.timing))
             unit_s = (time.perf_counter() - start) / max(len(probe), 1)
             costs = measure_costs(cfg.supernet_config(), cfg.retrain_config("probe"), space, data,
                                   units_to_time=max(len(units) - len(probe), 0), unit_timing_s=unit_s,
                                   subnets_to_time=preset.calibration_archs + preset.finalists, seed=cfg.seed)
-            plan: BudgetPlan = plan_budget(costs, 60 * cfg.time_budget, population=cfg.population,
-                                           generations=cfg.generations, parents=cfg.parents)
+            try:
+                plan: BudgetPlan = plan_budget(costs, 60 * cfg.time_budget, population=cfg.population,
+                                               generations=cfg.generations, parents=cfg.parents)
+            except BudgetError as exc:
+                raise PipelineError(f"time budget: {exc}") from None
             self.log(f"[plan] {plan.summary()}")
             epochs = {"supernet_epochs": plan.supernet_epochs, "retrain_epochs": plan.retrain_epochs,
                       "population": plan.population, "generations": plan.generations}
@@ -463,7 +474,7 @@ class _RunContext:
             EvolutionarySearch, EvolutionConfig, SearchCallbacks, SearchError, pareto_front,
         )
         from autonad_edge.search.plots import plot_pareto
-        from autonad_edge.training.evaluate import evaluate
+        from autonad_edge.training.calibration import calibrate
 
         cfg, out_dir = self.cfg, self.out / "search"
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -472,10 +483,12 @@ class _RunContext:
         num_classes = self.data.num_classes
 
         def evaluate_arch(arch):
-            r = evaluate(supernet, self.data.val, arch, batch_size=cfg.batch_size,
-                         num_classes=num_classes, class_names=self.data.class_names,
-                         tile_size=int(cfg.image_size))
-            return r.miou, r.mf1
+            # Scored as it will be delivered: with its val-calibrated decision (retraining ends
+            # with the same calibration). It also lets a young supernet whose argmax is still
+            # all background show which subnets separate defects at all.
+            r = calibrate(supernet, self.data.val, arch, batch_size=cfg.batch_size, num_classes=num_classes,
+                          tile_size=int(cfg.image_size))
+            return r.miou_after, r.mf1_after
 
         evo_cfg = EvolutionConfig(
             population=cfg.population, generations=cfg.generations, parents=cfg.parents,

@@ -45,6 +45,7 @@ class Calibration:
     split: str
     offsets: tuple[float, ...]
     miou_per_offset: tuple[float, ...]
+    mf1_after: float = float("nan")
 
     @property
     def gain(self) -> float:
@@ -60,7 +61,8 @@ class Calibration:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Calibration":
         return cls(float(d["background_offset"]), float(d["miou_before"]), float(d["miou_after"]), str(d["split"]),
-                   tuple(float(v) for v in d["offsets"]), tuple(float(v) for v in d["miou_per_offset"]))
+                   tuple(float(v) for v in d["offsets"]), tuple(float(v) for v in d["miou_per_offset"]),
+                   float(d.get("mf1_after", float("nan"))))
 
 
 def choose_offset(offsets: Sequence[float], scores: Sequence[float]) -> float:
@@ -102,7 +104,9 @@ def calibrate(
         stacked = dist.all_reduce_sum(torch.from_numpy(stacked)).numpy()
     scores = tuple(float(metrics_from_matrix(m).miou) for m in stacked)
     chosen = choose_offset(offsets, scores)
-    return Calibration(chosen, scores[offsets.index(0.0)], scores[offsets.index(chosen)], split, offsets, scores)
+    best = offsets.index(chosen)
+    return Calibration(chosen, scores[offsets.index(0.0)], scores[best], split, offsets, scores,
+                       float(metrics_from_matrix(stacked[best]).mf1))
 
 
 @torch.no_grad()
