@@ -123,6 +123,71 @@ class ConfusionMatrix:
         return metrics_from_matrix(self.matrix)
 
 
+MIN_REGION_OVERLAP = 0.1  # share of a region's pixels that must be matched for it to count as found
+
+
+class RegionCounter:
+    """Defect-level recall and precision: did the model find each defect at all?
+
+    Per defect class (1..C-1) and image, the connected regions (8-connectivity,
+    `scipy.ndimage.label`) of the ground truth and of the prediction are counted. A ground-truth
+    region is *found* when at least `min_overlap` of its pixels are predicted as its class; a
+    predicted region is *correct* when at least `min_overlap` of its pixels are that class in the
+    ground truth. recall = found / ground-truth regions, precision = correct / predicted regions
+    (NaN where there are none). Ignored pixels count as neither.
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int | None = 255,
+                 min_overlap: float = MIN_REGION_OVERLAP) -> None:
+        if not 0.0 < min_overlap <= 1.0:
+            raise ValueError(f"min_overlap must be in (0, 1], got {min_overlap}")
+        self.num_classes, self.ignore_index, self.min_overlap = num_classes, ignore_index, float(min_overlap)
+        # per class: [ground-truth regions, found, predicted regions, correct]
+        self.counts = np.zeros((num_classes, 4), dtype=np.int64)
+
+    def update(self, pred: Any, target: Any) -> None:
+        """One image: class indices [H, W] (or a batch [N, H, W], image by image)."""
+        from scipy import ndimage
+
+        pred_np, target_np = _as_numpy(pred), _as_numpy(target)
+        if pred_np.shape != target_np.shape:
+            raise ValueError(f"pred shape {pred_np.shape} does not match target shape {target_np.shape}")
+        if target_np.ndim == 3:
+            for p, t in zip(pred_np, target_np):
+                self.update(p, t)
+            return
+        valid = np.ones(target_np.shape, bool) if self.ignore_index is None else target_np != self.ignore_index
+        structure = np.ones((3, 3), dtype=bool)
+        for c in range(1, self.num_classes):
+            truth, guess = (target_np == c) & valid, (pred_np == c) & valid
+            for mask, other, first in ((truth, guess, 0), (guess, truth, 2)):
+                labels, n = ndimage.label(mask, structure=structure)
+                if not n:
+                    continue
+                sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+                matched = np.bincount(labels[other], minlength=n + 1)[1:]
+                self.counts[c, first] += n
+                self.counts[c, first + 1] += int(np.sum(matched >= self.min_overlap * sizes))
+
+    def as_dict(self, class_names: Sequence[str] | None = None) -> dict[str, Any]:
+        """{"min_overlap", "recall", "precision" (all defect classes pooled), "per_class": {name:
+        {gt_regions, found, recall, predicted_regions, correct, precision}}}; NaN -> None."""
+        names = list(class_names) if class_names is not None else [str(i) for i in range(self.num_classes)]
+
+        def ratio(a: int, b: int) -> float | None:
+            return float(a / b) if b else None
+
+        per_class = {}
+        for c in range(1, self.num_classes):
+            gt, found, predicted, correct = (int(v) for v in self.counts[c])
+            per_class[names[c]] = {"gt_regions": gt, "found": found, "recall": ratio(found, gt),
+                                   "predicted_regions": predicted, "correct": correct,
+                                   "precision": ratio(correct, predicted)}
+        total = self.counts[1:].sum(axis=0)
+        return {"min_overlap": self.min_overlap, "recall": ratio(int(total[1]), int(total[0])),
+                "precision": ratio(int(total[3]), int(total[2])), "per_class": per_class}
+
+
 def metrics_from_matrix(matrix: np.ndarray) -> SegmentationMetrics:
     """Metrics of a confusion matrix [C, C] (rows target, columns prediction)."""
     matrix = np.asarray(matrix, dtype=np.int64)

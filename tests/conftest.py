@@ -1,10 +1,27 @@
 """Fixtures shared by the test modules."""
 
+import os
 import subprocess
 import sys
 import textwrap
 
 import pytest
+
+
+def pytest_configure(config):
+    """Under pytest-xdist each worker gets its share of the CPUs: one torch (and ONNX Runtime)
+    thread per worker when there are as many workers as cores (threads spinning against
+    another process are slower than one thread)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers > 1:
+        import torch
+
+        share = max(1, (os.cpu_count() or 1) // workers)
+        torch.set_num_threads(share)
+        # The same for the local agent's ONNX Runtime, and exports stay in the test process
+        # (the tests that are about export workers ask for them explicitly).
+        os.environ.setdefault("AUTONAD_LOCAL_THREADS", str(share))
+        os.environ.setdefault("AUTONAD_EXPORT_WORKERS", "0")
 
 # Prepended to code run by `run_without_torch`: any import of torch fails loudly.
 _BLOCK_TORCH = textwrap.dedent(

@@ -107,3 +107,36 @@ def test_invalid_inputs_raise() -> None:
     with pytest.raises(ValueError, match="collides"):
         ConfusionMatrix(3, ignore_index=1)
     assert confusion.matrix.sum() == 0  # a rejected batch adds nothing
+
+
+def test_defect_level_recall_and_precision_on_two_regions_one_found():
+    from autonad_edge.metrics import RegionCounter
+
+    target = np.zeros((10, 12), dtype=np.int64)
+    target[1:4, 1:4] = 1  # region A, 9 px
+    target[6:9, 8:11] = 1  # region B, 9 px
+    pred = np.zeros_like(target)
+    pred[2:4, 2:4] = 1  # 4 of A's 9 pixels: found
+    pred[6:8, 1:3] = 1  # a false alarm far from B
+    pred[8, 8] = 2  # one pixel of B called class 2: B is not found as class 1
+    counter = RegionCounter(3, min_overlap=0.3)
+    counter.update(pred, target)
+    d = counter.as_dict(["background", "scratch", "pit"])
+    scratch = d["per_class"]["scratch"]
+    assert (scratch["gt_regions"], scratch["found"], scratch["recall"]) == (2, 1, 0.5)
+    assert (scratch["predicted_regions"], scratch["correct"], scratch["precision"]) == (2, 1, 0.5)
+    pit = d["per_class"]["pit"]
+    assert (pit["gt_regions"], pit["recall"], pit["predicted_regions"], pit["precision"]) == (0, None, 1, 0.0)
+    assert d["recall"] == 0.5 and d["precision"] == pytest.approx(1 / 3)
+    strict = RegionCounter(3, min_overlap=0.5)  # 4/9 of A is not enough at 50 %
+    strict.update(pred, target)
+    assert strict.as_dict()["per_class"]["1"]["found"] == 0
+
+
+def test_ignored_pixels_form_no_region():
+    from autonad_edge.metrics import RegionCounter
+
+    target = np.full((4, 4), 255, dtype=np.int64)
+    counter = RegionCounter(2)
+    counter.update(np.ones((4, 4), dtype=np.int64), target)
+    assert counter.as_dict()["per_class"]["1"]["predicted_regions"] == 0

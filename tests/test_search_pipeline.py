@@ -41,7 +41,7 @@ def test_search_produces_every_artefact(finished_run):
                 "search/search.json", "search/pareto.json", "search/pareto.png",
                 "latency/prior.json", "latency/prior.png",
                 "export/model.portable.onnx", "export/model.tensorrt.onnx",
-                "deploy/bundle/manifest.json"):
+                "deploy/bundle/manifest.json", "predictions.png"):
         assert (run / rel).is_file(), rel
     report = json.loads((run / "report.json").read_text())
     assert report["target"]["name"] == "local" and report["target"]["backend"] == "onnxruntime"
@@ -59,8 +59,18 @@ def test_search_produces_every_artefact(finished_run):
     search = json.loads((run / "search" / "search.json").read_text())
     hashes = [c["hash"] for c in search["candidates"]]
     assert len(hashes) == len(set(hashes)) and search["chosen"] in hashes
+    # The search says whether it could see accuracy (noise of the val score vs the candidates' spread).
+    signal = search["signal"]
+    assert signal["noise"] >= 0 and signal["spread"] >= 0 and signal["candidates"] == len(hashes)
+    assert signal["latency_decided"] == (signal["spread"] <= 2 * signal["noise"])
+    # The kept network's decision was calibrated on val, and the report says so.
+    calibration = report["accuracy"]["calibration"]
+    assert calibration["split"] == "val" and calibration["miou_after"] >= calibration["miou_before"]
     md = (run / "report.md").read_text()
     assert "Chosen architecture" in md and "TensorRT engine" in md
+    assert "search signal: val mIoU noise" in md and "Decision calibrated on val" in md
+    assert "![predictions](predictions.png)" in md and "defects found" in md
+    assert report["accuracy"]["test"]["defect_level"]["min_overlap"] > 0
     assert "chosen" in output and "measured on 'local'" in output
 
 

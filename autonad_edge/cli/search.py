@@ -69,6 +69,9 @@ def search(
         f"latency {lat['measured_ms']:.3f} ms median / {lat['measured_min_ms']:.3f} ms min measured on "
         f"'{report['target']['name']}' (estimated {lat['estimated_ms']:.3f} ms {lat['statistic']})"
     )
+    signal = report.get("search_signal") or {}
+    if signal.get("latency_decided"):
+        typer.echo(f"note: {signal['summary']}", err=True)
     if lat.get("warning"):
         typer.echo(f"warning: {lat['warning']}", err=True)
     typer.echo(f"report: {out / 'report.md'}")

@@ -516,9 +516,12 @@ class _RunContext:
             c.extra.setdefault("flops", count_flops(c.arch, self.space, num_classes, self.image_hw))
             c.extra["score"] = search.score(c)
         front = pareto_front(candidates)
+        signal = self._signal(supernet, best, candidates)
+        self.p.log(f"[search] {signal.summary()}")
         atomic_write_json(out_dir / "search.json", {
             "config": asdict(evo_cfg), "reference_ms": search.reference_ms,
             "score": "mIoU - lambda * latency_ms / reference_ms",
+            "signal": signal.to_dict(),
             "chosen": best.arch.hash,
             "candidates": [c.to_dict() for c in sorted(candidates, key=lambda c: -search.score(c))],
         })
@@ -528,9 +531,21 @@ class _RunContext:
                     title=f"Search on {cfg.target}: validation mIoU vs latency")
         return {
             "best": best.to_dict(), "evaluated": len(candidates), "pareto": len(front),
-            "reference_ms": search.reference_ms,
+            "reference_ms": search.reference_ms, "signal": signal.to_dict(),
             "search_json": str(out_dir / "search.json"), "pareto_png": str(out_dir / "pareto.png"),
         }
+
+    def _signal(self, supernet, best, candidates):
+        """The noise of the chosen subnet's val score against the candidates' spread."""
+        from autonad_edge.search.signal import SearchSignal
+        from autonad_edge.training.calibration import calibrate
+        from autonad_edge.training.evaluate import image_matrices
+
+        options = {"batch_size": self.cfg.batch_size, "num_classes": self.data.num_classes,
+                   "tile_size": int(self.cfg.image_size)}
+        offset = calibrate(supernet, self.data.val, best.arch, **options).background_offset
+        matrices = image_matrices(supernet, self.data.val, best.arch, background_offset=offset, **options)
+        return SearchSignal.measure(matrices, [c.miou for c in candidates], best.miou, seed=self.cfg.seed)
 
     def _best_arch(self):
         from autonad_edge.space import Arch
@@ -557,7 +572,16 @@ class _RunContext:
                 r = evaluate(model, dataset, batch_size=cfg.batch_size, num_classes=self.data.num_classes,
                              class_names=self.data.class_names, tile_size=int(cfg.image_size))
                 results[split] = r.to_dict()
-        return {"checkpoint": str(ckpt), "metrics": _json_safe(results), "calibration": summary.get("calibration")}
+        pictures = None
+        split = "test" if len(self.data.test) else "val"
+        if len(getattr(self.data, split)):
+            from autonad_edge.training.pictures import prediction_grid
+
+            rows = prediction_grid(model, getattr(self.data, split), self.out / "predictions.png",
+                                   class_names=self.data.class_names, tile_size=int(cfg.image_size))
+            pictures = {"path": str(self.out / "predictions.png"), "split": split, "rows": rows}
+        return {"checkpoint": str(ckpt), "metrics": _json_safe(results), "calibration": summary.get("calibration"),
+                "pictures": pictures}
 
     # ---- 5. export -----------------------------------------------------------------------
     def export(self) -> dict[str, Any]:
@@ -641,7 +665,7 @@ class _RunContext:
                     "calibration": stages.result("retrain").get("calibration")}
         for split, m in retrain_metrics.items():
             accuracy[split] = {"miou": m.get("miou"), "miou_defects": m.get("miou_defects"), "mf1": m.get("mf1"),
-                               "per_class": m.get("per_class")}
+                               "per_class": m.get("per_class"), "defect_level": m.get("defect_level")}
         desc = self.data.describe()
         artefacts = [
             self.out / "best_arch.json", self.out / "search" / "search.json", self.out / "search" / "pareto.json",
@@ -649,6 +673,9 @@ class _RunContext:
             Path(stages.result("retrain")["checkpoint"]), *(Path(f["path"]) for f in export["files"].values()),
             self.out / "splits.json",
         ]
+        pictures = stages.result("retrain").get("pictures")
+        if pictures:
+            artefacts.append(Path(pictures["path"]))
         if engine.get("engine"):
             artefacts.append(Path(engine["engine"]))
         devices = self.pool.device_info()
@@ -684,6 +711,8 @@ class _RunContext:
                 "flops": count_flops(best, self.space, self.data.num_classes, self.image_hw),
             },
             "accuracy": accuracy,
+            "search_signal": search.get("signal"),
+            "pictures": pictures,
             "latency": {
                 "statistic": cfg.latency_stat,
                 "estimated_ms": search["best"]["latency_ms"],

@@ -78,6 +78,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"- hash `{chosen.get('hash', '?')}`: `{chosen.get('summary', '?')}`",
         f"- parameters {chosen.get('params', 0):,}; FLOPs {chosen.get('flops', 0) / 1e9:.3f} G",
+        *([f"- search signal: {report['search_signal']['summary']}"] if report.get("search_signal") else []),
         "",
         "## Accuracy",
         "",
@@ -100,9 +101,22 @@ def render_markdown(report: dict[str, Any]) -> str:
     per_class_split = "test" if acc.get("test", {}).get("per_class") else "val"
     per_class = acc.get(per_class_split, {}).get("per_class")
     if per_class:
-        lines += ["", f"Per class, {per_class_split} split:", "", "| class | IoU (%) | F1 (%) |", "| --- | --- | --- |"]
+        regions = acc.get(per_class_split, {}).get("defect_level") or {}
+        by_class = regions.get("per_class", {})
+        overlap = regions.get("min_overlap")
+        lines += ["", f"Per class, {per_class_split} split. Defects found: ground-truth regions with at least "
+                  f"{_pct(overlap) if overlap is not None else '-'} % of their pixels predicted as their class; "
+                  "region precision: predicted regions that hit a defect of their class.", "",
+                  "| class | IoU (%) | F1 (%) | defects found | region precision |", "| --- | --- | --- | --- | --- |"]
         for name, v in per_class.items():
-            lines.append(f"| {name} | {_pct(v.get('iou'))} | {_pct(v.get('f1'))} |")
+            r = by_class.get(name)
+            found = f"{r['found']}/{r['gt_regions']}" if r else "-"
+            precise = f"{r['correct']}/{r['predicted_regions']}" if r else "-"
+            lines.append(f"| {name} | {_pct(v.get('iou'))} | {_pct(v.get('f1'))} | {found} | {precise} |")
+    pictures = report.get("pictures")
+    if pictures:
+        lines += ["", f"What it predicts, the worst and the best {len(pictures['rows']) // 2} {pictures['split']} images "
+                  "(image | ground truth | prediction):", "", f"![predictions]({Path(pictures['path']).name})"]
     stat = lat.get("statistic", "median")
     lines += [
         "",

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from autonad_edge.inference import resolve_overlap, tiled_logits
-from autonad_edge.metrics import ConfusionMatrix, SegmentationMetrics, metrics_from_matrix
+from autonad_edge.metrics import ConfusionMatrix, RegionCounter, SegmentationMetrics, metrics_from_matrix
 from autonad_edge.space import Arch, ArchError
 
 
@@ -35,6 +35,7 @@ class EvalResult:
     class_names: list[str]
     num_images: int
     arch_hash: str | None = None
+    regions: dict[str, Any] | None = None  # defect-level recall/precision (`metrics.RegionCounter`)
 
     @property
     def miou(self) -> float:
@@ -58,8 +59,9 @@ class EvalResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: miou, miou_defects, mf1, pixel_accuracy, num_images, per_class {name: {iou, f1,
-        precision, recall}} (None for a class absent from target and prediction), and the
-        flat iou/f1 maps of `SegmentationMetrics.as_dict`."""
+        precision, recall}} (None for a class absent from target and prediction), the flat
+        iou/f1 maps of `SegmentationMetrics.as_dict`, and defect_level (regions found: recall and
+        precision per defect class, `metrics.RegionCounter`)."""
         flat = self.metrics.as_dict(self.class_names)
         per_class = {
             name: {key: flat[key][name] for key in ("iou", "f1", "precision", "recall")}
@@ -76,6 +78,7 @@ class EvalResult:
             "iou": flat["iou"],
             "f1": flat["f1"],
             "confusion_matrix": self.metrics.matrix.tolist(),
+            "defect_level": self.regions,
         }
 
 
@@ -211,15 +214,37 @@ def evaluate(
     num_classes = int(num_classes or getattr(unwrap(model), "num_classes"))
     names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
     confusion = ConfusionMatrix(num_classes, ignore_index)
+    regions = RegionCounter(num_classes, ignore_index)
     for logits, masks in iter_logits(model, dataset, arch, batch_size=batch_size, device=device, amp=amp,
                                      dist=dist, num_workers=num_workers, tile_size=tile_size,
                                      tile_overlap=tile_overlap):
-        confusion.update(logits.argmax(dim=1), masks)
+        predictions = logits.argmax(dim=1)
+        confusion.update(predictions, masks)
+        regions.update(predictions, masks)
     matrix = confusion.matrix
     if dist is not None and dist.distributed:
         matrix = dist.all_reduce_sum(torch.from_numpy(np.array(matrix, dtype=np.int64))).numpy()
+        regions.counts = dist.all_reduce_sum(torch.from_numpy(regions.counts)).numpy()
     arch_hash = arch.hash if arch is not None else getattr(getattr(unwrap(model), "arch", None), "hash", None)
-    return EvalResult(metrics_from_matrix(matrix), names, len(dataset), arch_hash)
+    return EvalResult(metrics_from_matrix(matrix), names, len(dataset), arch_hash, regions.as_dict(names))
+
+
+@torch.no_grad()
+def image_matrices(model: nn.Module, dataset: Dataset, arch: Arch | None = None, *, background_offset: float = 0.0,
+                   num_classes: int | None = None, ignore_index: int = 255, **eval_options) -> np.ndarray:
+    """One confusion matrix per image of `dataset` ([N, C, C]), deciding with the background
+    logit shifted by `background_offset` (a calibration's). eval_options: `evaluate`'s."""
+    num_classes = int(num_classes or getattr(getattr(model, "module", model), "num_classes"))
+    shift = torch.zeros(1, num_classes, 1, 1)
+    shift[0, 0] = float(background_offset)
+    out = []
+    for logits, masks in iter_logits(model, dataset, arch, **eval_options):
+        predictions = (logits + shift).argmax(dim=1)
+        for prediction, mask in zip(predictions, masks):
+            confusion = ConfusionMatrix(num_classes, ignore_index)
+            confusion.update(prediction, mask)
+            out.append(confusion.matrix.copy())
+    return np.stack(out) if out else np.zeros((0, num_classes, num_classes), dtype=np.int64)
 
 
 def constant_baseline(dataset: Dataset, num_classes: int, label: int = 0,
@@ -232,4 +257,4 @@ def constant_baseline(dataset: Dataset, num_classes: int, label: int = 0,
     return EvalResult(confusion.compute(), [str(i) for i in range(num_classes)], len(dataset))
 
 
-__all__ = ["EvalResult", "constant_baseline", "evaluate", "iter_logits", "unwrap"]
+__all__ = ["EvalResult", "constant_baseline", "evaluate", "image_matrices", "iter_logits", "unwrap"]
