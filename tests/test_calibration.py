@@ -72,3 +72,29 @@ def test_tiled_calibration_matches_whole_image():
     whole = calibrate(ScoreNet(), dataset(2, size=40), offsets=[0.0, 2.0, 4.0])
     tiled = calibrate(ScoreNet(), dataset(2, size=40), offsets=[0.0, 2.0, 4.0], tile_size=16)
     assert tiled.miou_per_offset == pytest.approx(whole.miou_per_offset)
+
+
+def test_one_pass_histogram_equals_scoring_every_offset_separately():
+    from autonad_edge.metrics import ConfusionMatrix
+
+    class Fixed(nn.Module):
+        num_classes = 4
+
+        def forward(self, x):  # class 3's logit equals background's: exact ties at offset 0
+            return torch.cat([x, x[:, :1]], dim=1)
+
+    g = torch.Generator().manual_seed(1)
+    items = []
+    for _ in range(3):
+        mask = torch.randint(0, 4, (9, 11), generator=g)
+        mask[0, :3] = 255
+        items.append((torch.randn(3, 9, 11, generator=g) * 2, mask))
+    offsets = [-1.0, -0.3, 0.0, 0.2, 0.5, 1.5]
+    fast = calibrate(Fixed(), items, offsets=offsets, num_classes=4)
+    for offset, score in zip(fast.offsets, fast.miou_per_offset):
+        confusion = ConfusionMatrix(4)
+        for image, mask in items:
+            logits = Fixed()(image[None])
+            logits[:, 0] += offset
+            confusion.update(logits.argmax(dim=1), mask[None])
+        assert score == pytest.approx(confusion.compute().miou), offset

@@ -131,8 +131,8 @@ def measure_costs(supernet_config, retrain_config, space, data, *, units_to_time
     from autonad_edge.data.crops import CropConfig
     from autonad_edge.models.network import SegmentationNet
     from autonad_edge.models.supernet import HybridSupernet
+    from autonad_edge.training.calibration import calibrate
     from autonad_edge.training.engine import steps_per_epoch
-    from autonad_edge.training.evaluate import evaluate
     from autonad_edge.training.losses import SegmentationLoss
     from torch.utils.data import Subset
 
@@ -172,9 +172,13 @@ def measure_costs(supernet_config, retrain_config, space, data, *, units_to_time
         net_opt.step()
 
     sup_s, re_s = timed(supernet_step), timed(retrain_step)
+    # A candidate's val score as the search computes it (calibrated), after an untimed first
+    # call (lazy imports, allocator warm-up).
     probe = Subset(data.val, list(range(min(4, len(data.val)))))
+    tile = int(supernet_config.image_size)
+    calibrate(supernet, Subset(data.val, [0]), arch, num_classes=data.num_classes, tile_size=tile)
     start = time.perf_counter()
-    evaluate(supernet, probe, arch, num_classes=data.num_classes, tile_size=int(supernet_config.image_size))
+    calibrate(supernet, probe, arch, num_classes=data.num_classes, tile_size=tile)
     per_image = (time.perf_counter() - start) / max(len(probe), 1)
     n = len(crops)
     return StageCosts(

@@ -14,7 +14,8 @@ decide with it and nothing downstream needs to know::
     calibration.to_dict()                              # recorded in the checkpoint and report
 
 One scalar, chosen on a grid, is hard to overfit to a small val split; the test split is never
-seen. All offsets are scored from one pass over val (one argmax per offset per batch).
+seen. All offsets are scored from one pass over val and one histogram a batch (each pixel's
+decision threshold, binned on the offset grid), about the cost of one `evaluate`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from autonad_edge.metrics import ConfusionMatrix, metrics_from_matrix
+from autonad_edge.metrics import metrics_from_matrix
 from autonad_edge.space import Arch
 from autonad_edge.training.evaluate import iter_logits
 
@@ -89,24 +90,59 @@ def calibrate(
 ) -> Calibration:
     """Score every background offset in `offsets` on `dataset` in one pass and choose one.
     eval_options: those of `evaluate` (batch_size, device, tile_size, tile_overlap, amp)."""
-    offsets = tuple(float(o) for o in offsets)
-    if 0.0 not in offsets:
-        offsets = tuple(sorted((*offsets, 0.0)))
+    offsets = tuple(sorted({float(o) for o in offsets} | {0.0}))
     num_classes = int(num_classes or getattr(getattr(model, "module", model), "num_classes"))
-    matrices = [ConfusionMatrix(num_classes, ignore_index) for _ in offsets]
-    shift = torch.zeros(1, num_classes, 1, 1)
-    for logits, masks in iter_logits(model, dataset, arch, dist=dist, **eval_options):
-        for offset, confusion in zip(offsets, matrices):
-            shift[0, 0] = offset
-            confusion.update((logits + shift).argmax(dim=1), masks)
-    stacked = np.stack([np.asarray(m.matrix, dtype=np.int64) for m in matrices])
-    if dist is not None and dist.distributed:
-        stacked = dist.all_reduce_sum(torch.from_numpy(stacked)).numpy()
+    counts = _threshold_counts(model, dataset, arch, offsets, num_classes, ignore_index, dist, eval_options)
+    stacked = _matrices(counts, len(offsets))
     scores = tuple(float(metrics_from_matrix(m).miou) for m in stacked)
     chosen = choose_offset(offsets, scores)
     best = offsets.index(chosen)
     return Calibration(chosen, scores[offsets.index(0.0)], scores[best], split, offsets, scores,
                        float(metrics_from_matrix(stacked[best]).mf1))
+
+
+def _threshold_counts(model, dataset, arch, offsets, num_classes, ignore_index, dist, eval_options) -> np.ndarray:
+    """Pixel counts by (target class, best defect class, offset bin) [C, C, K+1], from which
+    every offset's confusion matrix follows (`_matrices`), in one pass and one bincount a batch.
+
+    With the background logit shifted by b a pixel is background iff l0 + b >= max_c>0 l_c
+    (argmax takes the first of equal values), i.e. iff b >= t = max_c>0 l_c - l0; else it is
+    its best defect class d. Bin k of a pixel is the first offset >= t."""
+    k_bins = len(offsets) + 1
+    grid = torch.tensor(offsets, dtype=torch.float32)
+    counts = torch.zeros(num_classes * num_classes * k_bins, dtype=torch.int64)
+    for logits, masks in iter_logits(model, dataset, arch, dist=dist, **eval_options):
+        target = masks.reshape(-1).long()
+        keep = target != ignore_index
+        if num_classes == 1:
+            defect = torch.zeros_like(target)
+            bins = torch.zeros_like(target)
+        else:
+            best, defect = logits[:, 1:].max(dim=1)
+            defect = defect.reshape(-1) + 1
+            bins = torch.searchsorted(grid, (best - logits[:, 0]).reshape(-1).contiguous())
+        target, defect, bins = target[keep], defect[keep], bins[keep]
+        if target.numel() and (target.min() < 0 or target.max() >= num_classes):
+            bad = target[(target < 0) | (target >= num_classes)][0]
+            raise ValueError(f"target holds label {int(bad)}, outside 0..{num_classes - 1} (and not ignore)")
+        counts += torch.bincount((target * num_classes + defect) * k_bins + bins, minlength=counts.numel())
+    if dist is not None and dist.distributed:
+        counts = dist.all_reduce_sum(counts)
+    return counts.reshape(num_classes, num_classes, k_bins).numpy()
+
+
+def _matrices(counts: np.ndarray, n_offsets: int) -> np.ndarray:
+    """Confusion matrices [K, C, C] for each offset j from `_threshold_counts`: pixels of bin
+    k <= j are called background, the others their best defect class."""
+    c = counts.shape[0]
+    cumulative = np.cumsum(counts, axis=2)  # [C(target), C(defect), K+1]: bins 0..k
+    total = cumulative[:, :, -1]
+    out = np.zeros((n_offsets, c, c), dtype=np.int64)
+    for j in range(n_offsets):
+        background = cumulative[:, :, j]  # pixels with t <= offsets[j]
+        out[j, :, 0] = background.sum(axis=1)
+        out[j, :, 1:] += (total - background)[:, 1:]
+    return out
 
 
 @torch.no_grad()
