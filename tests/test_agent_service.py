@@ -256,3 +256,50 @@ def test_sigterm_reports_not_serving_then_exits_cleanly(tmp_path: Path):
             assert agent.proc.wait(timeout=20) == 0
         finally:
             channel.close()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        found += [int(c) for c in text]
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc to find the worker")
+def test_worker_exits_when_its_agent_is_killed_mid_measurement():
+    """SIGKILL of the agent while its worker times a model (for 30 s) leaves no worker behind:
+    the worker notices its parent is gone within seconds, not when the measurement ends."""
+    import signal
+
+    with testing.AgentProcess(None) as agent:
+        client = AgentClient(agent.address)
+        long = MeasurementPolicy(warmup_runs=1, warmup_ms=0, min_runs=1, min_duration_ms=30_000,
+                                 max_runs=100_000, max_cv=100, max_repeats=0)
+        caller = threading.Thread(target=lambda: pytest.raises(AgentError, client.measure,
+                                                               testing.conv_model(channels=32, size=64), policy=long),
+                                  daemon=True)
+        caller.start()
+        deadline = time.monotonic() + 30
+        workers: list[int] = []
+        while time.monotonic() < deadline and not workers:  # the worker, once it is busy
+            workers = [c for c in _children(agent.pid)
+                       if b"autonad_agent.worker" in Path(f"/proc/{c}/cmdline").read_bytes()]
+            time.sleep(0.2)
+        assert workers, "the agent runs its worker as a child process"
+        time.sleep(2.0)  # well inside the 30 s measurement
+        os.kill(agent.pid, signal.SIGKILL)
+        agent.proc.wait(timeout=10)
+        killed = time.monotonic()
+        while time.monotonic() - killed < 10 and any(_running(w) for w in workers):
+            time.sleep(0.1)
+        assert not [w for w in workers if _running(w)], "a worker outlived its agent"
+        assert time.monotonic() - killed < 10
+        client.close()

@@ -182,14 +182,34 @@ class _WorkerLoop:
             write_frame(self.channel, header, result_payload)
 
 
+PARENT_POLL_S = 0.5
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Exit at once when the agent that started this worker is gone, even mid-measurement: a
+    SIGKILLed agent must not leave a worker timing a model for nobody (the worker is reparented,
+    so its parent pid changes). A thread, because a measurement does not return to the loop."""
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(3)
+            time.sleep(PARENT_POLL_S)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def worker_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="autonad agent worker (started by the agent)")
     parser.add_argument("--backend")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--memory-mb", type=int, default=0)
+    parser.add_argument("--parent-pid", type=int, default=0, help="exit when this process is gone")
     parser.add_argument("--probe", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
+    if args.parent_pid:
+        _exit_with_parent(args.parent_pid)
 
     # Keep a private handle on the real stdout for frames; point fd 1 at stderr.
     channel = os.fdopen(os.dup(1), "wb")
@@ -302,7 +322,7 @@ class WorkerProcess:
             assert self._info is not None
             return self._info
         self._discard()
-        args = ["--backend", self.backend, "--memory-mb", str(self.memory_mb)]
+        args = ["--backend", self.backend, "--memory-mb", str(self.memory_mb), "--parent-pid", str(os.getpid())]
         if self.threads:
             args += ["--threads", str(self.threads)]
         self._proc = subprocess.Popen(_worker_command(*args), stdin=subprocess.PIPE, stdout=subprocess.PIPE)

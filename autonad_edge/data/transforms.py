@@ -42,8 +42,9 @@ _DEFAULT_NORMALIZER: Normalizer | None = None
 
 
 def pixels_to_float(pixels: np.ndarray) -> torch.Tensor:
-    """uint8 [H, W, C] -> float32 [C, H, W] with values 0..255."""
-    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float()
+    """uint8 [H, W, C] -> float32 [C, H, W] with values 0..255 (a new tensor: the cache's
+    arrays are read-only views, which torch will not wrap)."""
+    return torch.tensor(pixels, dtype=torch.float32).permute(2, 0, 1)
 
 
 def to_image_tensor(

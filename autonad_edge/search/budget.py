@@ -113,9 +113,11 @@ def plan_budget(costs: StageCosts, budget_s: float, *, population: int, generati
     )
 
 
-# Per end-to-end subnet: its export and a full-policy measurement (not probed: the subnets
-# come later). Per block, the caller probes a few of the run's own blocks (`unit_timing_s`).
-SUBNET_TIMING_S = 5.0
+# Per end-to-end subnet: its export (in the export workers, two or more at once) and a
+# quick-policy measurement; not probed, the subnets come later. Measured: 8 tiny-space subnets
+# at 128 px in 37 s with the rest of the latency stage (benchmarks/RESULTS.md, session 4).
+# Per block, the caller probes a few of the run's own blocks (`unit_timing_s`).
+SUBNET_TIMING_S = 4.0
 
 
 def measure_costs(supernet_config, retrain_config, space, data, *, units_to_time: int, subnets_to_time: int,

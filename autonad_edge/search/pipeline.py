@@ -333,9 +333,11 @@ class SearchPipeline:
             units = missing_units(space_units(space, data.num_classes, self._image_hw(cfg)), table, key)
             self.log(f"[plan] timing {len(units)} blocks and a few training steps to plan {cfg.time_budget:g} min")
             # A few of the run's own blocks, timed as the run will (the table keeps them): as
-            # many as keep the export workers busy three times, once the workers are up.
+            # many as keep the export workers busy three times, once the workers are up, drawn
+            # across the space (its first units, the high-resolution stage, cost the most).
             workers = export_pool.start(key.flavor) if units else 0
-            probe, start = units[:max(3, 3 * workers)], time.perf_counter()
+            probe = random.Random(cfg.seed).sample(units, min(len(units), max(3, 3 * workers)))
+            start = time.perf_counter()
             if probe:
                 measure_units(pool, table, probe, key=key, policy=measurement_policy(preset.timing))
             unit_s = (time.perf_counter() - start) / max(len(probe), 1)
