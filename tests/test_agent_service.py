@@ -303,3 +303,34 @@ def test_worker_exits_when_its_agent_is_killed_mid_measurement():
         assert not [w for w in workers if _running(w)], "a worker outlived its agent"
         assert time.monotonic() - killed < 10
         client.close()
+
+
+def test_oversized_headers_and_unfillable_dtypes_are_invalid_argument_and_spare_the_worker(agent, client):
+    client.measure(testing.conv_model(), policy=FAST)  # a worker is up
+    pid = agent.service.worker("onnxruntime").pid
+    assert pid is not None
+    channel = grpc.insecure_channel(agent.address, options=[("grpc.max_send_message_length", 8 << 20)])
+    stub = pb_grpc.LatencyAgentStub(channel)
+    auth = (("authorization", f"Bearer {TOKEN}"),)
+    model = testing.conv_model()
+
+    def call(inputs: list[pb.TensorSpec]) -> tuple[grpc.StatusCode, str]:
+        header = pb.MeasureHeader(model_size=len(model), inputs=inputs, policy=pb.MeasurementPolicy(**FAST.to_dict()))
+        messages = [pb.MeasureRequest(header=header), pb.MeasureRequest(model_chunk=model)]
+        with pytest.raises(grpc.RpcError) as excinfo:
+            stub.Measure(iter(messages), timeout=60, metadata=auth)
+        return excinfo.value.code(), excinfo.value.details()
+
+    try:
+        # 100 000 specs: a 1.5 MiB header, legal for gRPC, more than the worker's frames allow.
+        many = [pb.TensorSpec(name=f"input_{i:06d}", shape=[1, 3, 32, 32], dtype="float32") for i in range(100_000)]
+        assert call(many)[0] == grpc.StatusCode.INVALID_ARGUMENT
+        for dtype in ("object", "complex128", "V8", "no-such-type"):
+            code, details = call([pb.TensorSpec(name="x", shape=[1, 3, 32, 32], dtype=dtype)])
+            assert code == grpc.StatusCode.INVALID_ARGUMENT, (dtype, details)
+        code, _ = call([pb.TensorSpec(name="x", shape=[1, 3, 2**63 - 1, 32], dtype="float32")])
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        channel.close()
+    assert agent.service.worker("onnxruntime").pid == pid  # no crash, no restart
+    client.measure(testing.conv_model(), policy=FAST)  # and the next request is served

@@ -25,7 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from autonad_agent import __version__
 from autonad_agent.backends import BACKENDS
-from autonad_agent.backends.base import Precision, TensorSpec
+from autonad_agent.backends.base import MAX_INPUTS, Precision, TensorSpec
 from autonad_agent.fingerprint import fingerprint_hash
 from autonad_agent.measure import MeasurementPolicy
 from autonad_agent.proto import latency_agent_pb2 as pb
@@ -272,6 +272,8 @@ class LatencyAgentService(pb_grpc.LatencyAgentServicer):
         backend = self._check_backend(header.backend, context)
         try:
             precision = _PRECISION_FROM_WIRE[header.precision]
+            if len(header.inputs) > MAX_INPUTS:
+                raise ValueError(f"{len(header.inputs)} input specs (at most {MAX_INPUTS})")
             inputs = [TensorSpec(s.name, tuple(s.shape), s.dtype or "float32") for s in header.inputs]
             policy = MeasurementPolicy.from_wire(
                 **{f.name: value for f, value in header.policy.ListFields()}

@@ -309,6 +309,11 @@ class WorkerProcess:
         self._lock = threading.Lock()
 
     @property
+    def pid(self) -> int | None:
+        """The running worker's process id (None when none runs)."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    @property
     def info(self) -> WorkerInfo | None:
         """What the current (or last) worker reported at start; None before the first start."""
         return self._info

@@ -40,6 +40,12 @@ class Precision(str, Enum):
     FP16 = "fp16"
 
 
+MAX_NAME_CHARS = 1024
+MAX_RANK = 8
+MAX_DIM = 1 << 20  # per dimension; a tensor's total size is bounded by the worker's memory limit
+MAX_INPUTS = 256
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """One model input: its graph name, a fully static shape and a numpy dtype name."""
@@ -51,9 +57,19 @@ class TensorSpec:
     def __post_init__(self) -> None:
         if not self.name:
             raise ValueError("tensor name must not be empty")
+        if len(self.name) > MAX_NAME_CHARS:
+            raise ValueError(f"input name of {len(self.name)} characters (at most {MAX_NAME_CHARS})")
         if any(int(d) <= 0 for d in self.shape):
             raise ValueError(f"input {self.name!r}: shape {self.shape} must be fully static and positive")
-        np.dtype(self.dtype)  # raises TypeError for an unknown dtype name
+        if len(self.shape) > MAX_RANK or any(int(d) > MAX_DIM for d in self.shape):
+            raise ValueError(f"input {self.name!r}: shape {self.shape} beyond rank {MAX_RANK} or side {MAX_DIM}")
+        try:
+            dtype = np.dtype(self.dtype)
+        except TypeError:
+            raise ValueError(f"input {self.name!r}: unknown dtype {self.dtype!r}") from None
+        # Only what `random_array` can fill: no object, complex, string or void inputs.
+        if dtype.kind not in "fiub":
+            raise ValueError(f"input {self.name!r}: unsupported dtype {self.dtype} (numbers and bool only)")
 
     def random_array(self, rng: np.random.Generator) -> np.ndarray:
         """A random tensor of this spec (values do not affect latency for dense conv nets)."""
