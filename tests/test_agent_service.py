@@ -334,3 +334,29 @@ def test_oversized_headers_and_unfillable_dtypes_are_invalid_argument_and_spare_
         channel.close()
     assert agent.service.worker("onnxruntime").pid == pid  # no crash, no restart
     client.measure(testing.conv_model(), policy=FAST)  # and the next request is served
+
+
+def test_a_cancelled_request_frees_the_device_at_once(agent, client):
+    """A caller that gives up on a 30-s measurement: the worker stops, and the next request is
+    measured within seconds (not after the 30 s)."""
+    client.measure(testing.conv_model(), policy=FAST)  # a warm worker
+    before = agent.service.worker("onnxruntime").pid
+    channel = grpc.insecure_channel(agent.address)
+    stub = pb_grpc.LatencyAgentStub(channel)
+    auth = (("authorization", f"Bearer {TOKEN}"),)
+    long = MeasurementPolicy(warmup_runs=1, warmup_ms=0, min_runs=1, min_duration_ms=30_000, max_runs=100_000,
+                             max_cv=100, max_repeats=0)
+    model = testing.conv_model(channels=32, size=64, seed=5)
+    header = pb.MeasureHeader(model_size=len(model), policy=pb.MeasurementPolicy(**long.to_dict()))
+    future = stub.Measure.future(iter([pb.MeasureRequest(header=header), pb.MeasureRequest(model_chunk=model)]),
+                                 timeout=120, metadata=auth)
+    try:
+        time.sleep(3.0)  # well into the timed runs
+        assert not future.done()
+        future.cancel()
+        cancelled = time.monotonic()
+        m = client.measure(testing.conv_model(seed=6), policy=FAST, timeout_s=20)
+        assert m.runs >= 5 and time.monotonic() - cancelled < 10
+    finally:
+        channel.close()
+    assert agent.service.worker("onnxruntime").pid not in (None, before)  # stopped, then a fresh one

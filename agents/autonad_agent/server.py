@@ -52,6 +52,7 @@ _WORKER_ERROR_CODES = {
     "memory": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "crashed": grpc.StatusCode.INTERNAL,
     "timeout": grpc.StatusCode.DEADLINE_EXCEEDED,
+    "cancelled": grpc.StatusCode.CANCELLED,
     "internal": grpc.StatusCode.INTERNAL,
 }
 
@@ -257,12 +258,27 @@ class LatencyAgentService(pb_grpc.LatencyAgentServicer):
             self.device_lock.release()
 
     def _call_worker(self, context: grpc.ServicerContext, backend: str, request: dict, payload: bytes):
-        """One worker request (caller holds the device), failures mapped to gRPC errors."""
+        """One worker request (caller holds the device), failures mapped to gRPC errors. A
+        caller that cancels (or whose connection drops) stops the worker at once, so the
+        device is free for the next request instead of timing a model for nobody."""
+        worker = self.worker(backend)
+        in_flight = threading.Event()
+
+        def on_rpc_end() -> None:  # gRPC calls this when the RPC ends, however it ends
+            if in_flight.is_set() and not context.is_active():
+                worker.abort("the caller cancelled the request")
+
+        in_flight.set()
+        if not context.add_callback(on_rpc_end):  # the RPC has already ended
+            in_flight.clear()
+            context.abort(grpc.StatusCode.CANCELLED, "the caller is gone")
         try:
-            return self.worker(backend).call(request, payload, timeout_s=self._timeout(context))
+            return worker.call(request, payload, timeout_s=self._timeout(context))
         except WorkerError as exc:
             log.warning("%s request failed (%s): %s", request["op"], exc.kind, exc.message)
             context.abort(_WORKER_ERROR_CODES.get(exc.kind, grpc.StatusCode.INTERNAL), exc.message)
+        finally:
+            in_flight.clear()
 
     # ------------------------------------------------------------------ RPCs
 

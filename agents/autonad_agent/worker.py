@@ -47,7 +47,7 @@ log = logging.getLogger("autonad_agent.worker")
 
 class WorkerError(Exception):
     """A request the worker could not complete. `kind` selects the gRPC status:
-    rejected, unavailable, memory, crashed, timeout or internal."""
+    rejected, unavailable, memory, crashed, timeout, cancelled or internal."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
@@ -307,6 +307,15 @@ class WorkerProcess:
         self._channel: _Channel | None = None
         self._info: WorkerInfo | None = None
         self._lock = threading.Lock()
+        self._aborted: str | None = None  # why the request in flight was stopped
+
+    def abort(self, reason: str) -> None:
+        """Stop the request in flight now (from another thread: the caller gave up): the worker
+        is killed, `call` raises WorkerError("cancelled"), the next call starts a fresh one."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            self._aborted = reason
+            proc.kill()
 
     @property
     def pid(self) -> int | None:
@@ -352,6 +361,7 @@ class WorkerProcess:
             assert self._proc is not None and self._proc.stdin is not None and self._channel is not None
             deadline = time.monotonic() + timeout_s
             phase = "receiving the request"
+            self._aborted = None
             try:
                 write_frame(self._proc.stdin, request, payload)
                 while True:
@@ -370,7 +380,10 @@ class WorkerProcess:
                 self._discard()
                 raise WorkerError("timeout", f"worker timed out after {timeout_s:.0f} s while {phase}; restarted") from None
             except (EOFError, BrokenPipeError, json.JSONDecodeError, KeyError):
-                raise WorkerError("crashed", f"worker crashed ({self._exit_reason()}) while {phase}") from None
+                reason = self._exit_reason()
+                if self._aborted is not None:
+                    raise WorkerError("cancelled", f"stopped while {phase}: {self._aborted}") from None
+                raise WorkerError("crashed", f"worker crashed ({reason}) while {phase}") from None
 
     def _exit_reason(self) -> str:
         assert self._proc is not None
