@@ -360,3 +360,42 @@ def test_a_cancelled_request_frees_the_device_at_once(agent, client):
     finally:
         channel.close()
     assert agent.service.worker("onnxruntime").pid not in (None, before)  # stopped, then a fresh one
+
+
+def test_idle_uploads_neither_block_health_nor_outlive_the_receive_deadline():
+    """8 authenticated streams that send a header and then nothing: health and device info are
+    answered meanwhile, extra uploads are refused at once (not queued), and once the receive
+    deadline has cut the idle ones a ninth caller is measured."""
+    config = AgentConfig(host="127.0.0.1", port=0, backend="onnxruntime", token=TOKEN, rpc_threads=8,
+                         receive_timeout_s=3.0)
+    server = AgentServer(config).start()
+    channel = grpc.insecure_channel(server.address)
+    auth = (("authorization", f"Bearer {TOKEN}"),)
+    stub = pb_grpc.LatencyAgentStub(channel)
+    stop = threading.Event()
+
+    def idle_upload():
+        yield pb.MeasureRequest(header=pb.MeasureHeader(model_size=1000))
+        stop.wait(60)
+
+    try:
+        idle = [stub.Measure.future(idle_upload(), timeout=60, metadata=auth) for _ in range(8)]
+        time.sleep(0.5)
+        started = time.monotonic()
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        with AgentClient(server.address, token=TOKEN, timeout_s=10) as client:
+            assert client.device_info().backends
+            assert time.monotonic() - started < 5
+            # Half the threads take uploads (4 here): the other four idle streams were refused.
+            refused = [f for f in idle if f.done()]
+            assert len(refused) == 4 and all(f.exception().code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                                             for f in refused)
+            time.sleep(3.5)  # past the receive deadline: the stalled uploads are cut
+            assert all(f.done() for f in idle)
+            m = client.measure(testing.conv_model(), policy=FAST, timeout_s=30)
+            assert m.runs >= 5
+    finally:
+        stop.set()
+        channel.close()
+        server.stop(grace_s=0)

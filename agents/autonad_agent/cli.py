@@ -64,6 +64,8 @@ def serve(
     worker_memory_mb: int = typer.Option(8192, help="Memory limit of the worker process in MiB (0: none)."),
     max_request_s: float = typer.Option(600.0, help="Longest time one request may hold the device."),
     shutdown_grace_s: float = typer.Option(5.0, help="On SIGTERM/SIGINT, time given to in-flight calls."),
+    receive_timeout_s: float = typer.Option(60.0, help="An upload must be complete this long after it starts."),
+    max_uploads: int = typer.Option(0, help="Uploads in flight at once (0: half the RPC threads); more get RESOURCE_EXHAUSTED."),
 ) -> None:
     """Serve latency measurements over gRPC until SIGTERM/SIGINT."""
     from autonad_agent.server import AgentConfig, AgentServer
@@ -85,6 +87,8 @@ def serve(
             worker_memory_mb=worker_memory_mb,
             max_request_s=max_request_s,
             shutdown_grace_s=shutdown_grace_s,
+            receive_timeout_s=receive_timeout_s,
+            max_uploads=max_uploads or None,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None

@@ -86,6 +86,13 @@ class AgentConfig:
     shutdown_grace_s: float = 5.0
     cache_entries: int = 1024
     rpc_threads: int = 8
+    # An upload must be complete this long after its header arrived; a stalled one is cut.
+    receive_timeout_s: float = 60.0
+    # Uploads received at once (None: half the RPC threads, so health checks and device info
+    # always find a thread) and the bytes they may declare together (None: twice the model
+    # limit): beyond either, RESOURCE_EXHAUSTED at once instead of a queue of idle streams.
+    max_uploads: int | None = None
+    max_upload_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if self.token is None and not self.insecure_no_auth:
@@ -98,6 +105,18 @@ class AgentConfig:
             raise ValueError(f"unknown backend {self.backend!r}; choose auto or one of {', '.join(BACKENDS)}")
         if self.max_model_mb < 1:
             raise ValueError("max_model_mb must be >= 1")
+        if self.receive_timeout_s <= 0:
+            raise ValueError("receive_timeout_s must be positive")
+        if self.upload_slots < 1:
+            raise ValueError("max_uploads must be >= 1 (and rpc_threads >= 2)")
+
+    @property
+    def upload_slots(self) -> int:
+        return self.max_uploads if self.max_uploads is not None else self.rpc_threads // 2
+
+    @property
+    def upload_byte_budget(self) -> int:
+        return self.max_upload_bytes if self.max_upload_bytes is not None else 2 * self.max_model_bytes
 
     @property
     def max_model_bytes(self) -> int:
@@ -186,6 +205,9 @@ class LatencyAgentService(pb_grpc.LatencyAgentServicer):
         # One request at a time on the device: concurrent timings would disturb each other.
         self.device_lock = threading.Lock()
         self.cache = _ResultCache(config.cache_entries)
+        self._uploads_lock = threading.Lock()
+        self._uploads = 0  # uploads in flight (received or waiting for the device)
+        self._upload_bytes = 0  # bytes they declared
 
     # ------------------------------------------------------------------ helpers
 
@@ -203,20 +225,58 @@ class LatencyAgentService(pb_grpc.LatencyAgentServicer):
         for worker in workers:
             worker.stop()
 
+    def _reserve_upload(self, size: int, context: grpc.ServicerContext) -> None:
+        """Take an upload slot and `size` bytes of the upload budget until the RPC ends, or
+        refuse at once (RESOURCE_EXHAUSTED: the caller may retry or use another agent)."""
+        with self._uploads_lock:
+            slots, budget = self.config.upload_slots, self.config.upload_byte_budget
+            if self._uploads >= slots or self._upload_bytes + size > budget:
+                busy = f"{self._uploads} uploads ({self._upload_bytes} bytes) in flight"
+                refused = True
+            else:
+                self._uploads += 1
+                self._upload_bytes += size
+                refused = False
+        if refused:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"agent busy: {busy}, limits {slots} uploads / {budget} bytes; retry later")
+
+        def release() -> None:
+            with self._uploads_lock:
+                self._uploads -= 1
+                self._upload_bytes -= size
+
+        if not context.add_callback(release):  # the RPC has already ended
+            release()
+            context.abort(grpc.StatusCode.CANCELLED, "the caller is gone")
+
     def _receive(self, requests: Iterator, context: grpc.ServicerContext) -> _Upload:
-        """Read the header and the model chunks, enforcing the size limit as they arrive."""
-        first = next(requests, None)
-        if first is None or first.WhichOneof("payload") != "header":
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be the header")
-        header = first.header
+        """Read the header and the model chunks, enforcing the size limit as they arrive, the
+        upload slots and byte budget, and the receive deadline (a stalled upload is cancelled
+        so that it frees its thread)."""
+        cut = threading.Timer(self.config.receive_timeout_s, context.cancel)
+        cut.daemon = True
+        cut.start()
+        try:
+            first = next(requests, None)
+            if first is None or first.WhichOneof("payload") != "header":
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be the header")
+            header = first.header
+            limit = self.config.max_model_bytes
+            if header.model_size == 0:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "header.model_size must be the model's size in bytes")
+            if header.model_size > limit:
+                context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"model of {header.model_size} bytes exceeds this agent's limit of {limit} bytes",
+                )
+            self._reserve_upload(header.model_size, context)
+            return self._receive_chunks(header, requests, context)
+        finally:
+            cut.cancel()
+
+    def _receive_chunks(self, header, requests: Iterator, context: grpc.ServicerContext) -> _Upload:
         limit = self.config.max_model_bytes
-        if header.model_size == 0:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "header.model_size must be the model's size in bytes")
-        if header.model_size > limit:
-            context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"model of {header.model_size} bytes exceeds this agent's limit of {limit} bytes",
-            )
         chunks = bytearray()
         for message in requests:
             if message.WhichOneof("payload") != "model_chunk":
