@@ -399,3 +399,20 @@ def test_idle_uploads_neither_block_health_nor_outlive_the_receive_deadline():
         stop.set()
         channel.close()
         server.stop(grace_s=0)
+
+
+def test_a_health_check_just_after_sigterm_is_answered_not_serving(tmp_path: Path):
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    token_file.chmod(0o600)
+    with testing.AgentProcess(token_file, "--shutdown-grace-s", "2") as agent:
+        channel = grpc.insecure_channel(agent.address)
+        try:
+            check = health_pb2_grpc.HealthStub(channel).Check
+            assert check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+            agent.proc.terminate()
+            time.sleep(0.3)
+            assert check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert agent.proc.wait(timeout=20) == 0
+        finally:
+            channel.close()

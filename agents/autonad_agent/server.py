@@ -542,12 +542,19 @@ class AgentServer:
         return self
 
     def stop(self, grace_s: float | None = None) -> None:
-        """Report NOT_SERVING, let in-flight calls finish for `grace_s`, stop the workers."""
+        """Report NOT_SERVING, let in-flight calls finish for `grace_s`, stop the workers.
+
+        For the first part of the grace (at most 1 s) the server still accepts calls, so a
+        health check in that window is answered NOT_SERVING (what load balancers and pools
+        look for) rather than refused; then new calls are refused and in-flight ones finish."""
         if self._server is None:
             return
         self._health.enter_graceful_shutdown()
         grace = self.config.shutdown_grace_s if grace_s is None else grace_s
-        self._server.stop(grace).wait()
+        drain = min(1.0, grace / 2)
+        if drain > 0:
+            time.sleep(drain)
+        self._server.stop(grace - drain).wait()
         assert self.service is not None
         self.service.stop_workers()
         self._server = None
