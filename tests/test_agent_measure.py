@@ -82,3 +82,24 @@ def test_inputs_resolve_from_static_shapes_or_must_be_given():
     with pytest.raises(ModelRejected, match="dynamic"):
         resolve_inputs(dynamic, [])
     assert resolve_inputs(dynamic, [TensorSpec("x", (2, 3, 32, 32))])[0].shape == (2, 3, 32, 32)
+
+
+def test_a_slow_model_cannot_hold_the_device_past_the_measurement_budget(monkeypatch):
+    """1 s a run and a policy asking for 1000 timed runs and 5 repeats: warm-up and timing stop
+    at the 60-s budget (fake clock: deterministic), with a result made of the runs that fit."""
+    import types
+
+    from autonad_agent import measure
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(measure, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
+
+    def one_second() -> float:
+        clock["now"] += 1.0
+        return 1000.0 + (clock["now"] % 3)  # a little spread: never stable at max_cv 1e-9
+
+    policy = MeasurementPolicy(warmup_runs=10, warmup_ms=0, min_runs=1000, min_duration_ms=0, max_runs=5000,
+                               max_cv=1e-9, max_repeats=5)
+    result = measure.measure_latency(one_second, policy)
+    assert clock["now"] <= measure.MAX_MEASURE_MS / 1e3 + 1
+    assert result.stats.runs >= 2 and not result.stable and result.attempts == 1

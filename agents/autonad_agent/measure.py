@@ -24,6 +24,11 @@ MAX_WARMUP_MS = 10_000.0
 MAX_MIN_DURATION_MS = 30_000.0
 MAX_RUNS = 100_000
 MAX_REPEATS = 5
+# Warm-up and timed runs of one measurement stop here, whatever the counts asked for (a slow
+# model times fewer runs, flagged unstable if that leaves it noisy): with one inference's
+# time on top, this bounds the device time of any policy. Loading the model is bounded by the
+# agent's --max-request-s.
+MAX_MEASURE_MS = 60_000.0
 
 
 @dataclass(frozen=True)
@@ -112,39 +117,44 @@ class MeasurementResult:
     warmup_runs: int
 
 
-def _warm_up(run_once: Callable[[], float], policy: MeasurementPolicy) -> int:
+def _warm_up(run_once: Callable[[], float], policy: MeasurementPolicy, stop_at: float) -> int:
     runs = 0
     start = time.perf_counter()
-    while runs < policy.warmup_runs or (time.perf_counter() - start) * 1e3 < policy.warmup_ms:
+    while (runs < policy.warmup_runs or (time.perf_counter() - start) * 1e3 < policy.warmup_ms) and (
+        time.perf_counter() < stop_at
+    ):
         run_once()
         runs += 1
     return runs
 
 
-def _timed_round(run_once: Callable[[], float], policy: MeasurementPolicy) -> LatencyStats:
+def _timed_round(run_once: Callable[[], float], policy: MeasurementPolicy, stop_at: float) -> LatencyStats:
     samples = np.empty(policy.max_runs, dtype=np.float64)
     runs = 0
     start = time.perf_counter()
     while runs < policy.max_runs and (
         runs < policy.min_runs or (time.perf_counter() - start) * 1e3 < policy.min_duration_ms
-    ):
+    ) and (runs < 2 or time.perf_counter() < stop_at):  # two runs at least, for a spread
         samples[runs] = run_once()
         runs += 1
     return LatencyStats.from_samples(samples[:runs])
 
 
-def measure_latency(run_once: Callable[[], float], policy: MeasurementPolicy) -> MeasurementResult:
-    """Time `run_once` (one inference, returning its latency in ms) under `policy`."""
+def measure_latency(run_once: Callable[[], float], policy: MeasurementPolicy,
+                    budget_ms: float = MAX_MEASURE_MS) -> MeasurementResult:
+    """Time `run_once` (one inference, returning its latency in ms) under `policy`, within
+    `budget_ms` of warm-up and timed runs (plus the inference in progress when it ends)."""
     best: LatencyStats | None = None
     warmup_runs = 0
     attempts = 0
+    stop_at = time.perf_counter() + budget_ms / 1e3
     for attempts in range(1, policy.max_repeats + 2):
         # Warm up before every round: a noisy round often follows a clock or cache change.
-        warmup_runs = _warm_up(run_once, policy)
-        stats = _timed_round(run_once, policy)
+        warmup_runs = _warm_up(run_once, policy, stop_at)
+        stats = _timed_round(run_once, policy, stop_at)
         if best is None or stats.cv < best.cv:
             best = stats
-        if best.cv <= policy.max_cv:
+        if best.cv <= policy.max_cv or time.perf_counter() >= stop_at:
             break
     assert best is not None
     return MeasurementResult(stats=best, stable=best.cv <= policy.max_cv, attempts=attempts, warmup_runs=warmup_runs)
