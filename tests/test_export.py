@@ -150,6 +150,10 @@ def test_tensorrt_flavour_plugin_nodes():
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         assert set(attrs) == {"pattern", "plugin_version", "plugin_namespace"}
         assert attrs["plugin_version"] == b"1" and attrs["plugin_namespace"] == b"autonad"
+        # The plugin creator reads `pattern` as an INT field (kINT32): a float or string breaks it.
+        kinds = {a.name: a.type for a in node.attribute}
+        assert kinds["pattern"] == onnx.AttributeProto.INT
+        assert kinds["plugin_version"] == kinds["plugin_namespace"] == onnx.AttributeProto.STRING
         assert len(node.input) == len(node.output) == 1
         patterns.append(attrs["pattern"])
     # q is shifted with pattern 1, k with pattern 2, in every MLP block.

@@ -324,10 +324,9 @@ class SearchPipeline:
         given, preset = self.given, cfg.preset_values
         epochs: dict[str, int] = {}
         if cfg.time_budget:  # 0 turns a preset's budget off
+            from autonad_edge.latency import export_pool
             from autonad_edge.latency.blocks import space_units
             from autonad_edge.latency.profiler import measure_units, missing_units, target_key
-
-            from autonad_edge.latency import export_pool
 
             key = target_key(pool)
             units = missing_units(space_units(space, data.num_classes, self._image_hw(cfg)), table, key)

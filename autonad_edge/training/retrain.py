@@ -5,8 +5,8 @@ inherited weights (``init="inherited"`` with ``supernet=<supernet checkpoint>``)
 per-step poly decay (power 0.9), cross-entropy with ignore index 255. After every evaluated
 epoch the best-val-mIoU network is kept as ``<out>/best.pt``, and after the last one its
 decision is calibrated on val (`training.calibration`, folded into its classifier);
-``<out>/last.pt`` holds the full training state and resumes like supernet training. Both are ``kind="subnet"`` checkpoints that
-`load_model` reads.
+``<out>/last.pt`` holds the full training state and resumes like supernet training. Both are
+``kind="subnet"`` checkpoints that `load_model` reads.
 
     trainer = RetrainTrainer(RetrainConfig(epochs=50), data, "runs/retrain", space=space, arch=arch)
     trainer.fit()
