@@ -21,6 +21,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
+from autonad_edge.errors import AutonadError
+
 OPERATORS = ("transformer", "conv", "mlp")
 EDGE_OPS = ("conv1x1", "conv3x3", "conv5x5", "dilconv3x3", "dwconv3x3")
 # MFAM edges: a lateral edge maps backbone level i to the decoder width, an output edge
@@ -30,7 +32,7 @@ NUM_STAGES = 4
 ARCH_FORMAT_VERSION = 1
 
 
-class ArchError(ValueError):
+class ArchError(AutonadError, ValueError):
     """An architecture or search space that is malformed or outside its space."""
 
 

@@ -45,3 +45,32 @@ def test_space_json_round_trips(tmp_path):
     sample = runner.invoke(app, ["arch", "sample", "--space", str(out)])
     assert sample.exit_code == 0
     SearchSpace.tiny().validate(Arch.from_json(sample.output))
+
+
+def test_every_library_error_has_one_root_and_keeps_its_builtin_base():
+    from autonad_edge.data.errors import DatasetError
+    from autonad_edge.errors import AutonadError
+    from autonad_edge.export.onnx_export import ExportError
+    from autonad_edge.latency.client import AgentError
+    from autonad_edge.latency.table import MissingEntriesError
+    from autonad_edge.search.pipeline import PipelineError
+    from autonad_edge.space import ArchError
+    from autonad_edge.training.checkpoint import CheckpointError
+
+    for cls, builtin in ((DatasetError, ValueError), (ArchError, ValueError), (CheckpointError, ValueError),
+                         (ExportError, RuntimeError), (AgentError, RuntimeError), (PipelineError, RuntimeError),
+                         (MissingEntriesError, LookupError)):
+        assert issubclass(cls, AutonadError) and issubclass(cls, builtin), cls
+
+
+def test_console_entry_point_turns_a_library_error_into_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "arch.json"
+    bad.write_text("{not json")
+    result = subprocess.run([sys.executable, "-c", "from autonad_edge.cli import main; main()", "arch", "show",
+                             str(bad)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "error:" in (result.stderr + result.stdout)

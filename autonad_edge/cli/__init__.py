@@ -23,4 +23,16 @@ for _module in (arch, data, train, latency, deploy, search):
 
 
 def main() -> None:
-    app()
+    """The console entry point: a library error the command did not word itself still ends as
+    one line (exit code 2); anything else is a bug and keeps its traceback."""
+    from autonad_edge.errors import AutonadError
+
+    try:
+        app()
+    except AutonadError as exc:
+        from autonad_edge.cli.common import fail
+
+        try:
+            fail(str(exc))
+        except typer.Exit as done:
+            raise SystemExit(done.exit_code) from None

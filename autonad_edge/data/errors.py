@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from autonad_edge.errors import AutonadError
 
-class DatasetError(ValueError):
+
+class DatasetError(AutonadError, ValueError):
     """A dataset on disk (or a split manifest) is missing, malformed or inconsistent.
 
     The message is always a single line that names the offending file and the problem, so the

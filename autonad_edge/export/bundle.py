@@ -25,6 +25,8 @@ from typing import Any, Mapping, Sequence
 
 import onnx
 
+from autonad_edge.errors import AutonadError
+
 BUNDLE_FORMAT = "autonad-edge-bundle"
 BUNDLE_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -38,7 +40,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class BundleError(ValueError):
+class BundleError(AutonadError, ValueError):
     """A bundle that cannot be written or does not verify; one line."""
 
 

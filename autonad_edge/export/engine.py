@@ -18,10 +18,11 @@ from typing import Any
 
 import onnx
 
+from autonad_edge.errors import AutonadError
 from autonad_edge.export.bundle import engine_record_path
 
 
-class EngineBuildError(RuntimeError):
+class EngineBuildError(AutonadError, RuntimeError):
     """The target did not build an engine. `unavailable`: it cannot (e.g. no TensorRT), as
     opposed to a failed attempt. The message is one line."""
 

@@ -40,6 +40,8 @@ import onnx
 import torch
 from torch import Tensor, nn
 
+from autonad_edge.errors import AutonadError
+
 FLAVORS = ("portable", "tensorrt")
 OPSET = 18
 CUSTOM_DOMAIN = "autonad"
@@ -52,7 +54,7 @@ _INT64_MAX = 2**63 - 1
 _EXPORT_LOCK = threading.Lock()
 
 
-class ExportError(RuntimeError):
+class ExportError(AutonadError, RuntimeError):
     """An export that failed; the message is one line naming the cause."""
 
 

@@ -19,6 +19,7 @@ from autonad_agent.backends.base import TensorSpec
 from autonad_agent.measure import MeasurementPolicy
 from autonad_agent.proto import latency_agent_pb2 as pb
 from autonad_agent.proto import latency_agent_pb2_grpc as pb_grpc
+from autonad_edge.errors import AutonadError
 from autonad_edge.latency.fingerprint import Fingerprint
 
 SERVICE_NAME = "autonad.agent.v1.LatencyAgent"
@@ -34,7 +35,7 @@ _PRECISION_NAMES = {pb.PRECISION_UNSPECIFIED: "fp32", pb.PRECISION_FP32: "fp32",
 T = TypeVar("T")
 
 
-class AgentError(RuntimeError):
+class AgentError(AutonadError, RuntimeError):
     """A call to an agent failed. `code` is the gRPC status code."""
 
     def __init__(self, address: str, code: grpc.StatusCode, details: str) -> None:

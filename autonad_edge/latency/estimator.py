@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
+from autonad_edge.errors import AutonadError
 from autonad_edge.latency.blocks import Unit, dedup, image_hw, network_signature, units_of
 from autonad_edge.latency.profiler import TargetKey, measure_units, target_key
 
@@ -50,7 +51,7 @@ RIDGE_GRID = tuple(10.0**e for e in range(-6, 3))
 STATS = ("median", "min", "mean", "p90")
 
 
-class EstimateError(LookupError):
+class EstimateError(AutonadError, LookupError):
     """Units of the architecture are not in the table and there is no pool to measure them."""
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
 
+from autonad_edge.errors import AutonadError
 from autonad_edge.latency.fingerprint import Fingerprint
 
 if TYPE_CHECKING:
@@ -64,7 +65,7 @@ _ENTRY_COLUMNS = (
 )
 
 
-class LatencyTableError(LookupError):
+class LatencyTableError(AutonadError, LookupError):
     """The table cannot answer a lookup."""
 
 

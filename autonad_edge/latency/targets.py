@@ -35,6 +35,7 @@ else:  # pragma: no cover - Python 3.10
 
 import grpc
 
+from autonad_edge.errors import AutonadError
 from autonad_edge.latency.client import AgentClient, AgentError, DeviceInfo
 from autonad_edge.latency.pool import ClientPool
 from autonad_edge.latency.table import LatencyTable
@@ -48,7 +49,7 @@ _PRECISIONS = ("fp32", "fp16")
 _KEYS = {"agents", "backend", "precision", "token_file", "tls_ca", "tls_server_name", "timeout_s"}
 
 
-class TargetError(RuntimeError):
+class TargetError(AutonadError, RuntimeError):
     """A target cannot be resolved or reached; the message is one line for the user."""
 
 

@@ -15,8 +15,10 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from autonad_edge.errors import AutonadError
 
-class BudgetError(ValueError):
+
+class BudgetError(AutonadError, ValueError):
     """A budget that cannot hold even the smallest run."""
 
 

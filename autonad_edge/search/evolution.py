@@ -29,11 +29,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from autonad_edge.errors import AutonadError
 from autonad_edge.io import atomic_write_json
 from autonad_edge.space import Arch, ChoicePrior, SearchSpace
 
 
-class SearchError(RuntimeError):
+class SearchError(AutonadError, RuntimeError):
     """A search that cannot run as configured (e.g. an infeasible budget)."""
 
 

@@ -28,12 +28,13 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
+from autonad_edge.errors import AutonadError
 from autonad_edge.io import atomic_write_json, json_safe as _json_safe
 
 STAGES = ("supernet", "latency", "search", "retrain", "export", "engine", "report")
 
 
-class PipelineError(RuntimeError):
+class PipelineError(AutonadError, RuntimeError):
     """A run that cannot go on; the message is one line naming the problem."""
 
 

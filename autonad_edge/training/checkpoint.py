@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from autonad_edge.errors import AutonadError
 from autonad_edge.io import atomic_write_bytes
 from autonad_edge.space import Arch, ArchError, SearchSpace, load_arch
 
@@ -43,7 +44,7 @@ CHECKPOINT_VERSION = 1
 KINDS = ("supernet", "subnet", "baseline")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(AutonadError, ValueError):
     """A checkpoint file that is missing, unreadable or not what the caller needs (one line)."""
 
 

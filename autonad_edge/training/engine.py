@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from autonad_edge.errors import AutonadError
 from autonad_edge.io import atomic_write_json
 from autonad_edge.space import Arch, SearchSpace
 from autonad_edge.training.checkpoint import (
@@ -60,7 +61,7 @@ SPLITS_FILE = "splits.json"
 LOG_FILE = "train_log.jsonl"
 
 
-class ResumeError(ValueError):
+class ResumeError(AutonadError, ValueError):
     """A resume that would not continue the same run (different config, split or world size)."""
 
 
