@@ -25,6 +25,7 @@ from autonad_edge.training.predict import class_colours, overlay
 PANEL_HEIGHT = 160
 GAP = 4
 LABEL_HEIGHT = 16
+CHAR_WIDTH = 6  # PIL's default bitmap font
 
 
 def image_scores(matrices: np.ndarray) -> list[float]:
@@ -82,14 +83,15 @@ def prediction_grid(model: nn.Module, dataset: Dataset, out_path: str | Path, *,
                   overlay(rgb, prediction, colours)]
         h, w = rgb.shape[:2]
         width = max(1, round(w * PANEL_HEIGHT / h))
-        strip = Image.new("RGB", (3 * width + 2 * GAP, PANEL_HEIGHT + LABEL_HEIGHT), "white")
+        name = ids[index] if ids is not None else str(index)
+        kind = "worst" if rank < count else "best"
+        label = f"{kind}: {name}, defect IoU {100 * scores[index]:.1f}%  (image | truth | prediction)"
+        strip_width = max(3 * width + 2 * GAP, CHAR_WIDTH * len(label) + 4)
+        strip = Image.new("RGB", (strip_width, PANEL_HEIGHT + LABEL_HEIGHT), "white")
         for k, panel in enumerate(panels):
             strip.paste(Image.fromarray(panel).resize((width, PANEL_HEIGHT), Image.NEAREST),
                         (k * (width + GAP), LABEL_HEIGHT))
-        name = ids[index] if ids is not None else str(index)
-        kind = "worst" if rank < count else "best"
-        ImageDraw.Draw(strip).text((2, 2), f"{kind}: {name}, defect IoU {100 * scores[index]:.1f}%  "
-                                           "(image | truth | prediction)", fill="black")
+        ImageDraw.Draw(strip).text((2, 2), label, fill="black")
         rows.append(strip)
         records.append({"index": int(index), "id": name, "defect_iou": scores[index], "row": kind})
     legend = Image.new("RGB", (max([r.width for r in rows] + [200]), LABEL_HEIGHT + 4), "white")
@@ -98,7 +100,7 @@ def prediction_grid(model: nn.Module, dataset: Dataset, out_path: str | Path, *,
     for name, colour in zip(class_names[1:], colours[1:]):
         draw.rectangle([x, 4, x + 10, 14], fill=tuple(colour))
         draw.text((x + 14, 3), name, fill="black")
-        x += 14 + 7 * len(name) + 12
+        x += 14 + CHAR_WIDTH * len(name) + 12
     width = max(r.width for r in [legend, *rows])
     grid = Image.new("RGB", (width, legend.height + sum(r.height + GAP for r in rows)), "white")
     grid.paste(legend, (0, 0))
