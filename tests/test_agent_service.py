@@ -234,10 +234,16 @@ def test_tls(tmp_path: Path):
                 plaintext.device_info(timeout_s=5)
 
 
-def test_sigterm_reports_not_serving_then_exits_cleanly(tmp_path: Path):
-    token_file = tmp_path / "token"
-    token_file.write_text(TOKEN)
-    token_file.chmod(0o600)
+@pytest.fixture
+def token_file(tmp_path: Path) -> Path:
+    """TOKEN in a file only its owner can read (what `autonad-agent serve --token-file` wants)."""
+    path = tmp_path / "token"
+    path.write_text(TOKEN)
+    path.chmod(0o600)
+    return path
+
+
+def test_sigterm_reports_not_serving_then_exits_cleanly(token_file: Path):
     with testing.AgentProcess(token_file, "--shutdown-grace-s", "2") as agent:
         channel = grpc.insecure_channel(agent.address)
         try:
@@ -401,10 +407,7 @@ def test_idle_uploads_neither_block_health_nor_outlive_the_receive_deadline():
         server.stop(grace_s=0)
 
 
-def test_a_health_check_just_after_sigterm_is_answered_not_serving(tmp_path: Path):
-    token_file = tmp_path / "token"
-    token_file.write_text(TOKEN)
-    token_file.chmod(0o600)
+def test_a_health_check_just_after_sigterm_is_answered_not_serving(token_file: Path):
     with testing.AgentProcess(token_file, "--shutdown-grace-s", "2") as agent:
         channel = grpc.insecure_channel(agent.address)
         try:
