@@ -307,7 +307,6 @@ def test_worker_exits_when_its_agent_is_killed_mid_measurement():
         while time.monotonic() - killed < 10 and any(_running(w) for w in workers):
             time.sleep(0.1)
         assert not [w for w in workers if _running(w)], "a worker outlived its agent"
-        assert time.monotonic() - killed < 10
         client.close()
 
 
@@ -360,9 +359,9 @@ def test_a_cancelled_request_frees_the_device_at_once(agent, client):
         time.sleep(3.0)  # well into the timed runs
         assert not future.done()
         future.cancel()
-        cancelled = time.monotonic()
+        # 20 s is less than what the cancelled measurement had left: served only if it was stopped.
         m = client.measure(testing.conv_model(seed=6), policy=FAST, timeout_s=20)
-        assert m.runs >= 5 and time.monotonic() - cancelled < 10
+        assert m.runs >= 5
     finally:
         channel.close()
     assert agent.service.worker("onnxruntime").pid not in (None, before)  # stopped, then a fresh one
@@ -387,12 +386,10 @@ def test_idle_uploads_neither_block_health_nor_outlive_the_receive_deadline():
     try:
         idle = [stub.Measure.future(idle_upload(), timeout=60, metadata=auth) for _ in range(8)]
         time.sleep(0.5)
-        started = time.monotonic()
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
         assert health.status == health_pb2.HealthCheckResponse.SERVING
         with AgentClient(server.address, token=TOKEN, timeout_s=10) as client:
-            assert client.device_info().backends
-            assert time.monotonic() - started < 5
+            assert client.device_info(timeout_s=5).backends
             # Half the threads take uploads (4 here): the other four idle streams were refused.
             refused = [f for f in idle if f.done()]
             assert len(refused) == 4 and all(f.exception().code() == grpc.StatusCode.RESOURCE_EXHAUSTED

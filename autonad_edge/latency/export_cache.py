@@ -130,14 +130,21 @@ class ExportCache:
             return
         with self._lock:
             if self._size is None:
-                self._size = self._disk_size()
+                self._size = self.size_bytes()
             else:
                 self._size += len(blob)
             if self._size > self.max_bytes:
                 self._evict()
 
     def size_bytes(self) -> int:
-        return self._disk_size()
+        """Bytes the entries take on disk now."""
+        total = 0
+        for path in self.entries():
+            try:
+                total += path.stat().st_size
+            except OSError:
+                pass
+        return total
 
     def entries(self) -> list[Path]:
         return sorted(self.root.glob(f"*/*{_SUFFIX}")) if self.root.exists() else []
@@ -149,15 +156,6 @@ class ExportCache:
             self._size = 0
 
     # ---- internals -----------------------------------------------------------------------
-    def _disk_size(self) -> int:
-        total = 0
-        for path in self.entries():
-            try:
-                total += path.stat().st_size
-            except OSError:
-                pass
-        return total
-
     def _forget(self, path: Path, size: int) -> None:
         path.unlink(missing_ok=True)
         if self._size is not None:
