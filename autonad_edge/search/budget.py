@@ -122,6 +122,56 @@ def plan_budget(costs: StageCosts, budget_s: float, *, population: int, generati
 SUBNET_TIMING_S = 4.0
 
 
+def _probe_batch(config, data, seed: int):
+    """One training batch of the run's crops (images, masks) and its loss."""
+    import torch
+
+    from autonad_edge.data.crops import CropConfig
+    from autonad_edge.training.losses import SegmentationLoss
+
+    crops = data.train_crops(seed, CropConfig(config.crop_hw, config.defect_crop_share))
+    batch = [crops[i % len(crops)] for i in range(config.batch_size)]
+    images = torch.stack([b[0] for b in batch])
+    masks = torch.stack([b[1] for b in batch])
+    return images, masks, SegmentationLoss(config.loss, data.ignore_index), len(crops)
+
+
+def _seconds_per_step(step, steps: int) -> float:
+    """Mean wall time of `steps` calls after one untimed warm-up call."""
+    import time
+
+    step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - start) / steps
+
+
+def _retrain_step_s(arch, space, data, images, masks, loss_fn, steps: int) -> float:
+    import torch
+
+    from autonad_edge.models.network import SegmentationNet
+
+    net = SegmentationNet.from_arch(arch, space, data.num_classes).train()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-6)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss_fn(net(images), masks).backward()
+        opt.step()
+
+    return _seconds_per_step(step, steps)
+
+
+def measure_retrain_step(retrain_config, space, data, arch, *, steps: int = 3, seed: int = 0) -> float:
+    """Seconds of one retraining step of `arch` with the run's batch and crop size."""
+    import torch
+
+    torch.manual_seed(seed)
+    images, masks, loss_fn, _ = _probe_batch(retrain_config, data, seed)
+    return _retrain_step_s(arch, space, data, images, masks, loss_fn, steps)
+
+
 def measure_costs(supernet_config, retrain_config, space, data, *, units_to_time: int, subnets_to_time: int,
                   unit_timing_s: float, steps: int = 3, seed: int = 0) -> StageCosts:
     """Time `steps` supernet steps (as configured: sandwich or one subnet), `steps` retraining
@@ -132,29 +182,14 @@ def measure_costs(supernet_config, retrain_config, space, data, *, units_to_time
 
     import torch
 
-    from autonad_edge.data.crops import CropConfig
-    from autonad_edge.models.network import SegmentationNet
     from autonad_edge.models.supernet import HybridSupernet
     from autonad_edge.training.calibration import calibrate
     from autonad_edge.training.engine import steps_per_epoch
-    from autonad_edge.training.losses import SegmentationLoss
     from torch.utils.data import Subset
 
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    crops = data.train_crops(seed, CropConfig(supernet_config.crop_hw, supernet_config.defect_crop_share))
-    batch = [crops[i % len(crops)] for i in range(supernet_config.batch_size)]
-    images = torch.stack([b[0] for b in batch])
-    masks = torch.stack([b[1] for b in batch])
-    loss_fn = SegmentationLoss(supernet_config.loss, data.ignore_index)
-
-    def timed(step) -> float:
-        step()
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        return (time.perf_counter() - start) / steps
-
+    images, masks, loss_fn, n = _probe_batch(supernet_config, data, seed)
     supernet = HybridSupernet(space, data.num_classes, supernet_config.sharing).train()
     sup_opt = torch.optim.AdamW(supernet.parameters(), lr=1e-6)
     n_sub = 2 + supernet_config.sandwich_random if supernet_config.sandwich else 1
@@ -166,16 +201,9 @@ def measure_costs(supernet_config, retrain_config, space, data, *, units_to_time
             loss_fn(supernet(images), masks).backward()
         sup_opt.step()
 
+    sup_s = _seconds_per_step(supernet_step, steps)
     arch = space.sample(rng)
-    net = SegmentationNet.from_arch(arch, space, data.num_classes).train()
-    net_opt = torch.optim.Adam(net.parameters(), lr=1e-6)
-
-    def retrain_step():
-        net_opt.zero_grad(set_to_none=True)
-        loss_fn(net(images), masks).backward()
-        net_opt.step()
-
-    sup_s, re_s = timed(supernet_step), timed(retrain_step)
+    re_s = _retrain_step_s(arch, space, data, images, masks, loss_fn, steps)
     # A candidate's val score as the search computes it (calibrated), after an untimed first
     # call (lazy imports, allocator warm-up).
     probe = Subset(data.val, list(range(min(4, len(data.val)))))
@@ -184,7 +212,6 @@ def measure_costs(supernet_config, retrain_config, space, data, *, units_to_time
     start = time.perf_counter()
     calibrate(supernet, probe, arch, num_classes=data.num_classes, tile_size=tile)
     per_image = (time.perf_counter() - start) / max(len(probe), 1)
-    n = len(crops)
     return StageCosts(
         supernet_step_s=sup_s, retrain_step_s=re_s, val_eval_s=per_image * len(data.val),
         supernet_steps_per_epoch=steps_per_epoch(n, supernet_config.batch_size),
@@ -204,4 +231,17 @@ def scale_epochs(epochs: int, train_images: int, reference_images: int, *, low: 
     return max(1, round(epochs * factor))
 
 
-__all__ = ["BudgetError", "BudgetPlan", "StageCosts", "evaluations", "measure_costs", "plan_budget", "scale_epochs"]
+def replan_retrain(costs: StageCosts, budget_s: float, elapsed_s: float, *, margin: float = 0.07,
+                   min_epochs: int = 2) -> int:
+    """Retraining epochs that fit what is left of the budget once the search has chosen.
+
+    The plan's fixed costs are estimates made before any block was timed; by the retrain
+    stage they are spent and known, so the time left (less export, report and the margin) all
+    goes to the network that is delivered. `costs.retrain_step_s` should be the chosen subnet's.
+    """
+    left = budget_s - elapsed_s - costs.export_s - margin * budget_s
+    return max(min_epochs, int(left // retrain_epoch_s(costs)))
+
+
+__all__ = ["BudgetError", "BudgetPlan", "StageCosts", "evaluations", "measure_costs", "measure_retrain_step",
+           "plan_budget", "replan_retrain", "scale_epochs"]

@@ -239,11 +239,19 @@ class SearchPipeline:
         self.out = Path(self.cfg.out)
         self.log = log
         self.stage_times: dict[str, tuple[str, float]] = {}
+        # The run's clock across resumes: this process's time plus what earlier ones spent.
+        self._started = time.perf_counter()
+        self._earlier_s = 0.0
+
+    def elapsed_s(self) -> float:
+        """Seconds this run has worked so far, in this process and the ones it resumes."""
+        return self._earlier_s + time.perf_counter() - self._started
 
     # ---- helpers -------------------------------------------------------------------------
     def _stage(self, stages: StageLog, name: str, fn: Callable[[], dict[str, Any]], note: str = "") -> dict[str, Any]:
         if stages.done(name):
             self.stage_times[name] = ("resumed", stages.records[name]["wall_s"])
+            self._earlier_s += stages.records[name]["wall_s"]
             self.log(f"[{name}] done in an earlier run; skipped")
             return stages.result(name)
         self.log(f"[{name}] ...")
@@ -263,6 +271,7 @@ class SearchPipeline:
         from autonad_edge.space import ArchError, SearchSpace
 
         cfg = self.cfg
+        self._started, self._earlier_s = time.perf_counter(), 0.0
         self.out.mkdir(parents=True, exist_ok=True)
         self._check_config_unchanged()
         if cfg.export_cache:
@@ -321,6 +330,7 @@ class SearchPipeline:
         path = self.out / "plan.json"
         if path.exists():
             saved = json.loads(path.read_text(encoding="utf-8"))
+            self._earlier_s += saved.get("plan_s", 0.0)
             return replace(cfg, **saved["epochs"])
         given, preset = self.given, cfg.preset_values
         epochs: dict[str, int] = {}
@@ -360,6 +370,7 @@ class SearchPipeline:
             record = {"epochs": {}, "plan": None, "scaled_for_images": len(data.train)}
         # Values given on the command line win over the plan.
         record["epochs"] = {k: v for k, v in epochs.items() if k not in given}
+        record["plan_s"] = self.elapsed_s()  # data loading and the probes: the run's first costs
         atomic_write_json(path, record)
         return replace(cfg, **record["epochs"])
 
@@ -560,8 +571,9 @@ class _RunContext:
         from autonad_edge.training.evaluate import evaluate
         from autonad_edge.training.retrain import BEST_FILE, retrain
 
-        cfg, out_dir = self.cfg, self.out / "retrain"
         arch = self._best_arch()
+        self._replan_retrain(arch)
+        cfg, out_dir = self.cfg, self.out / "retrain"
         config = cfg.retrain_config(self.out / "supernet" / "supernet.pt")
         resume = (out_dir / "last.pt").exists()
         summary = retrain(config, self.data, out_dir, space=self.space, arch=arch, resume=resume, quiet=cfg.quiet)
@@ -584,6 +596,35 @@ class _RunContext:
             pictures = {"path": str(self.out / "predictions.png"), "split": split, "rows": rows}
         return {"checkpoint": str(ckpt), "metrics": _json_safe(results), "calibration": summary.get("calibration"),
                 "pictures": pictures}
+
+    def _replan_retrain(self, arch) -> None:
+        """On a time budget, give retraining all the time the earlier stages left (their costs
+        were estimates when the plan was made), once: the figure is kept in ``plan.json`` so a
+        resumed retrain keeps its schedule."""
+        from dataclasses import replace
+
+        from autonad_edge.search.budget import StageCosts, measure_retrain_step, replan_retrain
+
+        path = self.out / "plan.json"
+        record = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        if not record.get("plan") or "retrain_epochs" in self.p.given:
+            return
+        if "replanned" not in record:
+            costs = StageCosts(**record["costs"])
+            step_s = measure_retrain_step(self.cfg.retrain_config("probe"), self.space, self.data, arch,
+                                          seed=self.cfg.seed)
+            costs = replace(costs, retrain_step_s=step_s)
+            elapsed = self.p.elapsed_s()
+            epochs = replan_retrain(costs, record["plan"]["budget_s"], elapsed)
+            record["replanned"] = {"elapsed_s": elapsed, "retrain_step_s": step_s,
+                                   "planned_retrain_epochs": record["epochs"].get("retrain_epochs"),
+                                   "retrain_epochs": epochs}
+            record["epochs"]["retrain_epochs"] = epochs
+            atomic_write_json(path, record)
+            self.p.log(f"[retrain] {elapsed / 60:.1f} of {record['plan']['budget_s'] / 60:.0f} min spent: "
+                       f"retraining {epochs} epochs (planned {record['replanned']['planned_retrain_epochs']})")
+        epochs = record["epochs"]["retrain_epochs"]
+        self.cfg = self.p.cfg = replace(self.cfg, retrain_epochs=epochs)
 
     # ---- 5. export -----------------------------------------------------------------------
     def export(self) -> dict[str, Any]:
