@@ -138,6 +138,19 @@ def test_fit_correction_recovers_a_linear_relation_and_shrinks_to_the_sum():
     assert report["within_5pct"] == pytest.approx(2 / 3) and report["within_10pct"] == 1.0
 
 
+def test_a_corrected_estimate_never_falls_below_a_share_of_the_block_sum():
+    from autonad_edge.latency.estimator import MIN_SHARE_OF_SUM
+
+    # A fit with a large negative intercept (seen on a busy host) extrapolated to a small subnet.
+    correction = Correction.identity()
+    correction.weights.update(sum_conv=0.9, bias=-3.0)
+    small = {f: 0.0 for f in FEATURES}
+    small.update(sum_conv=1.0, sum_embed=0.2, bias=1.0)
+    assert correction.apply(small) == pytest.approx(MIN_SHARE_OF_SUM * 1.2)
+    large = dict(small, sum_conv=10.0)
+    assert correction.apply(large) == pytest.approx(0.9 * 10.0 + 0.2 - 3.0)
+
+
 def test_background_profiler_measures_without_blocking_submit(lab, tmp_path):
     space, pool = lab["space"], lab["pool"]
     rng = random.Random(3)

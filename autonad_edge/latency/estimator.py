@@ -49,6 +49,10 @@ RIDGE_GRID = tuple(10.0**e for e in range(-6, 3))
 # Which statistic of the measurements to add up: the median by default; the minimum is far
 # less sensitive to other load on a shared machine (use it there, for units and subnets alike).
 STATS = ("median", "min", "mean", "p90")
+# A corrected estimate never goes below this share of the plain block sum: the linear fit
+# (negative bias, a kind weighted below zero) can extrapolate a small subnet to a negative or
+# near-zero latency, which would make the search prefer it for nothing.
+MIN_SHARE_OF_SUM = 0.25
 
 
 class EstimateError(AutonadError, LookupError):
@@ -84,7 +88,9 @@ class Correction:
         return cls({f: (1.0 if f.startswith("sum_") else 0.0) for f in FEATURES})
 
     def apply(self, features: dict[str, float]) -> float:
-        return sum(self.weights.get(name, 0.0) * features.get(name, 0.0) for name in FEATURES)
+        corrected = sum(self.weights.get(name, 0.0) * features.get(name, 0.0) for name in FEATURES)
+        plain = sum(v for k, v in features.items() if k.startswith("sum_"))
+        return max(corrected, MIN_SHARE_OF_SUM * plain)
 
     def to_dict(self) -> dict[str, Any]:
         return {
