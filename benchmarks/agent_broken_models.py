@@ -29,29 +29,6 @@ QUICK = MeasurementPolicy(warmup_runs=1, warmup_ms=0, min_runs=5, min_duration_m
                           max_repeats=0)
 
 
-def endless_loop_model() -> bytes:
-    """A Loop whose trip count is 2^62 and whose condition stays true: it never ends."""
-    body = helper.make_graph(
-        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Add", ["v_in", "one"], ["v_out"])],
-        "body",
-        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
-         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [1])],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [1])],
-        [numpy_helper.from_array(np.array([1.0], dtype=np.float32), "one")],
-    )
-    graph = helper.make_graph(
-        [helper.make_node("Loop", ["trips", "cond", "x"], ["y"], body=body)],
-        "endless",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
-        [numpy_helper.from_array(np.array(2**62, dtype=np.int64), "trips"),
-         numpy_helper.from_array(np.array(True), "cond")],
-    )
-    return testing._model(graph).SerializeToString()
-
-
 def wrong_initializer_model() -> bytes:
     """An initializer declared [64, 64] holding 3 floats."""
     weight = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[64, 64], raw_data=np.zeros(3, np.float32).tobytes())
@@ -79,7 +56,7 @@ def cases() -> list[tuple[str, bytes, list | None]]:
         ("empty", b"\0", None),
         ("garbage", secrets.token_bytes(4096), None),
         ("truncated", valid[: len(valid) // 2], None),
-        ("endless loop", endless_loop_model(), None),
+        ("endless loop", testing.endless_loop_model(), None),
         ("unknown op", testing.unknown_op_model(), None),
         ("custom domain", testing.custom_domain_model(), None),
         ("huge declared input", huge_input_model(), None),

@@ -213,6 +213,28 @@ def test_plugin_status_when_not_built_or_stale(tmp_path: Path, monkeypatch: pyte
     (tmp_path / plugin_build.PLUGIN_MANIFEST_NAME).unlink()
     status = trt_backend._try_load_plugin(rt)
     assert not status.loaded and "cannot be loaded" in status.detail
+    # No manifest, but the library links another major's runtime: refused before loading it.
+    library.write_bytes(b"\x7fELF...\x00libnvinfer.so.11\x00libcudart.so.12\x00...")
+    status = trt_backend._try_load_plugin(rt)
+    assert not status.loaded and "links TensorRT 11 but the runtime is 10.3.0" in status.detail
+
+
+def test_find_tensorrt_refuses_headers_and_runtime_of_different_majors(tmp_path: Path) -> None:
+    (tmp_path / "include").mkdir()
+    (tmp_path / "include" / "NvInfer.h").write_text("// headers\n")
+    (tmp_path / "include" / "NvInferVersion.h").write_text(
+        "#define NV_TENSORRT_MAJOR 10\n#define NV_TENSORRT_MINOR 3\n#define NV_TENSORRT_PATCH 0\n")
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "libnvinfer.so.11.1.0").write_bytes(b"\x7fELF")
+    (tmp_path / "lib" / "libnvinfer.so").symlink_to("libnvinfer.so.11.1.0")
+    assert plugin_build.library_tensorrt_major(tmp_path / "lib" / "libnvinfer.so") == 11
+    install, missing = plugin_build.find_tensorrt(tmp_path)
+    assert install is None and any("TensorRT 10.3.0" in m and "is TensorRT 11" in m for m in missing)
+    (tmp_path / "lib" / "libnvinfer.so").unlink()
+    (tmp_path / "lib" / "libnvinfer.so").symlink_to("libnvinfer.so.10.3.0")
+    (tmp_path / "lib" / "libnvinfer.so.10.3.0").write_bytes(b"\x7fELF")
+    install, missing = plugin_build.find_tensorrt(tmp_path)
+    assert missing == [] and install is not None and install.version == (10, 3, 0)
 
 
 # ----------------------------------------------------------------------------- fake runtime

@@ -166,6 +166,24 @@ def _find_libnvinfer(dirs: list[Path], major: Optional[int]) -> Optional[Path]:
     return None
 
 
+_LIBNVINFER_MAJOR = re.compile(rb"libnvinfer\.so\.(\d+)")
+
+
+def library_tensorrt_major(path: Path) -> Optional[int]:
+    """The TensorRT major a shared library belongs to, without loading it: from the versioned
+    name it resolves to (``libnvinfer.so -> libnvinfer.so.10.3.0``), else from the one
+    ``libnvinfer.so.<major>`` it names (its SONAME, or the dependency a plugin links against,
+    both in its dynamic string table). None when that cannot be told."""
+    match = _LIBNVINFER_MAJOR.search(Path(path).resolve().name.encode())
+    if match:
+        return int(match.group(1))
+    try:
+        majors = {int(m) for m in _LIBNVINFER_MAJOR.findall(Path(path).read_bytes())}
+    except OSError:
+        return None
+    return majors.pop() if len(majors) == 1 else None
+
+
 def _short(paths: list[Path]) -> str:
     return ", ".join(str(p) for p in paths)
 
@@ -188,6 +206,13 @@ def find_tensorrt(tensorrt_root: Optional[Path] = None) -> tuple[Optional[Tensor
     library = _find_libnvinfer(lib_dirs, version[0] if version else None)
     if library is None:
         missing.append(f"libnvinfer (TensorRT runtime library; searched {_short(lib_dirs)})")
+    if library is not None and version is not None:
+        library_major = library_tensorrt_major(library)
+        if library_major is not None and library_major != version[0]:
+            # A plugin compiled against one major's headers and linked to another's runtime
+            # loads, then breaks at engine build: refuse the mix here.
+            missing.append(f"headers and runtime of one TensorRT: {include_dir} has TensorRT "
+                           f"{'.'.join(map(str, version))}, {library} is TensorRT {library_major}")
     if missing or include_dir is None or library is None or version is None:
         return None, missing
     return TensorRTInstall(include_dir=include_dir, library=library, version=version), []

@@ -81,8 +81,15 @@ class AgentConfig:
     max_model_mb: int = 256
     threads: int | None = None
     worker_memory_mb: int = 8192  # 0: no limit
-    # The longest a request may hold the device, whatever deadline the caller set.
-    max_request_s: float = 600.0
+    # Device-time budget of one Measure request (parsing, loading, warm-up and timed runs),
+    # whatever deadline the caller set; beyond it the worker is killed and restarted and the
+    # caller gets DEADLINE_EXCEEDED. TensorRT builds an engine per request: keep it >= a minute.
+    max_request_s: float = 120.0
+    # A model's first inference must end this long after it starts (an endless Loop is stopped
+    # here, not at the end of the request's budget).
+    first_run_timeout_s: float = 20.0
+    # Budget of one BuildEngine request: a full TensorRT build on a Jetson takes minutes.
+    max_build_s: float = 1800.0
     shutdown_grace_s: float = 5.0
     cache_entries: int = 1024
     rpc_threads: int = 8
@@ -107,6 +114,8 @@ class AgentConfig:
             raise ValueError("max_model_mb must be >= 1")
         if self.receive_timeout_s <= 0:
             raise ValueError("receive_timeout_s must be positive")
+        if min(self.max_request_s, self.first_run_timeout_s, self.max_build_s) <= 0:
+            raise ValueError("max_request_s, first_run_timeout_s and max_build_s must be positive")
         if self.upload_slots < 1:
             raise ValueError("max_uploads must be >= 1 (and rpc_threads >= 2)")
 
@@ -303,9 +312,11 @@ class LatencyAgentService(pb_grpc.LatencyAgentServicer):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{label} not available on this agent: {detail}")
         return name
 
-    def _timeout(self, context: grpc.ServicerContext) -> float:
+    def _timeout(self, context: grpc.ServicerContext, budget_s: float | None = None) -> float:
+        """What is left of the request: the caller's deadline, capped at the agent's budget."""
+        budget_s = self.config.max_request_s if budget_s is None else budget_s
         remaining = context.time_remaining()
-        return self.config.max_request_s if remaining is None else min(remaining, self.config.max_request_s)
+        return budget_s if remaining is None else min(remaining, budget_s)
 
     @contextlib.contextmanager
     def _device(self, context: grpc.ServicerContext) -> Iterator[None]:
@@ -317,7 +328,8 @@ class LatencyAgentService(pb_grpc.LatencyAgentServicer):
         finally:
             self.device_lock.release()
 
-    def _call_worker(self, context: grpc.ServicerContext, backend: str, request: dict, payload: bytes):
+    def _call_worker(self, context: grpc.ServicerContext, backend: str, request: dict, payload: bytes,
+                     budget_s: float | None = None):
         """One worker request (caller holds the device), failures mapped to gRPC errors. A
         caller that cancels (or whose connection drops) stops the worker at once, so the
         device is free for the next request instead of timing a model for nobody."""
@@ -333,7 +345,8 @@ class LatencyAgentService(pb_grpc.LatencyAgentServicer):
             in_flight.clear()
             context.abort(grpc.StatusCode.CANCELLED, "the caller is gone")
         try:
-            return worker.call(request, payload, timeout_s=self._timeout(context))
+            return worker.call(request, payload, timeout_s=self._timeout(context, budget_s),
+                               first_run_timeout_s=self.config.first_run_timeout_s)
         except WorkerError as exc:
             log.warning("%s request failed (%s): %s", request["op"], exc.kind, exc.message)
             context.abort(_WORKER_ERROR_CODES.get(exc.kind, grpc.StatusCode.INTERNAL), exc.message)
@@ -431,6 +444,9 @@ class LatencyAgentService(pb_grpc.LatencyAgentServicer):
             max_model_bytes=self.config.max_model_bytes,
             auth_required=self.config.token is not None,
             tls=self.config.tls_cert is not None,
+            max_request_s=self.config.max_request_s,
+            first_run_timeout_s=self.config.first_run_timeout_s,
+            max_build_s=self.config.max_build_s,
         )
 
     def BuildEngine(self, request_iterator: Iterator[pb.BuildEngineRequest], context: grpc.ServicerContext):
@@ -443,7 +459,8 @@ class LatencyAgentService(pb_grpc.LatencyAgentServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown precision {header.precision}")
         request = {"op": "build_engine", "precision": precision.value}
         with self._device(context):
-            result, engine = self._call_worker(context, backend, request, upload.model)
+            result, engine = self._call_worker(context, backend, request, upload.model,
+                                               budget_s=self.config.max_build_s)
         info = self.worker(backend).info
         assert info is not None
         manifest = dict(result["manifest"])

@@ -44,6 +44,29 @@ def conv_model(channels: int = 16, size: int = 32, input_name: str = "x", seed: 
     return _model(graph).SerializeToString()
 
 
+def endless_loop_model() -> bytes:
+    """A Loop whose trip count is 2^62 and whose condition stays true: it never ends."""
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Add", ["v_in", "one"], ["v_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [1])],
+        [numpy_helper.from_array(np.array([1.0], dtype=np.float32), "one")],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["trips", "cond", "x"], ["y"], body=body)],
+        "endless",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+        [numpy_helper.from_array(np.array(2**62, dtype=np.int64), "trips"),
+         numpy_helper.from_array(np.array(True), "cond")],
+    )
+    return _model(graph).SerializeToString()
+
+
 def big_initializer_model(megabytes: float = 20.0) -> bytes:
     """A model of about `megabytes` whose graph stays cheap: y = x + W[0] for a large W."""
     count = int(megabytes * 1024 * 1024 / 4)

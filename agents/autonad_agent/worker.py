@@ -45,6 +45,9 @@ TEST_ABORT_ENV = "AUTONAD_AGENT_TESTING_ABORT_ON_INPUT"
 log = logging.getLogger("autonad_agent.worker")
 
 
+FIRST_RUN_PHASE = "running the model once"
+
+
 class WorkerError(Exception):
     """A request the worker could not complete. `kind` selects the gRPC status:
     rejected, unavailable, memory, crashed, timeout, cancelled or internal."""
@@ -107,6 +110,9 @@ class _WorkerLoop:
         self.channel = channel
         self.backend = backend_class(backend_name)(threads=threads)
         self.capabilities = self.backend.capabilities()
+        # The agent stops a model whose first inference never ends (an endless Loop, a
+        # pathological graph) long before the request's budget.
+        self.backend.before_first_run = lambda: self._phase(FIRST_RUN_PHASE)
         self.fingerprint = {**host_fingerprint(), **self.backend.fingerprint(), "backend": backend_name}
         self.abort_on_input = os.environ.get(TEST_ABORT_ENV) or None
 
@@ -353,21 +359,34 @@ class WorkerProcess:
         log.info("%s worker started (pid %d)", self.backend, self._proc.pid)
         return self._info
 
-    def call(self, request: dict[str, Any], payload: bytes, timeout_s: float) -> tuple[dict[str, Any], bytes]:
-        """Send one request and wait for its result. Raises WorkerError; a crashed or
+    def call(self, request: dict[str, Any], payload: bytes, timeout_s: float,
+             first_run_timeout_s: float | None = None) -> tuple[dict[str, Any], bytes]:
+        """Send one request and wait for its result, at most `timeout_s` in all and at most
+        `first_run_timeout_s` for a model's first inference. Raises WorkerError; a crashed or
         timed-out worker is killed here and replaced on the next call."""
         with self._lock:
             self._ensure_started()
             assert self._proc is not None and self._proc.stdin is not None and self._channel is not None
             deadline = time.monotonic() + timeout_s
+            first_run_deadline = None
             phase = "receiving the request"
             self._aborted = None
             try:
                 write_frame(self._proc.stdin, request, payload)
                 while True:
-                    header, result = self._channel.read_frame(deadline)
+                    wait_until = deadline if first_run_deadline is None else min(deadline, first_run_deadline)
+                    try:
+                        header, result = self._channel.read_frame(wait_until)
+                    except TimeoutError:
+                        if first_run_deadline is not None and first_run_deadline < deadline:
+                            self._discard()
+                            raise WorkerError("timeout", f"the model's first inference did not finish within "
+                                                         f"{first_run_timeout_s:g} s; worker restarted") from None
+                        raise
                     if header["type"] == "phase":
                         phase = header["phase"]
+                        first_run_deadline = (time.monotonic() + first_run_timeout_s
+                                              if phase == FIRST_RUN_PHASE and first_run_timeout_s else None)
                         continue
                     if header["type"] == "error":
                         if header["kind"] == "memory":
@@ -378,7 +397,8 @@ class WorkerProcess:
                     return header, result
             except TimeoutError:
                 self._discard()
-                raise WorkerError("timeout", f"worker timed out after {timeout_s:.0f} s while {phase}; restarted") from None
+                raise WorkerError("timeout", f"worker timed out after {timeout_s:.0f} s (the request's budget) "
+                                             f"while {phase}; restarted") from None
             except (EOFError, BrokenPipeError, json.JSONDecodeError, KeyError):
                 reason = self._exit_reason()
                 if self._aborted is not None:

@@ -161,6 +161,10 @@ class DeviceInfo:
     max_model_bytes: int
     auth_required: bool
     tls: bool
+    # The agent's device-time budgets in seconds (0: an agent too old to report them).
+    max_request_s: float = 0.0
+    first_run_timeout_s: float = 0.0
+    max_build_s: float = 0.0
 
     def backend(self, name: str | None = None) -> BackendInfo:
         """The named backend's info (the default backend when `name` is None)."""
@@ -273,6 +277,9 @@ class AgentClient:
             max_model_bytes=response.max_model_bytes,
             auth_required=response.auth_required,
             tls=response.tls,
+            max_request_s=response.max_request_s,
+            first_run_timeout_s=response.first_run_timeout_s,
+            max_build_s=response.max_build_s,
         )
 
     def _chunks(self, model: bytes) -> Iterator[bytes]:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import ClassVar, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import numpy as np
 
@@ -155,6 +155,15 @@ class Backend(abc.ABC):
         # Intra-op CPU threads; None lets the backend choose, but it must then report
         # the number it actually uses in `fingerprint()["threads"]`.
         self.threads = threads
+        # Called just before a loaded model's first inference: the worker reports it, so that
+        # the agent can stop a first run that never ends (see `first_run`).
+        self.before_first_run: Callable[[], None] | None = None
+
+    def first_run(self, model: "LoadedModel") -> float:
+        """A freshly loaded model's first inference (backends' `load` ends with it)."""
+        if self.before_first_run is not None:
+            self.before_first_run()
+        return model.run_once()
 
     @classmethod
     @abc.abstractmethod

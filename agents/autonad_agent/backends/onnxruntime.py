@@ -113,7 +113,7 @@ class OnnxRuntimeBackend(Backend):
         feed = {spec.name: spec.random_array(rng) for spec in inputs}
         model = OnnxRuntimeModel(session, feed)
         try:
-            model.run_once()  # shape/dtype mismatches surface here, as a rejection
+            self.first_run(model)  # shape/dtype mismatches surface here, as a rejection
         except Exception as exc:
             raise _rejection(f"onnxruntime cannot run the model with inputs {list(inputs)}", exc) from None
         return model

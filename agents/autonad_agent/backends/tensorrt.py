@@ -210,6 +210,12 @@ def _try_load_plugin(rt: _Runtime) -> PluginStatus:
     if built_for and built_for.split(".")[0] != str(rt.major):
         return PluginStatus(False, path, f"{path} was built for TensorRT {built_for} but the runtime is "
                                          f"{rt.version}: rebuild it with `autonad-agent build-plugin`")
+    # Without a manifest (copied by hand, or the manifest lost) the library itself says which
+    # libnvinfer it links: loading one of another major would bind a second TensorRT.
+    linked = plugin_build.library_tensorrt_major(path)
+    if linked is not None and linked != rt.major:
+        return PluginStatus(False, path, f"{path} links TensorRT {linked} but the runtime is {rt.version}: "
+                                         "rebuild it with `autonad-agent build-plugin`")
     sha256 = plugin_build.sha256_file(path)
     if manifest.get("sha256") and manifest["sha256"] != sha256:
         return PluginStatus(False, path, f"{path} does not match its build manifest: rebuild it with "
@@ -584,7 +590,7 @@ class TensorRTBackend(Backend):
         feed = {spec.name: spec.random_array(rng) for spec in inputs}
         model = TensorRTModel(self, built.serialized, feed)
         try:
-            model.run_once()  # runtime failures surface here, as a rejection
+            self.first_run(model)  # runtime failures surface here, as a rejection
         except Exception as exc:
             model.close()
             raise ModelRejected(f"TensorRT cannot run the model: {exc}") from None

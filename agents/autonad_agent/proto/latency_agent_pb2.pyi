@@ -163,20 +163,26 @@ class BackendInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., available: _Optional[bool] = ..., reason: _Optional[str] = ..., precisions: _Optional[_Iterable[_Union[Precision, str]]] = ..., can_build_engine: _Optional[bool] = ..., custom_op_domains: _Optional[_Iterable[str]] = ..., details: _Optional[_Mapping[str, str]] = ..., fingerprint: _Optional[_Union[DeviceFingerprint, _Mapping]] = ...) -> None: ...
 
 class DeviceInfo(_message.Message):
-    __slots__ = ("agent_version", "default_backend", "backends", "max_model_bytes", "auth_required", "tls")
+    __slots__ = ("agent_version", "default_backend", "backends", "max_model_bytes", "auth_required", "tls", "max_request_s", "first_run_timeout_s", "max_build_s")
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_BACKEND_FIELD_NUMBER: _ClassVar[int]
     BACKENDS_FIELD_NUMBER: _ClassVar[int]
     MAX_MODEL_BYTES_FIELD_NUMBER: _ClassVar[int]
     AUTH_REQUIRED_FIELD_NUMBER: _ClassVar[int]
     TLS_FIELD_NUMBER: _ClassVar[int]
+    MAX_REQUEST_S_FIELD_NUMBER: _ClassVar[int]
+    FIRST_RUN_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_BUILD_S_FIELD_NUMBER: _ClassVar[int]
     agent_version: str
     default_backend: str
     backends: _containers.RepeatedCompositeFieldContainer[BackendInfo]
     max_model_bytes: int
     auth_required: bool
     tls: bool
-    def __init__(self, agent_version: _Optional[str] = ..., default_backend: _Optional[str] = ..., backends: _Optional[_Iterable[_Union[BackendInfo, _Mapping]]] = ..., max_model_bytes: _Optional[int] = ..., auth_required: _Optional[bool] = ..., tls: _Optional[bool] = ...) -> None: ...
+    max_request_s: float
+    first_run_timeout_s: float
+    max_build_s: float
+    def __init__(self, agent_version: _Optional[str] = ..., default_backend: _Optional[str] = ..., backends: _Optional[_Iterable[_Union[BackendInfo, _Mapping]]] = ..., max_model_bytes: _Optional[int] = ..., auth_required: _Optional[bool] = ..., tls: _Optional[bool] = ..., max_request_s: _Optional[float] = ..., first_run_timeout_s: _Optional[float] = ..., max_build_s: _Optional[float] = ...) -> None: ...
 
 class BuildEngineHeader(_message.Message):
     __slots__ = ("backend", "precision", "model_size")
