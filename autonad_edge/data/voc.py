@@ -8,8 +8,9 @@
                                               first); else background, class1..classN-1 with
                                               N = the largest label found + 1
 
-Label 255 means "ignore". A missing val.txt is derived from train.txt (seeded and stratified by
-dominant class, see `splits.py`); a missing test.txt leaves the test split empty.
+Label 255 means "ignore". A missing val.txt or test.txt is carved out of train.txt (seeded and
+stratified by dominant class, see `splits.py` and `dataset.py`; the split manifest records it),
+so that no figure is called "test" that was used to choose a model.
 """
 
 from __future__ import annotations
