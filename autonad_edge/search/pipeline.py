@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -48,7 +48,7 @@ from autonad_edge.space import ArchError, SearchSpace
 
 STAGES = ("supernet", "latency", "search", "retrain", "export", "engine", "report")
 # Settings a rerun may change without making it another run.
-VOLATILE = {"quiet", "device", "generations", "targets_path", "export_cache"}
+VOLATILE = {"quiet", "device", "generations", "targets_path", "export_cache", "explicit"}
 
 __all__ = ["PRESETS", "STAGES", "PipelineConfig", "PipelineError", "Preset", "SearchPipeline",
            "measurement_policy", "run_search"]
@@ -58,8 +58,7 @@ class SearchPipeline:
     def __init__(self, config: PipelineConfig, log: Callable[[str], None] = print) -> None:
         self.cfg = config.resolved()
         # The budgets set explicitly (not from the preset): a plan never overrides them.
-        self.given = frozenset(f.name for f in fields(config) if getattr(config, f.name) is not None
-                               and f.name in asdict(PRESETS[self.cfg.preset]))
+        self.given = frozenset(self.cfg.explicit)
         self.out = Path(self.cfg.out)
         self.log = log
         self.clock = RunClock()
@@ -116,8 +115,8 @@ class SearchPipeline:
         try:
             data = load_dataset(
                 cfg.data, cfg.format, image_size=cfg.image_size, seed=cfg.seed,
-                synthetic_count=cfg.preset_values.synthetic_count, manifest=manifest,
-                keep_aspect=cfg.preset_values.keep_aspect, max_side=cfg.preset_values.max_side,
+                synthetic_count=cfg.synthetic_count, manifest=manifest,
+                keep_aspect=cfg.keep_aspect, max_side=cfg.max_side,
             )
         except DatasetError as exc:
             raise PipelineError(f"dataset: {exc}") from None
@@ -134,7 +133,9 @@ def _check_config_unchanged(out: Path, cfg: PipelineConfig) -> None:
     current = asdict(cfg)
     if path.exists():
         saved = json.loads(path.read_text(encoding="utf-8"))
-        changed = sorted(k for k in current if k not in VOLATILE and saved.get(k) != current[k])
+        # A field the saved config lacks was not recorded yet when it was written (it came
+        # from the preset): only the recorded ones can tell.
+        changed = sorted(k for k in current if k not in VOLATILE and k in saved and saved[k] != current[k])
         if changed:
             raise PipelineError(
                 f"{out} holds a run with other settings ({', '.join(changed)}); "

@@ -40,9 +40,9 @@ def plan_run(ctx: RunContext) -> PipelineConfig:
         epochs, record = _budget_plan(ctx)
     else:
         epochs = {}
-        if cfg.preset_values.reference_images:
+        if cfg.reference_images:
             for name in ("supernet_epochs", "retrain_epochs"):
-                epochs[name] = scale_epochs(getattr(cfg, name), len(ctx.data.train), cfg.preset_values.reference_images)
+                epochs[name] = scale_epochs(getattr(cfg, name), len(ctx.data.train), cfg.reference_images)
         record = {"epochs": {}, "plan": None, "scaled_for_images": len(ctx.data.train)}
     # Values given on the command line win over the plan.
     record["epochs"] = {k: v for k, v in epochs.items() if k not in ctx.given}
@@ -53,7 +53,7 @@ def plan_run(ctx: RunContext) -> PipelineConfig:
 
 def _budget_plan(ctx: RunContext) -> tuple[dict[str, int], dict[str, Any]]:
     """Epochs and search size that fit ``cfg.time_budget``, from a few timed blocks and steps."""
-    cfg, preset = ctx.cfg, ctx.cfg.preset_values
+    cfg = ctx.cfg
     key = target_key(ctx.pool)
     units = missing_units(space_units(ctx.space, ctx.data.num_classes, ctx.image_hw), ctx.table, key)
     ctx.log(f"[plan] timing {len(units)} blocks and a few training steps to plan {cfg.time_budget:g} min")
@@ -68,7 +68,7 @@ def _budget_plan(ctx: RunContext) -> tuple[dict[str, int], dict[str, Any]]:
     unit_s = (time.perf_counter() - start) / max(len(probe), 1)
     costs = measure_costs(cfg.supernet_config(), cfg.retrain_config("probe"), ctx.space, ctx.data,
                           units_to_time=max(len(units) - len(probe), 0), unit_timing_s=unit_s,
-                          subnets_to_time=preset.calibration_archs + preset.finalists, seed=cfg.seed)
+                          subnets_to_time=cfg.calibration_archs + cfg.finalists, seed=cfg.seed)
     try:
         plan = plan_budget(costs, 60 * cfg.time_budget, population=cfg.population,
                            generations=cfg.generations, parents=cfg.parents)

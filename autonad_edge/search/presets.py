@@ -11,8 +11,10 @@ from dataclasses import dataclass
 from autonad_agent.measure import MeasurementPolicy
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Preset:
+    """The budgets and the recipe of a kind of run; every field is a `PipelineConfig` field too."""
+
     space: str
     image_size: int
     synthetic_count: int
@@ -63,17 +65,27 @@ def measurement_policy(timing: str) -> MeasurementPolicy | None:
 
 PRESETS: dict[str, Preset] = {
     # Seconds: for tests and smoke runs.
-    "tiny": Preset("tiny", 64, 48, 2, 2, 8, 6, 2, 3, 3, 2, "inherited", max_steps_per_epoch=4, max_side=256),
+    "tiny": Preset(
+        space="tiny", image_size=64, synthetic_count=48, supernet_epochs=2, retrain_epochs=2, batch_size=8,
+        population=6, generations=2, parents=3, calibration_archs=3, finalists=2, retrain_init="inherited",
+        max_steps_per_epoch=4, max_side=256,
+    ),
     # The default: minutes on a 2-core CPU with --target local.
     # Measured (benchmarks/RESULTS.md): at the paper's lr the supernet never leaves the
     # all-background floor in a CPU budget; 3e-3 with class weighting separates subnets.
     # The recipe: defect-centred crops (half of them), CE + soft Dice, the sandwich rule with
     # in-place distillation, warm-up + cosine for both trainings, EMA of the retrained weights.
-    "cpu": Preset("tiny", 128, 240, 40, 30, 8, 16, 5, 5, 8, 4, "inherited",
-                  supernet_lr=3e-3, supernet_warmup_epochs=1.0, retrain_lr=2e-3, class_weighting="inverse_sqrt",
-                  sandwich=True, retrain_warmup_epochs=0.5, retrain_ema=0.998, reference_images=168,
-                  defect_crop_share=0.7, time_budget=9.0),
+    "cpu": Preset(
+        space="tiny", image_size=128, synthetic_count=240, supernet_epochs=40, retrain_epochs=30, batch_size=8,
+        population=16, generations=5, parents=5, calibration_archs=8, finalists=4, retrain_init="inherited",
+        supernet_lr=3e-3, supernet_warmup_epochs=1.0, retrain_lr=2e-3, class_weighting="inverse_sqrt",
+        sandwich=True, retrain_warmup_epochs=0.5, retrain_ema=0.998, reference_images=168,
+        defect_crop_share=0.7, time_budget=9.0,
+    ),
     # The paper's settings (Sec. V-B), for GPU hosts: fixed-size resize, plain cross-entropy.
-    "paper": Preset("default", 320, 240, 100, 200, 8, 100, 50, 10, 50, 10, "scratch", timing="full",
-                    loss="ce", defect_crop_share=0.0, keep_aspect=False, retrain_schedule="poly"),
+    "paper": Preset(
+        space="default", image_size=320, synthetic_count=240, supernet_epochs=100, retrain_epochs=200, batch_size=8,
+        population=100, generations=50, parents=10, calibration_archs=50, finalists=10, retrain_init="scratch",
+        timing="full", loss="ce", defect_crop_share=0.0, keep_aspect=False, retrain_schedule="poly",
+    ),
 }

@@ -55,7 +55,7 @@ class RunContext:
     @property
     def policy(self):
         """How blocks and finalists are timed (the export's final figure uses the agent's full policy)."""
-        return measurement_policy(self.cfg.preset_values.timing)
+        return measurement_policy(self.cfg.timing)
 
     @cached_property
     def estimator(self) -> LatencyEstimator:

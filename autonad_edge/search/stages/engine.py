@@ -39,11 +39,10 @@ def engine_stage(ctx: RunContext, exported: ExportResult) -> DeployResult:
     else:
         note = (f"target '{cfg.target}' runs {ctx.backend}, not TensorRT: no engine was built; "
                 "deploy export/model.portable.onnx (or run build-engine against a TensorRT target)")
-    preset = cfg.preset_values
     write_bundle(
         out_dir / "bundle", files["portable"].path, engine_path,
         manifest={"arch": ctx.best_arch(), "classes": list(ctx.data.class_names), "image_size": list(ctx.image_hw),
-                  "max_side": preset.max_side if preset.keep_aspect else None},
+                  "max_side": cfg.max_side if cfg.keep_aspect else None},
         extra_onnx=[files["tensorrt"].path], overwrite=True,
     )
     return DeployResult(engine=str(engine_path) if engine_path else None, engine_ms=engine_ms, note=note,

@@ -30,7 +30,7 @@ def latency_stage(ctx: RunContext) -> LatencyResult:
                      progress=not cfg.quiet, policy=ctx.policy)
     est = ctx.estimator
     rng = random.Random(cfg.seed + 1)
-    calib = [ctx.space.sample(rng) for _ in range(cfg.preset_values.calibration_archs)]
+    calib = [ctx.space.sample(rng) for _ in range(cfg.calibration_archs)]
     correction = est.calibrate(calib)
     kwargs = {} if cfg.prior_temperature is None else {"temperature": cfg.prior_temperature}
     prior, meta = build_prior(est, method=cfg.prior_method, target=cfg.target, seed=cfg.seed, **kwargs)

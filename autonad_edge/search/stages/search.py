@@ -52,7 +52,7 @@ def search_stage(ctx: RunContext) -> SearchResult:
     try:
         with progress:
             search.run()
-        best = search.finalize(top=cfg.preset_values.finalists)
+        best = search.finalize(top=cfg.finalists)
     except SearchError as exc:
         raise PipelineError(f"search: {exc}") from None
     candidates = list(search.cache.values())
