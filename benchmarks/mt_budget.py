@@ -128,7 +128,7 @@ def main() -> None:
     from autonad_edge.space import SearchSpace
 
     trainer = UNetTrainer(unet_cfg, data, out / "unet", base_width=args.unet_width,
-                          space=SearchSpace.named(resolved.space), quiet=True)
+                          space=SearchSpace.resolve(resolved.space), quiet=True)
     trainer.fit()
     unet_train_s = time.perf_counter() - t0
     unet = trainer.build_model()

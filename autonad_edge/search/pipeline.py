@@ -75,9 +75,8 @@ class SearchPipeline:
         if cfg.export_cache:
             use_export_cache(f"{cfg.table}.exports" if cfg.export_cache == "table" else cfg.export_cache)
         try:
-            space = SearchSpace.named(cfg.space) if not cfg.space.endswith(".json") else \
-                SearchSpace.from_json(Path(cfg.space).read_text(encoding="utf-8"))
-        except (ArchError, OSError, ValueError) as exc:
+            space = SearchSpace.resolve(cfg.space)
+        except (ArchError, ValueError) as exc:
             raise PipelineError(f"search space {cfg.space}: {exc}") from None
         stages = StageLog.open(self.out / "stages.json")
         if not stages.done("latency"):
