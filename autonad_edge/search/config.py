@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from autonad_edge.errors import AutonadError
-from autonad_edge.latency.estimator import STATS
 from autonad_edge.search.presets import PRESETS, Preset
 from autonad_edge.training.config import RetrainConfig, SupernetConfig
 
@@ -91,6 +90,9 @@ class PipelineConfig:
         """Every field filled: the ones left None from the preset."""
         if self.preset not in PRESETS:
             raise PipelineError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        # Imported here: the CLI builds its help from this module and starts without numpy.
+        from autonad_agent.measure import STATS
+
         if self.latency_stat not in STATS:
             raise PipelineError(f"unknown latency statistic {self.latency_stat!r}; choose one of {', '.join(STATS)}")
         preset = PRESETS[self.preset]

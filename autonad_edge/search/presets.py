@@ -7,8 +7,10 @@ so a preset field and the config field of the same name are one setting.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from autonad_agent.measure import MeasurementPolicy
+if TYPE_CHECKING:
+    from autonad_agent.measure import MeasurementPolicy
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,6 +61,9 @@ def measurement_policy(timing: str) -> MeasurementPolicy | None:
     """The agent measurement policy of a preset's ``timing``; None = the agent's default."""
     if timing == "full":
         return None
+    # Imported here: the CLI builds its help from this module and starts without numpy.
+    from autonad_agent.measure import MeasurementPolicy
+
     return MeasurementPolicy(warmup_runs=5, warmup_ms=20.0, min_runs=10, min_duration_ms=100.0,
                              max_runs=2000, max_cv=0.2, max_repeats=1)
 
