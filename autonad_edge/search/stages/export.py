@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autonad_agent.measure import STAT_FIELDS, LatencyStats
 from autonad_edge.export.graph import op_counts
 from autonad_edge.export.onnx_export import export_network, save_model
 from autonad_edge.io import json_safe
@@ -32,7 +33,17 @@ class ExportedFile:
 @dataclass(frozen=True)
 class ExportResult(StageResult):
     files: dict[str, ExportedFile]  # by flavour
-    measured: dict[str, Any]  # the deployed flavour's end-to-end measurement (+ "flavor")
+    measured: dict[str, Any]  # the deployed flavour's end-to-end measurement (+ "flavor"), as JSON
+
+    @property
+    def flavor(self) -> str:
+        """The flavour measured (the one the target deploys)."""
+        return self.measured["flavor"]
+
+    @property
+    def stats(self) -> LatencyStats:
+        """The measurement's statistics."""
+        return LatencyStats(**{name: self.measured[name] for name in STAT_FIELDS})
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ExportResult":

@@ -113,15 +113,15 @@ def _accuracy(search: SearchResult, retrain: RetrainResult) -> dict[str, Any]:
 
 
 def _latency(ctx: RunContext, results: RunResults) -> dict[str, Any]:
-    measured, best = results.export.measured, results.search.best
+    measured, best = results.export.stats, results.search.best
     return {
         "statistic": ctx.cfg.latency_stat,
         "estimated_ms": best.latency_ms,
         "finalist_measured_ms": best.measured_ms,
-        "measured_ms": measured["median_ms"],
-        "measured_min_ms": measured.get("min_ms"),
-        "measured_p90_ms": measured.get("p90_ms"),
-        "measured_flavor": measured["flavor"],
+        "measured_ms": measured.median_ms,
+        "measured_min_ms": measured.min_ms,
+        "measured_p90_ms": measured.p90_ms,
+        "measured_flavor": results.export.flavor,
         "engine_ms": results.engine.engine_ms,
         "engine_note": results.engine.note,
         "fingerprint": results.latency.fingerprint_summary,
