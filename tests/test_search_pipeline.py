@@ -174,3 +174,26 @@ def test_resolved_config_fills_every_preset_field_and_keeps_what_was_given():
     assert cfg.explicit == ("retrain_epochs",)
     # Options on top of a loaded config become explicit too (a time budget's plan keeps them).
     assert cfg.with_options(supernet_epochs=3, seed=None).explicit == ("retrain_epochs", "supernet_epochs")
+
+
+def test_stage_results_load_as_typed_records_and_save_as_the_same_json(finished_run):
+    """`stages.json` keeps its format: every stage's record loads as its result type and
+    serialises back to exactly the stored JSON (so older run directories resume)."""
+    from autonad_edge.search.stages.engine import DeployResult
+    from autonad_edge.search.stages.export import ExportResult
+    from autonad_edge.search.stages.latency import LatencyResult
+    from autonad_edge.search.stages.retrain import RetrainResult
+    from autonad_edge.search.stages.search import SearchResult
+    from autonad_edge.search.stages.store import StageLog
+    from autonad_edge.search.stages.supernet import SupernetResult
+
+    run, _, _ = finished_run
+    stages = StageLog.open(run / "stages.json")
+    types = {"supernet": SupernetResult, "latency": LatencyResult, "search": SearchResult,
+             "retrain": RetrainResult, "export": ExportResult, "engine": DeployResult}
+    for name, result_type in types.items():
+        result = stages.load(name, result_type)
+        assert json.loads(json.dumps(result.to_dict())) == stages.records[name]["result"], name
+        assert result.stage_note() == stages.note(name), name
+    export = stages.load("export", ExportResult)
+    assert export.flavor == "portable" and export.stats.median_ms > 0
