@@ -118,8 +118,6 @@ class LatencyStats:
 
 
 STAT_FIELDS = tuple(f.name for f in fields(LatencyStats))
-# The statistics a latency table can sum and a search score by (`<stat>_ms` of the record).
-STATS = ("median", "min", "mean", "p90")
 
 
 @dataclass(frozen=True)

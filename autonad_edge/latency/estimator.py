@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from autonad_agent.measure import STATS
 from autonad_edge.errors import AutonadError
 from autonad_edge.latency.blocks import Unit, dedup, image_hw, network_signature, units_of
 from autonad_edge.latency.profiler import TargetKey, measure_units, target_key
@@ -49,6 +48,7 @@ CORRECTION_FORMAT = 1
 RIDGE_GRID = tuple(10.0**e for e in range(-6, 3))
 # Which statistic of the measurements to add up: the median by default; the minimum is far
 # less sensitive to other load on a shared machine (use it there, for units and subnets alike).
+STATS = ("median", "min", "mean", "p90")
 
 
 class EstimateError(AutonadError, LookupError):

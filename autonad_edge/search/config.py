@@ -90,8 +90,8 @@ class PipelineConfig:
         """Every field filled: the ones left None from the preset."""
         if self.preset not in PRESETS:
             raise PipelineError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
-        # Imported here: the CLI builds its help from this module and starts without numpy.
-        from autonad_agent.measure import STATS
+        # Imported here: the CLI builds its help from this module and starts without grpc.
+        from autonad_edge.latency.estimator import STATS
 
         if self.latency_stat not in STATS:
             raise PipelineError(f"unknown latency statistic {self.latency_stat!r}; choose one of {', '.join(STATS)}")
