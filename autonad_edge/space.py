@@ -19,6 +19,7 @@ import hashlib
 import json
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from autonad_edge.errors import AutonadError
@@ -280,6 +281,18 @@ class SearchSpace:
             decoder_channels=32,
             head_dim=16,
         )
+
+    @classmethod
+    def resolve(cls, spec: str) -> "SearchSpace":
+        """A named space (``default``, ``paper``, ``tiny``) or a path to a space JSON file: the
+        one rule the commands, the pipeline and the benchmarks read ``--space`` by."""
+        if spec.endswith(".json") or Path(spec).is_file():
+            try:
+                text = Path(spec).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ArchError(f"cannot read search space {spec}: {exc.strerror}") from None
+            return cls.from_json(text)
+        return cls.named(spec)
 
     @classmethod
     def named(cls, name: str) -> "SearchSpace":

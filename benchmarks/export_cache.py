@@ -38,7 +38,7 @@ def per_unit(seconds: float, n: int) -> float:
 
 
 def bench_space(name: str, size: int, n: int, seed: int, cache_root: str) -> dict:
-    units = space_units(SearchSpace.named(name), 6, (size, size))
+    units = space_units(SearchSpace.resolve(name), 6, (size, size))
     sample = random.Random(seed).sample(units, min(n, len(units)))
     cache = profiler.use_export_cache(os.path.join(cache_root, f"{name}{size}-inproc"))
     profiler.EXPORT_CACHE.clear()

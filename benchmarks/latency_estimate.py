@@ -98,14 +98,14 @@ def measure_networks(est, pool, archs, policy, exports: DiskExports) -> None:
     table has it (what `LatencyEstimator.measure_end_to_end` does, with the disk cache)."""
     from rich.progress import track
 
-    from autonad_edge.latency.blocks import export_network
+    from autonad_edge.export.onnx_export import export_arch
 
     key = est.key
     for arch in track(archs, description="subnets end to end"):
         sig = est.network_signature(arch)
         if est.table.get(key.fingerprint, key.backend, key.precision, sig) is not None:
             continue
-        data = exports.get_or_make(sig, key.flavor, lambda: export_network(
+        data = exports.get_or_make(sig, key.flavor, lambda: export_arch(
             arch, est.space, est.num_classes, est.image_size, key.flavor).SerializeToString())
         est.table.record(sig, pool.measure(data, policy=policy, signature=sig))
 
@@ -116,7 +116,8 @@ def measure_interleaved(est, pool, space, archs, policy, exports: DiskExports, s
     subnets alike (on a shared host that drift, not the estimator, otherwise dominates)."""
     from rich.progress import track
 
-    from autonad_edge.latency.blocks import export_network, space_units
+    from autonad_edge.export.onnx_export import export_arch
+    from autonad_edge.latency.blocks import space_units
     from autonad_edge.latency.profiler import missing_units
 
     key = est.key
@@ -128,7 +129,7 @@ def measure_interleaved(est, pool, space, archs, policy, exports: DiskExports, s
     for arch in track(archs, description="exporting subnets"):
         sig = est.network_signature(arch)
         if est.table.get(key.fingerprint, key.backend, key.precision, sig) is None:
-            jobs.append((sig, exports.get_or_make(sig, key.flavor, lambda: export_network(
+            jobs.append((sig, exports.get_or_make(sig, key.flavor, lambda: export_arch(
                 arch, est.space, est.num_classes, est.image_size, key.flavor).SerializeToString())))
     export_s = time.perf_counter() - t0
     random.Random(seed).shuffle(jobs)

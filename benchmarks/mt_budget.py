@@ -115,10 +115,9 @@ def main() -> None:
     budgets = report["budgets"]
     resolved = replace(cfg.resolved(), supernet_epochs=budgets["supernet_epochs"],
                        retrain_epochs=budgets["retrain_epochs"])
-    preset = resolved.preset_values
     data = load_run_data(args.format, args.data, resolved.image_size, resolved.seed,
-                         manifest=out / "search" / "splits.json", keep_aspect=preset.keep_aspect,
-                         max_side=preset.max_side)
+                         manifest=out / "search" / "splits.json", keep_aspect=resolved.keep_aspect,
+                         max_side=resolved.max_side)
     tile = int(resolved.image_size)
 
     # The U-Net gets the searched subnet's retraining settings, from scratch, its own lr.
@@ -129,7 +128,7 @@ def main() -> None:
     from autonad_edge.space import SearchSpace
 
     trainer = UNetTrainer(unet_cfg, data, out / "unet", base_width=args.unet_width,
-                          space=SearchSpace.named(resolved.space), quiet=True)
+                          space=SearchSpace.resolve(resolved.space), quiet=True)
     trainer.fit()
     unet_train_s = time.perf_counter() - t0
     unet = trainer.build_model()

@@ -35,7 +35,7 @@ import torch
 from autonad_agent.measure import MeasurementPolicy
 
 from autonad_edge.io import atomic_write_json
-from autonad_edge.latency.blocks import export_network
+from autonad_edge.export.onnx_export import export_arch
 from autonad_edge.latency.profiler import target_key
 from autonad_edge.latency.targets import open_target
 from autonad_edge.models.complexity import count_flops, count_params
@@ -67,12 +67,6 @@ def baseline_arch(name: str, space: SearchSpace) -> Arch:
     if len(pools) != space.num_pool_branches:
         pools = tuple(sorted(space.pool_size_choices)[: space.num_pool_branches])
     return space.validate(Arch(stages, (edge,) * len(EDGE_NAMES), pools))
-
-
-def _space_of(cfg: PipelineConfig) -> SearchSpace:
-    if cfg.space.endswith(".json"):
-        return SearchSpace.from_json(Path(cfg.space).read_text(encoding="utf-8"))
-    return SearchSpace.named(cfg.space)
 
 
 def _test_metrics(checkpoint: Path, data, batch_size: int) -> dict:
@@ -138,7 +132,7 @@ def main() -> None:
     report = run_search(cfg, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     search_s = time.perf_counter() - started
     resolved = cfg.resolved()
-    space = _space_of(resolved)
+    space = SearchSpace.resolve(resolved.space)
     data = load_run_data(args.format, args.data, resolved.image_size, resolved.seed,
                          manifest=out / "search" / "splits.json")
     searched = Arch.from_dict(report["chosen"]["arch"])
@@ -167,7 +161,7 @@ def main() -> None:
         m.update(_test_metrics(m["checkpoint"], data, resolved.batch_size))
         m["params"] = count_params(m["arch"], space, data.num_classes)
         m["gflops"] = count_flops(m["arch"], space, data.num_classes, (h, w)) / 1e9
-    onnx = {name: export_network(m["arch"], space, data.num_classes, (h, w)).SerializeToString()
+    onnx = {name: export_arch(m["arch"], space, data.num_classes, (h, w)).SerializeToString()
             for name, m in models.items()}
     with open_target("local", local_threads=args.local_threads) as pool:
         latency = measure_interleaved(pool, onnx, args.rounds)

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from autonad_edge.export.onnx_export import export_unit
 from autonad_edge.latency.blocks import (
     Unit,
     block_unit,
     edge_unit,
-    export_unit,
     feature_sizes,
     ffn_hidden,
     space_units,

@@ -149,3 +149,51 @@ def test_cpu_preset_trains_with_the_defect_recipe_and_its_own_learning_rates():
     assert PipelineConfig(preset="paper").resolved().supernet_config().lr == 5e-4
     paper = PipelineConfig(preset="paper").resolved().retrain_config("s.pt")
     assert paper.class_weighting == "none" and paper.lr == 1e-4 and paper.supernet is None
+
+
+def test_a_runs_config_json_loads_and_resumes_it(finished_run):
+    run, _, _ = finished_run
+    from autonad_edge.search.pipeline import PipelineConfig
+
+    saved = PipelineConfig.load(run / "config.json")
+    assert saved.resolved() == saved and saved.preset == "tiny" and saved.seed == 3
+    result = runner.invoke(app, ["search", "--config", str(run / "config.json"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("done in an earlier run; skipped") == 6
+
+
+def test_resolved_config_fills_every_preset_field_and_keeps_what_was_given():
+    from dataclasses import fields
+
+    from autonad_edge.search.pipeline import PRESETS, PipelineConfig, Preset
+
+    cfg = PipelineConfig(preset="paper", retrain_epochs=5).resolved()
+    for f in fields(Preset):
+        expected = 5 if f.name == "retrain_epochs" else getattr(PRESETS["paper"], f.name)
+        assert getattr(cfg, f.name) == expected, f.name
+    assert cfg.explicit == ("retrain_epochs",)
+    # Options on top of a loaded config become explicit too (a time budget's plan keeps them).
+    assert cfg.with_options(supernet_epochs=3, seed=None).explicit == ("retrain_epochs", "supernet_epochs")
+
+
+def test_stage_results_load_as_typed_records_and_save_as_the_same_json(finished_run):
+    """`stages.json` keeps its format: every stage's record loads as its result type and
+    serialises back to exactly the stored JSON (so older run directories resume)."""
+    from autonad_edge.search.stages.engine import DeployResult
+    from autonad_edge.search.stages.export import ExportResult
+    from autonad_edge.search.stages.latency import LatencyResult
+    from autonad_edge.search.stages.retrain import RetrainResult
+    from autonad_edge.search.stages.search import SearchResult
+    from autonad_edge.search.stages.store import StageLog
+    from autonad_edge.search.stages.supernet import SupernetResult
+
+    run, _, _ = finished_run
+    stages = StageLog.open(run / "stages.json")
+    types = {"supernet": SupernetResult, "latency": LatencyResult, "search": SearchResult,
+             "retrain": RetrainResult, "export": ExportResult, "engine": DeployResult}
+    for name, result_type in types.items():
+        result = stages.load(name, result_type)
+        assert json.loads(json.dumps(result.to_dict())) == stages.records[name]["result"], name
+        assert result.stage_note() == stages.note(name), name
+    export = stages.load("export", ExportResult)
+    assert export.flavor == "portable" and export.stats.median_ms > 0

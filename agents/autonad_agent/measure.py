@@ -78,7 +78,9 @@ class MeasurementPolicy:
 
 @dataclass(frozen=True)
 class LatencyStats:
-    """Summary statistics of one round of timed runs, in milliseconds."""
+    """Summary statistics of one round of timed runs, in milliseconds: the record the agent
+    reports (the protocol's ``LatencyStats``), the host's `Measurement` and the latency
+    table's `TableEntry` extend."""
 
     median_ms: float
     mean_ms: float
@@ -90,6 +92,14 @@ class LatencyStats:
     cv: float
     runs: int
     outliers: int
+
+    @property
+    def variance_ms2(self) -> float:
+        return self.std_ms**2
+
+    def stats(self) -> LatencyStats:
+        """Just the statistics (of a record that extends them)."""
+        return LatencyStats(**{name: getattr(self, name) for name in STAT_FIELDS})
 
     @classmethod
     def from_samples(cls, samples_ms: np.ndarray | list[float]) -> LatencyStats:
@@ -105,6 +115,9 @@ class LatencyStats:
             p90_ms=float(p90), p99_ms=float(p99), std_ms=std, cv=std / mean if mean > 0 else math.inf,
             runs=int(samples.size), outliers=outliers,
         )
+
+
+STAT_FIELDS = tuple(f.name for f in fields(LatencyStats))
 
 
 @dataclass(frozen=True)

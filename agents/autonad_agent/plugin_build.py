@@ -32,10 +32,12 @@ from typing import Callable, Optional
 
 import typer
 
+from autonad_agent.plugin_identity import SPATIAL_SHIFT_PLUGIN
+
 PLUGIN_SOURCE_DIR = Path(__file__).resolve().parent / "plugins" / "spatial_shift"
 PLUGIN_LIBRARY_NAME = "libautonad_trt_plugins.so"
 PLUGIN_MANIFEST_NAME = "libautonad_trt_plugins.json"
-PLUGIN_IDENTITY = {"name": "SpatialShift", "version": "1", "namespace": "autonad"}
+PLUGIN_IDENTITY = SPATIAL_SHIFT_PLUGIN.to_dict()
 MIN_TENSORRT_MAJOR = 10
 
 _CMAKE_TIMEOUT_S = 1800  # a cold CUDA build on a Jetson Orin Nano takes a few minutes

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import NoReturn
 
 import typer
@@ -20,15 +19,10 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 
 def load_space(spec: str):
-    """A named space (``default``, ``paper``, ``tiny``) or a path to a space JSON file."""
+    """`SearchSpace.resolve`, failing with one line."""
     from autonad_edge.space import ArchError, SearchSpace
 
     try:
-        if spec.endswith(".json") or Path(spec).is_file():
-            try:
-                return SearchSpace.from_json(Path(spec).read_text(encoding="utf-8"))
-            except OSError as exc:
-                fail(f"cannot read search space {spec}: {exc.strerror}")
-        return SearchSpace.named(spec)
+        return SearchSpace.resolve(spec)
     except (ArchError, ValueError) as exc:
         fail(str(exc))

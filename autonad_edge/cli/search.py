@@ -9,32 +9,36 @@ import typer
 from autonad_edge.cli.common import fail
 
 
+from autonad_edge.search.config import default_text as _d
+
+
 def search(
-    target: str = typer.Option("local", help="Target name from the targets file; 'local' = an in-process ONNX Runtime agent on this CPU."),
+    config_file: Path = typer.Option(None, "--config", help="A run's config.json (or any such JSON) to start from; options given here override its values."),
+    target: str = typer.Option(None, help=f"Target name from the targets file; 'local' = an in-process ONNX Runtime agent on this CPU (default: {_d('target')})."),
     targets: Path = typer.Option(None, help="Targets TOML (default: $AUTONAD_TARGETS, ./targets.toml, then ~/.config/autonad/targets.toml)."),
     local_threads: int = typer.Option(None, help="ONNX Runtime threads of the 'local' agent (default: $AUTONAD_LOCAL_THREADS, else all CPUs; 1 is steadier on a busy host)."),
     data: Path = typer.Option(None, help="Dataset root; omit for the embedded synthetic defect set."),
-    format: str = typer.Option("synthetic", "--format", help="Dataset format: synthetic, mt (Magnetic-tile) or voc."),
-    out: Path = typer.Option(Path("runs/search"), help="Output directory; rerun the same command to resume."),
-    preset: str = typer.Option("cpu", help="Budgets: tiny (seconds), cpu (minutes on a laptop), paper (the paper's settings, GPU)."),
-    space: str = typer.Option(None, help="Search space: default, tiny or a JSON file (default: the preset's)."),
-    image_size: int = typer.Option(None, help="Network input side: training crops, inference tiles and timed latency (default: the preset's)."),
-    time_budget: float = typer.Option(None, help="Minutes for the whole run: epochs and search size are planned from costs measured on this machine."),
-    supernet_epochs: int = typer.Option(None, help="Supernet training epochs (default: the preset's)."),
-    retrain_epochs: int = typer.Option(None, help="Retraining epochs of the chosen subnet (default: the preset's)."),
-    batch_size: int = typer.Option(None, help="Batch size (default: the preset's)."),
-    population: int = typer.Option(None, help="Evolution population (paper: 100)."),
-    generations: int = typer.Option(None, help="Evolution generations (paper: 50)."),
-    latency_weight: float = typer.Option(0.1, "--lambda", help="Score = mIoU - lambda * latency / reference latency (unit-free)."),
+    format: str = typer.Option(None, "--format", help=f"Dataset format: synthetic, mt (Magnetic-tile) or voc (default: {_d('format')})."),
+    out: Path = typer.Option(None, help=f"Output directory; rerun the same command to resume (default: {_d('out')})."),
+    preset: str = typer.Option(None, help=f"Budgets: tiny (seconds), cpu (minutes on a laptop), paper (the paper's settings, GPU) (default: {_d('preset')})."),
+    space: str = typer.Option(None, help=f"Search space: default, tiny or a JSON file (default: {_d('space')})."),
+    image_size: int = typer.Option(None, help=f"Network input side: training crops, inference tiles and timed latency (default: {_d('image_size')})."),
+    time_budget: float = typer.Option(None, help=f"Minutes for the whole run: epochs and search size are planned from costs measured on this machine; 0 = the preset's epochs (default: {_d('time_budget')})."),
+    supernet_epochs: int = typer.Option(None, help=f"Supernet training epochs (default: {_d('supernet_epochs')})."),
+    retrain_epochs: int = typer.Option(None, help=f"Retraining epochs of the chosen subnet (default: {_d('retrain_epochs')})."),
+    batch_size: int = typer.Option(None, help=f"Batch size (default: {_d('batch_size')})."),
+    population: int = typer.Option(None, help=f"Evolution population (default: {_d('population')})."),
+    generations: int = typer.Option(None, help=f"Evolution generations (default: {_d('generations')})."),
+    latency_weight: float = typer.Option(None, "--lambda", help=f"Score = mIoU - lambda * latency / reference latency (unit-free) (default: {_d('latency_weight')})."),
     latency_budget_ms: float = typer.Option(None, help="Hard latency budget in ms on the target."),
-    latency_stat: str = typer.Option("min", help="Latency statistic the search predicts and scores: min (interference-free, the steadiest) or median, mean, p90."),
+    latency_stat: str = typer.Option(None, help=f"Latency statistic the search predicts and scores: min (interference-free, the steadiest) or median, mean, p90 (default: {_d('latency_stat')})."),
     params_budget: int = typer.Option(None, help="Hard parameter budget."),
-    sharing: str = typer.Option("cross", help="Supernet weight sharing: cross (the paper's), entangled, classical."),
-    table: Path = typer.Option(Path("runs/latency.sqlite"), help="Latency table (SQLite), shared across runs."),
+    sharing: str = typer.Option(None, help=f"Supernet weight sharing: cross (the paper's), entangled, classical (default: {_d('sharing')})."),
+    table: Path = typer.Option(None, help=f"Latency table (SQLite), shared across runs (default: {_d('table')})."),
     export_cache: str = typer.Option(None, help="Exported-block cache: a directory, 'table' (next to --table) or 'off' (default: $AUTONAD_EXPORT_CACHE, else ~/.cache/autonad-edge/exports)."),
-    seed: int = typer.Option(0, help="Random seed; a run is deterministic for a seed."),
-    device: str = typer.Option("auto", help="Training device: auto, cpu, cuda."),
-    quiet: bool = typer.Option(False, help="No progress bars."),
+    seed: int = typer.Option(None, help=f"Random seed; a run is deterministic for a seed (default: {_d('seed')})."),
+    device: str = typer.Option(None, help=f"Training device: auto, cpu, cuda (default: {_d('device')})."),
+    quiet: bool = typer.Option(None, "--quiet/--no-quiet", help="No progress bars."),
 ) -> None:
     """Search, retrain and export a defect-segmentation network for a target device.
 
@@ -44,15 +48,20 @@ def search(
     """
     from autonad_edge.search.pipeline import PipelineConfig, PipelineError, run_search
 
-    config = PipelineConfig(
-        out=str(out), data=str(data) if data else None, format=format, target=target,
-        targets_path=str(targets) if targets else None, local_threads=local_threads, table=str(table),
-        preset=preset, space=space, image_size=image_size, supernet_epochs=supernet_epochs,
-        retrain_epochs=retrain_epochs, batch_size=batch_size, population=population, generations=generations,
-        sharing=sharing, latency_weight=latency_weight, latency_budget_ms=latency_budget_ms,
-        latency_stat=latency_stat, params_budget=params_budget, seed=seed, device=device, quiet=quiet,
-        time_budget=time_budget, export_cache=export_cache,
+    try:
+        base = PipelineConfig.load(config_file) if config_file else PipelineConfig()
+    except PipelineError as exc:
+        fail(str(exc))
+    config = base.with_options(
+        out=str(out) if out else None, data=str(data) if data else None, format=format, target=target,
+        targets_path=str(targets) if targets else None, local_threads=local_threads,
+        table=str(table) if table else None, preset=preset, space=space, image_size=image_size,
+        supernet_epochs=supernet_epochs, retrain_epochs=retrain_epochs, batch_size=batch_size,
+        population=population, generations=generations, sharing=sharing, latency_weight=latency_weight,
+        latency_budget_ms=latency_budget_ms, latency_stat=latency_stat, params_budget=params_budget, seed=seed,
+        device=device, quiet=quiet, time_budget=time_budget, export_cache=export_cache,
     )
+    out = Path(config.out)
     try:
         report = run_search(config, log=lambda msg: typer.echo(msg, err=True))
     except PipelineError as exc:

@@ -257,8 +257,7 @@ def retrain_command(
     from autonad_edge.space import ArchError, SearchSpace, load_arch
     from autonad_edge.training.checkpoint import load_checkpoint
     from autonad_edge.training.config import RetrainConfig
-    from autonad_edge.training.engine import SPLITS_FILE
-    from autonad_edge.training.retrain import RetrainTrainer
+    from autonad_edge.training.retrain import RetrainTrainer, retrain_split
 
     _check_choice("format", fmt, FORMATS)
     _check_choice("init", init, ("scratch", "inherited"))
@@ -297,16 +296,11 @@ def retrain_command(
     except ArchError as exc:
         fail(f"{arch}: {exc}")
 
-    manifest = _read_manifest(splits) if splits else None
-    if manifest is None and resume and (out / SPLITS_FILE).is_file():
-        manifest = _read_manifest(out / SPLITS_FILE)
-    if manifest is None and sup_ckpt is not None and sup_ckpt.get("splits"):
-        saved = json.loads(sup_ckpt["splits"])
-        # The supernet's split, when retraining on the same data: val/test stay unseen.
-        if saved.get("format") == config.format and (config.data is None or saved.get("root") in (None, config.data)):
-            manifest = saved
-            if image_size is None and sup_ckpt.get("image_size"):
-                config = config.replace(image_size=int(sup_ckpt["image_size"][0]))
+    try:
+        manifest, config = retrain_split(config, out, splits=splits, resume=resume, supernet_checkpoint=sup_ckpt,
+                                         image_size_given=image_size is not None)
+    except _user_errors() as exc:
+        fail(str(exc))
     the_data = _load_data(config.format, config.data, config.image_size, config.seed,
                           config.synthetic_count, manifest)
     trainer = RetrainTrainer(config, the_data, out, space=the_space, arch=the_arch, resume=resume, quiet=quiet)

@@ -14,7 +14,7 @@ from typing import Any
 
 _EXPORTS = (
     "CUSTOM_DOMAIN", "FLAVORS", "OPSET", "ExportError", "export_module", "export_module_bytes",
-    "export_network", "save_model",
+    "export_arch", "export_network", "export_unit", "save_model",
 )
 
 __all__ = list(_EXPORTS)

@@ -25,6 +25,7 @@ from typing import Any, Mapping, Sequence
 
 import onnx
 
+from autonad_agent.plugin_identity import SPATIAL_SHIFT_PLUGIN
 from autonad_edge.errors import AutonadError
 
 BUNDLE_FORMAT = "autonad-edge-bundle"
@@ -96,7 +97,7 @@ def describe_onnx(path: Path) -> dict[str, Any]:
     """What the manifest records about one ONNX file (weights are not loaded into memory twice)."""
     model = onnx.load(str(path), load_external_data=False)
     meta = {p.key: p.value for p in model.metadata_props}
-    uses_plugin = any(n.domain == "autonad" for n in model.graph.node)
+    uses_plugin = any(n.domain == SPATIAL_SHIFT_PLUGIN.namespace for n in model.graph.node)
     flavor = meta.get("autonad.flavor") or ("tensorrt" if uses_plugin else "portable")
     initializers = {t.name for t in model.graph.initializer}
     inputs = [v for v in model.graph.input if v.name not in initializers]
@@ -323,7 +324,9 @@ def _copy_plugin(staging: Path, plugin_dir, plugin_lib) -> dict[str, Any] | None
     lib = plugin_library() if plugin_lib is True else (Path(plugin_lib) if plugin_lib else None)
     if src is None and lib is None:
         return None
-    entry: dict[str, Any] = {"op": "autonad::SpatialShift", "plugin": "SpatialShift", "version": "1", "namespace": "autonad"}
+    plugin = SPATIAL_SHIFT_PLUGIN
+    entry: dict[str, Any] = {"op": plugin.op, "plugin": plugin.name, "version": plugin.version,
+                             "namespace": plugin.namespace}
     if src is not None:
         if not src.is_dir():
             raise BundleError(f"{src}: no such plugin source directory")

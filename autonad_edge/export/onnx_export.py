@@ -40,15 +40,22 @@ import onnx
 import torch
 from torch import Tensor, nn
 
+from autonad_agent.plugin_identity import SPATIAL_SHIFT_PLUGIN
 from autonad_edge.errors import AutonadError
+from autonad_edge.latency.blocks import Unit
+from autonad_edge.models.geometry import image_hw
+from autonad_edge.models.network import SegmentationNet
+from autonad_edge.space import Arch, SearchSpace
 
 FLAVORS = ("portable", "tensorrt")
 OPSET = 18
-CUSTOM_DOMAIN = "autonad"
+# The plugin's op type, version and namespace (the node's domain) come from the one place the
+# agent and the bundle read them too.
+CUSTOM_DOMAIN = SPATIAL_SHIFT_PLUGIN.namespace
 CUSTOM_DOMAIN_VERSION = 1
-PLUGIN_NAME = "SpatialShift"
-PLUGIN_VERSION = "1"
-PLUGIN_NAMESPACE = "autonad"
+PLUGIN_NAME = SPATIAL_SHIFT_PLUGIN.name
+PLUGIN_VERSION = SPATIAL_SHIFT_PLUGIN.version
+PLUGIN_NAMESPACE = SPATIAL_SHIFT_PLUGIN.namespace
 _INT64_MAX = 2**63 - 1
 # torch.export and the exporter's logging/stdout handling are process-global: one at a time.
 _EXPORT_LOCK = threading.Lock()
@@ -395,8 +402,9 @@ def export_network(
     param = next(iter(model.parameters()), None)
     in_chans = getattr(getattr(model, "stages", [None])[0], "embed", None)
     channels = in_chans.in_channels if isinstance(in_chans, nn.Conv2d) else 3
-    example = torch.randn(
-        batch, channels, h, w,
+    # Seeded: the same network exports the same bytes (the export cache and the agent's
+    # result cache rely on it).
+    example = torch.randn(batch, channels, h, w, generator=torch.Generator().manual_seed(0)).to(
         dtype=param.dtype if param is not None else torch.float32,
         device=param.device if param is not None else "cpu",
     )
@@ -412,6 +420,40 @@ def export_network(
         meta["autonad.num_classes"] = str(int(model.num_classes))
     set_metadata(onnx_model, meta)
     return onnx_model
+
+
+def export_arch(arch: Arch, space: SearchSpace, num_classes: int, image_size, flavor: str = "portable",
+                **options) -> onnx.ModelProto:
+    """A freshly initialised subnet of `arch`, exported as a deployed network is
+    (`export_network`): what end-to-end latency measurements time."""
+    net = SegmentationNet.from_arch(arch, space, num_classes).eval()
+    return export_network(net, image_hw(image_size), flavor, **options)
+
+
+# Max abs difference between ONNX Runtime and torch a portable export may show.
+ORT_TOLERANCE = 1e-3
+
+
+def onnxruntime_error(model: nn.Module, onnx_model: onnx.ModelProto, image_size: tuple[int, int]) -> float:
+    """Max abs difference between ONNX Runtime running `onnx_model` (portable flavour) and
+    torch running `model`, on one seeded random image of `image_size` (on the CPU)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    x = torch.randn(1, 3, *image_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(x).numpy()
+    session = ort.InferenceSession(onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    return float(np.abs(got - expected).max())
+
+
+def export_unit(unit: Unit, flavor: str = "portable", module: nn.Module | None = None) -> onnx.ModelProto:
+    """A latency unit's ONNX graph (static shapes, batch 1) for block timing; of `module` (a
+    `unit.build()` result) when given, else of a freshly built one."""
+    module = unit.build() if module is None else module
+    with torch.no_grad():
+        return export_module(module, unit.example_inputs(), flavor=flavor)
 
 
 def set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:

@@ -4,8 +4,8 @@ Every searchable choice of an architecture at an input size maps to a `Unit`: a 
 block, a patch embedding (with the stage's output norm: a stage with no blocks), an MFAM edge,
 the pyramid pooling module, the top-down merges (upsample + add) and the head (fuse +
 classifier + resize to the input size). A unit is plain data; `build()` makes the real
-network module (the same classes `SegmentationNet` uses, fresh weights) and `export_unit()`
-its ONNX graph.
+network module (`models.units`: the same classes `SegmentationNet` uses, fresh weights) and
+`export.onnx_export.export_unit()` its ONNX graph.
 
 A unit's identity is its **signature**: canonical JSON of everything its latency depends on
 (kind, operator config, channel counts, input shapes, batch) and nothing it does not
@@ -13,11 +13,12 @@ A unit's identity is its **signature**: canonical JSON of everything its latency
 it; backend, precision and device are part of the latency table's key instead. Two blocks
 with the same shapes and config anywhere in any architecture share one measurement.
 
-Spatial sizes follow the network exactly: the stride-4 patch embedding gives ``ceil(H/4)``,
-every later one ``ceil(H/2)`` (padding k//2), and the head resizes to the input size.
+Spatial sizes follow the network exactly (`models.geometry`, which the network builds with):
+the stride-4 patch embedding gives ``ceil(H/4)``, every later one ``ceil(H/2)`` (padding
+k//2), and the head resizes to the input size.
 
-Torch-free at import time (this package is imported by the torch-free agent tooling); torch,
-the models and the exporter are imported inside the functions that need them.
+Torch-free at import time (this package is imported by the torch-free agent tooling); torch
+and the models are imported inside `Unit.build` and `Unit.example_inputs`.
 """
 
 from __future__ import annotations
@@ -25,54 +26,19 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from functools import lru_cache
 from itertools import combinations
 from typing import Any, Iterable, Sequence
 
+from autonad_edge.models.geometry import EMBED_KERNELS, EMBED_STRIDES, conv_out, feature_sizes, ffn_hidden, image_hw
 from autonad_edge.space import EDGE_NAMES, Arch, BlockArch, SearchSpace
 
 # Bump when a unit's module or its signature fields change meaning: old table rows then
 # stop matching instead of being silently reused.
 UNIT_FORMAT = 1
 UNIT_KINDS = ("embed", "block", "edge", "ppm", "merge", "head")
-# Mirrors autonad_edge.models.network (kept here so this module needs no torch).
-EMBED_KERNELS = (7, 3, 3, 3)
-EMBED_STRIDES = (4, 2, 2, 2)
 BATCH = 1
 
 Shape = tuple[int, ...]
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def conv_out(size: int, kernel: int, stride: int) -> int:
-    """Output length of a convolution with padding kernel // 2 (the patch embeddings)."""
-    pad = kernel // 2
-    return (size + 2 * pad - kernel) // stride + 1
-
-
-def image_hw(image_size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(image_size, int):
-        return (image_size, image_size)
-    h, w = (int(v) for v in image_size)
-    return (h, w)
-
-
-def feature_sizes(image_size: int | Sequence[int]) -> list[tuple[int, int]]:
-    """(H, W) of the four backbone stages' outputs for an input of `image_size`."""
-    h, w = image_hw(image_size)
-    sizes = []
-    for k, s in zip(EMBED_KERNELS, EMBED_STRIDES):
-        h, w = conv_out(h, k, s), conv_out(w, k, s)
-        sizes.append((h, w))
-    return sizes
-
-
-def ffn_hidden(channels: int, ratio: float) -> int:
-    """Mirrors `autonad_edge.models.mix_ffn.ffn_hidden` (checked by a test)."""
-    return max(1, int(round(channels * ratio)))
 
 
 def _canon(value: Any) -> Any:
@@ -151,8 +117,11 @@ class Unit:
 
     # ---- torch side ----------------------------------------------------------------------
     def build(self):
-        """The real module (the network's own classes), eval mode, freshly initialised."""
-        return _build(self)
+        """The real module (the network's own classes, `models.units`), eval mode, freshly
+        initialised. Imported here: this module stays torch-free."""
+        from autonad_edge.models.units import unit_module
+
+        return unit_module(self.kind, self.config)
 
     def example_inputs(self, seed: int = 0):
         import torch
@@ -295,94 +264,6 @@ def network_signature(arch: Arch, space: SearchSpace, num_classes: int, image_si
     )
 
 
-# ---- building and exporting -------------------------------------------------------------------
-
-
-@lru_cache(maxsize=1)
-def _wrappers():
-    """Module classes for the units the network computes inline (defined lazily: torch)."""
-    from torch import nn
-
-    from autonad_edge.models.layers import resize
-    from autonad_edge.models.mfam import _fuse_block, _head
-
-    class TopDownMerge(nn.Module):
-        """``lateral + resize(f, lateral size)``, as in `MFAM.forward`."""
-
-        def forward(self, f, lateral):
-            return lateral + resize(f, lateral.shape[-2:])
-
-    class Head(nn.Module):
-        """Fuse + classifier + resize to the input size, as in `MFAM.forward`'s `_head`."""
-
-        def __init__(self, channels: int, num_classes: int, out_size: tuple[int, int]) -> None:
-            super().__init__()
-            self.fuse = _fuse_block(channels)
-            self.classifier = nn.Conv2d(channels, num_classes, 1)
-            self.out_size = tuple(out_size)
-
-        def forward(self, f4, out3, out2, out1):
-            return _head([f4, out3, out2, out1], self.fuse, self.classifier, self.out_size)
-
-    return TopDownMerge, Head
-
-
-def _build(unit: Unit):
-    from torch import nn
-
-    from autonad_edge.models.hybrid_block import HybridBlock
-    from autonad_edge.models.layers import LayerNorm2d, init_weights
-    from autonad_edge.models.mfam import DecoderEdge, PyramidPooling
-    from autonad_edge.models.network import Stage
-
-    c = unit.config
-    if unit.kind == "embed":
-        k, s = c["kernel"], c["stride"]
-        module = Stage(nn.Conv2d(c["in_ch"], c["out_ch"], k, s, k // 2), LayerNorm2d(c["out_ch"]), [],
-                       LayerNorm2d(c["out_ch"]))
-    elif unit.kind == "block":
-        ratio = c["hidden"] / c["channels"]
-        block = BlockArch(c["op"], ratio, c.get("kernel"))
-        module = HybridBlock.build(c["channels"], block, c.get("head_dim", 1), c.get("sr_ratio", 1))
-    elif unit.kind == "edge":
-        module = DecoderEdge(c["op"], c["in_ch"], c["out_ch"])
-    elif unit.kind == "ppm":
-        module = PyramidPooling(c["in_ch"], c["out_ch"], tuple(c["pool_sizes"]))
-    elif unit.kind == "merge":
-        module = _wrappers()[0]()
-    else:
-        module = _wrappers()[1](c["channels"], c["num_classes"], (c["out_h"], c["out_w"]))
-    init_weights(module)
-    return module.eval()
-
-
-def export_unit(unit: Unit, flavor: str = "portable", module=None):
-    """The unit's ONNX graph (`onnx.ModelProto`), static shapes, batch 1; of `module` (a
-    `unit.build()` result) when given, else of a freshly built one."""
-    import torch
-
-    from autonad_edge.export import export_module
-
-    module = unit.build() if module is None else module
-    with torch.no_grad():
-        return export_module(module, unit.example_inputs(), flavor=flavor)
-
-
-def export_network(arch: Arch, space: SearchSpace, num_classes: int, image_size: int | Sequence[int],
-                   flavor: str = "portable"):
-    """The whole subnet's ONNX graph at `image_size`, batch 1 (for end-to-end measurements)."""
-    import torch
-
-    from autonad_edge.export import export_module
-    from autonad_edge.models.network import SegmentationNet
-
-    h, w = image_hw(image_size)
-    net = SegmentationNet.from_arch(arch, space, num_classes).eval()
-    x = torch.randn(BATCH, space.in_chans, h, w, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        return export_module(net, (x,), flavor=flavor)
-
-
 def count_by_kind(units: Iterable[Unit]) -> dict[str, int]:
     out: dict[str, int] = {}
     for u in units:
@@ -393,14 +274,16 @@ def count_by_kind(units: Iterable[Unit]) -> dict[str, int]:
 __all__ = [
     "UNIT_FORMAT",
     "UNIT_KINDS",
+    "EMBED_KERNELS",
+    "EMBED_STRIDES",
+    "conv_out",
+    "ffn_hidden",
     "Unit",
     "block_unit",
     "count_by_kind",
     "dedup",
     "edge_unit",
     "embed_unit",
-    "export_network",
-    "export_unit",
     "feature_sizes",
     "head_unit",
     "image_hw",

@@ -9,14 +9,14 @@ elsewhere) from a bad request (do not).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from autonad_agent.backends.base import TensorSpec
-from autonad_agent.measure import MeasurementPolicy
+from autonad_agent.measure import STAT_FIELDS, LatencyStats, MeasurementPolicy
 from autonad_agent.proto import latency_agent_pb2 as pb
 from autonad_agent.proto import latency_agent_pb2_grpc as pb_grpc
 from autonad_edge.errors import AutonadError
@@ -73,19 +73,10 @@ def _fingerprint_from_wire(message: pb.DeviceFingerprint) -> Fingerprint | None:
 
 
 @dataclass(frozen=True)
-class Measurement:
-    """A complete latency measurement of one model on one device."""
+class Measurement(LatencyStats):
+    """A complete latency measurement of one model on one device: the agent's statistics
+    and how, where and of what they were taken."""
 
-    median_ms: float
-    mean_ms: float
-    min_ms: float
-    max_ms: float
-    p90_ms: float
-    p99_ms: float
-    std_ms: float
-    cv: float
-    runs: int
-    outliers: int
     # False when the coefficient of variation stayed above the policy's max_cv (flagged).
     stable: bool
     attempts: int
@@ -99,10 +90,6 @@ class Measurement:
     fingerprint: Fingerprint
     agent: str
 
-    @property
-    def variance_ms2(self) -> float:
-        return self.std_ms**2
-
     @classmethod
     def from_wire(cls, response: pb.MeasureResponse, agent: str) -> Measurement:
         stats = response.stats
@@ -111,9 +98,7 @@ class Measurement:
             raise AgentError(agent, grpc.StatusCode.DATA_LOSS, "measurement without a device fingerprint")
         policy = response.policy
         return cls(
-            median_ms=stats.median_ms, mean_ms=stats.mean_ms, min_ms=stats.min_ms, max_ms=stats.max_ms,
-            p90_ms=stats.p90_ms, p99_ms=stats.p99_ms, std_ms=stats.std_ms, cv=stats.cv,
-            runs=stats.runs, outliers=stats.outliers, stable=response.stable, attempts=response.attempts,
+            **{name: getattr(stats, name) for name in STAT_FIELDS}, stable=response.stable, attempts=response.attempts,
             warmup_runs=response.warmup_runs, cached=response.cached, backend=response.backend,
             precision=_PRECISION_NAMES[response.precision],
             inputs=tuple(_spec_from_wire(spec) for spec in response.inputs),
@@ -128,9 +113,7 @@ class Measurement:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (what `autonad-edge latency measure --json` prints)."""
         return {
-            "median_ms": self.median_ms, "mean_ms": self.mean_ms, "min_ms": self.min_ms, "max_ms": self.max_ms,
-            "p90_ms": self.p90_ms, "p99_ms": self.p99_ms, "std_ms": self.std_ms, "cv": self.cv,
-            "runs": self.runs, "outliers": self.outliers, "stable": self.stable, "attempts": self.attempts,
+            **asdict(self.stats()), "stable": self.stable, "attempts": self.attempts,
             "warmup_runs": self.warmup_runs, "cached": self.cached, "backend": self.backend,
             "precision": self.precision,
             "inputs": [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype} for s in self.inputs],

@@ -72,7 +72,8 @@ def _export_in_worker(unit: "Unit", flavor: str) -> bytes:
 def _warm_worker(flavor: str) -> int:
     """One tiny export: the exporter's one-off costs (imports, op registry, torch.export's
     first call: several seconds) are paid here, not by the first real unit."""
-    from autonad_edge.latency.blocks import edge_unit, export_unit
+    from autonad_edge.export.onnx_export import export_unit
+    from autonad_edge.latency.blocks import edge_unit
 
     export_unit(edge_unit("conv1x1", 4, 4, (4, 4)), flavor=flavor)
     return os.getpid()
@@ -174,7 +175,8 @@ def export_units(units: Sequence["Unit"], flavor: str, workers: int | None = Non
 
 
 def _network_in_worker(arch: "Arch", space: "SearchSpace", num_classes: int, image_size, flavor: str) -> bytes:
-    from autonad_edge.latency.blocks import export_network, network_signature
+    from autonad_edge.export.onnx_export import export_arch
+    from autonad_edge.latency.blocks import network_signature
     from autonad_edge.latency.export_cache import export_key
     from autonad_edge.latency.profiler import disk_export_cache
 
@@ -182,7 +184,7 @@ def _network_in_worker(arch: "Arch", space: "SearchSpace", num_classes: int, ima
     key = export_key(network_signature(arch, space, num_classes, image_size), flavor)
     data = cache.get(key) if cache is not None else None
     if data is None:
-        data = export_network(arch, space, num_classes, image_size, flavor).SerializeToString()
+        data = export_arch(arch, space, num_classes, image_size, flavor).SerializeToString()
         if cache is not None:
             cache.put(key, data)
     return data
@@ -190,7 +192,7 @@ def _network_in_worker(arch: "Arch", space: "SearchSpace", num_classes: int, ima
 
 def export_networks(archs: Sequence["Arch"], space: "SearchSpace", num_classes: int, image_size, flavor: str,
                     workers: int | None = None) -> list[bytes | BaseException]:
-    """Whole subnets' ONNX bytes (`blocks.export_network`: deterministic, so cached on disk
+    """Whole subnets' ONNX bytes (`onnx_export.export_arch`: deterministic, so cached on disk
     like units), in order; several at once in the workers."""
     return _run([(_network_in_worker, (arch, space, num_classes, image_size, flavor)) for arch in archs], workers)
 

@@ -216,7 +216,7 @@ def export_bytes(unit: Unit, flavor: str) -> bytes:
         return cached
     import torch
 
-    from autonad_edge.latency.blocks import export_unit
+    from autonad_edge.export.onnx_export import export_unit
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_seed_for(unit))

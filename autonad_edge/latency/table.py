@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
 
+from autonad_agent.measure import LatencyStats
 from autonad_edge.errors import AutonadError
 from autonad_edge.latency.fingerprint import Fingerprint
 
@@ -63,6 +64,7 @@ _ENTRY_COLUMNS = (
     "fingerprint_hash, backend, precision, signature, n, median_ms, mean_ms, min_ms, max_ms, "
     "p90_ms, p99_ms, std_ms, variance_ms2, cv, outliers, stable, model_sha256, created_at"
 )
+_COLUMN_NAMES = tuple(name.strip() for name in _ENTRY_COLUMNS.split(","))
 
 
 class LatencyTableError(AutonadError, LookupError):
@@ -84,31 +86,29 @@ class MissingEntriesError(LatencyTableError):
 
 
 @dataclass(frozen=True)
-class TableEntry:
+class TableEntry(LatencyStats):
+    """One stored measurement: the agent's statistics under the table's key."""
+
     fingerprint_hash: str
     backend: str
     precision: str
     signature: str
-    n: int
-    median_ms: float
-    mean_ms: float
-    min_ms: float
-    max_ms: float
-    p90_ms: float
-    p99_ms: float
-    std_ms: float
-    variance_ms2: float
-    cv: float
-    outliers: int
     stable: bool
     model_sha256: str
     created_at: float
 
+    @property
+    def n(self) -> int:
+        """Timed runs (the table's column name for `runs`)."""
+        return self.runs
+
     @classmethod
     def from_row(cls, row: tuple) -> TableEntry:
-        values = list(row)
-        values[15] = bool(values[15])
-        return cls(*values)
+        values = dict(zip(_COLUMN_NAMES, row))
+        values["runs"] = values.pop("n")
+        del values["variance_ms2"]  # a column for SQL queries; the record derives it from std_ms
+        values["stable"] = bool(values["stable"])
+        return cls(**values)
 
 
 @dataclass(frozen=True)

@@ -195,7 +195,7 @@ class MFAM(nn.Module):
         outputs = [DecoderEdge(ops[f"output{i + 1}"], channels, channels) for i in range(3)]
         return cls(
             laterals, outputs, PyramidPooling(widths[3], channels, pool_sizes),
-            _fuse_block(channels), nn.Conv2d(channels, num_classes, 1),
+            fuse_block(channels), nn.Conv2d(channels, num_classes, 1),
         )
 
     def forward(self, features: list[Tensor], out_size: tuple[int, int]) -> Tensor:
@@ -203,18 +203,25 @@ class MFAM(nn.Module):
         levels = [f]
         for i in (2, 1, 0):
             lateral = self.laterals[i](features[i])
-            f = lateral + resize(f, lateral.shape[-2:])
+            f = top_down_merge(f, lateral)
             levels.append(self.outputs[i](f))
-        return _head(levels, self.fuse, self.classifier, out_size)
+        return head(levels, self.fuse, self.classifier, out_size)
 
 
-def _fuse_block(channels: int) -> nn.Sequential:
+def top_down_merge(f: Tensor, lateral: Tensor) -> Tensor:
+    """One top-down step: the coarser level resized onto the lateral, added."""
+    return lateral + resize(f, lateral.shape[-2:])
+
+
+def fuse_block(channels: int) -> nn.Sequential:
+    """Concat of the four levels (4 x `channels`) to `channels`: 1x1 conv, norm, ReLU."""
     return nn.Sequential(
         nn.Conv2d(4 * channels, channels, 1, bias=False), decoder_norm(channels), nn.ReLU()
     )
 
 
-def _head(levels: list[Tensor], fuse: nn.Module, classifier: nn.Module, out_size) -> Tensor:
+def head(levels: list[Tensor], fuse: nn.Module, classifier: nn.Module, out_size) -> Tensor:
+    """The levels (coarsest first) resized to the finest, fused, classified, resized to `out_size`."""
     finest = levels[-1].shape[-2:]
     x = fuse(torch.cat([resize(f, finest) for f in reversed(levels)], dim=1))
     return resize(classifier(x), out_size)
@@ -233,7 +240,7 @@ class ElasticMFAM(nn.Module):
             ElasticDecoderEdge(channels, channels, edge_ops, sharing) for _ in range(3)
         )
         self.ppm = ElasticPyramidPooling(max_widths[3], channels, branches)
-        self.fuse = _fuse_block(channels)
+        self.fuse = fuse_block(channels)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
 
     def forward(
@@ -245,9 +252,9 @@ class ElasticMFAM(nn.Module):
         levels = [f]
         for i in (2, 1, 0):
             lateral = self.laterals[i](features[i], ops[f"lateral{i + 1}"])
-            f = lateral + resize(f, lateral.shape[-2:])
+            f = top_down_merge(f, lateral)
             levels.append(self.outputs[i](f, ops[f"output{i + 1}"]))
-        return _head(levels, self.fuse, self.classifier, out_size)
+        return head(levels, self.fuse, self.classifier, out_size)
 
     def extract(self, widths: tuple[int, ...], edges: tuple[str, ...], pool_sizes: tuple[int, ...]) -> MFAM:
         ops = dict(zip(EDGE_NAMES, edges))

@@ -6,10 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from autonad_edge.models.elastic import ElasticConv2d, ElasticDepthwiseConv2d
-
-
-def ffn_hidden(channels: int, ratio: float) -> int:
-    return max(1, int(round(channels * ratio)))
+from autonad_edge.models.geometry import ffn_hidden  # noqa: F401  (re-exported: the modules' width rule)
 
 
 class MixFFN(nn.Module):

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from autonad_edge.models.geometry import EMBED_KERNELS, EMBED_STRIDES
 from autonad_edge.models.hybrid_block import HybridBlock
 from autonad_edge.models.layers import LayerNorm2d, init_weights
 from autonad_edge.models.mfam import MFAM
 from autonad_edge.space import Arch, SearchSpace
 
-# Overlapping patch embeddings: 7x7 stride 4 into stage 1, 3x3 stride 2 into the others.
-EMBED_KERNELS = (7, 3, 3, 3)
-EMBED_STRIDES = (4, 2, 2, 2)
+__all__ = ["EMBED_KERNELS", "EMBED_STRIDES", "SegmentationNet", "Stage"]
 
 
 class Stage(nn.Module):

@@ -13,9 +13,20 @@ would fit.
 from __future__ import annotations
 
 import math
+import random
+import time
 from dataclasses import asdict, dataclass
 
+import torch
+from torch.utils.data import Subset
+
+from autonad_edge.data.crops import CropConfig
 from autonad_edge.errors import AutonadError
+from autonad_edge.models.network import SegmentationNet
+from autonad_edge.models.supernet import HybridSupernet
+from autonad_edge.training.calibration import calibrate
+from autonad_edge.training.engine import steps_per_epoch
+from autonad_edge.training.losses import SegmentationLoss
 
 
 class BudgetError(AutonadError, ValueError):
@@ -124,11 +135,6 @@ SUBNET_TIMING_S = 4.0
 
 def _probe_batch(config, data, seed: int):
     """One training batch of the run's crops (images, masks) and its loss."""
-    import torch
-
-    from autonad_edge.data.crops import CropConfig
-    from autonad_edge.training.losses import SegmentationLoss
-
     crops = data.train_crops(seed, CropConfig(config.crop_hw, config.defect_crop_share))
     batch = [crops[i % len(crops)] for i in range(config.batch_size)]
     images = torch.stack([b[0] for b in batch])
@@ -138,8 +144,6 @@ def _probe_batch(config, data, seed: int):
 
 def _seconds_per_step(step, steps: int) -> float:
     """Mean wall time of `steps` calls after one untimed warm-up call."""
-    import time
-
     step()
     start = time.perf_counter()
     for _ in range(steps):
@@ -148,10 +152,6 @@ def _seconds_per_step(step, steps: int) -> float:
 
 
 def _retrain_step_s(arch, space, data, images, masks, loss_fn, steps: int) -> float:
-    import torch
-
-    from autonad_edge.models.network import SegmentationNet
-
     net = SegmentationNet.from_arch(arch, space, data.num_classes).train()
     opt = torch.optim.Adam(net.parameters(), lr=1e-6)
 
@@ -165,8 +165,6 @@ def _retrain_step_s(arch, space, data, images, masks, loss_fn, steps: int) -> fl
 
 def measure_retrain_step(retrain_config, space, data, arch, *, steps: int = 3, seed: int = 0) -> float:
     """Seconds of one retraining step of `arch` with the run's batch and crop size."""
-    import torch
-
     torch.manual_seed(seed)
     images, masks, loss_fn, _ = _probe_batch(retrain_config, data, seed)
     return _retrain_step_s(arch, space, data, images, masks, loss_fn, steps)
@@ -177,16 +175,6 @@ def measure_costs(supernet_config, retrain_config, space, data, *, units_to_time
     """Time `steps` supernet steps (as configured: sandwich or one subnet), `steps` retraining
     steps of a random subnet and a validation pass on a few images, after one warm-up step
     each, on this machine with the run's batch and crop size."""
-    import random
-    import time
-
-    import torch
-
-    from autonad_edge.models.supernet import HybridSupernet
-    from autonad_edge.training.calibration import calibrate
-    from autonad_edge.training.engine import steps_per_epoch
-    from torch.utils.data import Subset
-
     torch.manual_seed(seed)
     rng = random.Random(seed)
     images, masks, loss_fn, n = _probe_batch(supernet_config, data, seed)

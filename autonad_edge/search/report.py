@@ -62,8 +62,6 @@ def _ms(x: float | None) -> str:
 
 def render_markdown(report: dict[str, Any]) -> str:
     chosen = report.get("chosen", {})
-    acc = report.get("accuracy", {})
-    lat = report.get("latency", {})
     target = report.get("target", {})
     data = report.get("dataset", {})
     lines = [
@@ -88,6 +86,16 @@ def render_markdown(report: dict[str, Any]) -> str:
         "| split | mIoU (%) | mIoU, defect classes (%) | mF1 (%) |",
         "| --- | --- | --- | --- |",
     ]
+    lines += _accuracy_lines(report)
+    lines += _latency_lines(report.get("latency", {}))
+    lines += _settings_lines(report)
+    return "\n".join(lines) + "\n"
+
+
+def _accuracy_lines(report: dict[str, Any]) -> list[str]:
+    """The accuracy table's rows, the calibration, per-class figures and the predictions picture."""
+    acc = report.get("accuracy", {})
+    lines: list[str] = []
     for split in ("search_val", "val", "test"):
         if split in acc:
             lines.append(f"| {split} | {_pct(acc[split].get('miou'))} | {_pct(acc[split].get('miou_defects'))} "
@@ -117,8 +125,12 @@ def render_markdown(report: dict[str, Any]) -> str:
     if pictures:
         lines += ["", f"What it predicts, the worst and the best {len(pictures['rows']) // 2} {pictures['split']} images "
                   "(image | ground truth | prediction):", "", f"![predictions]({Path(pictures['path']).name})"]
+    return lines
+
+
+def _latency_lines(lat: dict[str, Any]) -> list[str]:
     stat = lat.get("statistic", "median")
-    lines += [
+    lines = [
         "",
         "## Latency on the target",
         "",
@@ -139,6 +151,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", f"TensorRT engine: {lat['engine_note']}"]
     if lat.get("fingerprint"):
         lines += ["", f"Device fingerprint: `{lat['fingerprint']}`"]
+    return lines
+
+
+def _settings_lines(report: dict[str, Any]) -> list[str]:
+    """Search settings (and the time budget's plan), stages, artefacts."""
+    lines: list[str] = []
     budgets = report.get("budgets", {})
     if budgets:
         lines += ["", "## Search settings", ""]
@@ -156,7 +174,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += ["", "## Artefacts", "", "| file | bytes | sha256 |", "| --- | --- | --- |"]
     for a in report.get("artefacts", []):
         lines.append(f"| `{a['path']}` | {a['bytes']:,} | `{a['sha256'][:16]}…` |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def write_report(out_dir: str | Path, report: dict[str, Any]) -> tuple[Path, Path]:

@@ -14,7 +14,9 @@ decision is calibrated on val (`training.calibration`, folded into its classifie
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,7 +32,8 @@ from autonad_edge.training.checkpoint import (
     subnet_payload,
 )
 from autonad_edge.training.config import RetrainConfig
-from autonad_edge.training.engine import Trainer
+from autonad_edge.data.splits import load_manifest
+from autonad_edge.training.engine import SPLITS_FILE, Trainer
 
 BEST_FILE = "best.pt"
 INITS = ("scratch", "inherited")
@@ -141,10 +144,31 @@ class RetrainTrainer(Trainer):
                 "best_checkpoint": str(self.out_dir / BEST_FILE) if self.best.get("val_miou") is not None else None}
 
 
+def retrain_split(config: RetrainConfig, out_dir, *, splits=None, resume: bool = False,
+                  supernet_checkpoint: dict[str, Any] | None = None,
+                  image_size_given: bool = True) -> tuple[dict[str, Any] | None, RetrainConfig]:
+    """The split manifest a retraining uses, and its config: `splits` (a manifest file) when
+    given, else the resumed run's, else the supernet's when retraining on the same data (so
+    val and test stay unseen by both), at the supernet's image size unless one was given.
+    None: a fresh split of the data."""
+    if splits is not None:
+        return load_manifest(splits), config
+    if resume and (Path(out_dir) / SPLITS_FILE).is_file():
+        return load_manifest(Path(out_dir) / SPLITS_FILE), config
+    if supernet_checkpoint is None or not supernet_checkpoint.get("splits"):
+        return None, config
+    saved = json.loads(supernet_checkpoint["splits"])
+    if saved.get("format") != config.format or (config.data is not None and saved.get("root") not in (None, config.data)):
+        return None, config
+    if not image_size_given and supernet_checkpoint.get("image_size"):
+        config = config.replace(image_size=int(supernet_checkpoint["image_size"][0]))
+    return saved, config
+
+
 def retrain(config: RetrainConfig, data, out_dir, *, space: SearchSpace, arch: Arch,
             resume: bool = False, quiet: bool = False) -> dict[str, Any]:
     """Functional form of `RetrainTrainer(...).fit()`."""
     return RetrainTrainer(config, data, out_dir, space=space, arch=arch, resume=resume, quiet=quiet).fit()
 
 
-__all__ = ["BEST_FILE", "INITS", "RetrainTrainer", "retrain"]
+__all__ = ["BEST_FILE", "INITS", "RetrainTrainer", "retrain", "retrain_split"]

@@ -38,6 +38,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from autonad_agent import plugin_build
+from autonad_agent.plugin_identity import SPATIAL_SHIFT_PLUGIN
 from autonad_agent.backends.base import (
     Backend,
     BackendCapabilities,
@@ -51,9 +52,7 @@ from autonad_agent.backends.base import (
 
 log = logging.getLogger(__name__)
 
-PLUGIN_OP = "SpatialShift"
-PLUGIN_DOMAIN = "autonad"
-PLUGIN_VERSION = "1"
+PLUGIN_OP, PLUGIN_DOMAIN, PLUGIN_VERSION = SPATIAL_SHIFT_PLUGIN.name, SPATIAL_SHIFT_PLUGIN.namespace, SPATIAL_SHIFT_PLUGIN.version
 # Fixed, so tactic choices (and thus latencies) do not depend on the free memory of the moment.
 WORKSPACE_BYTES = 1 << 30
 MANIFEST_WARMUP_RUNS = 10
@@ -64,7 +63,7 @@ ENGINE_CACHE_SIZE = 4
 CHECK_TOLERANCE = {Precision.FP32: 1e-2, Precision.FP16: 5e-2}
 
 _INIT_ERRORS = {1: "TensorRT returned no plugin registry", 2: "the registry refused the creator",
-                3: "another library already registered autonad::SpatialShift v1", 4: "internal error"}
+                3: f"another library already registered {SPATIAL_SHIFT_PLUGIN.op} v{PLUGIN_VERSION}", 4: "internal error"}
 
 
 # ----------------------------------------------------------------------------- runtime import

@@ -1,0 +1,180 @@
+"""The configuration of one `autonad-edge search` run (`PipelineConfig`) and its error type.
+
+One flat record: the run's own settings, and every preset field under the same name (None =
+the preset's value). `resolved()` fills all of them, so the stages read one value per setting;
+the resolved config of a run is saved as ``<out>/config.json`` and `load()` reads it back
+(`autonad-edge search --config FILE`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from autonad_edge.errors import AutonadError
+from autonad_edge.search.presets import PRESETS, Preset
+from autonad_edge.training.config import RetrainConfig, SupernetConfig
+
+PRESET_FIELDS = tuple(f.name for f in fields(Preset))
+
+
+class PipelineError(AutonadError, RuntimeError):
+    """A run that cannot go on; the message is one line naming the problem."""
+
+
+@dataclass
+class PipelineConfig:
+    out: str = "runs/search"
+    data: str | None = None
+    format: str = "synthetic"
+    target: str = "local"
+    targets_path: str | None = None
+    local_threads: int | None = None  # ONNX Runtime threads of the built-in `local` agent
+    table: str = "runs/latency.sqlite"
+    # Exported blocks, kept across runs and targets (latency.export_cache): a directory,
+    # "table" (next to the latency table) or "off"; None = $AUTONAD_EXPORT_CACHE or ~/.cache.
+    export_cache: str | None = None
+    preset: str = "cpu"
+    sharing: str = "cross"
+    latency_weight: float = 0.1
+    # The statistic the latency table sums and the search scores: "min" (the latency without
+    # interference, which block sums predict best: benchmarks/RESULTS.md) or "median", ...
+    # The report gives the end-to-end median and min either way.
+    latency_stat: str = "min"
+    latency_budget_ms: float | None = None
+    params_budget: int | None = None
+    prior_method: str = "softmax"
+    prior_temperature: float | None = None
+    seed: int = 0
+    device: str = "auto"
+    quiet: bool = False
+    # The preset's fields (presets.Preset says what each is); None = the preset's value.
+    space: str | None = None
+    image_size: int | None = None
+    synthetic_count: int | None = None
+    supernet_epochs: int | None = None
+    retrain_epochs: int | None = None
+    batch_size: int | None = None
+    population: int | None = None
+    generations: int | None = None
+    parents: int | None = None
+    calibration_archs: int | None = None
+    finalists: int | None = None
+    retrain_init: str | None = None
+    max_steps_per_epoch: int | None = None
+    timing: str | None = None
+    supernet_lr: float | None = None
+    supernet_warmup_epochs: float | None = None
+    retrain_lr: float | None = None
+    class_weighting: str | None = None
+    loss: str | None = None
+    defect_crop_share: float | None = None
+    keep_aspect: bool | None = None
+    max_side: int | None = None
+    sandwich: bool | None = None
+    sandwich_random: int | None = None
+    retrain_schedule: str | None = None
+    retrain_warmup_epochs: float | None = None
+    retrain_ema: float | None = None
+    reference_images: int | None = None
+    # Minutes for the whole run: epochs and search size are planned from measured costs
+    # (search.budget); None = the preset's budget (cpu: 9 min), 0 = the preset's epochs.
+    time_budget: float | None = None
+    # The preset fields set explicitly (not from the preset): a time budget's plan never
+    # overrides them. None until resolved; kept in config.json so a loaded config plans alike.
+    explicit: tuple[str, ...] | None = None
+
+    def resolved(self) -> "PipelineConfig":
+        """Every field filled: the ones left None from the preset."""
+        if self.preset not in PRESETS:
+            raise PipelineError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        # Imported here: the CLI builds its help from this module and starts without grpc.
+        from autonad_edge.latency.estimator import STATS
+
+        if self.latency_stat not in STATS:
+            raise PipelineError(f"unknown latency statistic {self.latency_stat!r}; choose one of {', '.join(STATS)}")
+        preset = PRESETS[self.preset]
+        unset = [name for name in PRESET_FIELDS if getattr(self, name) is None]
+        explicit = self.explicit if self.explicit is not None else \
+            tuple(name for name in PRESET_FIELDS if name not in unset)
+        return replace(self, **{name: getattr(preset, name) for name in unset}, explicit=tuple(explicit))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "PipelineConfig":
+        """A config saved as JSON (a run's ``config.json``); missing fields keep their defaults."""
+        try:
+            values = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise PipelineError(f"config {path}: {exc}") from None
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if not isinstance(values, dict) or unknown:
+            raise PipelineError(f"config {path}: not a search config (unknown fields: {', '.join(unknown)})")
+        if values.get("explicit") is not None:
+            values["explicit"] = tuple(values["explicit"])
+        return cls(**values)
+
+    def with_options(self, **options: Any) -> "PipelineConfig":
+        """This config with the options given (not None) on top; given preset fields become explicit."""
+        given = {k: v for k, v in options.items() if v is not None}
+        explicit = None if self.explicit is None else \
+            tuple(sorted({*self.explicit, *(k for k in given if k in PRESET_FIELDS)}))
+        return replace(self, **given, explicit=explicit)
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        s = self.image_size
+        return (s, s) if isinstance(s, int) else tuple(s)
+
+    def supernet_config(self) -> SupernetConfig:
+        """The supernet training settings of a run (of a resolved config)."""
+        return SupernetConfig(
+            data=self.data, format=self.format, image_size=self.image_size,
+            synthetic_count=self.synthetic_count, epochs=self.supernet_epochs, batch_size=self.batch_size,
+            seed=self.seed, device=self.device, space=self.space, sharing=self.sharing,
+            max_steps_per_epoch=self.max_steps_per_epoch, class_weighting=self.class_weighting,
+            warmup_epochs=self.supernet_warmup_epochs, sandwich=self.sandwich,
+            sandwich_random=self.sandwich_random, **self.recipe(),
+            # Its val figures are progress information only (the search evaluates subnets itself):
+            # ten points per run are enough.
+            eval_every=max(1, self.supernet_epochs // 10),
+            **({"lr": self.supernet_lr} if self.supernet_lr else {}),
+        )
+
+    def retrain_config(self, supernet_checkpoint: str | Path) -> RetrainConfig:
+        """The retraining settings of a run (of a resolved config): the chosen subnet's, and
+        those any baseline compared with it must get (same epochs, optimiser, loss, init)."""
+        return RetrainConfig(
+            data=self.data, format=self.format, image_size=self.image_size,
+            synthetic_count=self.synthetic_count, epochs=self.retrain_epochs, batch_size=self.batch_size,
+            seed=self.seed, device=self.device, init=self.retrain_init,
+            supernet=str(supernet_checkpoint) if self.retrain_init == "inherited" else None,
+            max_steps_per_epoch=self.max_steps_per_epoch, class_weighting=self.class_weighting,
+            schedule=self.retrain_schedule, warmup_epochs=self.retrain_warmup_epochs,
+            ema_decay=self.retrain_ema, **self.recipe(),
+            **({"lr": self.retrain_lr} if self.retrain_lr else {}),
+        )
+
+    def recipe(self) -> dict[str, Any]:
+        """The data and loss settings both trainings share (`RunConfig` fields)."""
+        return {"loss": self.loss, "defect_crop_share": self.defect_crop_share,
+                "keep_aspect": self.keep_aspect, "max_side": self.max_side}
+
+
+def default_text(name: str) -> str:
+    """What a setting defaults to, for help texts: the preset's value per preset, or the
+    config's own default."""
+    if name in PRESET_FIELDS:
+        values = ", ".join(f"{preset} {_text(getattr(p, name))}" for preset, p in PRESETS.items())
+        return f"the preset's: {values}"
+    default = next(f.default for f in fields(PipelineConfig) if f.name == name)
+    return _text(default)
+
+
+def _text(value: Any) -> str:
+    return "none" if value is None else str(value)

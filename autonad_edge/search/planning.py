@@ -1,0 +1,103 @@
+"""A run's epochs and search size, kept in ``<out>/plan.json``.
+
+On a time budget they are planned from costs measured on this machine before any training
+(`search.budget`), and retraining is re-planned once, at the retrain stage, with the time the
+earlier stages actually took; without one, the preset's epochs are scaled to the data set's
+size. Values given on the command line always win. A rerun reads the plan back, so a resumed
+run keeps its schedule.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, replace
+from typing import Any
+
+from autonad_edge.io import atomic_write_json
+from autonad_edge.latency import export_pool
+from autonad_edge.latency.blocks import space_units
+from autonad_edge.latency.profiler import measure_units, missing_units, target_key
+from autonad_edge.search.budget import (
+    BudgetError, StageCosts, measure_costs, measure_retrain_step, plan_budget, replan_retrain as replanned_epochs,
+    scale_epochs,
+)
+from autonad_edge.search.config import PipelineConfig, PipelineError
+from autonad_edge.search.stages.context import RunContext
+from autonad_edge.space import Arch
+
+
+def plan_run(ctx: RunContext) -> PipelineConfig:
+    """The run's config with its planned epochs (measured here once, then read back from
+    ``plan.json`` on a rerun)."""
+    cfg, path = ctx.cfg, ctx.out / "plan.json"
+    if path.exists():
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        ctx.clock.add_earlier(saved.get("plan_s", 0.0))
+        return replace(cfg, **saved["epochs"])
+    if cfg.time_budget:  # 0 turns a preset's budget off
+        epochs, record = _budget_plan(ctx)
+    else:
+        epochs = {}
+        if cfg.reference_images:
+            for name in ("supernet_epochs", "retrain_epochs"):
+                epochs[name] = scale_epochs(getattr(cfg, name), len(ctx.data.train), cfg.reference_images)
+        record = {"epochs": {}, "plan": None, "scaled_for_images": len(ctx.data.train)}
+    # Values given on the command line win over the plan.
+    record["epochs"] = {k: v for k, v in epochs.items() if k not in ctx.given}
+    record["plan_s"] = ctx.clock.elapsed_s()  # data loading and the probes: the run's first costs
+    atomic_write_json(path, record)
+    return replace(cfg, **record["epochs"])
+
+
+def _budget_plan(ctx: RunContext) -> tuple[dict[str, int], dict[str, Any]]:
+    """Epochs and search size that fit ``cfg.time_budget``, from a few timed blocks and steps."""
+    cfg = ctx.cfg
+    key = target_key(ctx.pool)
+    units = missing_units(space_units(ctx.space, ctx.data.num_classes, ctx.image_hw), ctx.table, key)
+    ctx.log(f"[plan] timing {len(units)} blocks and a few training steps to plan {cfg.time_budget:g} min")
+    # A few of the run's own blocks, timed as the run will (the table keeps them): as
+    # many as keep the export workers busy three times, once the workers are up, drawn
+    # across the space (its first units, the high-resolution stage, cost the most).
+    workers = export_pool.start(key.flavor) if units else 0
+    probe = random.Random(cfg.seed).sample(units, min(len(units), max(3, 3 * workers)))
+    start = time.perf_counter()
+    if probe:
+        measure_units(ctx.pool, ctx.table, probe, key=key, policy=ctx.policy)
+    unit_s = (time.perf_counter() - start) / max(len(probe), 1)
+    costs = measure_costs(cfg.supernet_config(), cfg.retrain_config("probe"), ctx.space, ctx.data,
+                          units_to_time=max(len(units) - len(probe), 0), unit_timing_s=unit_s,
+                          subnets_to_time=cfg.calibration_archs + cfg.finalists, seed=cfg.seed)
+    try:
+        plan = plan_budget(costs, 60 * cfg.time_budget, population=cfg.population,
+                           generations=cfg.generations, parents=cfg.parents)
+    except BudgetError as exc:
+        raise PipelineError(f"time budget: {exc}") from None
+    ctx.log(f"[plan] {plan.summary()}")
+    epochs = {"supernet_epochs": plan.supernet_epochs, "retrain_epochs": plan.retrain_epochs,
+              "population": plan.population, "generations": plan.generations}
+    return epochs, {"epochs": {}, "plan": plan.to_dict(), "costs": asdict(costs)}
+
+
+def replan_retrain(ctx: RunContext, arch: Arch) -> PipelineConfig:
+    """On a time budget, give retraining all the time the earlier stages left (their costs
+    were estimates when the plan was made), once: the figure is kept in ``plan.json`` so a
+    resumed retrain keeps its schedule. Returns the run's config with those epochs."""
+    cfg, path = ctx.cfg, ctx.out / "plan.json"
+    record = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    if not record.get("plan") or "retrain_epochs" in ctx.given:
+        return cfg
+    if "replanned" not in record:
+        step_s = measure_retrain_step(cfg.retrain_config("probe"), ctx.space, ctx.data, arch, seed=cfg.seed)
+        costs = replace(StageCosts(**record["costs"]), retrain_step_s=step_s)
+        elapsed = ctx.clock.elapsed_s()
+        epochs = replanned_epochs(costs, record["plan"]["budget_s"], elapsed)
+        record["replanned"] = {"elapsed_s": elapsed, "retrain_step_s": step_s,
+                               "planned_retrain_epochs": record["epochs"].get("retrain_epochs"),
+                               "retrain_epochs": epochs}
+        record["epochs"]["retrain_epochs"] = epochs
+        atomic_write_json(path, record)
+        ctx.log(f"[retrain] {elapsed / 60:.1f} of {record['plan']['budget_s'] / 60:.0f} min spent: "
+                f"retraining {epochs} epochs (planned {record['replanned']['planned_retrain_epochs']})")
+    return replace(cfg, retrain_epochs=record["epochs"]["retrain_epochs"])

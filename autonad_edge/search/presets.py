@@ -1,0 +1,96 @@
+"""The run presets: every budget and recipe setting of `autonad-edge search`, by name.
+
+`PipelineConfig.resolved()` fills every field the command line left unset from one of these,
+so a preset field and the config field of the same name are one setting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from autonad_agent.measure import MeasurementPolicy
+
+
+@dataclass(frozen=True, kw_only=True)
+class Preset:
+    """The budgets and the recipe of a kind of run; every field is a `PipelineConfig` field too."""
+
+    space: str
+    image_size: int
+    synthetic_count: int
+    supernet_epochs: int
+    retrain_epochs: int
+    batch_size: int
+    population: int
+    generations: int
+    parents: int
+    calibration_archs: int  # subnets measured end to end to fit the latency correction
+    finalists: int  # top candidates re-measured end to end before the final choice
+    retrain_init: str  # "inherited" fine-tunes from the supernet, "scratch" trains anew
+    max_steps_per_epoch: int | None = None
+    # Block timing: "quick" (short warm-up, ~0.1 s of timed runs) for CPU presets, "full" (the
+    # agent's trtexec-like default: 200 ms warm-up, >= 1 s and >= 50 runs) for the paper's.
+    timing: str = "quick"
+    # Optimisation. None = the training defaults (AdamW 5e-4 for the supernet, Adam 1e-4 for the
+    # retrain: the paper's, tuned for 100-200 epochs). Minute-scale CPU budgets need larger
+    # steps and a loss that does not settle on "all background" first.
+    supernet_lr: float | None = None
+    supernet_warmup_epochs: float = 0.0
+    retrain_lr: float | None = None
+    class_weighting: str = "none"
+    # The defect-aware recipe (training.config.RunConfig): loss, crops, training scale.
+    loss: str = "ce+dice"
+    defect_crop_share: float = 0.5
+    keep_aspect: bool = True
+    max_side: int | None = 1024
+    sandwich: bool = False  # with in-place distillation (SupernetConfig.distill_weight)
+    sandwich_random: int = 1
+    retrain_schedule: str = "cosine"
+    retrain_warmup_epochs: float = 0.0
+    retrain_ema: float | None = None
+    # Epochs are tuned for this many train images and scaled to keep the optimiser steps
+    # (`budget.scale_epochs`); None = used as given.
+    reference_images: int | None = None
+    # Minutes for the whole run when no --time-budget is given (None: the epochs above).
+    time_budget: float | None = None
+
+
+def measurement_policy(timing: str) -> MeasurementPolicy | None:
+    """The agent measurement policy of a preset's ``timing``; None = the agent's default."""
+    if timing == "full":
+        return None
+    # Imported here: the CLI builds its help from this module and starts without numpy.
+    from autonad_agent.measure import MeasurementPolicy
+
+    return MeasurementPolicy(warmup_runs=5, warmup_ms=20.0, min_runs=10, min_duration_ms=100.0,
+                             max_runs=2000, max_cv=0.2, max_repeats=1)
+
+
+PRESETS: dict[str, Preset] = {
+    # Seconds: for tests and smoke runs.
+    "tiny": Preset(
+        space="tiny", image_size=64, synthetic_count=48, supernet_epochs=2, retrain_epochs=2, batch_size=8,
+        population=6, generations=2, parents=3, calibration_archs=3, finalists=2, retrain_init="inherited",
+        max_steps_per_epoch=4, max_side=256,
+    ),
+    # The default: minutes on a 2-core CPU with --target local.
+    # Measured (benchmarks/RESULTS.md): at the paper's lr the supernet never leaves the
+    # all-background floor in a CPU budget; 3e-3 with class weighting separates subnets.
+    # The recipe: defect-centred crops (half of them), CE + soft Dice, the sandwich rule with
+    # in-place distillation, warm-up + cosine for both trainings, EMA of the retrained weights.
+    "cpu": Preset(
+        space="tiny", image_size=128, synthetic_count=240, supernet_epochs=40, retrain_epochs=30, batch_size=8,
+        population=16, generations=5, parents=5, calibration_archs=8, finalists=4, retrain_init="inherited",
+        supernet_lr=3e-3, supernet_warmup_epochs=1.0, retrain_lr=2e-3, class_weighting="inverse_sqrt",
+        sandwich=True, retrain_warmup_epochs=0.5, retrain_ema=0.998, reference_images=168,
+        defect_crop_share=0.7, time_budget=9.0,
+    ),
+    # The paper's settings (Sec. V-B), for GPU hosts: fixed-size resize, plain cross-entropy.
+    "paper": Preset(
+        space="default", image_size=320, synthetic_count=240, supernet_epochs=100, retrain_epochs=200, batch_size=8,
+        population=100, generations=50, parents=10, calibration_archs=50, finalists=10, retrain_init="scratch",
+        timing="full", loss="ce", defect_crop_share=0.0, keep_aspect=False, retrain_schedule="poly",
+    ),
+}

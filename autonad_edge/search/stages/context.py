@@ -1,0 +1,78 @@
+"""What the stages of one run share: its resolved config and the resources it has open."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable
+
+from autonad_edge.data.dataset import SegmentationData
+from autonad_edge.latency.estimator import LatencyEstimator
+from autonad_edge.latency.table import LatencyTable
+from autonad_edge.search.config import PipelineConfig
+from autonad_edge.search.presets import measurement_policy
+from autonad_edge.space import Arch, SearchSpace
+from autonad_edge.training.checkpoint import load_supernet
+
+
+@dataclass
+class RunClock:
+    """The run's clock across resumes: this process's time plus what earlier ones spent."""
+
+    started: float = field(default_factory=time.perf_counter)
+    earlier_s: float = 0.0
+
+    def elapsed_s(self) -> float:
+        """Seconds this run has worked so far, in this process and the ones it resumes."""
+        return self.earlier_s + time.perf_counter() - self.started
+
+    def add_earlier(self, seconds: float) -> None:
+        self.earlier_s += seconds
+
+
+@dataclass
+class RunContext:
+    """The open resources of one run. ``cfg`` is the resolved config with the run's epochs
+    (planned, then re-planned once at the retrain stage on a time budget)."""
+
+    cfg: PipelineConfig
+    given: frozenset[str]  # budgets set explicitly: a plan never overrides them
+    out: Path
+    space: SearchSpace
+    data: SegmentationData
+    table: LatencyTable
+    pool: Any  # latency.pool.AgentPool of the target
+    clock: RunClock
+    log: Callable[[str], None] = print
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        return self.cfg.image_hw
+
+    @property
+    def policy(self):
+        """How blocks and finalists are timed (the export's final figure uses the agent's full policy)."""
+        return measurement_policy(self.cfg.timing)
+
+    @cached_property
+    def estimator(self) -> LatencyEstimator:
+        return LatencyEstimator(
+            self.table, self.space, self.image_hw, self.data.num_classes, pool=self.pool,
+            corrections=self.out / "latency" / "corrections.json",
+            policy=self.policy, end_to_end_policy=self.policy, stat=self.cfg.latency_stat,
+        )
+
+    @property
+    def backend(self) -> str:
+        return self.estimator.key.backend
+
+    @cached_property
+    def supernet(self):
+        supernet, _ = load_supernet(self.out / "supernet" / "supernet.pt")
+        return supernet
+
+    def best_arch(self) -> Arch:
+        return Arch.from_dict(json.loads((self.out / "best_arch.json").read_text(encoding="utf-8")))

@@ -1,0 +1,35 @@
+"""Stage 1: train the weight-sharing supernet; sampled subnets' unmeasured blocks are measured
+on the target's agents in the background meanwhile."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from autonad_edge.io import json_safe
+from autonad_edge.latency.background import BackgroundProfiler
+from autonad_edge.search.stages.context import RunContext
+from autonad_edge.search.stages.store import StageResult
+from autonad_edge.training.supernet_trainer import train_supernet
+
+
+@dataclass(frozen=True)
+class SupernetResult(StageResult):
+    checkpoint: str
+    summary: dict[str, Any]  # the trainer's summary (epochs, val figures)
+    background_latency: dict[str, Any]  # latency.background.BackgroundStats
+
+
+def supernet_stage(ctx: RunContext) -> SupernetResult:
+    out_dir = ctx.out / "supernet"
+    resume = (out_dir / "supernet.pt").exists()
+    with BackgroundProfiler(ctx.pool, ctx.table, ctx.space, ctx.image_hw, ctx.data.num_classes,
+                            policy=ctx.policy) as bg:
+        summary = train_supernet(
+            ctx.cfg.supernet_config(), ctx.data, out_dir, space=ctx.space, resume=resume, quiet=ctx.cfg.quiet,
+            step_hooks=[bg], epoch_hooks=[bg.epoch_hook], backlog=bg.backlog,
+        )
+        # Units still queued are measured by the latency stage, with its progress bar.
+        stats = bg.stats
+    return SupernetResult(checkpoint=str(out_dir / "supernet.pt"), summary=json_safe(summary),
+                          background_latency=json_safe(asdict(stats)))
