@@ -239,7 +239,8 @@ def _weighted_choice(rng: random.Random, options: Sequence[Any], probs: Mapping[
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """The configurable search space. `default()` is the paper's Table I."""
+    """The configurable search space. `default()` is the paper's Table I (with the head's detail
+    path; `named("paper")` is Table I exactly)."""
 
     stages: tuple[StageSpace, ...]
     operators: tuple[str, ...] = OPERATORS
@@ -252,14 +253,20 @@ class SearchSpace:
     # Channels per attention head: every width must be a multiple of it.
     head_dim: int = 32
     in_chans: int = 3
+    # Channels of the head's stride-2 detail path from the image (`models.mfam.DetailBranch`),
+    # shared by every subnet; 0 = none, the paper's head (which decides at stride 4, where a
+    # 1-2 px crack covers a quarter of a cell or less). Not in Table I: the `paper` space has 0.
+    detail_channels: int = 0
 
     def __post_init__(self) -> None:
         self._check()
 
     # ---- construction --------------------------------------------------------------------
     @classmethod
-    def default(cls) -> "SearchSpace":
+    def default(cls, detail_channels: int = 16) -> "SearchSpace":
+        """Table I; with the detail path of the head unless `detail_channels` is 0."""
         return cls(
+            detail_channels=detail_channels,
             stages=(
                 StageSpace((1, 2, 3, 4), (32, 64), _frange(7.5, 9.0, 0.5), sr_ratio=8),
                 StageSpace((1, 2, 3, 4), (32, 64, 96, 128), _frange(7.5, 9.0, 0.5), sr_ratio=4),
@@ -280,6 +287,7 @@ class SearchSpace:
             ),
             decoder_channels=32,
             head_dim=16,
+            detail_channels=16,
         )
 
     @classmethod
@@ -296,7 +304,7 @@ class SearchSpace:
 
     @classmethod
     def named(cls, name: str) -> "SearchSpace":
-        presets = {"default": cls.default, "paper": cls.default, "tiny": cls.tiny}
+        presets = {"default": cls.default, "paper": lambda: cls.default(detail_channels=0), "tiny": cls.tiny}
         if name not in presets:
             raise ArchError(f"unknown search space {name!r}; choose one of {', '.join(presets)}")
         return presets[name]()
@@ -332,6 +340,8 @@ class SearchSpace:
             raise ArchError("pool_size_choices: sizes must be >= 1")
         if self.decoder_channels < 4 or self.decoder_channels % 4:
             raise ArchError("decoder_channels: must be a positive multiple of 4")
+        if self.detail_channels < 0 or self.detail_channels % 4:
+            raise ArchError("detail_channels: must be 0 (no detail path) or a positive multiple of 4")
 
     # ---- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -353,6 +363,7 @@ class SearchSpace:
             "decoder_channels": self.decoder_channels,
             "head_dim": self.head_dim,
             "in_chans": self.in_chans,
+            "detail_channels": self.detail_channels,
         }
 
     @classmethod
@@ -378,6 +389,7 @@ class SearchSpace:
                     "decoder_channels",
                     "head_dim",
                     "in_chans",
+                    "detail_channels",  # absent in spaces saved before it existed: 0
                 )
                 if k in data
             }

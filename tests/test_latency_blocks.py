@@ -70,6 +70,8 @@ def _network_shapes(arch, size):
         expected.append(("edge", seen[f"output{i}"]))
         coarse = seen[f"output{i}"][0]  # the merged f at this level
     head_in = [seen["ppm.out"], seen["output2.out"], seen["output1.out"], seen["output0.out"]]
+    if dec.detail is not None:  # the detail path reads the image: the head's fifth input
+        head_in.append((1, 3, *size))
     expected.append(("head", head_in))
     stage_out = [seen[f"stage{i}.out"] for i in range(4)]
     return expected, stage_out, tuple(logits.shape)

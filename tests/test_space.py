@@ -155,3 +155,22 @@ def test_extremes(space):
     assert big.widths == (64, 128, 224, 288) and big.depths == (4, 4, 4, 4)
     assert small.widths == (32, 32, 128, 192) and small.depths == (1, 1, 1, 1)
     assert big.pool_sizes == (3, 4, 5, 6) and small.pool_sizes == (1, 2, 3, 4)
+
+
+def test_the_detail_path_is_a_space_setting_absent_from_the_paper_space_and_old_json():
+    from autonad_edge.latency.blocks import space_units
+
+    assert SearchSpace.named("tiny").detail_channels == SearchSpace.named("default").detail_channels == 16
+    assert SearchSpace.named("paper").detail_channels == 0
+    old = SearchSpace.tiny().to_dict()
+    del old["detail_channels"]  # a space saved before the detail path existed
+    plain = SearchSpace.from_dict(old)
+    assert plain.detail_channels == 0 and plain != SearchSpace.tiny()
+    # Without the path the head keeps its earlier signature (its table entries stay valid);
+    # with it the head reads the image as a fifth input.
+    head = {s.detail_channels: [u for u in space_units(s, 5, 64) if u.kind == "head"][0]
+            for s in (plain, SearchSpace.tiny())}
+    assert "detail_channels" not in head[0].config and len(head[0].inputs) == 4
+    assert head[16].config["detail_channels"] == 16 and head[16].inputs[-1] == (1, 3, 64, 64)
+    with pytest.raises(ArchError, match="detail_channels"):
+        SearchSpace.from_dict({**old, "detail_channels": 6})

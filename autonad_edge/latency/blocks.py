@@ -113,7 +113,8 @@ class Unit:
             return f"ppm {c['in_ch']}->{c['out_ch']} pools{list(c['pool_sizes'])} @{shape}"
         if self.kind == "merge":
             return f"merge c{c['channels']} {shape}->{'x'.join(map(str, self.inputs[1][2:]))}"
-        return f"head c{c['channels']} cls{c['num_classes']} ->{c['out_h']}x{c['out_w']}"
+        detail = f" detail{c['detail_channels']}" if c.get("detail_channels") else ""
+        return f"head c{c['channels']} cls{c['num_classes']}{detail} ->{c['out_h']}x{c['out_w']}"
 
     # ---- torch side ----------------------------------------------------------------------
     def build(self):
@@ -170,12 +171,19 @@ def merge_unit(channels: int, coarse_hw: tuple[int, int], fine_hw: tuple[int, in
     return Unit.make("merge", [(BATCH, channels, *coarse_hw), (BATCH, channels, *fine_hw)], label, channels=channels)
 
 
-def head_unit(channels: int, num_classes: int, sizes: Sequence[tuple[int, int]], out_hw: tuple[int, int]) -> Unit:
-    """Fuse (concat of the four levels resized to stride 4, 1x1 conv, GN, ReLU), classifier,
-    resize to the input size. `sizes` are the four backbone levels' (H, W), finest first."""
+def head_unit(channels: int, num_classes: int, sizes: Sequence[tuple[int, int]], out_hw: tuple[int, int],
+              detail_channels: int = 0, in_chans: int = 3) -> Unit:
+    """Fuse (concat of the four levels resized to stride 4, 1x1 conv, GN, ReLU), the detail path
+    from the image (if any: the image is then a fifth input), classifier, resize to the input
+    size. `sizes` are the four backbone levels' (H, W), finest first."""
     inputs = [(BATCH, channels, *sizes[i]) for i in (3, 2, 1, 0)]  # f4, out3, out2, out1
+    # A head without a detail path keeps the signature it had before the path existed.
+    detail = {"detail_channels": detail_channels, "in_chans": in_chans} if detail_channels else {}
+    if detail_channels:
+        inputs.append((BATCH, in_chans, *out_hw))
     return Unit.make(
-        "head", inputs, "head", channels=channels, num_classes=num_classes, out_h=out_hw[0], out_w=out_hw[1]
+        "head", inputs, "head", channels=channels, num_classes=num_classes, out_h=out_hw[0], out_w=out_hw[1],
+        **detail,
     )
 
 
@@ -202,7 +210,7 @@ def units_of(arch: Arch, space: SearchSpace, num_classes: int, image_size: int |
         units.append(edge_unit(ops[f"lateral{i + 1}"], arch.stages[i].width, c, sizes[i], f"lateral{i + 1}"))
         units.append(merge_unit(c, sizes[i + 1], sizes[i], f"merge{i + 1}"))
         units.append(edge_unit(ops[f"output{i + 1}"], c, c, sizes[i], f"output{i + 1}"))
-    units.append(head_unit(c, num_classes, sizes, out_hw))
+    units.append(head_unit(c, num_classes, sizes, out_hw, space.detail_channels, space.in_chans))
     return units
 
 
@@ -238,7 +246,7 @@ def space_units(space: SearchSpace, num_classes: int, image_size: int | Sequence
                 add(edge_unit(op, w, c, sizes[i], f"lateral{i + 1}"))
             add(edge_unit(op, c, c, sizes[i], f"output{i + 1}"))
         add(merge_unit(c, sizes[i + 1], sizes[i], f"merge{i + 1}"))
-    add(head_unit(c, num_classes, sizes, out_hw))
+    add(head_unit(c, num_classes, sizes, out_hw, space.detail_channels, space.in_chans))
     return list(found.values())
 
 
@@ -257,6 +265,7 @@ def network_signature(arch: Arch, space: SearchSpace, num_classes: int, image_si
         {
             "v": UNIT_FORMAT, "kind": "network", "arch": arch.hash, "num_classes": num_classes,
             "head_dim": space.head_dim, "decoder_channels": space.decoder_channels,
+            **({"detail_channels": space.detail_channels} if space.detail_channels else {}),
             "sr_ratios": [s.sr_ratio for s in space.stages], "in_chans": space.in_chans,
             "inputs": [[BATCH, space.in_chans, h, w]],
         },

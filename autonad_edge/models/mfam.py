@@ -6,7 +6,9 @@ A top-down DAG over the four backbone levels (FPN / UPerNet-like)::
     for i in 3, 2, 1:
         f = lateral_i(x_i) + upsample(f)           # searchable edge operator
         out_i = output_i(f)                        # searchable edge operator
-    logits = classifier(fuse(concat(out_1, up(out_2), up(out_3), up(f4))))  # at stride 4
+    x = fuse(concat(out_1, up(out_2), up(out_3), up(f4)))  # at stride 4
+    x = detail(x, image)   # optional: refined at stride 2 from the image (DetailBranch)
+    logits = classifier(x)
     return upsample(logits, input size)
 
 Edge operators: conv1x1, conv3x3, conv5x5, dilated conv3x3 (dilation 2), depthwise-separable
@@ -178,17 +180,18 @@ class MFAM(nn.Module):
 
     def __init__(
         self, laterals: list[nn.Module], outputs: list[nn.Module], ppm: PyramidPooling,
-        fuse: nn.Module, classifier: nn.Conv2d,
+        fuse: nn.Module, classifier: nn.Conv2d, detail: "DetailBranch | None" = None,
     ) -> None:
         super().__init__()
         self.laterals = nn.ModuleList(laterals)
         self.outputs = nn.ModuleList(outputs)
         self.ppm, self.fuse, self.classifier = ppm, fuse, classifier
+        self.detail = detail
 
     @classmethod
     def build(
         cls, widths: tuple[int, ...], edges: tuple[str, ...], pool_sizes: tuple[int, ...],
-        channels: int, num_classes: int,
+        channels: int, num_classes: int, detail_channels: int = 0, in_chans: int = 3,
     ) -> "MFAM":
         ops = dict(zip(EDGE_NAMES, edges))
         laterals = [DecoderEdge(ops[f"lateral{i + 1}"], widths[i], channels) for i in range(3)]
@@ -196,16 +199,18 @@ class MFAM(nn.Module):
         return cls(
             laterals, outputs, PyramidPooling(widths[3], channels, pool_sizes),
             fuse_block(channels), nn.Conv2d(channels, num_classes, 1),
+            DetailBranch(in_chans, channels, detail_channels) if detail_channels else None,
         )
 
-    def forward(self, features: list[Tensor], out_size: tuple[int, int]) -> Tensor:
+    def forward(self, features: list[Tensor], image: Tensor) -> Tensor:
+        """Logits at the size of `image` (the network's input, which the detail path reads)."""
         f = self.ppm(features[3])
         levels = [f]
         for i in (2, 1, 0):
             lateral = self.laterals[i](features[i])
             f = top_down_merge(f, lateral)
             levels.append(self.outputs[i](f))
-        return head(levels, self.fuse, self.classifier, out_size)
+        return head(levels, self.fuse, self.classifier, image.shape[-2:], self.detail, image)
 
 
 def top_down_merge(f: Tensor, lateral: Tensor) -> Tensor:
@@ -220,17 +225,42 @@ def fuse_block(channels: int) -> nn.Sequential:
     )
 
 
-def head(levels: list[Tensor], fuse: nn.Module, classifier: nn.Module, out_size) -> Tensor:
-    """The levels (coarsest first) resized to the finest, fused, classified, resized to `out_size`."""
+class DetailBranch(nn.Module):
+    """The head's stride-2 path from the image: two 3x3 convolutions on the image, concatenated
+    with the fused stride-4 features (upsampled), fused back by a 1x1 convolution. At stride 4
+    a 1-2 px crack is a quarter of a cell or less and bilinear upsampling blurs it away; here it
+    is decided at twice the resolution for a few MFLOPs. Fixed, not searched: every subnet
+    shares it (measured on the synthetic set, benchmarks/RESULTS.md)."""
+
+    def __init__(self, in_chans: int, channels: int, detail_channels: int) -> None:
+        super().__init__()
+        d = detail_channels
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_chans, d, 3, 2, 1, bias=False), decoder_norm(d), nn.ReLU(),
+            nn.Conv2d(d, d, 3, 1, 1, bias=False), decoder_norm(d), nn.ReLU(),
+        )
+        self.fuse = nn.Sequential(nn.Conv2d(channels + d, channels, 1, bias=False), decoder_norm(channels), nn.ReLU())
+
+    def forward(self, x: Tensor, image: Tensor) -> Tensor:
+        d = self.stem(image)
+        return self.fuse(torch.cat([resize(x, d.shape[-2:]), d], dim=1))
+
+
+def head(levels: list[Tensor], fuse: nn.Module, classifier: nn.Module, out_size,
+         detail: nn.Module | None = None, image: Tensor | None = None) -> Tensor:
+    """The levels (coarsest first) resized to the finest, fused, refined at stride 2 by the
+    detail path (if any, from `image`), classified, resized to `out_size`."""
     finest = levels[-1].shape[-2:]
     x = fuse(torch.cat([resize(f, finest) for f in reversed(levels)], dim=1))
+    if detail is not None:
+        x = detail(x, image)
     return resize(classifier(x), out_size)
 
 
 class ElasticMFAM(nn.Module):
     def __init__(
         self, max_widths: tuple[int, ...], channels: int, num_classes: int,
-        edge_ops: tuple[str, ...], branches: int, sharing: str,
+        edge_ops: tuple[str, ...], branches: int, sharing: str, detail_channels: int = 0, in_chans: int = 3,
     ) -> None:
         super().__init__()
         self.laterals = nn.ModuleList(
@@ -242,10 +272,11 @@ class ElasticMFAM(nn.Module):
         self.ppm = ElasticPyramidPooling(max_widths[3], channels, branches)
         self.fuse = fuse_block(channels)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
+        # One set of weights for every subnet: its shapes depend on nothing searched.
+        self.detail = DetailBranch(in_chans, channels, detail_channels) if detail_channels else None
 
     def forward(
-        self, features: list[Tensor], edges: tuple[str, ...], pool_sizes: tuple[int, ...],
-        out_size: tuple[int, int],
+        self, features: list[Tensor], edges: tuple[str, ...], pool_sizes: tuple[int, ...], image: Tensor,
     ) -> Tensor:
         ops = dict(zip(EDGE_NAMES, edges))
         f = self.ppm(features[3], pool_sizes)
@@ -254,7 +285,7 @@ class ElasticMFAM(nn.Module):
             lateral = self.laterals[i](features[i], ops[f"lateral{i + 1}"])
             f = top_down_merge(f, lateral)
             levels.append(self.outputs[i](f, ops[f"output{i + 1}"]))
-        return head(levels, self.fuse, self.classifier, out_size)
+        return head(levels, self.fuse, self.classifier, image.shape[-2:], self.detail, image)
 
     def extract(self, widths: tuple[int, ...], edges: tuple[str, ...], pool_sizes: tuple[int, ...]) -> MFAM:
         ops = dict(zip(EDGE_NAMES, edges))
@@ -262,5 +293,5 @@ class ElasticMFAM(nn.Module):
         outputs = [self.outputs[i].extract(ops[f"output{i + 1}"], self.outputs[i].out_ch) for i in range(3)]
         return MFAM(
             laterals, outputs, self.ppm.extract(widths[3], pool_sizes),
-            copy.deepcopy(self.fuse), copy.deepcopy(self.classifier),
+            copy.deepcopy(self.fuse), copy.deepcopy(self.classifier), copy.deepcopy(self.detail),
         )

@@ -48,7 +48,8 @@ class SegmentationNet(nn.Module):
             blocks = [HybridBlock.build(c, b, space.head_dim, stage_space.sr_ratio) for b in stage.blocks]
             stages.append(Stage(nn.Conv2d(in_ch, c, k, s, k // 2), LayerNorm2d(c), blocks, LayerNorm2d(c)))
             in_ch = c
-        decoder = MFAM.build(arch.widths, arch.edges, arch.pool_sizes, space.decoder_channels, num_classes)
+        decoder = MFAM.build(arch.widths, arch.edges, arch.pool_sizes, space.decoder_channels, num_classes,
+                             detail_channels=space.detail_channels, in_chans=space.in_chans)
         net = cls(stages, decoder, arch, num_classes)
         init_weights(net)
         # The classifier keeps PyTorch's default init: std-0.02 logits learn the rare defect
@@ -69,4 +70,4 @@ class SegmentationNet(nn.Module):
         return feats
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.decoder(self.features(x), x.shape[-2:])
+        return self.decoder(self.features(x), x)

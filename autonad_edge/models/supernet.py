@@ -64,7 +64,7 @@ class HybridSupernet(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.decoder = ElasticMFAM(
             space.max_widths, space.decoder_channels, num_classes, space.edge_ops,
-            space.num_pool_branches, sharing,
+            space.num_pool_branches, sharing, detail_channels=space.detail_channels, in_chans=space.in_chans,
         )
         self.active_arch: Arch = space.largest()
 
@@ -84,7 +84,7 @@ class HybridSupernet(nn.Module):
 
     def forward(self, x: Tensor, arch: Arch | None = None) -> Tensor:
         arch = arch if arch is not None else self.active_arch
-        return self.decoder(self.features(x, arch), arch.edges, arch.pool_sizes, x.shape[-2:])
+        return self.decoder(self.features(x, arch), arch.edges, arch.pool_sizes, x)
 
     @torch.no_grad()
     def extract(self, arch: Arch) -> SegmentationNet:

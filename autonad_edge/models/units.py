@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from autonad_edge.models.hybrid_block import HybridBlock
 from autonad_edge.models.layers import LayerNorm2d, init_weights
-from autonad_edge.models.mfam import DecoderEdge, PyramidPooling, fuse_block, head, top_down_merge
+from autonad_edge.models.mfam import DecoderEdge, DetailBranch, PyramidPooling, fuse_block, head, top_down_merge
 from autonad_edge.models.network import Stage
 from autonad_edge.space import BlockArch
 
@@ -26,16 +26,19 @@ class TopDownMerge(nn.Module):
 
 
 class Head(nn.Module):
-    """Fuse + classifier + resize to the input size, as in `MFAM.forward`."""
+    """Fuse (+ the detail path from the image, if any) + classifier + resize to the input size,
+    as in `MFAM.forward`. With a detail path the image is a fifth input."""
 
-    def __init__(self, channels: int, num_classes: int, out_size: tuple[int, int]) -> None:
+    def __init__(self, channels: int, num_classes: int, out_size: tuple[int, int], detail_channels: int = 0,
+                 in_chans: int = 3) -> None:
         super().__init__()
         self.fuse = fuse_block(channels)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
+        self.detail = DetailBranch(in_chans, channels, detail_channels) if detail_channels else None
         self.out_size = tuple(out_size)
 
-    def forward(self, f4: Tensor, out3: Tensor, out2: Tensor, out1: Tensor) -> Tensor:
-        return head([f4, out3, out2, out1], self.fuse, self.classifier, self.out_size)
+    def forward(self, f4: Tensor, out3: Tensor, out2: Tensor, out1: Tensor, image: Tensor | None = None) -> Tensor:
+        return head([f4, out3, out2, out1], self.fuse, self.classifier, self.out_size, self.detail, image)
 
 
 def unit_module(kind: str, c: dict[str, Any]) -> nn.Module:
@@ -55,7 +58,8 @@ def unit_module(kind: str, c: dict[str, Any]) -> nn.Module:
     elif kind == "merge":
         module = TopDownMerge()
     elif kind == "head":
-        module = Head(c["channels"], c["num_classes"], (c["out_h"], c["out_w"]))
+        module = Head(c["channels"], c["num_classes"], (c["out_h"], c["out_w"]), c.get("detail_channels", 0),
+                      c.get("in_chans", 3))
     else:
         raise ValueError(f"unknown unit kind {kind!r}")
     init_weights(module)

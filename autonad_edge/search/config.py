@@ -82,6 +82,7 @@ class PipelineConfig:
     # Minutes for the whole run: epochs and search size are planned from measured costs
     # (search.budget); None = the preset's budget (cpu: 9 min), 0 = the preset's epochs.
     time_budget: float | None = None
+    supernet_share: float | None = None  # of a time budget's training time (presets.Preset)
     # The preset fields set explicitly (not from the preset): a time budget's plan never
     # overrides them. None until resolved; kept in config.json so a loaded config plans alike.
     explicit: tuple[str, ...] | None = None

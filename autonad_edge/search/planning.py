@@ -71,7 +71,7 @@ def _budget_plan(ctx: RunContext) -> tuple[dict[str, int], dict[str, Any]]:
                           subnets_to_time=cfg.calibration_archs + cfg.finalists, seed=cfg.seed)
     try:
         plan = plan_budget(costs, 60 * cfg.time_budget, population=cfg.population,
-                           generations=cfg.generations, parents=cfg.parents)
+                           generations=cfg.generations, parents=cfg.parents, supernet_share=cfg.supernet_share)
     except BudgetError as exc:
         raise PipelineError(f"time budget: {exc}") from None
     ctx.log(f"[plan] {plan.summary()}")

@@ -55,6 +55,9 @@ class Preset:
     reference_images: int | None = None
     # Minutes for the whole run when no --time-budget is given (None: the epochs above).
     time_budget: float | None = None
+    # Share of a time budget's training time that goes to the supernet (the rest, and whatever
+    # the earlier stages leave, to retraining the chosen subnet: the network that is delivered).
+    supernet_share: float = 0.5
 
 
 def measurement_policy(timing: str) -> MeasurementPolicy | None:
@@ -78,18 +81,23 @@ PRESETS: dict[str, Preset] = {
     # The default: minutes on a 2-core CPU with --target local.
     # Measured (benchmarks/RESULTS.md): at the paper's lr the supernet never leaves the
     # all-background floor in a CPU budget; 3e-3 with class weighting separates subnets.
-    # The recipe: defect-centred crops (half of them), CE + soft Dice, the sandwich rule with
-    # in-place distillation, warm-up + cosine for both trainings, EMA of the retrained weights.
+    # The recipe: defect-centred crops, CE + soft Dice, warm-up + cosine for both trainings, EMA
+    # of the retrained weights. One subnet per supernet step, not the sandwich: in the same
+    # time (105 sandwich steps or 315 single ones) the sandwich's supernet stayed at the floor
+    # and gave its inherited retrain nothing over scratch (26.2 vs 25.9 % test mIoU), single
+    # steps left it and gave 32.4 %. Retraining gets most of the time (supernet_share 0.3):
+    # what the retrain learns is what is delivered.
     "cpu": Preset(
         space="tiny", image_size=128, synthetic_count=240, supernet_epochs=40, retrain_epochs=30, batch_size=8,
         population=16, generations=5, parents=5, calibration_archs=8, finalists=4, retrain_init="inherited",
         supernet_lr=3e-3, supernet_warmup_epochs=1.0, retrain_lr=2e-3, class_weighting="inverse_sqrt",
-        sandwich=True, retrain_warmup_epochs=0.5, retrain_ema=0.998, reference_images=168,
-        defect_crop_share=0.7, time_budget=9.0,
+        sandwich=False, retrain_warmup_epochs=0.5, retrain_ema=0.998, reference_images=168,
+        defect_crop_share=0.7, time_budget=9.0, supernet_share=0.3,
     ),
-    # The paper's settings (Sec. V-B), for GPU hosts: fixed-size resize, plain cross-entropy.
+    # The paper's settings (Sec. V-B), for GPU hosts: fixed-size resize, plain cross-entropy,
+    # Table I's space exactly (no detail path in the head).
     "paper": Preset(
-        space="default", image_size=320, synthetic_count=240, supernet_epochs=100, retrain_epochs=200, batch_size=8,
+        space="paper", image_size=320, synthetic_count=240, supernet_epochs=100, retrain_epochs=200, batch_size=8,
         population=100, generations=50, parents=10, calibration_archs=50, finalists=10, retrain_init="scratch",
         timing="full", loss="ce", defect_crop_share=0.0, keep_aspect=False, retrain_schedule="poly",
     ),
