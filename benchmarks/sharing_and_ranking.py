@@ -33,7 +33,7 @@ from autonad_edge.models.complexity import count_flops
 from autonad_edge.search.pipeline import PipelineConfig
 from autonad_edge.space import SearchSpace
 from autonad_edge.training.calibration import calibrate
-from autonad_edge.training.checkpoint import load_model
+from autonad_edge.training.checkpoint import load_model, load_supernet
 from autonad_edge.training.evaluate import evaluate
 from autonad_edge.training.retrain import BEST_FILE, retrain
 from autonad_edge.training.rundata import load_run_data
@@ -89,10 +89,9 @@ def main() -> None:
     out = Path(args.out)
     base = PipelineConfig(data=args.data, format=args.format, preset=args.preset,
                           supernet_epochs=args.epochs, retrain_epochs=args.retrain_epochs).resolved()
-    preset = base.preset_values
     space = SearchSpace.named(base.space)
-    data = load_run_data(args.format, args.data, base.image_size, base.seed, synthetic_count=preset.synthetic_count,
-                         manifest=out / "splits.json", keep_aspect=preset.keep_aspect, max_side=preset.max_side)
+    data = load_run_data(args.format, args.data, base.image_size, base.seed, synthetic_count=base.synthetic_count,
+                         manifest=out / "splits.json", keep_aspect=base.keep_aspect, max_side=base.max_side)
     if not (out / "splits.json").exists():
         data.save_manifest(out / "splits.json")
     tile = int(base.image_size)
@@ -110,7 +109,7 @@ def main() -> None:
         train_s = time.perf_counter() - t0
         log = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines() if line.strip()]
         curves[mode] = [r["loss"] for r in log if "loss" in r]
-        supernet, _ = load_model(run_dir / "supernet.pt")
+        supernet, _ = load_supernet(run_dir / "supernet.pt")
         scored = []
         for arch in archs:
             c = calibrate(supernet, data.val, arch, num_classes=data.num_classes, tile_size=tile)
@@ -151,7 +150,7 @@ def main() -> None:
         "machine": {"platform": platform.platform(), "torch": torch.__version__},
         "dataset": {"format": args.format, "train": len(data.train), "val": len(data.val), "test": len(data.test)},
         "budget": {"supernet_epochs": args.epochs, "batch_size": base.batch_size, "crop": tile,
-                   "train_images": len(data.train), "sandwich": preset.sandwich},
+                   "train_images": len(data.train), "sandwich": base.sandwich},
         "modes": rows, "ranking": ranking, "plot": args.plot, "wall_s": time.perf_counter() - started,
     })
     print(f"wrote {args.json}", file=sys.stderr)
