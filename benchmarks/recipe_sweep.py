@@ -12,12 +12,15 @@ val-chosen calibration:
   step) against one subnet a step (3x the epochs), then each subnet's inherited val mIoU and an
   inherited retrain of ``--epochs[0]``;
 * ``oracle``: the best IoU a head can reach that decides at stride 1/2/4/8 and upsamples
-  (per-cell class shares, bilinear, argmax) -- what the decoder's resolution allows.
+  (per-cell class shares, bilinear, argmax) -- what the decoder's resolution allows; on
+  ``--data``/``--format`` when given (e.g. Magnetic-tile), else the synthetic set.
 
     python benchmarks/recipe_sweep.py steps --epochs 15 30 60 --json benchmarks/results/recipe_steps.json
     python benchmarks/recipe_sweep.py detail --epochs 30 --json benchmarks/results/recipe_detail.json
     python benchmarks/recipe_sweep.py supernet --sandwich-epochs 5 --epochs 15 --json benchmarks/results/recipe_supernet.json
     python benchmarks/recipe_sweep.py oracle --json benchmarks/results/recipe_oracle.json
+    python benchmarks/recipe_sweep.py oracle --data ../shared/datasets/magnetic-tile --format mt \\
+        --json benchmarks/results/recipe_oracle_mt.json
 """
 
 from __future__ import annotations
@@ -99,10 +102,14 @@ def main() -> None:
     parser.add_argument("--out", default="runs/recipe_sweep")
     parser.add_argument("--json", required=True)
     parser.add_argument("--torch-threads", type=int, default=2)
+    parser.add_argument("--data", default=None, help="oracle only: a dataset root (default: synthetic)")
+    parser.add_argument("--format", default="synthetic")
     args = parser.parse_args()
     torch.set_num_threads(args.torch_threads)
     out = Path(args.out) / args.experiment
-    data = load_dataset(None, "synthetic", image_size=128, seed=0, synthetic_count=240, keep_aspect=True,
+    if args.data and args.experiment != "oracle":
+        parser.error("--data is for the oracle; the training experiments run on the synthetic set")
+    data = load_dataset(args.data, args.format, image_size=128, seed=0, synthetic_count=240, keep_aspect=True,
                         max_side=1024)
     space = SearchSpace.tiny()
     arch = fixed_arch(space)

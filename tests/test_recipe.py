@@ -12,7 +12,7 @@ import torch
 from autonad_edge.data import load_dataset
 from autonad_edge.data.cache import downscale_mask, training_scale_hw
 from autonad_edge.data.crops import CropConfig, CropSampler, crop_grid, CropSpec
-from autonad_edge.search.budget import BudgetError, StageCosts, evaluations, plan_budget, replan_retrain, scale_epochs
+from autonad_edge.search.budget import BudgetError, StageCosts, evaluations, plan_budget, retrain_epochs_left, scale_epochs
 from autonad_edge.space import SearchSpace
 from autonad_edge.training.config import SupernetConfig
 from autonad_edge.training.ema import WeightAverage
@@ -155,9 +155,9 @@ def test_budget_plan_arithmetic_on_given_costs():
 def test_retraining_gets_the_time_the_earlier_stages_left():
     re_epoch = 35 * 0.3 + 1.0 * 10.0  # 20.5 s
     # 3600 s budget, 2000 s spent: 3600 - 2000 - 30 (export) - 252 (7 % margin) = 1318 s left.
-    assert replan_retrain(COSTS, 3600, 2000) == int(1318 // re_epoch) == 64
-    assert replan_retrain(COSTS, 3600, 3590) == 2  # over budget already: the minimum
-    assert replan_retrain(COSTS, 3600, 2000, min_epochs=70) == 70
+    assert retrain_epochs_left(COSTS, 3600, 2000) == int(1318 // re_epoch) == 64
+    assert retrain_epochs_left(COSTS, 3600, 3590) == 2  # over budget already: the minimum
+    assert retrain_epochs_left(COSTS, 3600, 2000, min_epochs=70) == 70
 
 
 def test_epochs_scale_with_the_data_set_size():

@@ -369,20 +369,14 @@ class WorkerProcess:
             assert self._proc is not None and self._proc.stdin is not None and self._channel is not None
             deadline = time.monotonic() + timeout_s
             first_run_deadline = None
+            wait_until = deadline
             phase = "receiving the request"
             self._aborted = None
             try:
                 write_frame(self._proc.stdin, request, payload)
                 while True:
                     wait_until = deadline if first_run_deadline is None else min(deadline, first_run_deadline)
-                    try:
-                        header, result = self._channel.read_frame(wait_until)
-                    except TimeoutError:
-                        if first_run_deadline is not None and first_run_deadline < deadline:
-                            self._discard()
-                            raise WorkerError("timeout", f"the model's first inference did not finish within "
-                                                         f"{first_run_timeout_s:g} s; worker restarted") from None
-                        raise
+                    header, result = self._channel.read_frame(wait_until)
                     if header["type"] == "phase":
                         phase = header["phase"]
                         first_run_deadline = (time.monotonic() + first_run_timeout_s
@@ -397,6 +391,9 @@ class WorkerProcess:
                     return header, result
             except TimeoutError:
                 self._discard()
+                if wait_until < deadline:  # the first-run limit, not the request's budget, ran out
+                    raise WorkerError("timeout", f"the model's first inference did not finish within "
+                                                 f"{first_run_timeout_s:g} s; worker restarted") from None
                 raise WorkerError("timeout", f"worker timed out after {timeout_s:.0f} s (the request's budget) "
                                              f"while {phase}; restarted") from None
             except (EOFError, BrokenPipeError, json.JSONDecodeError, KeyError):

@@ -55,6 +55,11 @@ STATS = ("median", "min", "mean", "p90")
 MIN_SHARE_OF_SUM = 0.25
 
 
+def block_sum(features: dict[str, float]) -> float:
+    """The plain sum of the units' table latencies (the per-kind ``sum_*`` features)."""
+    return sum(v for k, v in features.items() if k.startswith("sum_"))
+
+
 class EstimateError(AutonadError, LookupError):
     """Units of the architecture are not in the table and there is no pool to measure them."""
 
@@ -89,8 +94,7 @@ class Correction:
 
     def apply(self, features: dict[str, float]) -> float:
         corrected = sum(self.weights.get(name, 0.0) * features.get(name, 0.0) for name in FEATURES)
-        plain = sum(v for k, v in features.items() if k.startswith("sum_"))
-        return max(corrected, MIN_SHARE_OF_SUM * plain)
+        return max(corrected, MIN_SHARE_OF_SUM * block_sum(features))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -276,9 +280,7 @@ class LatencyEstimator:
     def estimate(self, arch: "Arch") -> float:
         """Estimated end-to-end latency (ms): corrected sum if a correction is fitted, else the sum."""
         feats = self.features(arch)
-        if self.correction is None:
-            return sum(v for k, v in feats.items() if k.startswith("sum_"))
-        return self.correction.apply(feats)
+        return block_sum(feats) if self.correction is None else self.correction.apply(feats)
 
     def estimate_many(self, archs: Iterable["Arch"]) -> list[float]:
         archs = list(archs)

@@ -219,7 +219,7 @@ def scale_epochs(epochs: int, train_images: int, reference_images: int, *, low: 
     return max(1, round(epochs * factor))
 
 
-def replan_retrain(costs: StageCosts, budget_s: float, elapsed_s: float, *, margin: float = 0.07,
+def retrain_epochs_left(costs: StageCosts, budget_s: float, elapsed_s: float, *, margin: float = 0.07,
                    min_epochs: int = 2) -> int:
     """Retraining epochs that fit what is left of the budget once the search has chosen.
 
@@ -232,4 +232,4 @@ def replan_retrain(costs: StageCosts, budget_s: float, elapsed_s: float, *, marg
 
 
 __all__ = ["BudgetError", "BudgetPlan", "StageCosts", "evaluations", "measure_costs", "measure_retrain_step",
-           "plan_budget", "replan_retrain", "scale_epochs"]
+           "plan_budget", "retrain_epochs_left", "scale_epochs"]

@@ -20,7 +20,7 @@ from autonad_edge.latency import export_pool
 from autonad_edge.latency.blocks import space_units
 from autonad_edge.latency.profiler import measure_units, missing_units, target_key
 from autonad_edge.search.budget import (
-    BudgetError, StageCosts, measure_costs, measure_retrain_step, plan_budget, replan_retrain as replanned_epochs,
+    BudgetError, StageCosts, measure_costs, measure_retrain_step, plan_budget, retrain_epochs_left,
     scale_epochs,
 )
 from autonad_edge.search.config import PipelineConfig, PipelineError
@@ -92,7 +92,7 @@ def replan_retrain(ctx: RunContext, arch: Arch) -> PipelineConfig:
         step_s = measure_retrain_step(cfg.retrain_config("probe"), ctx.space, ctx.data, arch, seed=cfg.seed)
         costs = replace(StageCosts(**record["costs"]), retrain_step_s=step_s)
         elapsed = ctx.clock.elapsed_s()
-        epochs = replanned_epochs(costs, record["plan"]["budget_s"], elapsed)
+        epochs = retrain_epochs_left(costs, record["plan"]["budget_s"], elapsed)
         record["replanned"] = {"elapsed_s": elapsed, "retrain_step_s": step_s,
                                "planned_retrain_epochs": record["epochs"].get("retrain_epochs"),
                                "retrain_epochs": epochs}
