@@ -5,7 +5,9 @@
    searches, retrains and exports.
 2. A U-Net (`autonad_edge.models.unet.UNet`, double 3x3 conv + BatchNorm + ReLU, 4 levels)
    trained by the same training engine with the searched subnet's retraining settings (same
-   split, crops, loss, schedule, EMA, epochs x crops; its own learning rate), from scratch.
+   split, crops, loss, schedule, EMA; its own learning rate), from scratch, for the same wall
+   time as the searched subnet's retrain stage (`--unet-budget wall`: epochs planned from its
+   own measured step) or the same epochs x crops (`--unet-budget epochs`).
 3. Both decisions calibrated on val (`training.calibration`, the same code path), then
    both evaluated on the test split (whole images, tiles of the network input) and measured
    end to end on the same local agent in interleaved rounds.
@@ -32,10 +34,12 @@ from autonad_edge.io import atomic_write_json
 from autonad_edge.latency.profiler import target_key
 from autonad_edge.latency.targets import open_target
 from autonad_edge.models.unet import UNet
+from autonad_edge.data.crops import CropConfig
+from autonad_edge.search.budget import measure_train_step
 from autonad_edge.search.pipeline import PipelineConfig, run_search
 from autonad_edge.training.calibration import apply_offset
 from autonad_edge.training.checkpoint import load_checkpoint, load_model
-from autonad_edge.training.engine import Trainer
+from autonad_edge.training.engine import Trainer, steps_per_epoch
 from autonad_edge.training.evaluate import evaluate
 from autonad_edge.training.retrain import BEST_FILE
 from autonad_edge.training.rundata import load_run_data
@@ -96,6 +100,8 @@ def main() -> None:
     parser.add_argument("--time-budget", type=float, default=60.0, help="minutes for the search run")
     parser.add_argument("--unet-width", type=int, default=16)
     parser.add_argument("--unet-lr", type=float, default=1e-3)
+    parser.add_argument("--unet-budget", choices=["wall", "epochs"], default="wall",
+                        help="the U-Net's budget: the retrain stage's wall time, or its epochs x crops")
     parser.add_argument("--local-threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", default="benchmarks/results/mt_budget.json")
@@ -122,8 +128,17 @@ def main() -> None:
 
     # The U-Net gets the searched subnet's retraining settings, from scratch, its own lr.
     unet_cfg = replace(resolved.retrain_config(out / "search" / "supernet" / "supernet.pt"),
-                       init="scratch", supernet=None, lr=args.unet_lr,
-                       eval_every=max(1, budgets["retrain_epochs"] // 8))
+                       init="scratch", supernet=None, lr=args.unet_lr)
+    unet_epochs = budgets["retrain_epochs"]
+    retrain_wall_s = next(s["wall_s"] for s in report["stages"] if s["name"] == "retrain")
+    if args.unet_budget == "wall":
+        step_s = measure_train_step(UNet(data.num_classes, base_width=args.unet_width), unet_cfg, data)
+        crops = len(data.train_crops(unet_cfg.seed, CropConfig(unet_cfg.crop_hw, unet_cfg.defect_crop_share)))
+        # 10 % of the wall time is left for its val passes (eight in all).
+        unet_epochs = max(2, int(0.9 * retrain_wall_s / (step_s * steps_per_epoch(crops, unet_cfg.batch_size))))
+        print(f"U-Net: {step_s:.2f} s a step, {unet_epochs} epochs in the retrain stage's {retrain_wall_s:.0f} s",
+              file=sys.stderr, flush=True)
+    unet_cfg = replace(unet_cfg, epochs=unet_epochs, eval_every=max(1, unet_epochs // 8))
     t0 = time.perf_counter()
     from autonad_edge.space import SearchSpace
 
@@ -166,7 +181,8 @@ def main() -> None:
                     "cpu_count": os.cpu_count()},
         "dataset": {"train": len(data.train), "val": len(data.val), "test": len(data.test), "classes": names},
         "search_report": {k: report.get(k) for k in ("chosen", "accuracy", "latency", "stages", "budgets")},
-        "search_wall_s": search_s, "unet_train_s": unet_train_s, "unet_config": unet_cfg.to_dict(),
+        "search_wall_s": search_s, "retrain_stage_s": retrain_wall_s, "unet_budget": args.unet_budget,
+        "unet_train_s": unet_train_s, "unet_config": unet_cfg.to_dict(),
         "total_wall_s": time.perf_counter() - started, "rows": rows,
     })
     print(f"wrote {args.json}")

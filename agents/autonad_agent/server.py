@@ -27,6 +27,7 @@ from autonad_agent import __version__
 from autonad_agent.backends import BACKENDS
 from autonad_agent.backends.base import MAX_INPUTS, Precision, TensorSpec
 from autonad_agent.fingerprint import fingerprint_hash
+from autonad_agent.host_state import read_host_state
 from autonad_agent.measure import MeasurementPolicy
 from autonad_agent.proto import latency_agent_pb2 as pb
 from autonad_agent.proto import latency_agent_pb2_grpc as pb_grpc
@@ -370,11 +371,11 @@ class LatencyAgentService(pb_grpc.LatencyAgentServicer):
         except (KeyError, ValueError, TypeError) as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid request: {exc}")
         key = (upload.sha256, tuple(inputs), backend, precision, policy)
-        cached = self.cache.get(key)
+        cached = None if header.fresh else self.cache.get(key)
         if cached is None:
             with self._device(context):
                 # An identical request may have been measured while this one waited.
-                cached = self.cache.get(key)
+                cached = None if header.fresh else self.cache.get(key)
                 if cached is None:
                     return self._measure(context, upload, backend, inputs, precision, policy, key)
         response = pb.MeasureResponse()
@@ -399,6 +400,7 @@ class LatencyAgentService(pb_grpc.LatencyAgentServicer):
             "policy": policy.to_dict(),
         }
         started = time.monotonic()
+        host = read_host_state()  # before the worker loads the device itself
         result, _ = self._call_worker(context, backend, request, upload.model)
         info = self.worker(backend).info
         assert info is not None
@@ -413,6 +415,7 @@ class LatencyAgentService(pb_grpc.LatencyAgentServicer):
             fingerprint=_fingerprint_message(info.fingerprint),
             model_sha256=upload.sha256,
             warmup_runs=result["warmup_runs"],
+            host=pb.HostState(**host.to_dict()),
         )
         # A noisy result is not cached, so asking again measures again.
         if response.stable:

@@ -9,13 +9,14 @@ elsewhere) from a bad request (do not).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from autonad_agent.backends.base import TensorSpec
+from autonad_agent.host_state import HostState
 from autonad_agent.measure import STAT_FIELDS, LatencyStats, MeasurementPolicy
 from autonad_agent.proto import latency_agent_pb2 as pb
 from autonad_agent.proto import latency_agent_pb2_grpc as pb_grpc
@@ -64,6 +65,9 @@ def _precision_to_wire(precision: str) -> int:
         raise ValueError(f"precision must be one of {', '.join(_PRECISIONS)}, got {precision!r}") from None
 
 
+HOST_FIELDS = tuple(f.name for f in fields(HostState))
+
+
 def _spec_from_wire(spec: pb.TensorSpec) -> TensorSpec:
     return TensorSpec(spec.name, tuple(spec.shape), spec.dtype or "float32")
 
@@ -89,6 +93,7 @@ class Measurement(LatencyStats):
     model_sha256: str
     fingerprint: Fingerprint
     agent: str
+    host: HostState = HostState()  # the device's load and clocks as the measurement started
 
     @classmethod
     def from_wire(cls, response: pb.MeasureResponse, agent: str) -> Measurement:
@@ -108,6 +113,7 @@ class Measurement(LatencyStats):
                 max_repeats=policy.max_repeats,
             ),
             model_sha256=response.model_sha256, fingerprint=fingerprint, agent=agent,
+            host=HostState(**{f: getattr(response.host, f) for f in HOST_FIELDS}),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -119,6 +125,7 @@ class Measurement(LatencyStats):
             "inputs": [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype} for s in self.inputs],
             "policy": self.policy.to_dict(), "model_sha256": self.model_sha256, "agent": self.agent,
             "fingerprint": {"hash": self.fingerprint.hash, "fields": dict(self.fingerprint.fields)},
+            "host": self.host.to_dict(),
         }
 
 
@@ -278,9 +285,11 @@ class AgentClient:
         precision: str = "fp32",
         policy: MeasurementPolicy | None = None,
         timeout_s: float | None = None,
+        fresh: bool = False,
     ) -> Measurement:
         """Measure `onnx_bytes` on the agent. `inputs=None` uses the model's static input
-        shapes; `backend=None` the agent's default backend."""
+        shapes; `backend=None` the agent's default backend; `fresh` measures again even if
+        the agent has an identical request's result cached."""
         if not onnx_bytes:
             raise ValueError("empty model")
         wire_policy = pb.MeasurementPolicy(**(policy or MeasurementPolicy()).to_dict())
@@ -290,6 +299,7 @@ class AgentClient:
             precision=_precision_to_wire(precision),
             policy=wire_policy,
             model_size=len(onnx_bytes),
+            fresh=fresh,
         )
 
         def requests() -> Iterator[pb.MeasureRequest]:

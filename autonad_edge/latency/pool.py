@@ -44,6 +44,7 @@ class MeasureJob:
     inputs: tuple[TensorSpec, ...] | None = None
     signature: str | None = None
     policy: MeasurementPolicy | None = None
+    fresh: bool = False  # measure even if the agent has this request's result cached
 
 
 class PoolExhausted(RuntimeError):
@@ -212,7 +213,8 @@ class ClientPool:
     def _run_job(self, client: AgentClient, index: int, job: MeasureJob, scheduler: _Scheduler) -> None:
         try:
             measurement = client.measure(
-                job.onnx, job.inputs, backend=self.backend, precision=self.precision, policy=job.policy
+                job.onnx, job.inputs, backend=self.backend, precision=self.precision, policy=job.policy,
+                fresh=job.fresh,
             )
         except AgentError as exc:
             if not exc.retryable:

@@ -151,8 +151,8 @@ def _seconds_per_step(step, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def _retrain_step_s(arch, space, data, images, masks, loss_fn, steps: int) -> float:
-    net = SegmentationNet.from_arch(arch, space, data.num_classes).train()
+def _train_step_s(net, images, masks, loss_fn, steps: int) -> float:
+    net.train()
     opt = torch.optim.Adam(net.parameters(), lr=1e-6)
 
     def step():
@@ -163,11 +163,19 @@ def _retrain_step_s(arch, space, data, images, masks, loss_fn, steps: int) -> fl
     return _seconds_per_step(step, steps)
 
 
+def measure_train_step(net, config, data, *, steps: int = 3, seed: int = 0) -> float:
+    """Seconds of one training step of the network `net` with `config`'s batch and crop size
+    (a baseline's cost, to give it a budget in wall time)."""
+    torch.manual_seed(seed)
+    images, masks, loss_fn, _ = _probe_batch(config, data, seed)
+    return _train_step_s(net, images, masks, loss_fn, steps)
+
+
 def measure_retrain_step(retrain_config, space, data, arch, *, steps: int = 3, seed: int = 0) -> float:
     """Seconds of one retraining step of `arch` with the run's batch and crop size."""
     torch.manual_seed(seed)
-    images, masks, loss_fn, _ = _probe_batch(retrain_config, data, seed)
-    return _retrain_step_s(arch, space, data, images, masks, loss_fn, steps)
+    net = SegmentationNet.from_arch(arch, space, data.num_classes)
+    return measure_train_step(net, retrain_config, data, steps=steps, seed=seed)
 
 
 def measure_costs(supernet_config, retrain_config, space, data, *, units_to_time: int, subnets_to_time: int,
@@ -191,7 +199,7 @@ def measure_costs(supernet_config, retrain_config, space, data, *, units_to_time
 
     sup_s = _seconds_per_step(supernet_step, steps)
     arch = space.sample(rng)
-    re_s = _retrain_step_s(arch, space, data, images, masks, loss_fn, steps)
+    re_s = _train_step_s(SegmentationNet.from_arch(arch, space, data.num_classes), images, masks, loss_fn, steps)
     # A candidate's val score as the search computes it (calibrated), after an untimed first
     # call (lazy imports, allocator warm-up).
     probe = Subset(data.val, list(range(min(4, len(data.val)))))
@@ -232,4 +240,4 @@ def retrain_epochs_left(costs: StageCosts, budget_s: float, elapsed_s: float, *,
 
 
 __all__ = ["BudgetError", "BudgetPlan", "StageCosts", "evaluations", "measure_costs", "measure_retrain_step",
-           "plan_budget", "retrain_epochs_left", "scale_epochs"]
+           "measure_train_step", "plan_budget", "retrain_epochs_left", "scale_epochs"]

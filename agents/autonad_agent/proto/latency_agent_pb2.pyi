@@ -45,18 +45,20 @@ class MeasurementPolicy(_message.Message):
     def __init__(self, warmup_runs: _Optional[int] = ..., warmup_ms: _Optional[float] = ..., min_runs: _Optional[int] = ..., min_duration_ms: _Optional[float] = ..., max_runs: _Optional[int] = ..., max_cv: _Optional[float] = ..., max_repeats: _Optional[int] = ...) -> None: ...
 
 class MeasureHeader(_message.Message):
-    __slots__ = ("inputs", "backend", "precision", "policy", "model_size")
+    __slots__ = ("inputs", "backend", "precision", "policy", "model_size", "fresh")
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     MODEL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    FRESH_FIELD_NUMBER: _ClassVar[int]
     inputs: _containers.RepeatedCompositeFieldContainer[TensorSpec]
     backend: str
     precision: Precision
     policy: MeasurementPolicy
     model_size: int
-    def __init__(self, inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., backend: _Optional[str] = ..., precision: _Optional[_Union[Precision, str]] = ..., policy: _Optional[_Union[MeasurementPolicy, _Mapping]] = ..., model_size: _Optional[int] = ...) -> None: ...
+    fresh: bool
+    def __init__(self, inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., backend: _Optional[str] = ..., precision: _Optional[_Union[Precision, str]] = ..., policy: _Optional[_Union[MeasurementPolicy, _Mapping]] = ..., model_size: _Optional[int] = ..., fresh: _Optional[bool] = ...) -> None: ...
 
 class MeasureRequest(_message.Message):
     __slots__ = ("header", "model_chunk")
@@ -106,7 +108,7 @@ class DeviceFingerprint(_message.Message):
     def __init__(self, fields: _Optional[_Mapping[str, str]] = ..., hash: _Optional[str] = ...) -> None: ...
 
 class MeasureResponse(_message.Message):
-    __slots__ = ("stats", "stable", "attempts", "cached", "backend", "precision", "inputs", "policy", "fingerprint", "model_sha256", "warmup_runs")
+    __slots__ = ("stats", "stable", "attempts", "cached", "backend", "precision", "inputs", "policy", "fingerprint", "model_sha256", "warmup_runs", "host")
     STATS_FIELD_NUMBER: _ClassVar[int]
     STABLE_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
@@ -118,6 +120,7 @@ class MeasureResponse(_message.Message):
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     WARMUP_RUNS_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
     stats: LatencyStats
     stable: bool
     attempts: int
@@ -129,7 +132,20 @@ class MeasureResponse(_message.Message):
     fingerprint: DeviceFingerprint
     model_sha256: str
     warmup_runs: int
-    def __init__(self, stats: _Optional[_Union[LatencyStats, _Mapping]] = ..., stable: _Optional[bool] = ..., attempts: _Optional[int] = ..., cached: _Optional[bool] = ..., backend: _Optional[str] = ..., precision: _Optional[_Union[Precision, str]] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., policy: _Optional[_Union[MeasurementPolicy, _Mapping]] = ..., fingerprint: _Optional[_Union[DeviceFingerprint, _Mapping]] = ..., model_sha256: _Optional[str] = ..., warmup_runs: _Optional[int] = ...) -> None: ...
+    host: HostState
+    def __init__(self, stats: _Optional[_Union[LatencyStats, _Mapping]] = ..., stable: _Optional[bool] = ..., attempts: _Optional[int] = ..., cached: _Optional[bool] = ..., backend: _Optional[str] = ..., precision: _Optional[_Union[Precision, str]] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., policy: _Optional[_Union[MeasurementPolicy, _Mapping]] = ..., fingerprint: _Optional[_Union[DeviceFingerprint, _Mapping]] = ..., model_sha256: _Optional[str] = ..., warmup_runs: _Optional[int] = ..., host: _Optional[_Union[HostState, _Mapping]] = ...) -> None: ...
+
+class HostState(_message.Message):
+    __slots__ = ("load_1m", "cpus", "cpu_mhz", "temperature_c")
+    LOAD_1M_FIELD_NUMBER: _ClassVar[int]
+    CPUS_FIELD_NUMBER: _ClassVar[int]
+    CPU_MHZ_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_C_FIELD_NUMBER: _ClassVar[int]
+    load_1m: float
+    cpus: int
+    cpu_mhz: float
+    temperature_c: float
+    def __init__(self, load_1m: _Optional[float] = ..., cpus: _Optional[int] = ..., cpu_mhz: _Optional[float] = ..., temperature_c: _Optional[float] = ...) -> None: ...
 
 class GetDeviceInfoRequest(_message.Message):
     __slots__ = ()
