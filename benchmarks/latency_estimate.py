@@ -2,10 +2,14 @@
 
 1. Profiles every unit of the space at the input size on the target into a latency table and
    measures random subnets end to end (whole exported networks): a *fit* set and a disjoint
-   *evaluation* set (at least 50). By default everything is exported first and then measured
-   in one shuffled order (units and subnets interleaved), so that load from other processes
-   drifting over the run affects both alike; --no-interleave profiles first, like a real
-   `latency profile` followed by later end-to-end checks.
+   *evaluation* set (at least 50). By default (--protocol rounds) everything is exported first
+   and then measured by `latency.protocol.measure_in_rounds`: several rounds, each model once
+   a round in a fresh order, a reference subnet between every few models, every value scaled
+   by the host's speed at the time, the median of the rounds with its interval, extra rounds
+   for what stays unstable, and the reference's drift reported. --protocol single measures
+   each model once, long, in one shuffled order (the session-4 protocol); --no-interleave
+   profiles first, like a real `latency profile` followed by later end-to-end checks.
+   --background-load N keeps N busy processes running while it measures (a loaded host).
 2. Reports, nn-Meter style, the share of evaluation subnets whose estimate is within +-5% and
    +-10% of the measurement, and the RMSPE: for the plain sum of the units' medians, and for
    the sum corrected by the linear model fitted on the fit set only; and the same with each
@@ -137,6 +141,80 @@ def measure_interleaved(est, pool, space, archs, policy, exports: DiskExports, s
     for sig, data in track(jobs, description="measuring units and subnets, interleaved"):
         est.table.record(sig, pool.measure(data, policy=policy, signature=sig))
     return {"jobs": len(jobs), "export_s": export_s, "measure_s": time.perf_counter() - t0}
+
+
+def export_all(est, space, archs, exports: DiskExports) -> tuple[dict, float]:
+    """Every unit of the space and every subnet in `archs`, exported (from the cache where
+    it has them): signature -> ONNX bytes, and the seconds it took."""
+    from rich.progress import track
+
+    from autonad_edge.export.onnx_export import export_arch
+    from autonad_edge.latency.blocks import space_units
+
+    key = est.key
+    t0 = time.perf_counter()
+    models = {}
+    for unit in track(list(space_units(space, est.num_classes, est.image_size)), description="exporting units"):
+        models[unit.signature] = exports.unit_exporter(unit, key.flavor)
+    for arch in track(archs, description="exporting subnets"):
+        sig = est.network_signature(arch)
+        models[sig] = exports.get_or_make(sig, key.flavor, lambda: export_arch(
+            arch, est.space, est.num_classes, est.image_size, key.flavor).SerializeToString())
+    return models, time.perf_counter() - t0
+
+
+def measure_rounds(est, pool, space, archs, exports: DiskExports, reference_arch, args) -> dict:
+    """Units and subnets measured by the rounds protocol; the robust results go to the table."""
+    from rich.progress import Progress
+
+    from autonad_edge.export.onnx_export import export_arch
+    from autonad_edge.latency.pool import MeasureJob
+    from autonad_edge.latency.protocol import RoundsPolicy, measure_in_rounds, robust_measurement
+
+    models, export_s = export_all(est, space, archs, exports)
+    ref_sig = "reference|" + est.network_signature(reference_arch)
+    ref_onnx = exports.get_or_make(ref_sig, est.key.flavor, lambda: export_arch(
+        reference_arch, est.space, est.num_classes, est.image_size, est.key.flavor).SerializeToString())
+    policy = RoundsPolicy(rounds=args.rounds, max_extra_rounds=args.extra_rounds,
+                          max_relative_halfwidth=args.max_halfwidth)
+    with Progress() as bar:
+        task = bar.add_task("measuring in rounds", total=None)
+        result = measure_in_rounds(pool, {sig: MeasureJob(data, signature=sig) for sig, data in models.items()},
+                                   MeasureJob(ref_onnx, signature=ref_sig), policy, seed=args.seed,
+                                   progress=lambda done, total: bar.update(task, completed=done, total=total))
+    for sig, latency in result.latencies.items():
+        est.table.record(sig, robust_measurement(latency))
+    print(result.summary(), flush=True)
+    loads = [h.load_1m for h in result.hosts]
+    mhz = [h.cpu_mhz for h in result.hosts if h.cpu_mhz]
+    widths = sorted(100 * r.interval.relative_halfwidth for r in result.latencies.values())
+    return {
+        "models": len(models), "export_s": export_s, "measure_s": result.wall_s, "rounds": result.rounds,
+        "measurements": result.measurements, "policy": {k: (v.to_dict() if hasattr(v, "to_dict") else v)
+                                                        for k, v in policy.__dict__.items()},
+        "reference": {"arch": reference_arch.summary(), "estimate_ms": result.reference.estimate_ms,
+                      "relative_halfwidth_pct": 100 * result.reference.interval.relative_halfwidth,
+                      "series_ms": result.reference_series_ms},
+        "drift": result.drift.__dict__, "unstable": len(result.unstable),
+        "halfwidth_pct": {"median": statistics.median(widths), "p90": widths[int(0.9 * (len(widths) - 1))],
+                          "max": widths[-1]},
+        "host": {"load_1m": [min(loads), max(loads)], "cpu_mhz": [min(mhz), max(mhz)] if mhz else None,
+                 "samples": [h.to_dict() for h in result.hosts]},
+    }
+
+
+@contextlib.contextmanager
+def background_load(processes: int):
+    """`processes` busy loops (each keeps one core busy) for the duration of the block."""
+    import subprocess
+
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(processes)]
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
 
 
 def distinct_archs(space, n: int, seed: int, exclude: set[str]) -> list:
@@ -280,8 +358,15 @@ def main() -> None:
     parser.add_argument("--local-threads", type=int, default=None,
                         help="with --target local: the agent's ONNX Runtime intra-op threads (default: all cores)")
     parser.add_argument("--export-cache", default="runs/bench/exports", help="keep exports here between runs ('' = off)")
+    parser.add_argument("--protocol", choices=["rounds", "single"], default="rounds",
+                        help="rounds: latency.protocol (the default); single: one long measurement each")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--extra-rounds", type=int, default=4, help="at most, for models still unstable")
+    parser.add_argument("--max-halfwidth", type=float, default=0.05,
+                        help="a model is stable when its interval's half-width is within this share")
+    parser.add_argument("--background-load", type=int, default=0, help="busy processes running while measuring")
     parser.add_argument("--no-interleave", action="store_true",
-                        help="profile all units first, then the subnets (default: one shuffled order)")
+                        help="with --protocol single: profile all units first, then the subnets")
     parser.add_argument("--skip-overhead", action="store_true")
     parser.add_argument("--overhead-steps", type=int, default=10, help="training steps per phase")
     parser.add_argument("--overhead-rounds", type=int, default=3)
@@ -300,12 +385,16 @@ def main() -> None:
                  "num_classes": args.num_classes, "policy": policy.to_dict(), "host": platform.node(),
                  "host_cpus": os.cpu_count()}
     exports = DiskExports(args.export_cache)
-    with LatencyTable(args.table) as table, open_pool(args, table) as pool:
+    out["background_load"] = args.background_load
+    with LatencyTable(args.table) as table, open_pool(args, table) as pool, background_load(args.background_load):
         est = LatencyEstimator(table, space, size, args.num_classes, pool=pool, policy=policy,
                                end_to_end_policy=policy, correct=False)
         eval_archs = distinct_archs(space, args.eval, args.seed + 1, set())
         fit_archs = distinct_archs(space, args.fit, args.seed + 2, {a.hash for a in eval_archs})
-        if not args.no_interleave:
+        if args.protocol == "rounds":
+            reference = distinct_archs(space, 1, args.seed + 3, {a.hash for a in eval_archs + fit_archs})[0]
+            out["rounds"] = measure_rounds(est, pool, space, fit_archs + eval_archs, exports, reference, args)
+        elif not args.no_interleave:
             out["interleaved"] = measure_interleaved(est, pool, space, fit_archs + eval_archs, policy, exports,
                                                      args.seed)
         t0 = time.perf_counter()
@@ -381,7 +470,14 @@ def main() -> None:
             print(f"  {mode:<10} {1e3 * m['median_s']:.1f} ms/step median ({m['overhead_median_pct']:+.1f}%), "
                   f"{1e3 * m['mean_s']:.1f} mean ({m['overhead_pct']:+.1f}%), "
                   f"hook {m['hook_mean_us']:.0f} us mean / {m['hook_max_us']:.0f} us max{extra}")
-    if "interleaved" in out:
+    if "rounds" in out:
+        r = out["rounds"]
+        print(f"\ntotal {out['seconds']:.0f} s (export {r['export_s']:.0f} s, {r['models']} units and subnets "
+              f"in {r['rounds']} rounds, {r['measurements']} measurements, {r['measure_s']:.0f} s); interval "
+              f"half-width median {r['halfwidth_pct']['median']:.1f} %, max {r['halfwidth_pct']['max']:.1f} %; "
+              f"{r['unstable']} unstable; reference drift {100 * r['drift']['relative_change']:+.1f} %; "
+              f"device load {r['host']['load_1m'][0]:.2f}-{r['host']['load_1m'][1]:.2f}")
+    elif "interleaved" in out:
         i = out["interleaved"]
         print(f"\ntotal {out['seconds']:.0f} s (export {i['export_s']:.0f} s, {i['jobs']} units and subnets "
               f"measured interleaved in {i['measure_s']:.0f} s)")

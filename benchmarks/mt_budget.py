@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import platform
 import sys
@@ -117,7 +118,9 @@ def main() -> None:
                          local_threads=args.local_threads, table=str(out / "latency.sqlite"), preset=args.preset,
                          time_budget=args.time_budget, quiet=True)
     report = run_search(cfg, log=lambda msg: print(msg, file=sys.stderr, flush=True))
-    search_s = time.perf_counter() - started
+    # The stages' own wall times (and the planning before them), which a resumed run keeps.
+    plan = json.loads((out / "search" / "plan.json").read_text()) if (out / "search" / "plan.json").exists() else {}
+    search_s = sum(s["wall_s"] for s in report["stages"]) + float(plan.get("plan_s") or 0.0)
     budgets = report["budgets"]
     resolved = replace(cfg.resolved(), supernet_epochs=budgets["supernet_epochs"],
                        retrain_epochs=budgets["retrain_epochs"])

@@ -148,3 +148,33 @@ def test_pareto_front_is_non_dominated(space):
     for f in front:
         assert not any(c.miou > f.miou and c.latency_ms < f.latency_ms for c in cands)
     assert [f.latency_ms for f in front] == sorted(f.latency_ms for f in front)
+
+
+def test_latency_ties_are_decided_on_accuracy(space):
+    """Two finalists 2 % apart in latency: within a 5 % tolerance the more accurate one wins,
+    although the faster one scores higher; with no tolerance the score decides."""
+    rng = random.Random(7)
+    fast, slow = space.sample(rng), space.sample(rng)
+    while slow.hash == fast.hash:
+        slow = space.sample(rng)
+    miou = {fast.hash: 0.500, slow.hash: 0.502}
+    latency = {fast.hash: 10.0, slow.hash: 10.2}
+    cfg = EvolutionConfig(population=2, generations=1, parents=2, latency_weight=1.0)
+
+    def final(tolerance):
+        cb = SearchCallbacks(evaluate=lambda a: (miou[a.hash], miou[a.hash]), latency_ms=lambda a: latency[a.hash],
+                             params=lambda a: 1, measure_ms=lambda a: latency[a.hash])
+        search = EvolutionarySearch(space, cfg, cb)
+        search.reference_ms = 10.0
+        search._evaluate([fast, slow])
+        return search.finalize(top=2, latency_tolerance=tolerance)
+
+    # score = mIoU - latency / 10: fast 0.5 - 1.0 = -0.500, slow 0.502 - 1.02 = -0.518.
+    assert final(0.0).arch.hash == fast.hash
+    chosen = final(0.05)
+    assert chosen.arch.hash == slow.hash
+    assert chosen.extra["decision"]["by"] == "accuracy among latency ties"
+    assert set(chosen.extra["decision"]["ties"]) == {fast.hash, slow.hash}
+    # 10 % apart is no tie at 5 %.
+    latency[slow.hash] = 11.5
+    assert final(0.05).arch.hash == fast.hash

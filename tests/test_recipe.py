@@ -143,21 +143,37 @@ def test_budget_plan_arithmetic_on_given_costs():
     assert (plan.population, plan.generations) == (16, 3) and plan.search_s == evaluations(16, 3, 5) * 10.0
     assert plan.fixed_s == pytest.approx(190 + 30 + 0.07 * 3600)
     sup_epoch = 35 * 0.8 + 0.2 * 2 * 10.0
-    re_epoch = 35 * 0.3 + 1.0 * 10.0
-    training = 3600 - plan.fixed_s - plan.search_s
+    re_epoch = 35 * 0.3  # retraining's val passes are a fixed count, not per epoch
+    re_evals = 11 * 10.0
+    training = 3600 - plan.fixed_s - plan.search_s - re_evals
     assert plan.supernet_epochs == int(0.5 * training // sup_epoch)
     assert plan.retrain_epochs == int((training - plan.supernet_epochs * sup_epoch) // re_epoch)
+    assert plan.retrain_s == pytest.approx(plan.retrain_epochs * re_epoch + re_evals)
     assert plan.total_s <= 3600
     with pytest.raises(BudgetError, match="give at least"):
         plan_budget(COSTS, 300, population=16, generations=5, parents=5)
 
 
 def test_retraining_gets_the_time_the_earlier_stages_left():
-    re_epoch = 35 * 0.3 + 1.0 * 10.0  # 20.5 s
-    # 3600 s budget, 2000 s spent: 3600 - 2000 - 30 (export) - 252 (7 % margin) = 1318 s left.
-    assert retrain_epochs_left(COSTS, 3600, 2000) == int(1318 // re_epoch) == 64
+    re_epoch = 35 * 0.3  # 10.5 s
+    # 3600 s budget, 2000 s spent: 3600 - 2000 - 30 (export) - 252 (7 % margin) - 110 (11 val
+    # passes) = 1208 s left.
+    assert retrain_epochs_left(COSTS, 3600, 2000) == int(1208 // re_epoch) == 115
     assert retrain_epochs_left(COSTS, 3600, 3590) == 2  # over budget already: the minimum
-    assert retrain_epochs_left(COSTS, 3600, 2000, min_epochs=70) == 70
+    assert retrain_epochs_left(COSTS, 3600, 2000, min_epochs=200) == 200
+
+
+def test_old_plans_load_without_the_fields_they_lost():
+    saved = {**COSTS.__dict__, "retrain_evals_per_epoch": 1.0}  # a session-5 plan.json
+    assert StageCosts.from_dict(saved) == COSTS
+
+
+def test_a_retrain_evaluates_about_ten_times():
+    from autonad_edge.search.config import PipelineConfig
+
+    for epochs, every in ((136, 13), (33, 3), (5, 1)):
+        cfg = PipelineConfig(retrain_epochs=epochs).resolved()
+        assert cfg.retrain_config("s.pt").eval_every == every
 
 
 def test_epochs_scale_with_the_data_set_size():

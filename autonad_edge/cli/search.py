@@ -32,6 +32,7 @@ def search(
     latency_weight: float = typer.Option(None, "--lambda", help=f"Score = mIoU - lambda * latency / reference latency (unit-free) (default: {_d('latency_weight')})."),
     latency_budget_ms: float = typer.Option(None, help="Hard latency budget in ms on the target."),
     latency_stat: str = typer.Option(None, help=f"Latency statistic the search predicts and scores: min (interference-free, the steadiest) or median, mean, p90 (default: {_d('latency_stat')})."),
+    latency_tolerance: float = typer.Option(None, help=f"Finalists whose measured latencies are within this share of the best-scoring one's are compared on accuracy (default: {_d('latency_tolerance')})."),
     params_budget: int = typer.Option(None, help="Hard parameter budget."),
     sharing: str = typer.Option(None, help=f"Supernet weight sharing: cross (the paper's), entangled, classical (default: {_d('sharing')})."),
     table: Path = typer.Option(None, help=f"Latency table (SQLite), shared across runs (default: {_d('table')})."),
@@ -59,7 +60,7 @@ def search(
         supernet_epochs=supernet_epochs, retrain_epochs=retrain_epochs, batch_size=batch_size,
         population=population, generations=generations, sharing=sharing, latency_weight=latency_weight,
         latency_budget_ms=latency_budget_ms, latency_stat=latency_stat, params_budget=params_budget, seed=seed,
-        device=device, quiet=quiet, time_budget=time_budget, export_cache=export_cache,
+        latency_tolerance=latency_tolerance, device=device, quiet=quiet, time_budget=time_budget, export_cache=export_cache,
     )
     out = Path(config.out)
     try:

@@ -15,7 +15,7 @@ from typing import Any
 
 from autonad_edge.errors import AutonadError
 from autonad_edge.search.presets import PRESETS, Preset
-from autonad_edge.training.config import RetrainConfig, SupernetConfig
+from autonad_edge.training.config import RETRAIN_EVALS, RetrainConfig, SupernetConfig
 
 PRESET_FIELDS = tuple(f.name for f in fields(Preset))
 
@@ -44,6 +44,10 @@ class PipelineConfig:
     # The report gives the end-to-end median and min either way.
     latency_stat: str = "min"
     latency_budget_ms: float | None = None
+    # Finalists whose end-to-end latencies are within this share of the best-scoring one's
+    # are compared on accuracy alone: a real device cannot tell them apart (benchmarks/
+    # RESULTS.md: repeated measurements of one subnet spread by a few per cent).
+    latency_tolerance: float = 0.05
     params_budget: int | None = None
     prior_method: str = "softmax"
     prior_temperature: float | None = None
@@ -158,6 +162,7 @@ class PipelineConfig:
             max_steps_per_epoch=self.max_steps_per_epoch, class_weighting=self.class_weighting,
             schedule=self.retrain_schedule, warmup_epochs=self.retrain_warmup_epochs,
             ema_decay=self.retrain_ema, **self.recipe(),
+            eval_every=max(1, self.retrain_epochs // RETRAIN_EVALS),
             **({"lr": self.retrain_lr} if self.retrain_lr else {}),
         )
 

@@ -112,6 +112,17 @@ class SearchCallbacks:
     on_evaluated: Callable[[Candidate], None] | None = None
 
 
+def latency_tie(a_ms: float, b_ms: float, tolerance: float) -> bool:
+    """Whether latencies `a_ms` and `b_ms`, each known to +-`tolerance` (relative), may be
+    the same: their intervals a(1 +- t) and b(1 +- t) overlap."""
+    return abs(a_ms - b_ms) <= tolerance * (a_ms + b_ms)
+
+
+def _final_ms(c: "Candidate") -> float:
+    """Measured end to end where it was, else estimated."""
+    return c.measured_ms if c.measured_ms is not None else c.latency_ms
+
+
 def _rng_state_to_json(state) -> list:
     version, internal, gauss = state
     return [version, list(internal), gauss]
@@ -283,11 +294,14 @@ class EvolutionarySearch:
         if self.cb.on_generation:
             self.cb.on_generation(self.generation, self.ranked(self.population))
 
-    def finalize(self, top: int = 5) -> Candidate:
+    def finalize(self, top: int = 5, latency_tolerance: float = 0.0) -> Candidate:
         """Measure the top candidates and the Pareto front end to end; choose by measured score.
 
         Predicted 200 ms that measures 270 ms is a known failure of predictor-only searches,
         so the final choice never rests on the estimate alone when the target can measure.
+        Latencies within `latency_tolerance` (relative) of the best-scoring finalist's cannot
+        be told apart on a real device: among those finalists, accuracy decides. The choice
+        and why are in ``chosen.extra["decision"]``.
         """
         finalists = {c.arch.hash: c for c in self.ranked()[:top]}
         finalists.update({c.arch.hash: c for c in pareto_front(list(self.cache.values()))})
@@ -297,15 +311,22 @@ class EvolutionarySearch:
                     cand.measured_ms = float(self.cb.measure_ms(cand.arch))
             self.save_state()
         budget = self.config.latency_budget_ms
-        eligible = [
-            c for c in finalists.values()
-            if budget is None or (c.measured_ms if c.measured_ms is not None else c.latency_ms) <= budget
-        ]
+        eligible = [c for c in finalists.values() if budget is None or _final_ms(c) <= budget]
         if not eligible:
             raise SearchError(
                 f"every finalist measured over the latency budget of {budget:g} ms end to end"
             )
-        return sorted(eligible, key=lambda c: (-self.score(c, use_measured=True), c.arch.hash))[0]
+        ranked = sorted(eligible, key=lambda c: (-self.score(c, use_measured=True), c.arch.hash))
+        by_score = ranked[0]
+        ties = [c for c in ranked if latency_tie(_final_ms(c), _final_ms(by_score), latency_tolerance)]
+        chosen = max(ties, key=lambda c: c.miou)  # the first of equals in score order
+        chosen.extra["decision"] = {
+            "by": "score" if chosen is by_score else "accuracy among latency ties",
+            "latency_tolerance": latency_tolerance,
+            "ties": [c.arch.hash for c in ties],
+            "best_score": by_score.arch.hash,
+        }
+        return chosen
 
     # ---- persistence ---------------------------------------------------------------------
     def state_dict(self) -> dict:

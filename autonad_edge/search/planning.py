@@ -90,7 +90,7 @@ def replan_retrain(ctx: RunContext, arch: Arch) -> PipelineConfig:
         return cfg
     if "replanned" not in record:
         step_s = measure_retrain_step(cfg.retrain_config("probe"), ctx.space, ctx.data, arch, seed=cfg.seed)
-        costs = replace(StageCosts(**record["costs"]), retrain_step_s=step_s)
+        costs = replace(StageCosts.from_dict(record["costs"]), retrain_step_s=step_s)
         elapsed = ctx.clock.elapsed_s()
         epochs = retrain_epochs_left(costs, record["plan"]["budget_s"], elapsed)
         record["replanned"] = {"elapsed_s": elapsed, "retrain_step_s": step_s,

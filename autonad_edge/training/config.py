@@ -16,6 +16,10 @@ from typing import Any
 CLASS_WEIGHTINGS = ("none", "inverse_sqrt")  # RunConfig.class_weighting; see training.losses
 # RunConfig.loss: cross-entropy alone, or plus a region loss over the defect classes (training.losses)
 LOSSES = ("ce", "ce+dice", "ce+lovasz")
+# A pipeline's retraining evaluates on val this many times (every epochs // RETRAIN_EVALS
+# epochs) and after its last epoch, keeping the best: enough to catch a late dip, cheap next
+# to training (search.budget plans with it).
+RETRAIN_EVALS = 10
 
 RESUMABLE_OVERRIDES = frozenset({"device", "workers", "eval_every", "eval_batch_size", "data", "amp", "threads"})
 

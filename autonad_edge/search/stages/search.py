@@ -52,7 +52,7 @@ def search_stage(ctx: RunContext) -> SearchResult:
     try:
         with progress:
             search.run()
-        best = search.finalize(top=cfg.finalists)
+        best = search.finalize(top=cfg.finalists, latency_tolerance=cfg.latency_tolerance)
     except SearchError as exc:
         raise PipelineError(f"search: {exc}") from None
     candidates = list(search.cache.values())
@@ -67,6 +67,7 @@ def search_stage(ctx: RunContext) -> SearchResult:
         "score": "mIoU - lambda * latency_ms / reference_ms",
         "signal": signal.to_dict(),
         "chosen": best.arch.hash,
+        "decision": best.extra.get("decision"),
         "candidates": [c.to_dict() for c in sorted(candidates, key=lambda c: -search.score(c))],
     })
     atomic_write_json(out_dir / "pareto.json", [c.to_dict() for c in front])
