@@ -172,7 +172,7 @@ def measure_rounds(est, pool, space, archs, exports: DiskExports, reference_arch
     from autonad_edge.latency.protocol import RoundsPolicy, measure_in_rounds, robust_measurement
 
     models, export_s = export_all(est, space, archs, exports)
-    ref_sig = "reference|" + est.network_signature(reference_arch)
+    ref_sig = est.network_signature(reference_arch)
     ref_onnx = exports.get_or_make(ref_sig, est.key.flavor, lambda: export_arch(
         reference_arch, est.space, est.num_classes, est.image_size, est.key.flavor).SerializeToString())
     policy = RoundsPolicy(rounds=args.rounds, max_extra_rounds=args.extra_rounds,
@@ -365,6 +365,8 @@ def main() -> None:
     parser.add_argument("--max-halfwidth", type=float, default=0.05,
                         help="a model is stable when its interval's half-width is within this share")
     parser.add_argument("--background-load", type=int, default=0, help="busy processes running while measuring")
+    parser.add_argument("--export-only", action="store_true",
+                        help="fill --export-cache with every model the run measures, measure nothing")
     parser.add_argument("--no-interleave", action="store_true",
                         help="with --protocol single: profile all units first, then the subnets")
     parser.add_argument("--skip-overhead", action="store_true")
@@ -391,8 +393,12 @@ def main() -> None:
                                end_to_end_policy=policy, correct=False)
         eval_archs = distinct_archs(space, args.eval, args.seed + 1, set())
         fit_archs = distinct_archs(space, args.fit, args.seed + 2, {a.hash for a in eval_archs})
+        reference = distinct_archs(space, 1, args.seed + 3, {a.hash for a in eval_archs + fit_archs})[0]
+        if args.export_only:
+            models, export_s = export_all(est, space, fit_archs + eval_archs + [reference], exports)
+            print(f"exported {len(models)} models in {export_s:.0f} s into {args.export_cache}")
+            return
         if args.protocol == "rounds":
-            reference = distinct_archs(space, 1, args.seed + 3, {a.hash for a in eval_archs + fit_archs})[0]
             out["rounds"] = measure_rounds(est, pool, space, fit_archs + eval_archs, exports, reference, args)
         elif not args.no_interleave:
             out["interleaved"] = measure_interleaved(est, pool, space, fit_archs + eval_archs, policy, exports,
