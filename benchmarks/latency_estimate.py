@@ -4,9 +4,10 @@
    measures random subnets end to end (whole exported networks): a *fit* set and a disjoint
    *evaluation* set (at least 50). By default (--protocol rounds) everything is exported first
    and then measured by `latency.protocol.measure_in_rounds`: several rounds, each model once
-   a round in a fresh order, a reference subnet between every few models, every value scaled
-   by the host's speed at the time, the median of the rounds with its interval, extra rounds
-   for what stays unstable, and the reference's drift reported. --protocol single measures
+   a round in a fresh order, a reference subnet between every few models, each model's floor
+   over the rounds (--estimate floor, the default: its fastest round, seen twice) or the
+   median of its values scaled by the host's speed at the time (--estimate median), extra
+   rounds for what stays unstable, and the reference's drift reported. --protocol single measures
    each model once, long, in one shuffled order (the session-4 protocol); --no-interleave
    profiles first, like a real `latency profile` followed by later end-to-end checks.
    --background-load N keeps N busy processes running while it measures (a loaded host).
@@ -176,7 +177,7 @@ def measure_rounds(est, pool, space, archs, exports: DiskExports, reference_arch
     ref_onnx = exports.get_or_make(ref_sig, est.key.flavor, lambda: export_arch(
         reference_arch, est.space, est.num_classes, est.image_size, est.key.flavor).SerializeToString())
     policy = RoundsPolicy(rounds=args.rounds, max_extra_rounds=args.extra_rounds,
-                          max_relative_halfwidth=args.max_halfwidth)
+                          max_relative_halfwidth=args.max_halfwidth, estimate=args.estimate)
     with Progress() as bar:
         task = bar.add_task("measuring in rounds", total=None)
         result = measure_in_rounds(pool, {sig: MeasureJob(data, signature=sig) for sig, data in models.items()},
@@ -364,6 +365,8 @@ def main() -> None:
     parser.add_argument("--extra-rounds", type=int, default=4, help="at most, for models still unstable")
     parser.add_argument("--max-halfwidth", type=float, default=0.05,
                         help="a model is stable when its interval's half-width is within this share")
+    parser.add_argument("--estimate", choices=("floor", "median"), default="floor",
+                        help="rounds: each model's floor (min over rounds, raw) or median (normalised)")
     parser.add_argument("--background-load", type=int, default=0, help="busy processes running while measuring")
     parser.add_argument("--export-only", action="store_true",
                         help="fill --export-cache with every model the run measures, measure nothing")

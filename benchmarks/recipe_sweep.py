@@ -1,6 +1,6 @@
 """What buys accuracy in a CPU budget, on the synthetic set at 128 px (the default run's data).
 
-Four experiments, each by the library's own trainers (`RetrainTrainer`, `SupernetTrainer`) with
+Five experiments, each by the library's own trainers (`RetrainTrainer`, `SupernetTrainer`) with
 the cpu preset's recipe (CE + Dice, 1/sqrt class weights, 70 % defect crops, Adam 2e-3 with
 warm-up + cosine, EMA 0.998), one fixed subnet of the tiny space, test mIoU after the
 val-chosen calibration:
@@ -13,7 +13,11 @@ val-chosen calibration:
   inherited retrain of ``--epochs[0]``;
 * ``oracle``: the best IoU a head can reach that decides at stride 1/2/4/8 and upsamples
   (per-cell class shares, bilinear, argmax) -- what the decoder's resolution allows; on
-  ``--data``/``--format`` when given (e.g. Magnetic-tile), else the synthetic set.
+  ``--data``/``--format`` when given (e.g. Magnetic-tile), else the synthetic set;
+* ``scale``: the training scale (``--max-sides``: the long side scaled down to each, 128 px crops
+  either way, so every row trains on the same epochs x pixels), retrained from scratch for
+  ``--epochs[0]``, then scored on the test images at their native size (tiled at the training
+  scale, logits resized back), so the rows compare on the same pixels; on ``--data`` when given.
 
     python benchmarks/recipe_sweep.py steps --epochs 15 30 60 --json benchmarks/results/recipe_steps.json
     python benchmarks/recipe_sweep.py detail --epochs 30 --json benchmarks/results/recipe_detail.json
@@ -21,6 +25,8 @@ val-chosen calibration:
     python benchmarks/recipe_sweep.py oracle --json benchmarks/results/recipe_oracle.json
     python benchmarks/recipe_sweep.py oracle --data ../shared/datasets/magnetic-tile --format mt \\
         --json benchmarks/results/recipe_oracle_mt.json
+    python benchmarks/recipe_sweep.py scale --data ../shared/datasets/magnetic-tile --format mt \\
+        --epochs 40 --max-sides 1024 320 224 --json benchmarks/results/recipe_scale_mt.json
 """
 
 from __future__ import annotations
@@ -37,7 +43,9 @@ import torch
 import torch.nn.functional as F
 
 from autonad_edge.data import load_dataset
+from autonad_edge.inference import predict_logits
 from autonad_edge.io import atomic_write_json
+from autonad_edge.metrics import ConfusionMatrix
 from autonad_edge.space import SearchSpace
 from autonad_edge.training.calibration import calibrate
 from autonad_edge.training.checkpoint import load_model, load_supernet
@@ -72,6 +80,39 @@ def retrain_row(data, space, arch, out: Path, epochs: int, **config) -> dict:
     return test_row(net, data, epochs=epochs, wall_s=wall, params=sum(p.numel() for p in net.parameters()))
 
 
+def native_test_row(net, native, max_side: int | None) -> dict:
+    """Test metrics at the images' native size for a network trained at `max_side`."""
+    confusion = ConfusionMatrix(native.num_classes, native.ignore_index)
+    net.eval()
+    for i in range(len(native.test)):
+        image, mask = native.test[i]
+        logits = predict_logits(net, image, tile=128, max_side=max_side)
+        confusion.update(logits.argmax(0), torch.as_tensor(np.asarray(mask)))
+    metrics = confusion.compute()
+    iou = metrics.iou
+    return {"test_miou": float(np.nanmean(iou)), "test_miou_defects": float(np.nanmean(iou[1:])),
+            "iou": dict(zip(native.class_names, np.round(iou, 4).tolist()))}
+
+
+def scale_rows(args, space, arch, out: Path) -> list[dict]:
+    """One fixed subnet retrained at each training scale, scored at native size."""
+    native = load_dataset(args.data, args.format, image_size=128, seed=0, keep_aspect=True, max_side=None)
+    rows = []
+    for max_side in args.max_sides:
+        data = load_dataset(args.data, args.format, image_size=128, seed=0, keep_aspect=True, max_side=max_side)
+        cfg = RetrainConfig(epochs=args.epochs[0], eval_every=max(1, args.epochs[0] // 4), init="scratch",
+                            max_side=max_side, **RECIPE, **RETRAIN)
+        start = time.perf_counter()
+        RetrainTrainer(cfg, data, out / f"side{max_side}", space=space, arch=arch, quiet=True).fit()
+        wall = time.perf_counter() - start
+        net, _ = load_model(out / f"side{max_side}" / BEST_FILE)
+        row = {"max_side": max_side, "epochs": args.epochs[0], "wall_s": round(wall, 1),
+               **native_test_row(net, native, max_side)}
+        print(row, flush=True)
+        rows.append(row)
+    return rows
+
+
 def oracle(data) -> dict:
     rows = {}
     for stride in (1, 2, 4, 8):
@@ -96,19 +137,21 @@ def oracle(data) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("experiment", choices=("steps", "detail", "supernet", "oracle"))
+    parser.add_argument("experiment", choices=("steps", "detail", "supernet", "oracle", "scale"))
     parser.add_argument("--epochs", type=int, nargs="+", default=[30])
     parser.add_argument("--sandwich-epochs", type=int, default=5)
     parser.add_argument("--out", default="runs/recipe_sweep")
     parser.add_argument("--json", required=True)
     parser.add_argument("--torch-threads", type=int, default=2)
-    parser.add_argument("--data", default=None, help="oracle only: a dataset root (default: synthetic)")
+    parser.add_argument("--data", default=None, help="oracle and scale: a dataset root (default: synthetic)")
+    parser.add_argument("--max-sides", type=int, nargs="+", default=[1024, 320, 224],
+                        help="scale: training scales (long side, px)")
     parser.add_argument("--format", default="synthetic")
     args = parser.parse_args()
     torch.set_num_threads(args.torch_threads)
     out = Path(args.out) / args.experiment
-    if args.data and args.experiment != "oracle":
-        parser.error("--data is for the oracle; the training experiments run on the synthetic set")
+    if args.data and args.experiment not in ("oracle", "scale"):
+        parser.error("--data is for the oracle and scale; the other experiments run on the synthetic set")
     data = load_dataset(args.data, args.format, image_size=128, seed=0, synthetic_count=240, keep_aspect=True,
                         max_side=1024)
     space = SearchSpace.tiny()
@@ -144,6 +187,8 @@ def main() -> None:
         rows.append({"supernet": "none (scratch)",
                      "retrain": retrain_row(data, space, arch, out / "scratch", args.epochs[0], init="scratch")})
         result["rows"] = rows
+    elif args.experiment == "scale":
+        result["rows"] = scale_rows(args, space, arch, out)
     else:
         result["rows"] = oracle(data)
     atomic_write_json(args.json, result)

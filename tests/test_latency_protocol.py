@@ -13,7 +13,7 @@ from autonad_agent import testing
 from autonad_agent.measure import MeasurementPolicy
 from autonad_edge.latency import AgentClient, ClientPool, LatencyTable, MeasureJob
 from autonad_edge.latency.protocol import (
-    RoundsPolicy, detect_drift, measure_in_rounds, median_interval, normalised, robust_measurement,
+    RoundsPolicy, detect_drift, floor_interval, measure_in_rounds, median_interval, normalised, robust_measurement,
 )
 
 
@@ -65,6 +65,21 @@ def test_rounds_policy_rejects_nonsense():
         RoundsPolicy(rounds=0)
     with pytest.raises(ValueError):
         RoundsPolicy(statistic="mean")
+    with pytest.raises(ValueError):
+        RoundsPolicy(estimate="mean")
+
+
+def test_floor_interval_is_the_floor_and_how_often_it_was_seen():
+    # A host that is sometimes 50 % slower: the floor is the fast state, and it is reproduced
+    # (the interval narrow) once two rounds saw it.
+    seen_twice = floor_interval([70.0, 46.0, 71.0, 47.0, 69.0])
+    assert seen_twice.estimate == seen_twice.low == 46.0 and seen_twice.high == 47.0
+    assert seen_twice.relative_halfwidth == pytest.approx(0.5 / 46.0)
+    seen_once = floor_interval([70.0, 46.0, 71.0, 69.0])
+    assert seen_once.relative_halfwidth == pytest.approx(23.0 / 2 / 46.0)
+    assert floor_interval([5.0]).relative_halfwidth == 0.0
+    with pytest.raises(ValueError):
+        floor_interval([])
 
 
 @pytest.fixture
@@ -94,9 +109,10 @@ def test_rounds_on_a_real_agent_measure_afresh_and_interleave_the_reference(tmp_
     for lat in result.latencies.values():
         assert len(lat.values_ms) == 3 and not lat.last.cached  # every round measured, none from the cache
         assert lat.interval.low <= lat.estimate_ms <= lat.interval.high
-    # The table form: the median is the robust estimate, one "run" per round.
+    # The table form: the floor (the default estimate) is the table's min, one "run" per round.
     m = robust_measurement(result.latencies["m0"])
-    assert m.median_ms == pytest.approx(result.latencies["m0"].estimate_ms) and m.runs == 3
+    assert m.min_ms == pytest.approx(result.latencies["m0"].estimate_ms) and m.runs == 3
+    assert result.latencies["m0"].values_ms == result.latencies["m0"].raw_ms  # the floor takes raw values
     with LatencyTable(tmp_path / "t.sqlite") as table:
         table.record("m0", m)
         assert table.get(m.fingerprint, m.backend, m.precision, "m0").median_ms == pytest.approx(m.median_ms)

@@ -14,16 +14,22 @@ over the whole session instead:
    was at that moment: the reference's level then (the mean of the two reference
    measurements around it) against the reference's median over the session. A host-wide
    slowdown moves the reference and the model alike and cancels out.
-3. The estimate is the median of a model's round values with a distribution-free confidence
-   interval (order statistics of the binomial); a model whose interval is wider than
-   `max_relative_halfwidth` of its estimate is measured in extra rounds (bounded), then
-   flagged unstable.
+3. The estimate is, by default, the model's *floor*: the smallest of its round values, with
+   the second smallest as the interval's upper end. On a shared host the slowdowns come and
+   go faster than a reference can follow (a VM whose neighbours share its cores: the same
+   model's runs take 38 or 53 ms from one second to the next, RESULTS.md), and nothing makes
+   a model faster than it is, so the floor seen in two rounds is its reproducible speed and
+   is taken from the raw values. A floor not yet seen twice (interval wider than
+   `max_relative_halfwidth`) gets extra rounds (bounded), then is flagged unstable.
+   `estimate="median"` takes the median of the normalised values instead, with a
+   distribution-free interval (order statistics of the binomial): right where the host's
+   speed drifts slowly and the reference tracks it.
 4. The reference's series is tested for drift (Kendall's tau against time, and the change
    from its first to its last third); the device's load and clock (`HostState`, read by the
    agent) are kept for every reference measurement.
 
-The result of a model is a `LatencyStats` of its round values (median = the estimate), so it
-goes into the latency table like any measurement (`robust_measurement`).
+The result of a model is a `LatencyStats` of its round values (min = the floor, median = the
+median estimate), so it goes into the latency table like any measurement (`robust_measurement`).
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ if TYPE_CHECKING:
 ROUND_POLICY = MeasurementPolicy(warmup_runs=3, warmup_ms=30.0, min_runs=10, min_duration_ms=100.0,
                                  max_runs=2000, max_cv=10.0, max_repeats=0)
 STATISTICS = ("min", "median")
+ESTIMATES = ("floor", "median")
 
 
 @dataclass(frozen=True)
@@ -122,6 +129,18 @@ def detect_drift(series: Sequence[float], *, min_change: float = 0.05, alpha: fl
     return Drift(change, tau, p, p < alpha and abs(change) >= min_change)
 
 
+def floor_interval(samples: Sequence[float]) -> Interval:
+    """The floor of `samples` (their minimum) and how well it is reproduced: the interval runs
+    from the smallest to the second smallest. Not a probability interval (confidence is NaN):
+    narrow means the floor was seen in two rounds. One sample gives a zero-width interval."""
+    x = np.sort(np.asarray(samples, dtype=np.float64))
+    if x.size == 0:
+        raise ValueError("no samples")
+    second = x[1] if x.size > 1 else x[0]
+    return Interval(estimate=float(x[0]), low=float(x[0]), high=float(second), samples=int(x.size),
+                    confidence=math.nan)
+
+
 @dataclass(frozen=True)
 class RoundsPolicy:
     """How to measure in rounds (see the module doc)."""
@@ -131,7 +150,8 @@ class RoundsPolicy:
     max_relative_halfwidth: float = 0.05
     reference_every: int = 8
     statistic: str = "min"  # of each round's runs: min | median
-    normalize: bool = True  # scale by the reference's level at the time
+    estimate: str = "floor"  # over the rounds: floor (min, raw values) | median (normalised)
+    normalize: bool = True  # median estimate: scale by the reference's level at the time
     confidence: float = 0.95
     per_round: MeasurementPolicy = ROUND_POLICY
 
@@ -140,11 +160,14 @@ class RoundsPolicy:
             raise ValueError(f"need rounds >= 1, max_extra_rounds >= 0, reference_every >= 1, got {self}")
         if self.statistic not in STATISTICS:
             raise ValueError(f"statistic must be one of {STATISTICS}, got {self.statistic!r}")
+        if self.estimate not in ESTIMATES:
+            raise ValueError(f"estimate must be one of {ESTIMATES}, got {self.estimate!r}")
 
 
 @dataclass(frozen=True)
 class RobustLatency:
-    """One model's result: its round values (ms, normalised) and their median's interval."""
+    """One model's result: its round values (ms; normalised for the median estimate) and the
+    estimate's interval."""
 
     interval: Interval
     values_ms: tuple[float, ...]
@@ -241,7 +264,8 @@ def measure_in_rounds(
         run_round(wide)
         results = _summarise(rounds_of, ref_series, policy, last)
     ref_values = tuple(ref_series)
-    ref_interval = median_interval(ref_values, policy.confidence)
+    ref_interval = floor_interval(ref_values) if policy.estimate == "floor" else median_interval(
+        ref_values, policy.confidence)
     reference_latency = RobustLatency(ref_interval, ref_values, ref_values,
                                       ref_interval.relative_halfwidth <= policy.max_relative_halfwidth,
                                       last["__reference__"])
@@ -268,8 +292,11 @@ def _summarise(rounds_of, ref_series, policy: RoundsPolicy, last) -> dict[str, R
     results = {}
     for name, values in rounds_of.items():
         raw = tuple(v for v, _ in values)
-        scaled = tuple(normalised(values, ref_series)) if policy.normalize else raw
-        interval = median_interval(scaled, policy.confidence)
+        if policy.estimate == "floor":
+            scaled, interval = raw, floor_interval(raw)
+        else:
+            scaled = tuple(normalised(values, ref_series)) if policy.normalize else raw
+            interval = median_interval(scaled, policy.confidence)
         results[name] = RobustLatency(interval, scaled, raw,
                                       interval.relative_halfwidth <= policy.max_relative_halfwidth, last[name])
     return results
@@ -277,11 +304,11 @@ def _summarise(rounds_of, ref_series, policy: RoundsPolicy, last) -> dict[str, R
 
 def robust_measurement(result: RobustLatency) -> "Measurement":
     """The model's result as a latency-table measurement: the statistics of its round values
-    (median = the robust estimate, runs = rounds), the device and inputs of its last round."""
+    (min = the floor, median = the median estimate, runs = rounds), the device and inputs of its last round."""
     stats = LatencyStats.from_samples(result.values_ms)
     return dataclasses.replace(result.last, **dataclasses.asdict(stats), stable=result.stable,
                                attempts=len(result.values_ms), cached=False)
 
 
-__all__ = ["Drift", "Interval", "ROUND_POLICY", "RobustLatency", "RoundsPolicy", "RoundsResult", "detect_drift",
-           "measure_in_rounds", "median_interval", "normalised", "robust_measurement"]
+__all__ = ["Drift", "ESTIMATES", "Interval", "ROUND_POLICY", "RobustLatency", "RoundsPolicy", "RoundsResult", "detect_drift",
+           "floor_interval", "measure_in_rounds", "median_interval", "normalised", "robust_measurement"]
