@@ -50,6 +50,7 @@ from autonad_edge.latency import LatencyTable, open_target
 from autonad_edge.latency.background import BackgroundProfiler
 from autonad_edge.latency.estimator import LatencyEstimator, accuracy_report
 from autonad_edge.latency.profiler import export_bytes, profile
+from autonad_edge.latency.protocol import ESTIMATES
 
 
 @contextlib.contextmanager
@@ -365,7 +366,7 @@ def main() -> None:
     parser.add_argument("--extra-rounds", type=int, default=4, help="at most, for models still unstable")
     parser.add_argument("--max-halfwidth", type=float, default=0.05,
                         help="a model is stable when its interval's half-width is within this share")
-    parser.add_argument("--estimate", choices=("floor", "median"), default="floor",
+    parser.add_argument("--estimate", choices=ESTIMATES, default="floor",
                         help="rounds: each model's floor (min over rounds, raw) or median (normalised)")
     parser.add_argument("--background-load", type=int, default=0, help="busy processes running while measuring")
     parser.add_argument("--export-only", action="store_true",

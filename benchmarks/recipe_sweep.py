@@ -90,7 +90,7 @@ def native_test_row(net, native, max_side: int | None) -> dict:
         confusion.update(logits.argmax(0), torch.as_tensor(np.asarray(mask)))
     metrics = confusion.compute()
     iou = metrics.iou
-    return {"test_miou": float(np.nanmean(iou)), "test_miou_defects": float(np.nanmean(iou[1:])),
+    return {"test_miou": metrics.miou, "test_miou_defects": float(np.nanmean(iou[1:])),
             "iou": dict(zip(native.class_names, np.round(iou, 4).tolist()))}
 
 

@@ -10,10 +10,10 @@ over the whole session instead:
    random order, and a fixed *reference* model is measured before every `reference_every`
    models and at the end of the round.
 2. A model's value in a round is its per-round statistic (the minimum of its runs by
-   default: far less sensitive to other load than the mean), scaled by how fast the host
-   was at that moment: the reference's level then (the mean of the two reference
-   measurements around it) against the reference's median over the session. A host-wide
-   slowdown moves the reference and the model alike and cancels out.
+   default: far less sensitive to other load than the mean). For the median estimate (3.) it
+   is scaled by how fast the host was at that moment: the reference's level then (the mean
+   of the two reference measurements around it) against the reference's median over the
+   session, so a slow host-wide change moves the reference and the model alike and cancels.
 3. The estimate is, by default, the model's *floor*: the smallest of its round values, with
    the second smallest as the interval's upper end. On a shared host the slowdowns come and
    go faster than a reference can follow (a VM whose neighbours share its cores: the same
@@ -264,8 +264,7 @@ def measure_in_rounds(
         run_round(wide)
         results = _summarise(rounds_of, ref_series, policy, last)
     ref_values = tuple(ref_series)
-    ref_interval = floor_interval(ref_values) if policy.estimate == "floor" else median_interval(
-        ref_values, policy.confidence)
+    ref_interval = _interval(ref_values, policy)
     reference_latency = RobustLatency(ref_interval, ref_values, ref_values,
                                       ref_interval.relative_halfwidth <= policy.max_relative_halfwidth,
                                       last["__reference__"])
@@ -288,15 +287,18 @@ def normalised(values: Sequence[tuple[float, int]], reference_ms: Sequence[float
     return out
 
 
+def _interval(values: Sequence[float], policy: RoundsPolicy) -> Interval:
+    """The policy's estimate of `values` with its interval."""
+    return floor_interval(values) if policy.estimate == "floor" else median_interval(values, policy.confidence)
+
+
 def _summarise(rounds_of, ref_series, policy: RoundsPolicy, last) -> dict[str, RobustLatency]:
     results = {}
     for name, values in rounds_of.items():
         raw = tuple(v for v, _ in values)
-        if policy.estimate == "floor":
-            scaled, interval = raw, floor_interval(raw)
-        else:
-            scaled = tuple(normalised(values, ref_series)) if policy.normalize else raw
-            interval = median_interval(scaled, policy.confidence)
+        scaled = (tuple(normalised(values, ref_series)) if policy.estimate == "median" and policy.normalize
+                  else raw)
+        interval = _interval(scaled, policy)
         results[name] = RobustLatency(interval, scaled, raw,
                                       interval.relative_halfwidth <= policy.max_relative_halfwidth, last[name])
     return results
@@ -304,11 +306,12 @@ def _summarise(rounds_of, ref_series, policy: RoundsPolicy, last) -> dict[str, R
 
 def robust_measurement(result: RobustLatency) -> "Measurement":
     """The model's result as a latency-table measurement: the statistics of its round values
-    (min = the floor, median = the median estimate, runs = rounds), the device and inputs of its last round."""
+    (min = the floor, median = the median estimate, runs = rounds), the device and inputs of
+    its last round."""
     stats = LatencyStats.from_samples(result.values_ms)
     return dataclasses.replace(result.last, **dataclasses.asdict(stats), stable=result.stable,
                                attempts=len(result.values_ms), cached=False)
 
 
-__all__ = ["Drift", "ESTIMATES", "Interval", "ROUND_POLICY", "RobustLatency", "RoundsPolicy", "RoundsResult", "detect_drift",
-           "floor_interval", "measure_in_rounds", "median_interval", "normalised", "robust_measurement"]
+__all__ = ["Drift", "ESTIMATES", "Interval", "ROUND_POLICY", "RobustLatency", "RoundsPolicy", "RoundsResult",
+           "detect_drift", "floor_interval", "measure_in_rounds", "median_interval", "normalised", "robust_measurement"]
