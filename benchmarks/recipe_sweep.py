@@ -14,6 +14,11 @@ val-chosen calibration:
 * ``oracle``: the best IoU a head can reach that decides at stride 1/2/4/8 and upsamples
   (per-cell class shares, bilinear, argmax) -- what the decoder's resolution allows; on
   ``--data``/``--format`` when given (e.g. Magnetic-tile), else the synthetic set;
+* ``loss``: the losses of ``--losses`` (``RunConfig.loss``) at the training scale
+  ``--max-sides[0]``, retrained from scratch for ``--epochs[0]``; each network scored on test
+  without calibration, with the val-chosen background offset, and with per-class offsets
+  (`calibrate(per_class=True)`), plus its train-split IoU (does it fit the large classes at
+  all?) and, per class, where its test pixels go; on ``--data`` when given;
 * ``scale``: the training scale (``--max-sides``: the long side scaled down to each, 128 px crops
   either way, so every row trains on the same epochs x pixels), retrained from scratch for
   ``--epochs[0]``, then scored on the test images at their native size (tiled at the training
@@ -25,6 +30,8 @@ val-chosen calibration:
     python benchmarks/recipe_sweep.py oracle --json benchmarks/results/recipe_oracle.json
     python benchmarks/recipe_sweep.py oracle --data ../shared/datasets/magnetic-tile --format mt \\
         --json benchmarks/results/recipe_oracle_mt.json
+    python benchmarks/recipe_sweep.py loss --data ../shared/datasets/magnetic-tile --format mt \\
+        --epochs 40 --max-sides 224 --losses ce+dice ce+lovasz --json benchmarks/results/recipe_loss_mt.json
     python benchmarks/recipe_sweep.py scale --data ../shared/datasets/magnetic-tile --format mt \\
         --epochs 40 --max-sides 1024 320 224 --json benchmarks/results/recipe_scale_mt.json
 """
@@ -113,6 +120,51 @@ def scale_rows(args, space, arch, out: Path) -> list[dict]:
     return rows
 
 
+def _scored(net, data, split, calibration=None) -> dict:
+    """IoU per class and mIoU (with and without background) of `net` on `split`, deciding with
+    `calibration`'s offsets folded into a copy; the confusion rows as shares (test only)."""
+    import copy
+
+    from autonad_edge.training.calibration import apply_offset
+
+    if calibration is not None:
+        net = copy.deepcopy(net)
+        apply_offset(net.classifier, calibration)
+    r = evaluate(net, getattr(data, split), num_classes=data.num_classes, class_names=data.class_names,
+                 tile_size=128)
+    row = {"miou": r.miou, "miou_defects": r.defect_miou, "iou": {k: None if v is None else round(v, 4) for k, v in r.to_dict()["iou"].items()}}
+    if split == "test":
+        matrix = np.asarray(r.metrics.matrix, dtype=np.float64)
+        shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+        row["goes_to"] = {name: dict(zip(data.class_names, np.round(shares[i], 3).tolist()))
+                          for i, name in enumerate(data.class_names)}
+    return row
+
+
+def loss_rows(args, space, arch, out: Path) -> list[dict]:
+    data = load_dataset(args.data, args.format, image_size=128, seed=0, synthetic_count=240, keep_aspect=True,
+                        max_side=args.max_sides[0])
+    rows = []
+    for loss in args.losses:
+        run = out / loss.replace("+", "_")
+        cfg = RetrainConfig(epochs=args.epochs[0], eval_every=max(1, args.epochs[0] // 4), init="scratch",
+                            max_side=args.max_sides[0], calibrate=False, **{**RECIPE, "loss": loss}, **RETRAIN)
+        start = time.perf_counter()
+        RetrainTrainer(cfg, data, run, space=space, arch=arch, quiet=True).fit()
+        wall = time.perf_counter() - start
+        net, _ = load_model(run / BEST_FILE)
+        background = calibrate(net, data.val, num_classes=data.num_classes, tile_size=128)
+        per_class = calibrate(net, data.val, num_classes=data.num_classes, tile_size=128, per_class=True)
+        row = {"loss": loss, "max_side": args.max_sides[0], "epochs": args.epochs[0], "wall_s": round(wall, 1),
+               "background_offset": background.background_offset, "class_offsets": per_class.class_offsets,
+               "test_raw": _scored(net, data, "test"), "test_background": _scored(net, data, "test", background),
+               "test_per_class": _scored(net, data, "test", per_class),
+               "train_per_class": _scored(net, data, "train", per_class)}
+        print({k: (v["miou"] if isinstance(v, dict) else v) for k, v in row.items()}, flush=True)
+        rows.append(row)
+    return rows
+
+
 def oracle(data) -> dict:
     rows = {}
     for stride in (1, 2, 4, 8):
@@ -137,7 +189,7 @@ def oracle(data) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("experiment", choices=("steps", "detail", "supernet", "oracle", "scale"))
+    parser.add_argument("experiment", choices=("steps", "detail", "supernet", "oracle", "scale", "loss"))
     parser.add_argument("--epochs", type=int, nargs="+", default=[30])
     parser.add_argument("--sandwich-epochs", type=int, default=5)
     parser.add_argument("--out", default="runs/recipe_sweep")
@@ -146,12 +198,13 @@ def main() -> None:
     parser.add_argument("--data", default=None, help="oracle and scale: a dataset root (default: synthetic)")
     parser.add_argument("--max-sides", type=int, nargs="+", default=[1024, 320, 224],
                         help="scale: training scales (long side, px)")
+    parser.add_argument("--losses", nargs="+", default=["ce+dice", "ce+lovasz"], help="loss: the losses compared")
     parser.add_argument("--format", default="synthetic")
     args = parser.parse_args()
     torch.set_num_threads(args.torch_threads)
     out = Path(args.out) / args.experiment
-    if args.data and args.experiment not in ("oracle", "scale"):
-        parser.error("--data is for the oracle and scale; the other experiments run on the synthetic set")
+    if args.data and args.experiment not in ("oracle", "scale", "loss"):
+        parser.error("--data is for the oracle, scale and loss; the other experiments run on the synthetic set")
     data = load_dataset(args.data, args.format, image_size=128, seed=0, synthetic_count=240, keep_aspect=True,
                         max_side=1024)
     space = SearchSpace.tiny()
@@ -189,6 +242,8 @@ def main() -> None:
         result["rows"] = rows
     elif args.experiment == "scale":
         result["rows"] = scale_rows(args, space, arch, out)
+    elif args.experiment == "loss":
+        result["rows"] = loss_rows(args, space, arch, out)
     else:
         result["rows"] = oracle(data)
     atomic_write_json(args.json, result)

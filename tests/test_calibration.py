@@ -98,3 +98,77 @@ def test_one_pass_histogram_equals_scoring_every_offset_separately():
             logits[:, 0] += offset
             confusion.update(logits.argmax(dim=1), mask[None])
         assert score == pytest.approx(confusion.compute().miou), offset
+
+
+class TwoDefectNet(nn.Module):
+    """Three classes from two score channels (one per defect class, the other 0): class 1's
+    logit 10 s - 3 over-predicts it (truth: s > 0.7), class 2's 10 s - 5 under-predicts it once
+    the background offset fixes class 1. No single background offset gets both right."""
+
+    num_classes = 3
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.classifier = nn.Conv2d(3, 3, 1)
+        with torch.no_grad():
+            self.classifier.weight.zero_()
+            self.classifier.weight[1, 0] = 10.0
+            self.classifier.weight[2, 1] = 10.0
+            self.classifier.bias.copy_(torch.tensor([0.0, -3.0, -5.0]))
+
+    def forward(self, x):
+        return self.classifier(x)
+
+
+def two_defect_dataset(n: int = 4, size: int = 24):
+    g = torch.Generator().manual_seed(1)
+    items = []
+    for _ in range(n):
+        score = torch.rand(size, size, generator=g)
+        # Off every boundary an offset on the 0.5 grid can set (s = 0.05 k), so no pixel ties.
+        score = torch.round(score * 20) / 20 + 0.025
+        which = (torch.rand(size, size, generator=g) < 0.5).long()  # 0: class 1's channel, 1: class 2's
+        image = torch.zeros(3, size, size)
+        image[0] = torch.where(which == 0, score, torch.zeros_like(score))
+        image[1] = torch.where(which == 1, score, torch.zeros_like(score))
+        items.append((image, torch.where(score > 0.7, which + 1, torch.zeros_like(which))))
+    return items
+
+
+def test_per_class_offsets_fix_what_one_background_offset_cannot():
+    val = two_defect_dataset()
+    background_only = calibrate(TwoDefectNet(), val)
+    assert background_only.class_offsets == () and background_only.miou_after < 0.95
+    calibration = calibrate(TwoDefectNet(), val, per_class=True)
+    assert calibration.miou_background_only == pytest.approx(background_only.miou_after)
+    assert calibration.miou_after == pytest.approx(1.0)
+    assert len(calibration.class_offsets) == 3 and "class logits" in calibration.summary()
+    # Folded into the classifier, the network decides exactly as the calibration scored it.
+    model = TwoDefectNet()
+    apply_offset(model.classifier, calibration)
+    assert evaluate(model, val).miou == pytest.approx(calibration.miou_after)
+    assert Calibration.from_dict(calibration.to_dict()) == calibration
+
+
+def test_per_class_refinement_keeps_the_background_offset_when_it_is_already_right():
+    calibration = calibrate(ScoreNet(), dataset(), per_class=True)
+    assert calibration.background_offset == 4.0
+    # A move must gain val mIoU: a perfect decision is left as the background offset set it.
+    assert calibration.class_offsets == (4.0, 0.0) and calibration.miou_after == pytest.approx(1.0)
+
+
+def test_kept_pixels_stay_within_their_limit_and_weigh_up_what_was_thinned():
+    from autonad_edge.training.calibration import _KeptPixels
+
+    kept = _KeptPixels(num_classes=3, floor=-100.0, limit=1000)
+    g = torch.Generator().manual_seed(0)
+    total = 0
+    for _ in range(10):
+        logits = torch.randn(700, 3, generator=g)
+        target = torch.randint(0, 3, (700,), generator=g)
+        kept.add(logits, target, logits[:, 1:].max(dim=1).values - logits[:, 0])
+        total += 700
+    assert kept.size <= 1000 and kept.rate < 1.0
+    logits, target = torch.cat(kept.logits), torch.cat(kept.targets)
+    weighted = kept.matrix(logits, target, torch.zeros(3)).sum()
+    assert abs(weighted - total) / total < 0.1

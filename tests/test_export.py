@@ -23,9 +23,10 @@ from autonad_edge.models.supernet import HybridSupernet
 from autonad_edge.space import EDGE_OPS, BlockArch, SearchSpace, iter_blocks
 
 TOL = 1e-4
-# Non-square, and sizes that are not multiples of the strides (patch embeddings and the
-# attention's spatial reduction pad), so every padding path is exported too.
-SIZES = [(64, 96), (50, 74), (72, 40), (45, 61)]
+# Non-square (wide and tall), and sizes that are not multiples of the strides (patch
+# embeddings and the attention's spatial reduction pad), so every padding path is exported
+# too; aligned sizes are what every other export test uses.
+SIZES = [(50, 74), (72, 40), (45, 61)]
 N_TINY_ARCHS = len(SIZES)
 
 
@@ -39,7 +40,8 @@ def _pick_archs(space: SearchSpace, n: int):
     choice (transformer, conv3, conv5, mlp) and every MFAM edge op."""
     want_ops = {"transformer", "conv3", "conv5", "mlp"}
     want_edges = set(EDGE_OPS)
-    pool = [space.sample(random.Random(seed)) for seed in range(200)]
+    # Shallow archs: export time grows with the graph, and depth adds no new export path.
+    pool = [a for a in (space.sample(random.Random(seed)) for seed in range(400)) if sum(a.depths) <= 6]
     picked = []
     while len(picked) < n:
         def gain(a):
@@ -83,7 +85,7 @@ def test_portable_matches_torch(index):
     arch, (h, w) = TINY_ARCHS[index], SIZES[index]
     torch.manual_seed(index)
     net = SegmentationNet.from_arch(arch, TINY, num_classes=3).eval()
-    dynamic = index % 2 == 1
+    dynamic = index == N_TINY_ARCHS - 1  # one dynamic-batch export: it costs twice a static one
     model = export_network(net, (h, w), "portable", dynamic_batch=dynamic)
     onnx.checker.check_model(model, full_check=True)
     _assert_clean(model)

@@ -87,7 +87,7 @@ def test_estimate_against_end_to_end_after_fitting(lab):
     raw = [est.estimate(a) for a in archs]
     assert raw == pytest.approx([est.raw_sum(a) for a in archs])
     assert all(r > 0 for r in raw)
-    measured = est.measure_end_to_end_many(archs)
+    measured = est.measure_end_to_end_many(archs[:3])  # the fit's rows; archs[3] is only estimated
     assert all(m > 0 for m in measured)
     # Recorded in the table: a second call reuses it without measuring.
     assert est.measure_end_to_end(archs[0]) == measured[0]

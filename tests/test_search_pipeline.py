@@ -29,7 +29,7 @@ def finished_run(tmp_path_factory):
     space = out / "micro.json"
     space.write_text(micro_space().to_json())
     args = ["search", "--preset", "tiny", "--space", str(space), "--out", str(out / "run"),
-            "--table", str(out / "latency.sqlite"), "--quiet", "--seed", "3"]
+            "--table", str(out / "latency.sqlite"), "--quiet", "--seed", "3", "--population", "4"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     return out / "run", args, result.output

@@ -75,7 +75,7 @@ PRESETS: dict[str, Preset] = {
     # Seconds: for tests and smoke runs.
     "tiny": Preset(
         space="tiny", image_size=64, synthetic_count=48, supernet_epochs=2, retrain_epochs=2, batch_size=8,
-        population=6, generations=2, parents=3, calibration_archs=3, finalists=2, retrain_init="inherited",
+        population=6, generations=2, parents=3, calibration_archs=2, finalists=2, retrain_init="inherited",
         max_steps_per_epoch=4, max_side=256,
     ),
     # The default: minutes on a 2-core CPU with --target local.

@@ -102,8 +102,15 @@ def _accuracy_lines(report: dict[str, Any]) -> list[str]:
                          f"| {_pct(acc[split].get('mf1'))} |")
     calibration = acc.get("calibration")
     if calibration:
-        lines += ["", f"Decision calibrated on {calibration['split']}: background logit "
-                  f"{calibration['background_offset']:+g}, folded into the classifier (val mIoU "
+        class_offsets = calibration.get("class_offsets") or ()
+        names = list(acc.get("val", {}).get("per_class") or acc.get("test", {}).get("per_class") or {})
+        if class_offsets:
+            labels = names if len(names) == len(class_offsets) else [str(i) for i in range(len(class_offsets))]
+            chosen = ("logit offsets per class (" + ", ".join(f"{n} {v:+g}" for n, v in zip(labels, class_offsets))
+                      + f"; the background offset alone gave {_pct(calibration.get('miou_background_only'))} %)")
+        else:
+            chosen = f"background logit {calibration['background_offset']:+g}"
+        lines += ["", f"Decision calibrated on {calibration['split']}: {chosen}, folded into the classifier (val mIoU "
                   f"{_pct(calibration['miou_before'])} -> {_pct(calibration['miou_after'])} %); the val and test "
                   "rows above are of the calibrated network."]
     per_class_split = "test" if acc.get("test", {}).get("per_class") else "val"

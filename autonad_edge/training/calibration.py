@@ -16,11 +16,19 @@ decide with it and nothing downstream needs to know::
 One scalar, chosen on a grid, is hard to overfit to a small val split; the test split is never
 seen. All offsets are scored from one pass over val and one histogram a batch (each pixel's
 decision threshold, binned on the offset grid), about the cost of one `evaluate`.
+
+``per_class=True`` then refines one offset per class by coordinate ascent on the same val pass
+(the pixels whose decision some offset could change are kept; confident background is
+counted once). A single background offset must serve every class: on Magnetic-tile it trades
+the weakly learned large classes (break, fray, uneven) away to clean up the others; per-class
+offsets let each class keep its own threshold. A move must gain `MIN_CLASS_GAIN` of val mIoU,
+so noise alone does not shift a class. Retraining's final calibration uses it; the search
+scores candidates with the background offset alone (one pass, no refinement per candidate).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -34,6 +42,15 @@ from autonad_edge.training.evaluate import iter_logits
 
 # Background logit offsets tried: negative ones call more defects, positive ones fewer.
 OFFSETS: tuple[float, ...] = tuple(float(v) for v in np.round(np.arange(-3.0, 9.01, 0.5), 2))
+# Per-class refinement: each class's offset moves by these steps around its start (the
+# background offset for class 0, 0 for the defect classes), in `CLASS_PASSES` rounds over
+# the classes; a move must raise val mIoU by MIN_CLASS_GAIN (0.1 points).
+CLASS_STEPS: tuple[float, ...] = tuple(float(v) for v in np.round(np.arange(-2.0, 2.01, 0.5), 2))
+CLASS_PASSES = 2
+MIN_CLASS_GAIN = 1e-3
+# Pixels kept for the refinement (their logits, float32): beyond it they are thinned at random
+# and the kept ones weighted up, so memory stays bounded on large val splits.
+MAX_KEPT_PIXELS = 3_000_000
 
 
 @dataclass(frozen=True)
@@ -47,14 +64,29 @@ class Calibration:
     offsets: tuple[float, ...]
     miou_per_offset: tuple[float, ...]
     mf1_after: float = float("nan")
+    # The per-class refinement (`calibrate(per_class=True)`): one offset per class, class 0's
+    # included, and the mIoU the background offset alone reached; () / NaN without it.
+    class_offsets: tuple[float, ...] = ()
+    miou_background_only: float = float("nan")
 
     @property
     def gain(self) -> float:
         return self.miou_after - self.miou_before
 
+    def logit_offsets(self, num_classes: int) -> tuple[float, ...]:
+        """What is added to each class's logit: the per-class offsets, or the background's alone."""
+        if self.class_offsets:
+            if len(self.class_offsets) != num_classes:
+                raise ValueError(f"the calibration has {len(self.class_offsets)} class offsets, "
+                                 f"the network {num_classes} classes")
+            return self.class_offsets
+        return (self.background_offset,) + (0.0,) * (num_classes - 1)
+
     def summary(self) -> str:
-        return (f"background logit {self.background_offset:+g} (chosen on {self.split}: "
-                f"mIoU {100 * self.miou_before:.2f}% -> {100 * self.miou_after:.2f}%)")
+        chosen = f"background logit {self.background_offset:+g}"
+        if self.class_offsets:
+            chosen = "class logits " + " ".join(f"{v:+g}" for v in self.class_offsets)
+        return f"{chosen} (chosen on {self.split}: mIoU {100 * self.miou_before:.2f}% -> {100 * self.miou_after:.2f}%)"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,7 +95,9 @@ class Calibration:
     def from_dict(cls, d: dict[str, Any]) -> "Calibration":
         return cls(float(d["background_offset"]), float(d["miou_before"]), float(d["miou_after"]), str(d["split"]),
                    tuple(float(v) for v in d["offsets"]), tuple(float(v) for v in d["miou_per_offset"]),
-                   float(d.get("mf1_after", float("nan"))))
+                   float(d.get("mf1_after", float("nan"))),
+                   tuple(float(v) for v in d.get("class_offsets") or ()),
+                   float(d.get("miou_background_only", float("nan"))))
 
 
 def choose_offset(offsets: Sequence[float], scores: Sequence[float]) -> float:
@@ -86,28 +120,113 @@ def calibrate(
     num_classes: int | None = None,
     ignore_index: int = 255,
     dist=None,
+    per_class: bool = False,
     **eval_options,
 ) -> Calibration:
-    """Score every background offset in `offsets` on `dataset` in one pass and choose one.
+    """Score every background offset in `offsets` on `dataset` in one pass and choose one;
+    with `per_class`, then refine one offset per class on the same pass (module doc).
     eval_options: those of `evaluate` (batch_size, device, tile_size, tile_overlap, amp)."""
     offsets = tuple(sorted({float(o) for o in offsets} | {0.0}))
     num_classes = int(num_classes or getattr(getattr(model, "module", model), "num_classes"))
-    counts = _threshold_counts(model, dataset, arch, offsets, num_classes, ignore_index, dist, eval_options)
+    # A background pixel whose threshold is below this never turns defect under any offsets
+    # the refinement tries: it is counted, not kept.
+    floor = min(offsets) + min(CLASS_STEPS) - max(CLASS_STEPS) if per_class and num_classes > 1 else None
+    kept = _KeptPixels(num_classes, floor) if floor is not None else None
+    counts = _threshold_counts(model, dataset, arch, offsets, num_classes, ignore_index, dist, eval_options, kept)
     stacked = _matrices(counts, len(offsets))
     scores = tuple(float(metrics_from_matrix(m).miou) for m in stacked)
     chosen = choose_offset(offsets, scores)
     best = offsets.index(chosen)
-    return Calibration(chosen, scores[offsets.index(0.0)], scores[best], split, offsets, scores,
-                       float(metrics_from_matrix(stacked[best]).mf1))
+    calibration = Calibration(chosen, scores[offsets.index(0.0)], scores[best], split, offsets, scores,
+                              float(metrics_from_matrix(stacked[best]).mf1))
+    if kept is None or (dist is not None and dist.distributed):
+        return calibration  # per-class refinement runs on one process's pixels only
+    class_offsets, matrix = _refine_per_class(kept, chosen)
+    refined = metrics_from_matrix(matrix)
+    return replace(calibration, miou_after=float(refined.miou), mf1_after=float(refined.mf1),
+                   class_offsets=class_offsets, miou_background_only=calibration.miou_after)
 
 
-def _threshold_counts(model, dataset, arch, offsets, num_classes, ignore_index, dist, eval_options) -> np.ndarray:
+class _KeptPixels:
+    """The val pixels whose decision an offset could change, their logits and weights (1, or
+    more once thinned to stay within MAX_KEPT_PIXELS), and the count of the rest: background
+    pixels that stay background."""
+
+    def __init__(self, num_classes: int, floor: float, limit: int = MAX_KEPT_PIXELS) -> None:
+        self.num_classes, self.floor, self.limit = num_classes, floor, limit
+        self.logits: list[torch.Tensor] = []
+        self.targets: list[torch.Tensor] = []
+        self.size = 0
+        self.rate = 1.0  # share of the eligible pixels kept (halved whenever the limit is hit)
+        self.background = 0.0  # weight of the confident background pixels (always right)
+        self.generator = torch.Generator().manual_seed(0)
+
+    def add(self, logits: torch.Tensor, target: torch.Tensor, threshold: torch.Tensor) -> None:
+        """logits [N, C], target [N] (labelled pixels only), threshold [N] = max defect - background."""
+        confident = (target == 0) & (threshold < self.floor)
+        self.background += float(confident.sum())
+        logits, target = logits[~confident], target[~confident]
+        if self.rate < 1.0:
+            pick = torch.rand(target.numel(), generator=self.generator) < self.rate
+            logits, target = logits[pick], target[pick]
+        self.logits.append(logits.float().contiguous())
+        self.targets.append(target)
+        self.size += target.numel()
+        while self.size > self.limit:  # thin everything kept so far by half
+            self.rate /= 2
+            halves = [torch.rand(t.numel(), generator=self.generator) < 0.5 for t in self.targets]
+            self.logits = [lg[h] for lg, h in zip(self.logits, halves)]
+            self.targets = [t[h] for t, h in zip(self.targets, halves)]
+            self.size = sum(t.numel() for t in self.targets)
+
+    def matrix(self, logits: torch.Tensor, target: torch.Tensor, shift: torch.Tensor) -> np.ndarray:
+        """The (weighted) confusion matrix of deciding with `shift` added to the logits."""
+        c = self.num_classes
+        prediction = (logits + shift).argmax(dim=1)
+        counts = torch.bincount(target * c + prediction, minlength=c * c).double() / self.rate
+        counts[0] += self.background
+        return counts.reshape(c, c).numpy()
+
+
+def _refine_per_class(kept: _KeptPixels, background_offset: float) -> tuple[tuple[float, ...], np.ndarray]:
+    """Coordinate ascent on val mIoU over one offset per class, starting from the background
+    offset alone; returns the offsets and their confusion matrix."""
+    c = kept.num_classes
+    logits = torch.cat(kept.logits) if kept.logits else torch.zeros(0, c)
+    target = torch.cat(kept.targets) if kept.targets else torch.zeros(0, dtype=torch.long)
+    start = [float(background_offset)] + [0.0] * (c - 1)
+    current = list(start)
+
+    def score(values: list[float]) -> tuple[float, np.ndarray]:
+        matrix = kept.matrix(logits, target, torch.tensor(values, dtype=torch.float32))
+        return float(metrics_from_matrix(matrix).miou), matrix
+
+    best, best_matrix = score(current)
+    for _ in range(CLASS_PASSES):
+        moved = False
+        for cls in range(c):
+            for step in CLASS_STEPS:
+                trial = list(current)
+                trial[cls] = float(start[cls] + step)
+                if trial[cls] == current[cls]:
+                    continue
+                value, matrix = score(trial)
+                if value > best + MIN_CLASS_GAIN:
+                    best, best_matrix, current, moved = value, matrix, trial, True
+        if not moved:
+            break
+    return tuple(round(v, 6) for v in current), best_matrix
+
+
+def _threshold_counts(model, dataset, arch, offsets, num_classes, ignore_index, dist, eval_options,
+                      kept: "_KeptPixels | None" = None) -> np.ndarray:
     """Pixel counts by (target class, best defect class, offset bin) [C, C, K+1], from which
     every offset's confusion matrix follows (`_matrices`), in one pass and one bincount a batch.
 
     With the background logit shifted by b a pixel is background iff l0 + b >= max_c>0 l_c
     (argmax takes the first of equal values), i.e. iff b >= t = max_c>0 l_c - l0; else it is
-    its best defect class d. Bin k of a pixel is the first offset >= t."""
+    its best defect class d. Bin k of a pixel is the first offset >= t. `kept`, if given,
+    receives the labelled pixels for the per-class refinement."""
     k_bins = len(offsets) + 1
     grid = torch.tensor(offsets, dtype=torch.float32)
     counts = torch.zeros(num_classes * num_classes * k_bins, dtype=torch.int64)
@@ -117,15 +236,20 @@ def _threshold_counts(model, dataset, arch, offsets, num_classes, ignore_index, 
         if num_classes == 1:
             defect = torch.zeros_like(target)
             bins = torch.zeros_like(target)
+            threshold = None
         else:
             best, defect = logits[:, 1:].max(dim=1)
             defect = defect.reshape(-1) + 1
-            bins = torch.searchsorted(grid, (best - logits[:, 0]).reshape(-1).contiguous())
+            threshold = (best - logits[:, 0]).reshape(-1).contiguous()
+            bins = torch.searchsorted(grid, threshold)
         target, defect, bins = target[keep], defect[keep], bins[keep]
         if target.numel() and (target.min() < 0 or target.max() >= num_classes):
             bad = target[(target < 0) | (target >= num_classes)][0]
             raise ValueError(f"target holds label {int(bad)}, outside 0..{num_classes - 1} (and not ignore)")
         counts += torch.bincount((target * num_classes + defect) * k_bins + bins, minlength=counts.numel())
+        if kept is not None and threshold is not None:
+            flat = logits.permute(0, 2, 3, 1).reshape(-1, num_classes)
+            kept.add(flat[keep], target, threshold[keep])
     if dist is not None and dist.distributed:
         counts = dist.all_reduce_sum(counts)
     return counts.reshape(num_classes, num_classes, k_bins).numpy()
@@ -147,13 +271,16 @@ def _matrices(counts: np.ndarray, n_offsets: int) -> np.ndarray:
 
 @torch.no_grad()
 def apply_offset(classifier: nn.Conv2d, calibration: Calibration | float) -> None:
-    """Add the background offset to `classifier`'s class-0 bias, in place. Exact for the
-    networks here: the classifier is the last layer before a bilinear resize, whose weights sum
-    to one, so a constant added before it is the same constant after it."""
-    offset = calibration.background_offset if isinstance(calibration, Calibration) else float(calibration)
+    """Add the calibration's logit offsets (a float: the background's) to `classifier`'s bias,
+    in place. Exact for the networks here: the classifier is the last layer before a bilinear
+    resize, whose weights sum to one, so a constant added before it is the same after it."""
     if classifier.bias is None:
         raise ValueError("the classifier has no bias to fold the offset into")
-    classifier.bias[0] += offset
+    if isinstance(calibration, Calibration):
+        shift = calibration.logit_offsets(classifier.bias.numel())
+        classifier.bias += torch.tensor(shift, dtype=classifier.bias.dtype, device=classifier.bias.device)
+    else:
+        classifier.bias[0] += float(calibration)
 
 
-__all__ = ["Calibration", "OFFSETS", "apply_offset", "calibrate", "choose_offset"]
+__all__ = ["CLASS_STEPS", "Calibration", "OFFSETS", "apply_offset", "calibrate", "choose_offset"]

@@ -98,6 +98,7 @@ class RetrainConfig(RunConfig):
     # After training, the background logit offset with the best val mIoU is folded into the
     # kept network (training.calibration): the recipe's crops and weights over-predict defects.
     calibrate: bool = True
+    calibrate_per_class: bool = True  # then one offset per class (training.calibration)
 
 
 def config_conflicts(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:

@@ -196,14 +196,15 @@ class Trainer:
                         ignore_index=self.ignore_index, amp=self.use_amp, dist=self.dist,
                         tile_size=int(self.config.image_size))
 
-    def calibrate(self, model: nn.Module, arch: Arch | None = None):
-        """The val-chosen background logit offset of `model` (`training.calibration`), scored
-        as `evaluate_split` scores; folding it in is the caller's."""
+    def calibrate(self, model: nn.Module, arch: Arch | None = None, per_class: bool = False):
+        """The val-chosen logit offsets of `model` (`training.calibration`: the background's,
+        and with `per_class` one per class), scored as `evaluate_split` scores; folding them
+        in is the caller's."""
         from autonad_edge.training.calibration import calibrate
 
         return calibrate(model, self.data.val, arch, batch_size=self.config.eval_batch_size, device=self.device,
                          num_classes=self.data.num_classes, ignore_index=self.ignore_index, amp=self.use_amp,
-                         dist=self.dist, tile_size=int(self.config.image_size))
+                         dist=self.dist, tile_size=int(self.config.image_size), per_class=per_class)
 
     def backward(self, loss: torch.Tensor) -> None:
         """Backward of a (possibly AMP-scaled) loss; gradients accumulate into .grad."""

@@ -120,7 +120,7 @@ class RetrainTrainer(Trainer):
         self.best = dict(ckpt.get("best") or self.best)
 
     def finish(self) -> dict[str, Any]:
-        """Calibrate the kept network (``best.pt``) once: the val-chosen background offset is
+        """Calibrate the kept network (``best.pt``) once: the val-chosen logit offsets are
         folded into its classifier and the checkpoint records it (a resumed run that finds it
         recorded does not shift it again)."""
         path = self.out_dir / BEST_FILE
@@ -130,7 +130,7 @@ class RetrainTrainer(Trainer):
         if payload.get("calibration"):
             return {"calibration": payload["calibration"]}
         net, _ = load_model(path, device=self.device)
-        calibration = self.calibrate(net)
+        calibration = self.calibrate(net, per_class=self.config.calibrate_per_class)
         apply_offset(net.classifier, calibration)
         metrics = dict(payload.get("metrics") or {}, val_miou=calibration.miou_after)
         if self.dist.is_main:
