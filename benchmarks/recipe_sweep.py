@@ -14,8 +14,9 @@ val-chosen calibration:
 * ``oracle``: the best IoU a head can reach that decides at stride 1/2/4/8 and upsamples
   (per-cell class shares, bilinear, argmax) -- what the decoder's resolution allows; on
   ``--data``/``--format`` when given (e.g. Magnetic-tile), else the synthetic set;
-* ``loss``: the losses of ``--losses`` (``RunConfig.loss``) at the training scale
-  ``--max-sides[0]``, retrained from scratch for ``--epochs[0]``; each network scored on test
+* ``loss``: the losses of ``--losses`` (``RunConfig.loss``) and learning rates of ``--lrs`` (every
+  pair) at the training scale ``--max-sides[0]``, retrained from scratch for ``--epochs[0]``; each
+  network scored on test
   without calibration, with the val-chosen background offset, and with per-class offsets
   (`calibrate(per_class=True)`), plus its train-split IoU (does it fit the large classes at
   all?) and, per class, where its test pixels go; on ``--data`` when given;
@@ -32,6 +33,8 @@ val-chosen calibration:
         --json benchmarks/results/recipe_oracle_mt.json
     python benchmarks/recipe_sweep.py loss --data ../shared/datasets/magnetic-tile --format mt \\
         --epochs 40 --max-sides 224 --losses ce+dice ce+lovasz --json benchmarks/results/recipe_loss_mt.json
+    python benchmarks/recipe_sweep.py loss --data ../shared/datasets/magnetic-tile --format mt \\
+        --epochs 20 --max-sides 224 --losses ce+dice --lrs 1e-3 2e-3 5e-3 --json benchmarks/results/recipe_lr_mt.json
     python benchmarks/recipe_sweep.py scale --data ../shared/datasets/magnetic-tile --format mt \\
         --epochs 40 --max-sides 1024 320 224 --json benchmarks/results/recipe_scale_mt.json
 """
@@ -145,17 +148,18 @@ def loss_rows(args, space, arch, out: Path) -> list[dict]:
     data = load_dataset(args.data, args.format, image_size=128, seed=0, synthetic_count=240, keep_aspect=True,
                         max_side=args.max_sides[0])
     rows = []
-    for loss in args.losses:
-        run = out / loss.replace("+", "_")
+    for loss, lr in [(loss, lr) for loss in args.losses for lr in args.lrs]:
+        run = out / (loss.replace("+", "_") + ("" if lr == RETRAIN["lr"] else f"_lr{lr:g}"))
         cfg = RetrainConfig(epochs=args.epochs[0], eval_every=max(1, args.epochs[0] // 4), init="scratch",
-                            max_side=args.max_sides[0], calibrate=False, **{**RECIPE, "loss": loss}, **RETRAIN)
+                            max_side=args.max_sides[0], calibrate=False, **{**RECIPE, "loss": loss},
+                            **{**RETRAIN, "lr": lr})
         start = time.perf_counter()
         RetrainTrainer(cfg, data, run, space=space, arch=arch, quiet=True).fit()
         wall = time.perf_counter() - start
         net, _ = load_model(run / BEST_FILE)
         background = calibrate(net, data.val, num_classes=data.num_classes, tile_size=128)
         per_class = calibrate(net, data.val, num_classes=data.num_classes, tile_size=128, per_class=True)
-        row = {"loss": loss, "max_side": args.max_sides[0], "epochs": args.epochs[0], "wall_s": round(wall, 1),
+        row = {"loss": loss, "lr": lr, "max_side": args.max_sides[0], "epochs": args.epochs[0], "wall_s": round(wall, 1),
                "background_offset": background.background_offset, "class_offsets": per_class.class_offsets,
                "test_raw": _scored(net, data, "test"), "test_background": _scored(net, data, "test", background),
                "test_per_class": _scored(net, data, "test", per_class),
@@ -199,6 +203,7 @@ def main() -> None:
     parser.add_argument("--max-sides", type=int, nargs="+", default=[1024, 320, 224],
                         help="scale: training scales (long side, px)")
     parser.add_argument("--losses", nargs="+", default=["ce+dice", "ce+lovasz"], help="loss: the losses compared")
+    parser.add_argument("--lrs", type=float, nargs="+", default=[RETRAIN["lr"]], help="loss: the learning rates compared")
     parser.add_argument("--format", default="synthetic")
     args = parser.parse_args()
     torch.set_num_threads(args.torch_threads)
