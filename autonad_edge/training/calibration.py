@@ -48,9 +48,10 @@ OFFSETS: tuple[float, ...] = tuple(float(v) for v in np.round(np.arange(-3.0, 9.
 CLASS_STEPS: tuple[float, ...] = tuple(float(v) for v in np.round(np.arange(-2.0, 2.01, 0.5), 2))
 CLASS_PASSES = 2
 MIN_CLASS_GAIN = 1e-3
-# Pixels kept for the refinement (their logits, float32): beyond it they are thinned at random
-# and the kept ones weighted up, so memory stays bounded on large val splits.
-MAX_KEPT_PIXELS = 3_000_000
+# Logits kept for the refinement (float32 values, pixels x classes; 72 MB): beyond it pixels
+# are thinned at random and the kept ones weighted up, so memory stays bounded on large val
+# splits and many classes.
+MAX_KEPT_VALUES = 18_000_000
 
 
 @dataclass(frozen=True)
@@ -149,11 +150,12 @@ def calibrate(
 
 class _KeptPixels:
     """The val pixels whose decision an offset could change, their logits and weights (1, or
-    more once thinned to stay within MAX_KEPT_PIXELS), and the count of the rest: background
-    pixels that stay background."""
+    more once thinned to stay within MAX_KEPT_VALUES), and the count of the rest: background
+    pixels that stay background. `limit`: pixels (default MAX_KEPT_VALUES // num_classes)."""
 
-    def __init__(self, num_classes: int, floor: float, limit: int = MAX_KEPT_PIXELS) -> None:
-        self.num_classes, self.floor, self.limit = num_classes, floor, limit
+    def __init__(self, num_classes: int, floor: float, limit: int | None = None) -> None:
+        self.num_classes, self.floor = num_classes, floor
+        self.limit = int(limit) if limit is not None else MAX_KEPT_VALUES // num_classes
         self.logits: list[torch.Tensor] = []
         self.targets: list[torch.Tensor] = []
         self.size = 0
