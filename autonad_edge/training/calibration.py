@@ -131,8 +131,10 @@ def calibrate(
     num_classes = int(num_classes or getattr(getattr(model, "module", model), "num_classes"))
     # A background pixel whose threshold is below this never turns defect under any offsets
     # the refinement tries: it is counted, not kept.
-    floor = min(offsets) + min(CLASS_STEPS) - max(CLASS_STEPS) if per_class and num_classes > 1 else None
-    kept = _KeptPixels(num_classes, floor) if floor is not None else None
+    # Under DDP each rank sees only its share of val: the background offset (all-reduced) alone.
+    refine = per_class and num_classes > 1 and not (dist is not None and dist.distributed)
+    floor = min(offsets) + min(CLASS_STEPS) - max(CLASS_STEPS)
+    kept = _KeptPixels(num_classes, floor) if refine else None
     counts = _threshold_counts(model, dataset, arch, offsets, num_classes, ignore_index, dist, eval_options, kept)
     stacked = _matrices(counts, len(offsets))
     scores = tuple(float(metrics_from_matrix(m).miou) for m in stacked)
@@ -140,8 +142,8 @@ def calibrate(
     best = offsets.index(chosen)
     calibration = Calibration(chosen, scores[offsets.index(0.0)], scores[best], split, offsets, scores,
                               float(metrics_from_matrix(stacked[best]).mf1))
-    if kept is None or (dist is not None and dist.distributed):
-        return calibration  # per-class refinement runs on one process's pixels only
+    if kept is None:
+        return calibration
     class_offsets, matrix = _refine_per_class(kept, chosen)
     refined = metrics_from_matrix(matrix)
     return replace(calibration, miou_after=float(refined.miou), mf1_after=float(refined.mf1),
