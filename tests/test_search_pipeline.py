@@ -14,10 +14,11 @@ runner = CliRunner()
 
 
 def micro_space() -> SearchSpace:
-    """Every operator type, few other choices: a space whose blocks profile in about a minute."""
+    """Every operator type, few other choices (one depth a stage): a space whose blocks
+    profile in well under a minute."""
     return SearchSpace(
         stages=(StageSpace((1,), (16,), (2.0,), 8), StageSpace((1,), (16,), (2.0,), 4),
-                StageSpace((1, 2), (32,), (2.0,), 2), StageSpace((1,), (32,), (2.0,), 1)),
+                StageSpace((1,), (32,), (2.0,), 2), StageSpace((1,), (32,), (2.0,), 1)),
         kernels=(3,), edge_ops=("conv1x1", "dwconv3x3"), pool_size_choices=(1, 2, 3, 4),
         decoder_channels=16, head_dim=16,
     )
