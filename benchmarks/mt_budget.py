@@ -153,7 +153,7 @@ def main() -> None:
     unet.load_state_dict(trainer.best["state"] or trainer.eval_model.state_dict())
     unet.eval()
     # The same decision calibration as the searched network's retrain (RetrainTrainer.finish).
-    unet_calibration = trainer.calibrate(unet)
+    unet_calibration = trainer.calibrate(unet, per_class=unet_cfg.calibrate_per_class)
     apply_offset(unet.classifier, unet_calibration)
 
     retrained = out / "search" / "retrain"

@@ -16,8 +16,8 @@ val-chosen calibration:
   ``--data``/``--format`` when given (e.g. Magnetic-tile), else the synthetic set;
 * ``loss``: the losses of ``--losses`` (``RunConfig.loss``) and learning rates of ``--lrs`` (every
   pair) at the training scale ``--max-sides[0]``, retrained from scratch for ``--epochs[0]``; each
-  network scored on test
-  without calibration, with the val-chosen background offset, and with per-class offsets
+  network scored on test without calibration, with the val-chosen background offset, and with
+  per-class offsets
   (`calibrate(per_class=True)`), plus its train-split IoU (does it fit the large classes at
   all?) and, per class, where its test pixels go; on ``--data`` when given;
 * ``scale``: the training scale (``--max-sides``: the long side scaled down to each, 128 px crops
@@ -135,7 +135,8 @@ def _scored(net, data, split, calibration=None) -> dict:
         apply_offset(net.classifier, calibration)
     r = evaluate(net, getattr(data, split), num_classes=data.num_classes, class_names=data.class_names,
                  tile_size=128)
-    row = {"miou": r.miou, "miou_defects": r.defect_miou, "iou": {k: None if v is None else round(v, 4) for k, v in r.to_dict()["iou"].items()}}
+    iou = {k: None if v is None else round(v, 4) for k, v in r.to_dict()["iou"].items()}
+    row = {"miou": r.miou, "miou_defects": r.defect_miou, "iou": iou}
     if split == "test":
         matrix = np.asarray(r.metrics.matrix, dtype=np.float64)
         shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
@@ -157,8 +158,8 @@ def loss_rows(args, space, arch, out: Path) -> list[dict]:
         RetrainTrainer(cfg, data, run, space=space, arch=arch, quiet=True).fit()
         wall = time.perf_counter() - start
         net, _ = load_model(run / BEST_FILE)
-        background = calibrate(net, data.val, num_classes=data.num_classes, tile_size=128)
         per_class = calibrate(net, data.val, num_classes=data.num_classes, tile_size=128, per_class=True)
+        background = replace(per_class, class_offsets=())  # the same pass's background offset alone
         row = {"loss": loss, "lr": lr, "max_side": args.max_sides[0], "epochs": args.epochs[0], "wall_s": round(wall, 1),
                "background_offset": background.background_offset, "class_offsets": per_class.class_offsets,
                "test_raw": _scored(net, data, "test"), "test_background": _scored(net, data, "test", background),

@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--retrain-epochs", type=int, default=12)
     parser.add_argument("--max-side", type=int, default=None,
                         help="training scale (long side, px; default: the preset's). Magnetic-tile scores the "
-                             "same at 224 as at native size (recipe_sweep scale) and evaluates 8x faster")
+                             "same at 224 as at native size (recipe_sweep scale) and scores subnets about 7x faster")
     parser.add_argument("--torch-threads", type=int, default=2)
     parser.add_argument("--out", default="runs/sharing")
     parser.add_argument("--json", default="benchmarks/results/sharing_and_ranking.json")

@@ -129,10 +129,10 @@ def calibrate(
     eval_options: those of `evaluate` (batch_size, device, tile_size, tile_overlap, amp)."""
     offsets = tuple(sorted({float(o) for o in offsets} | {0.0}))
     num_classes = int(num_classes or getattr(getattr(model, "module", model), "num_classes"))
-    # A background pixel whose threshold is below this never turns defect under any offsets
-    # the refinement tries: it is counted, not kept.
     # Under DDP each rank sees only its share of val: the background offset (all-reduced) alone.
     refine = per_class and num_classes > 1 and not (dist is not None and dist.distributed)
+    # A background pixel whose threshold is below this never turns defect under any offsets
+    # the refinement tries: it is counted, not kept.
     floor = min(offsets) + min(CLASS_STEPS) - max(CLASS_STEPS)
     kept = _KeptPixels(num_classes, floor) if refine else None
     counts = _threshold_counts(model, dataset, arch, offsets, num_classes, ignore_index, dist, eval_options, kept)

@@ -95,10 +95,11 @@ class RetrainConfig(RunConfig):
     poly_power: float = 0.9
     init: str = "scratch"  # scratch | inherited
     supernet: str | None = None  # the supernet checkpoint for init="inherited"
-    # After training, the background logit offset with the best val mIoU is folded into the
-    # kept network (training.calibration): the recipe's crops and weights over-predict defects.
+    # After training, the background logit offset with the best val mIoU (then, with
+    # calibrate_per_class, one offset per class) is folded into the kept network
+    # (training.calibration): the recipe's crops and weights over-predict defects.
     calibrate: bool = True
-    calibrate_per_class: bool = True  # then one offset per class (training.calibration)
+    calibrate_per_class: bool = True
 
 
 def config_conflicts(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
