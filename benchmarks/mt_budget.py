@@ -122,8 +122,9 @@ def main() -> None:
     plan = json.loads((out / "search" / "plan.json").read_text()) if (out / "search" / "plan.json").exists() else {}
     search_s = sum(s["wall_s"] for s in report["stages"]) + float(plan.get("plan_s") or 0.0)
     budgets = report["budgets"]
-    resolved = replace(cfg.resolved(), supernet_epochs=budgets["supernet_epochs"],
-                       retrain_epochs=budgets["retrain_epochs"])
+    # The run's own config: the training scale it chose from the masks (data.scale) included.
+    resolved = replace(PipelineConfig.load(out / "search" / "config.json").resolved(),
+                       supernet_epochs=budgets["supernet_epochs"], retrain_epochs=budgets["retrain_epochs"])
     data = load_run_data(args.format, args.data, resolved.image_size, resolved.seed,
                          manifest=out / "search" / "splits.json", keep_aspect=resolved.keep_aspect,
                          max_side=resolved.max_side)

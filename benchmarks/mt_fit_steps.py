@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,17 +28,18 @@ from autonad_edge.io import atomic_write_json
 from autonad_edge.metrics import ConfusionMatrix
 from autonad_edge.models.network import SegmentationNet
 from autonad_edge.models.unet import UNet
-from autonad_edge.space import SearchSpace
+from autonad_edge.space import Arch, SearchSpace
 from autonad_edge.training.evaluate import evaluate
 from autonad_edge.training.losses import SegmentationLoss, class_weights
 from recipe_sweep import fixed_arch
 
 
-def build(model: str, num_classes: int) -> torch.nn.Module:
+def build(model: str, num_classes: int, arch_file: str | None = None) -> torch.nn.Module:
     if model == "unet":
         return UNet(num_classes, base_width=16)
     space = SearchSpace.tiny()
-    return SegmentationNet.from_arch(fixed_arch(space), space, num_classes)
+    arch = Arch.from_json(Path(arch_file).read_text(encoding="utf-8")) if arch_file else fixed_arch(space)
+    return SegmentationNet.from_arch(arch, space, num_classes)
 
 
 def score(net: torch.nn.Module, split, num_classes: int):
@@ -56,6 +58,7 @@ def main() -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--format", default="mt")
     p.add_argument("--model", choices=("subnet", "unet"), default="subnet")
+    p.add_argument("--arch", default=None, help="a tiny-space arch JSON (default: recipe_sweep's fixed subnet)")
     p.add_argument("--steps", type=int, default=6400)
     p.add_argument("--crop", type=int, default=128)
     p.add_argument("--max-side", type=int, default=224)
@@ -69,7 +72,7 @@ def main() -> None:
     train = data.train
     crops = CropDataset(train, data.num_classes, CropConfig((args.crop, args.crop), defect_share=args.defect_share),
                         seed=0, augmentation=AugmentationConfig())
-    net = build(args.model, data.num_classes)
+    net = build(args.model, data.num_classes, args.arch)
     # Shares at the training scale (the measured runs used these; the trainers' own
     # `class_frequencies` counts native pixels, nearly the same shares).
     counts = sum(np.bincount(train.raw(i)[1].ravel(), minlength=256)[:data.num_classes] for i in range(len(train)))

@@ -24,6 +24,8 @@ def search(
     space: str = typer.Option(None, help=f"Search space: default, tiny or a JSON file (default: {_d('space')})."),
     image_size: int = typer.Option(None, help=f"Network input side: training crops, inference tiles and timed latency (default: {_d('image_size')})."),
     time_budget: float = typer.Option(None, help=f"Minutes for the whole run: epochs and search size are planned from costs measured on this machine; 0 = the preset's epochs (default: {_d('time_budget')})."),
+    max_side: int = typer.Option(None, help=f"Training scale: images are scaled down to this long side, aspect kept; giving it turns off the scale chosen from the masks (default: {_d('max_side')})."),
+    min_defect_width: float = typer.Option(None, help=f"Choose the training scale from the masks: scale down while the thinnest defect class's median region stays this many pixels wide (default: {_d('min_defect_width')})."),
     supernet_epochs: int = typer.Option(None, help=f"Supernet training epochs (default: {_d('supernet_epochs')})."),
     retrain_epochs: int = typer.Option(None, help=f"Retraining epochs of the chosen subnet (default: {_d('retrain_epochs')})."),
     batch_size: int = typer.Option(None, help=f"Batch size (default: {_d('batch_size')})."),
@@ -61,6 +63,7 @@ def search(
         population=population, generations=generations, sharing=sharing, latency_weight=latency_weight,
         latency_budget_ms=latency_budget_ms, latency_stat=latency_stat, params_budget=params_budget, seed=seed,
         latency_tolerance=latency_tolerance, device=device, quiet=quiet, time_budget=time_budget, export_cache=export_cache,
+        max_side=max_side, min_defect_width=min_defect_width,
     )
     out = Path(config.out)
     try:

@@ -77,6 +77,7 @@ class PipelineConfig:
     defect_crop_share: float | None = None
     keep_aspect: bool | None = None
     max_side: int | None = None
+    min_defect_width: float | None = None
     sandwich: bool | None = None
     sandwich_random: int | None = None
     retrain_schedule: str | None = None

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from autonad_edge.data import DatasetError, SegmentationData, load_dataset
+from autonad_edge.data.scale import training_scale
 from autonad_edge.io import atomic_write_json
 from autonad_edge.latency import export_pool
 from autonad_edge.latency.profiler import use_export_cache
@@ -71,7 +72,6 @@ class SearchPipeline:
         cfg = self.cfg
         self.clock = RunClock()
         self.out.mkdir(parents=True, exist_ok=True)
-        _check_config_unchanged(self.out, cfg)
         if cfg.export_cache:
             use_export_cache(f"{cfg.table}.exports" if cfg.export_cache == "table" else cfg.export_cache)
         try:
@@ -82,6 +82,8 @@ class SearchPipeline:
         if not stages.done("latency"):
             export_pool.start(wait=False)  # workers warm up while the data loads
         data = self._load_data()
+        cfg = self.cfg  # with the training scale the data allows
+        _check_config_unchanged(self.out, cfg)
         with contextlib.ExitStack() as stack:
             table = stack.enter_context(LatencyTable(cfg.table))
             try:
@@ -123,7 +125,22 @@ class SearchPipeline:
             raise PipelineError("dataset: the train and val splits need at least one image each")
         if manifest is None:
             data.save_manifest(splits)
+        if cfg.min_defect_width and cfg.keep_aspect and "max_side" not in self.given:
+            data = self._scale_data(data)
         return data
+
+    def _scale_data(self, data: SegmentationData) -> SegmentationData:
+        """The data at the training scale its thinnest defects allow (`data.scale`); the run's
+        config takes that scale, so checkpoints, predict and the bundle's infer.py use it."""
+        cfg = self.cfg
+        scale = training_scale(data.train, data.num_classes, min_width=cfg.min_defect_width,
+                               floor=max(cfg.image_hw), class_names=data.class_names)
+        self.log(f"[data] {scale.summary()}")
+        if scale.max_side is None:
+            return data
+        self.cfg = replace(cfg, max_side=scale.max_side)
+        return load_dataset(cfg.data, cfg.format, image_size=cfg.image_size, synthetic_count=cfg.synthetic_count,
+                            manifest=data.manifest(), keep_aspect=True, max_side=scale.max_side)
 
 
 def _check_config_unchanged(out: Path, cfg: PipelineConfig) -> None:

@@ -45,6 +45,9 @@ class Preset:
     defect_crop_share: float = 0.5
     keep_aspect: bool = True
     max_side: int | None = 1024
+    # Training scale from the masks (data.scale): scale the images down, below max_side, while
+    # the thinnest defect class's median region stays this many pixels wide; None = max_side.
+    min_defect_width: float | None = None
     sandwich: bool = False  # with in-place distillation (SupernetConfig.distill_weight)
     sandwich_random: int = 1
     retrain_schedule: str = "cosine"
@@ -92,7 +95,7 @@ PRESETS: dict[str, Preset] = {
         population=16, generations=5, parents=5, calibration_archs=8, finalists=4, retrain_init="inherited",
         supernet_lr=3e-3, supernet_warmup_epochs=1.0, retrain_lr=2e-3, class_weighting="inverse_sqrt",
         sandwich=False, retrain_warmup_epochs=0.5, retrain_ema=0.998, reference_images=168,
-        defect_crop_share=0.7, time_budget=9.0, supernet_share=0.3,
+        defect_crop_share=0.7, time_budget=9.0, supernet_share=0.3, min_defect_width=3.0,
     ),
     # The paper's settings (Sec. V-B), for GPU hosts: fixed-size resize, plain cross-entropy,
     # Table I's space exactly (no detail path in the head).

@@ -69,6 +69,9 @@ def _dataset(ctx: RunContext) -> dict[str, Any]:
         "format": cfg.format, "root": cfg.data, "num_classes": data.num_classes,
         "classes": list(data.class_names), "image_size": f"{h}x{w}",
         "images": {s: len(getattr(data, s)) for s in ("train", "val", "test")},
+        # The long side images were scaled down to (None = native), and the rule that chose it.
+        "max_side": cfg.max_side if cfg.keep_aspect else None,
+        "min_defect_width": cfg.min_defect_width if "max_side" not in ctx.given else None,
         "splits_file": "splits.json", "description": json_safe(data.describe()),
     }
 
