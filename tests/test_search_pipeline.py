@@ -71,6 +71,9 @@ def test_search_produces_every_artefact(finished_run):
     assert "Chosen architecture" in md and "TensorRT engine" in md
     assert "search signal: val mIoU noise" in md and "Decision calibrated on val" in md
     assert "![predictions](predictions.png)" in md and "defects found" in md
+    # The training scale the tiny preset sets by hand (no rule from the masks) is stated.
+    assert report["dataset"]["max_side"] == 256 and report["dataset"]["min_defect_width"] is None
+    assert "Training scale: long side at most 256 px;" in md
     assert report["accuracy"]["test"]["defect_level"]["min_overlap"] > 0
     assert "chosen" in output and "measured on 'local'" in output
 
