@@ -23,6 +23,7 @@ from autonad_edge.models.unet import UNet
 from autonad_edge.training.calibration import apply_offset, calibrate
 from autonad_edge.training.checkpoint import load_checkpoint, load_model
 from autonad_edge.training.evaluate import evaluate
+from autonad_edge.search.config import PipelineConfig
 from autonad_edge.training.rundata import load_run_data
 
 
@@ -40,8 +41,9 @@ def main() -> None:
     parser.add_argument("--json", default="benchmarks/results/mt_calibrate.json")
     args = parser.parse_args()
     run = Path(args.run)
+    scale = PipelineConfig.load(run / "search" / "config.json")  # the run's training scale
     data = load_run_data(args.format, args.data, args.tile, 0, manifest=run / "search" / "splits.json",
-                         keep_aspect=True, max_side=1024)
+                         keep_aspect=scale.keep_aspect, max_side=scale.max_side)
     searched, _ = load_model(run / "search" / "retrain" / "best.pt")
     state = load_checkpoint(run / "unet" / "last.pt")
     unet = UNet(data.num_classes, base_width=int(state.get("base_width", 16)))

@@ -131,10 +131,12 @@ def main() -> None:
     )
     report = run_search(cfg, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     search_s = time.perf_counter() - started
-    resolved = cfg.resolved()
+    # The run's own config: the training scale it chose from the masks (data.scale) included.
+    resolved = PipelineConfig.load(out / "search" / "config.json").resolved()
     space = SearchSpace.resolve(resolved.space)
     data = load_run_data(args.format, args.data, resolved.image_size, resolved.seed,
-                         manifest=out / "search" / "splits.json")
+                         manifest=out / "search" / "splits.json", keep_aspect=resolved.keep_aspect,
+                         max_side=resolved.max_side)
     searched = Arch.from_dict(report["chosen"]["arch"])
 
     # 2. baselines, retrained exactly like the searched subnet

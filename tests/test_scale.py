@@ -40,6 +40,9 @@ def test_region_widths_are_the_pixel_widths_of_lines_and_bars():
     assert region_widths(mask, 3).size == 0
     diagonal = np.eye(20, dtype=np.uint8)  # 8-connected: one region, one pixel wide
     assert region_widths(diagonal, 1).tolist() == [1.0]
+    edge = bars(40, 60, (1, 0, 3))  # the image's border is outside: as wide as inside
+    assert region_widths(edge, 1).tolist() == [3.0]
+    assert region_widths(np.ones((6, 8), np.uint8), 1).tolist() == [5.0]  # whole image: 6 rows, rounded down
 
 
 def test_thick_defects_scale_down_until_the_thinnest_class_keeps_its_width():
@@ -47,18 +50,27 @@ def test_thick_defects_scale_down_until_the_thinnest_class_keeps_its_width():
     masks = [bars(300, 600, (1, 20, 9), (2, 100, 15)) for _ in range(3)]
     scale = training_scale(Split(masks), 3, min_width=3.0, floor=64, class_names=["bg", "dent", "rust"])
     assert scale.median_widths == {"dent": 9.0, "rust": 15.0} and scale.thinnest == "dent"
-    assert scale.factor == pytest.approx(3.0 / 9.0) and scale.max_side == 200
+    assert scale.max_side == 200 and scale.scaled_widths == {"dent": 3.0, "rust": 5.0}
     assert scale.median_long_side == 600
     assert "long side 200 px" in scale.summary() and "dent" in scale.summary()
+
+
+def test_each_image_shrinks_by_its_own_long_side():
+    """Images of 300 and 900 px, each with a 9-px line: at a long side of S the small one keeps
+    9 * min(1, S/300), the large one 9 * S/900: the median of the two (their mean) is 3 px at
+    S = 150 (4.5 and 1.5), not at the 200 px one factor of the median side would give."""
+    masks = [bars(200, 300, (1, 20, 9)), bars(600, 900, (1, 20, 9))]
+    scale = training_scale(Split(masks), 2, min_width=3.0, floor=32)
+    assert scale.max_side == 150 and scale.scaled_widths == {"class1": pytest.approx(3.0)}
 
 
 def test_thin_cracks_keep_the_native_scale_and_the_crop_bounds_the_downscale():
     cracks = [bars(300, 600, (1, 20, 1), (2, 100, 25)) for _ in range(2)]
     scale = training_scale(Split(cracks), 3, min_width=3.0, floor=64)
-    assert scale.max_side is None and scale.factor == 1.0 and scale.thinnest == "class1"
-    thick = [bars(300, 600, (1, 20, 60)) for _ in range(2)]
-    bounded = training_scale(Split(thick), 2, min_width=3.0, floor=256)  # 600 * 3/60 = 30 < 256
-    assert bounded.max_side == 256 and bounded.factor == pytest.approx(256 / 600)
+    assert scale.max_side is None and scale.thinnest == "class1" and scale.scaled_widths == scale.median_widths
+    thick = [bars(300, 600, (1, 20, 59)) for _ in range(2)]
+    bounded = training_scale(Split(thick), 2, min_width=3.0, floor=256)  # 600 * 3/59 = 31 < 256
+    assert bounded.max_side == 256 and bounded.scaled_widths["class1"] == pytest.approx(59 * 256 / 600)
     small = training_scale(Split([bars(100, 120, (1, 20, 40))]), 2, min_width=3.0, floor=128)
     assert small.max_side is None  # already smaller than a crop
 
@@ -70,33 +82,76 @@ def test_ignored_pixels_and_images_without_defects_are_not_regions():
     assert scale.median_widths == {"class1": 21.0} and scale.max_side == 29  # 200 * 3/21, rounded
     empty = training_scale(Split([np.zeros((50, 50), np.uint8)]), 2, min_width=3.0, floor=16)
     assert empty.max_side is None and empty.thinnest is None and "no defect regions" in empty.summary()
+    assert empty.to_dict()["thinnest"] is None
     with pytest.raises(ValueError, match="min_width"):
         training_scale(Split([mask]), 2, min_width=0, floor=16)
 
 
-def test_the_pipeline_trains_thick_defects_at_the_scale_the_masks_allow(tmp_path):
-    """A VOC set of 320x480 images with 15-px-wide defects: the cpu preset's rule (3 px)
-    scales the long side to 96 px, loads the data there and records it in the run's config;
-    an explicit --max-side turns the rule off."""
-    from autonad_edge.search.pipeline import PipelineConfig, SearchPipeline
-
+def thick_voc(root, n: int = 8):
+    """A VOC set of 320x480 images with 15-px-wide defects (two classes)."""
     rng = np.random.default_rng(0)
-    n = 8
     masks = np.stack([bars(320, 480, (1 + k % 2, 40 + 10 * k, 15)) for k in range(n)])
     images = rng.integers(0, 255, size=(n, 320, 480, 3), dtype=np.uint8)
     ids = [f"im{k}" for k in range(n)]
-    root = write_voc(tmp_path / "voc", ids, images, masks, ["background", "dent", "rust"],
-                     {"train": ids[:4], "val": ids[4:6], "test": ids[6:]})
-    pipeline = SearchPipeline(PipelineConfig(out=str(tmp_path / "run"), data=str(root), format="voc",
-                                             image_size=64, quiet=True), log=lambda msg: None)
-    (tmp_path / "run").mkdir()
+    return write_voc(root, ids, images, masks, ["background", "dent", "rust"],
+                     {"train": ids[:4], "val": ids[4:6], "test": ids[6:]}), ids
+
+
+def load_run_data_of(config, out):
+    """What `SearchPipeline.run` does before training: check the config, load and scale the
+    data, record the config."""
+    from autonad_edge.search.pipeline import SearchPipeline, _check_config_unchanged
+
+    pipeline = SearchPipeline(config, log=lambda msg: None)
+    out.mkdir(exist_ok=True)
+    _check_config_unchanged(out, pipeline.cfg, write=False, unknown=frozenset({"max_side"}))
     data = pipeline._load_data()
+    _check_config_unchanged(out, pipeline.cfg)
+    return pipeline, data
+
+
+def test_the_pipeline_trains_thick_defects_at_the_scale_the_masks_allow(tmp_path):
+    """The cpu preset's rule (3 px) scales the long side to 96 px, loads the data there and
+    records it in the run's config; a rerun, and a run started from that config, choose the
+    same; an explicit --max-side turns the rule off."""
+    from autonad_edge.search.pipeline import PipelineConfig, PipelineError
+
+    root, ids = thick_voc(tmp_path / "voc")
+    out = tmp_path / "run"
+    config = PipelineConfig(out=str(out), data=str(root), format="voc", image_size=64, quiet=True)
+    pipeline, data = load_run_data_of(config, out)
     assert pipeline.cfg.max_side == 96 and pipeline.cfg.min_defect_width == 3.0
+    assert pipeline.scale.max_side == 96 and pipeline.scale.thinnest in ("dent", "rust")
     assert max(data.train.raw(0)[1].shape) == 96 and max(data.test.raw(0)[1].shape) == 96
     assert pipeline.cfg.retrain_config("s.pt").max_side == 96
-    manifest = json.loads((tmp_path / "run" / "splits.json").read_text())
+    assert json.loads((out / "config.json").read_text())["max_side"] == 96
+    manifest = json.loads((out / "splits.json").read_text())
     assert sorted(manifest["splits"]["train"]) == ids[:4]
-    given = SearchPipeline(PipelineConfig(out=str(tmp_path / "run2"), data=str(root), format="voc", image_size=64,
-                                          max_side=400), log=lambda msg: None)
-    (tmp_path / "run2").mkdir()
-    assert max(given._load_data().train.raw(0)[1].shape) == 400 and given.cfg.max_side == 400
+    again, _ = load_run_data_of(config, out)  # a rerun: same scale, no conflict
+    assert again.cfg.max_side == 96
+    reloaded, _ = load_run_data_of(PipelineConfig.load(out / "config.json"), tmp_path / "from_config")
+    assert reloaded.cfg.max_side == 96  # measured at the preset's cap, not at the recorded 96
+    given, data = load_run_data_of(PipelineConfig(out=str(tmp_path / "run2"), data=str(root), format="voc",
+                                                  image_size=64, max_side=400), tmp_path / "run2")
+    assert max(data.train.raw(0)[1].shape) == 400 and given.cfg.max_side == 400 and given.scale is None
+    with pytest.raises(PipelineError, match="other settings \\(max_side\\)"):
+        load_run_data_of(PipelineConfig(out=str(out), data=str(root), format="voc", image_size=64,
+                                        max_side=400), out)
+    with pytest.raises(PipelineError, match="min-defect-width must be >= 0"):
+        load_run_data_of(PipelineConfig(out=str(tmp_path / "run3"), data=str(root), format="voc",
+                                        image_size=64, min_defect_width=-1.0), tmp_path / "run3")
+
+
+def test_a_run_started_before_the_rule_keeps_its_scale(tmp_path):
+    """A run directory whose config.json predates the rule (no min_defect_width) resumes at the
+    scale it was trained at."""
+    from autonad_edge.search.pipeline import PipelineConfig
+
+    root, _ = thick_voc(tmp_path / "voc")
+    out = tmp_path / "old"
+    config = PipelineConfig(out=str(out), data=str(root), format="voc", image_size=64, quiet=True)
+    saved = {k: v for k, v in config.resolved().to_dict().items() if k != "min_defect_width"}
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({**saved, "explicit": list(saved["explicit"])}))
+    pipeline, data = load_run_data_of(config, out)
+    assert pipeline.cfg.max_side == 1024 and pipeline.scale is None and max(data.train.raw(0)[1].shape) == 480

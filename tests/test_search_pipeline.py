@@ -72,7 +72,7 @@ def test_search_produces_every_artefact(finished_run):
     assert "search signal: val mIoU noise" in md and "Decision calibrated on val" in md
     assert "![predictions](predictions.png)" in md and "defects found" in md
     # The training scale the tiny preset sets by hand (no rule from the masks) is stated.
-    assert report["dataset"]["max_side"] == 256 and report["dataset"]["min_defect_width"] is None
+    assert report["dataset"]["max_side"] == 256 and report["dataset"]["training_scale"] is None
     assert "Training scale: long side at most 256 px;" in md
     assert report["accuracy"]["test"]["defect_level"]["min_overlap"] > 0
     assert "chosen" in output and "measured on 'local'" in output

@@ -52,11 +52,13 @@ def _user_errors():
     return (DatasetError, ArchError, CheckpointError, ResumeError)
 
 
-def _load_data(fmt: str, path: Optional[str], image_size, seed: int, synthetic_count: int, manifest):
+def _load_data(fmt: str, path: Optional[str], image_size, seed: int, synthetic_count: int, manifest,
+               keep_aspect: bool = True, max_side: Optional[int] = None):
     from autonad_edge.training.rundata import load_run_data
 
     try:
-        return load_run_data(fmt, path, image_size, seed, synthetic_count, manifest)
+        return load_run_data(fmt, path, image_size, seed, synthetic_count, manifest, keep_aspect=keep_aspect,
+                             max_side=max_side)
     except _user_errors() as exc:
         fail(str(exc))
     except ValueError as exc:  # bad ratios / sizes / seeds from the data layer
@@ -206,7 +208,7 @@ def supernet_train(
     if manifest is None and resume and (out / SPLITS_FILE).is_file():
         manifest = _read_manifest(out / SPLITS_FILE)
     the_data = _load_data(config.format, config.data, config.image_size, config.seed,
-                          config.synthetic_count, manifest)
+                          config.synthetic_count, manifest, config.keep_aspect, config.max_side)
     trainer = SupernetTrainer(config, the_data, out, space=the_space, resume=resume, quiet=quiet)
     summary = _fit(trainer)
     _echo(_format_summary(summary))
@@ -302,7 +304,7 @@ def retrain_command(
     except _user_errors() as exc:
         fail(str(exc))
     the_data = _load_data(config.format, config.data, config.image_size, config.seed,
-                          config.synthetic_count, manifest)
+                          config.synthetic_count, manifest, config.keep_aspect, config.max_side)
     trainer = RetrainTrainer(config, the_data, out, space=the_space, arch=the_arch, resume=resume, quiet=quiet)
     summary = _fit(trainer)
     _echo(_format_summary(summary))
@@ -329,7 +331,11 @@ def _eval_data(info, data: Optional[Path], fmt: Optional[str], image_size: Optio
     # --data wins (a moved dataset: same ids, new root); else the manifest's root, else the run's.
     path = str(data) if data else (None if manifest else cfg.get("data"))
     count = synthetic_count or cfg.get("synthetic_count") or 240
-    return _load_data(fmt, path, size, seed if manifest is None else 0, count, manifest)
+    # At the run's training scale: the long side scaled down to its max_side, aspect kept
+    # (a squashing run, keep_aspect false, at its fixed size).
+    keep_aspect = bool(cfg.get("keep_aspect", True))
+    return _load_data(fmt, path, size, seed if manifest is None else 0, count, manifest, keep_aspect,
+                      (info.max_side or cfg.get("max_side")) if keep_aspect else None)
 
 
 def _set_threads(threads: Optional[int]) -> None:
@@ -394,8 +400,9 @@ def evaluate_command(
     dataset = the_data.split(split)
     if len(dataset) == 0:
         fail(f"the {split} split is empty")
+    # Whole images in overlapping tiles of the network's input, as the run evaluated them.
     result = evaluate(model, dataset, the_arch, batch_size=batch_size, class_names=the_data.class_names,
-                      ignore_index=the_data.ignore_index)
+                      ignore_index=the_data.ignore_index, tile_size=int(the_data.image_size[0]))
     report = {
         "checkpoint": str(checkpoint),
         "kind": info.kind,

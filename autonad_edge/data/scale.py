@@ -6,17 +6,18 @@ Magnetic-tile it buys accuracy: one subnet trained for the same 6 400 steps reac
 test mIoU at a long side of 224 px against 45.4 % at native size (benchmarks/RESULTS.md,
 session 9). A crack one or two pixels wide, though, vanishes when scaled down. So the scale is
 read from the masks: every defect class's connected regions are measured (a region's width is
-the diameter of its largest inscribed disc, from the Euclidean distance transform) and the images may
-shrink until the thinnest class's median region is `min_width` pixels wide; never below the
-training crop, never up.
+the diameter of its largest inscribed disc, from the Euclidean distance transform), and the
+long side may shrink to the smallest value at which the thinnest class's median region, each
+scaled with its own image, is still `min_width` pixels wide; never below the training crop,
+never up.
 
     scale = training_scale(data.train, data.num_classes, min_width=3.0, floor=128)
-    scale.max_side  # None: keep the native scale
+    scale.max_side  # None: keep the scale the data was loaded at
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -28,65 +29,84 @@ class TrainingScale:
     """The chosen scale and the figures it was chosen from (at the scale the data was loaded)."""
 
     max_side: int | None  # the long side to scale the images down to; None = as loaded
-    factor: float  # the downscale (1.0 = none)
-    min_width: float  # the width the thinnest class keeps, in pixels
+    min_width: float  # the median width, in pixels, the thinnest class must keep
     median_long_side: int  # of the images measured
-    median_widths: dict[str, float] = field(default_factory=dict)  # per defect class with regions
+    median_widths: dict[str, float] = field(default_factory=dict)  # per defect class, as loaded
+    scaled_widths: dict[str, float] = field(default_factory=dict)  # the same at max_side
 
     @property
     def thinnest(self) -> str | None:
         return min(self.median_widths, key=self.median_widths.get) if self.median_widths else None
 
     def summary(self) -> str:
-        if self.thinnest is None:
-            return "training scale: as loaded (no defect regions to measure)"
-        width = self.median_widths[self.thinnest]
+        thinnest = self.thinnest
+        if thinnest is None:
+            return "as loaded (no defect regions to measure)"
+        width = self.median_widths[thinnest]
         if self.max_side is None:
-            return (f"training scale: as loaded (thinnest class {self.thinnest}: median region "
-                    f"width {width:.1f} px, {self.min_width:g} px kept at least)")
-        return (f"training scale: long side {self.max_side} px, x{self.factor:.2f} (thinnest class "
-                f"{self.thinnest}: median region width {width:.1f} -> {width * self.factor:.1f} px)")
+            return (f"as loaded (thinnest class {thinnest}: median region width "
+                    f"{width:.1f} px, {self.min_width:g} px kept)")
+        thinnest = min(self.scaled_widths, key=self.scaled_widths.get)
+        return (f"long side {self.max_side} px, from a median of {self.median_long_side} "
+                f"(thinnest class {thinnest}: median region width {self.median_widths[thinnest]:.1f} -> "
+                f"{self.scaled_widths[thinnest]:.1f} px)")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "thinnest": self.thinnest}
 
 
 def region_widths(mask: np.ndarray, label: int) -> np.ndarray:
     """Width in pixels of each connected region of `label` in `mask` (8-connected): the
     diameter of its largest inscribed disc, ``2 d - 1`` for the largest distance ``d`` from one
     of its pixels to the nearest pixel outside it (a line one pixel wide is 1, a bar three
-    pixels wide 3)."""
+    pixels wide 3). The image's border counts as outside: a band along an edge is as wide as
+    the same band inside."""
     regions, count = ndimage.label(mask == label, structure=np.ones((3, 3), dtype=bool))
     if count == 0:
         return np.zeros(0)
-    inside = ndimage.distance_transform_edt(regions > 0)
+    inside = ndimage.distance_transform_edt(np.pad(regions > 0, 1))[1:-1, 1:-1]
     return 2.0 * np.asarray(ndimage.maximum(inside, regions, index=np.arange(1, count + 1)), dtype=float) - 1.0
 
 
 def training_scale(split, num_classes: int, *, min_width: float, floor: int,
                    class_names: Sequence[str] | None = None) -> TrainingScale:
     """The scale for a split (anything with ``len`` and ``raw(i) -> (image, mask)``): class 0 is
-    background; labels outside ``1..num_classes-1`` (ignore) are not regions."""
-    if min_width <= 0:
+    background; labels outside ``1..num_classes-1`` (ignore) are not regions. An image whose
+    long side ``L`` exceeds the chosen side ``S`` shrinks by ``S / L``, a smaller one not at all."""
+    if not min_width > 0:
         raise ValueError(f"min_width must be positive, got {min_width}")
     names = list(class_names) if class_names is not None else [f"class{c}" for c in range(num_classes)]
     widths: dict[int, list[np.ndarray]] = {c: [] for c in range(1, num_classes)}
-    sides = []
+    sides: dict[int, list[np.ndarray]] = {c: [] for c in range(1, num_classes)}
+    long_sides = []
     for i in range(len(split)):
         _, mask = split.raw(i)
-        sides.append(max(mask.shape))
+        long_sides.append(max(mask.shape))
         for c in np.unique(mask):
             if 1 <= c < num_classes:
-                widths[int(c)].append(region_widths(mask, int(c)))
-    medians = {names[c]: float(np.median(np.concatenate(w))) for c, w in widths.items() if w}
-    long_side = int(np.median(sides)) if sides else 0
-    # The smallest scale at which the thinnest class's median region keeps `min_width` pixels.
-    factor = min(1.0, min_width / min(medians.values())) if medians else 1.0
-    max_side = None
-    if factor < 1.0:
-        factor = max(factor, floor / long_side)
-        max_side = int(round(factor * long_side)) if factor < 1.0 else None
-    if max_side is None:
-        factor = 1.0
-    return TrainingScale(max_side=max_side, factor=factor, min_width=min_width,
-                         median_long_side=long_side, median_widths=medians)
+                w = region_widths(mask, int(c))
+                widths[int(c)].append(w)
+                sides[int(c)].append(np.full(len(w), max(mask.shape), dtype=float))
+    measured = {c: (np.concatenate(widths[c]), np.concatenate(sides[c])) for c in widths if widths[c]}
+    medians = {names[c]: float(np.median(w)) for c, (w, _) in measured.items()}
+    median_side = int(np.median(long_sides)) if long_sides else 0
+
+    def thinnest_at(side: int) -> float:
+        return min(float(np.median(w * np.minimum(1.0, side / s))) for w, s in measured.values())
+
+    largest = max(long_sides, default=0)
+    if not measured or largest <= floor or thinnest_at(largest - 1) < min_width:
+        return TrainingScale(None, min_width, median_side, medians, dict(medians))
+    # The thinnest median grows with the side: bisect for the smallest side that keeps min_width.
+    low, high = max(1, floor), largest - 1  # thinnest_at(high) >= min_width
+    while low < high:
+        mid = (low + high) // 2
+        if thinnest_at(mid) >= min_width:
+            high = mid
+        else:
+            low = mid + 1
+    scaled = {names[c]: float(np.median(w * np.minimum(1.0, high / s))) for c, (w, s) in measured.items()}
+    return TrainingScale(high, min_width, median_side, medians, scaled)
 
 
 __all__ = ["TrainingScale", "region_widths", "training_scale"]

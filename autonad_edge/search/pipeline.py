@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from autonad_edge.data import DatasetError, SegmentationData, load_dataset
-from autonad_edge.data.scale import training_scale
+from autonad_edge.data.scale import TrainingScale, training_scale
 from autonad_edge.io import atomic_write_json
 from autonad_edge.latency import export_pool
 from autonad_edge.latency.profiler import use_export_cache
@@ -63,6 +63,7 @@ class SearchPipeline:
         self.out = Path(self.cfg.out)
         self.log = log
         self.clock = RunClock()
+        self.scale: TrainingScale | None = None  # the training scale, when chosen from the masks
 
     def elapsed_s(self) -> float:
         """Seconds this run has worked so far, in this process and the ones it resumes."""
@@ -72,6 +73,8 @@ class SearchPipeline:
         cfg = self.cfg
         self.clock = RunClock()
         self.out.mkdir(parents=True, exist_ok=True)
+        # The training scale may be chosen from the data (`_load_data`): checked once known.
+        _check_config_unchanged(self.out, cfg, write=False, unknown=frozenset({"max_side"}))
         if cfg.export_cache:
             use_export_cache(f"{cfg.table}.exports" if cfg.export_cache == "table" else cfg.export_cache)
         try:
@@ -82,7 +85,7 @@ class SearchPipeline:
         if not stages.done("latency"):
             export_pool.start(wait=False)  # workers warm up while the data loads
         data = self._load_data()
-        cfg = self.cfg  # with the training scale the data allows
+        cfg = self.cfg
         _check_config_unchanged(self.out, cfg)
         with contextlib.ExitStack() as stack:
             table = stack.enter_context(LatencyTable(cfg.table))
@@ -91,7 +94,8 @@ class SearchPipeline:
                                                        local_threads=cfg.local_threads))
             except TargetError as exc:
                 raise PipelineError(str(exc)) from None
-            ctx = RunContext(cfg, self.given, self.out, space, data, table, pool, self.clock, self.log)
+            ctx = RunContext(cfg, self.given, self.out, space, data, table, pool, self.clock, self.log,
+                             scale=self.scale)
             ctx.cfg = plan_run(ctx)
             results = self._run_stages(ctx, stages)
             report = report_stage(ctx, results, stages, STAGES)
@@ -113,51 +117,61 @@ class SearchPipeline:
     def _load_data(self) -> SegmentationData:
         cfg, splits = self.cfg, self.out / "splits.json"
         manifest = json.loads(splits.read_text(encoding="utf-8")) if splits.exists() else None
-        try:
-            data = load_dataset(
-                cfg.data, cfg.format, image_size=cfg.image_size, seed=cfg.seed,
-                synthetic_count=cfg.synthetic_count, manifest=manifest,
-                keep_aspect=cfg.keep_aspect, max_side=cfg.max_side,
-            )
-        except DatasetError as exc:
-            raise PipelineError(f"dataset: {exc}") from None
+        rule = self._scale_rule()
+        # The rule measures the masks at the preset's cap, whatever a loaded config recorded.
+        max_side = PRESETS[cfg.preset].max_side if rule else cfg.max_side
+        data = self._load(manifest, max_side)
         if len(data.train) == 0 or len(data.val) == 0:
             raise PipelineError("dataset: the train and val splits need at least one image each")
         if manifest is None:
             data.save_manifest(splits)
-        if cfg.min_defect_width and cfg.keep_aspect and "max_side" not in self.given:
-            data = self._scale_data(data)
+        if rule:
+            self.scale = training_scale(data.train, data.num_classes, min_width=cfg.min_defect_width,
+                                        floor=max(cfg.image_hw), class_names=data.class_names)
+            self.log(f"[data] training scale: {self.scale.summary()}")
+            self.cfg = replace(cfg, max_side=self.scale.max_side or max_side)
+            if self.scale.max_side is not None:
+                data = self._load(data.manifest(), self.scale.max_side)
         return data
 
-    def _scale_data(self, data: SegmentationData) -> SegmentationData:
-        """The data at the training scale its thinnest defects allow (`data.scale`); the run's
-        config takes that scale, so checkpoints, predict and the bundle's infer.py use it."""
+    def _load(self, manifest: dict[str, Any] | None, max_side: int | None) -> SegmentationData:
         cfg = self.cfg
-        scale = training_scale(data.train, data.num_classes, min_width=cfg.min_defect_width,
-                               floor=max(cfg.image_hw), class_names=data.class_names)
-        self.log(f"[data] {scale.summary()}")
-        if scale.max_side is None:
-            return data
-        self.cfg = replace(cfg, max_side=scale.max_side)
-        return load_dataset(cfg.data, cfg.format, image_size=cfg.image_size, synthetic_count=cfg.synthetic_count,
-                            manifest=data.manifest(), keep_aspect=True, max_side=scale.max_side)
+        try:
+            return load_dataset(cfg.data, cfg.format, image_size=cfg.image_size, seed=cfg.seed,
+                                synthetic_count=cfg.synthetic_count, manifest=manifest,
+                                keep_aspect=cfg.keep_aspect, max_side=max_side)
+        except DatasetError as exc:
+            raise PipelineError(f"dataset: {exc}") from None
+
+    def _scale_rule(self) -> bool:
+        """Whether the training scale is chosen from the masks (`data.scale`): the preset's rule,
+        unless --max-side was given, the images are squashed, or the run directory was started
+        before the rule existed (its config has no such field, and keeps its scale)."""
+        cfg, saved = self.cfg, self.out / "config.json"
+        if cfg.min_defect_width is not None and cfg.min_defect_width < 0:
+            raise PipelineError(f"--min-defect-width must be >= 0 (0 = off), got {cfg.min_defect_width:g}")
+        if not cfg.min_defect_width or not cfg.keep_aspect or "max_side" in self.given:
+            return False
+        return not saved.exists() or "min_defect_width" in json.loads(saved.read_text(encoding="utf-8"))
 
 
-def _check_config_unchanged(out: Path, cfg: PipelineConfig) -> None:
-    """A rerun into the same directory must be the same run, or its stages don't fit."""
+def _check_config_unchanged(out: Path, cfg: PipelineConfig, write: bool = True, unknown: frozenset[str] = frozenset()) -> None:
+    """A rerun into the same directory must be the same run, or its stages don't fit.
+    `unknown`: fields not known yet (checked on a second call); `write`: record the config."""
     path = out / "config.json"
     current = asdict(cfg)
     if path.exists():
         saved = json.loads(path.read_text(encoding="utf-8"))
         # A field the saved config lacks was not recorded yet when it was written (it came
         # from the preset): only the recorded ones can tell.
-        changed = sorted(k for k in current if k not in VOLATILE and k in saved and saved[k] != current[k])
+        changed = sorted(k for k in current if k not in VOLATILE | unknown and k in saved and saved[k] != current[k])
         if changed:
             raise PipelineError(
                 f"{out} holds a run with other settings ({', '.join(changed)}); "
                 "use another --out or the same settings to resume"
             )
-    atomic_write_json(path, current)
+    if write:
+        atomic_write_json(path, current)
 
 
 def run_search(config: PipelineConfig, log: Callable[[str], None] = print) -> dict[str, Any]:

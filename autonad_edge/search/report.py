@@ -61,10 +61,10 @@ def _ms(x: float | None) -> str:
 
 
 def _scale_line(data: dict[str, Any]) -> str:
-    scale = f"long side at most {data['max_side']} px" if data.get("max_side") else "native size"
-    rule = (f", chosen from the masks (the thinnest defect class keeps a median width of "
-            f"{data['min_defect_width']:g} px)" if data.get("min_defect_width") else "")
-    return f"Training scale: {scale}{rule}; inference scales images the same way."
+    if data.get("training_scale"):
+        return (f"Training scale, chosen from the masks: {data['training_scale']['summary']}; inference "
+                "scales images the same way.")
+    return f"Training scale: long side at most {data['max_side']} px; inference scales images the same way."
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -78,7 +78,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"on {target.get('device', '?')}; dataset **{data.get('format', '?')}** "
         f"({data.get('root') or 'embedded synthetic'}), {data.get('num_classes', '?')} classes at "
         f"{data.get('image_size', '?')} (network input: training crops and inference tiles).",
-        *([_scale_line(data)] if data.get("max_side") or data.get("min_defect_width") else []),
+        *([_scale_line(data)] if data.get("max_side") or data.get("training_scale") else []),
         "",
         "## Chosen architecture",
         "",

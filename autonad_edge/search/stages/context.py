@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from autonad_edge.data.dataset import SegmentationData
+from autonad_edge.data.scale import TrainingScale
 from autonad_edge.latency.estimator import LatencyEstimator
 from autonad_edge.latency.table import LatencyTable
 from autonad_edge.search.config import PipelineConfig
@@ -47,6 +48,7 @@ class RunContext:
     pool: Any  # latency.pool.AgentPool of the target
     clock: RunClock
     log: Callable[[str], None] = print
+    scale: TrainingScale | None = None  # the training scale, when chosen from the masks
 
     @property
     def image_hw(self) -> tuple[int, int]:

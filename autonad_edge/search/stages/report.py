@@ -69,9 +69,10 @@ def _dataset(ctx: RunContext) -> dict[str, Any]:
         "format": cfg.format, "root": cfg.data, "num_classes": data.num_classes,
         "classes": list(data.class_names), "image_size": f"{h}x{w}",
         "images": {s: len(getattr(data, s)) for s in ("train", "val", "test")},
-        # The long side images were scaled down to (None = native), and the rule that chose it.
+        # The long side images are scaled down to (None: native, or squashed to image_size),
+        # and, when it was chosen from the masks, the figures it was chosen from.
         "max_side": cfg.max_side if cfg.keep_aspect else None,
-        "min_defect_width": cfg.min_defect_width if "max_side" not in ctx.given else None,
+        "training_scale": ctx.scale.to_dict() | {"summary": ctx.scale.summary()} if ctx.scale else None,
         "splits_file": "splits.json", "description": json_safe(data.describe()),
     }
 
