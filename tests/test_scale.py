@@ -155,3 +155,19 @@ def test_a_run_started_before_the_rule_keeps_its_scale(tmp_path):
     (out / "config.json").write_text(json.dumps({**saved, "explicit": list(saved["explicit"])}))
     pipeline, data = load_run_data_of(config, out)
     assert pipeline.cfg.max_side == 1024 and pipeline.scale is None and max(data.train.raw(0)[1].shape) == 480
+
+
+def test_a_checkpoint_without_its_own_scale_takes_its_run_configs():
+    """A supernet checkpoint records the training scale only in its config: evaluate and
+    predict read it from there (a squashing run has none)."""
+    from autonad_edge.models.network import SegmentationNet
+    from autonad_edge.space import SearchSpace
+    from autonad_edge.training.checkpoint import checkpoint_info, subnet_payload
+
+    space = SearchSpace.tiny()
+    net = SegmentationNet.from_arch(space.largest(), space, 3)
+    payload = subnet_payload(net, space, ["background", "dent", "rust"], (64, 64))
+    assert checkpoint_info({**payload, "max_side": 215}, "a.pt").max_side == 215
+    assert checkpoint_info({**payload, "config": {"max_side": 215}}, "b.pt").max_side == 215
+    assert checkpoint_info({**payload, "config": {"max_side": 215, "keep_aspect": False}}, "c.pt").max_side is None
+    assert checkpoint_info({**payload, "max_side": None, "config": {"max_side": 215}}, "d.pt").max_side is None

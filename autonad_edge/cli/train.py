@@ -334,8 +334,7 @@ def _eval_data(info, data: Optional[Path], fmt: Optional[str], image_size: Optio
     # At the run's training scale: the long side scaled down to its max_side, aspect kept
     # (a squashing run, keep_aspect false, at its fixed size).
     keep_aspect = bool(cfg.get("keep_aspect", True))
-    return _load_data(fmt, path, size, seed if manifest is None else 0, count, manifest, keep_aspect,
-                      (info.max_side or cfg.get("max_side")) if keep_aspect else None)
+    return _load_data(fmt, path, size, seed if manifest is None else 0, count, manifest, keep_aspect, info.max_side)
 
 
 def _set_threads(threads: Optional[int]) -> None:
@@ -454,7 +453,7 @@ def predict_command(
     size = image_size or (info.image_size[0] if info.image_size else 320)
     try:
         records = predict_images(model, images, out, image_size=size, class_names=info.class_names, alpha=alpha,
-                                 max_side=getattr(info, "max_side", None), tile=tile)
+                                 max_side=info.max_side, tile=tile)
     except DatasetError as exc:
         fail(str(exc))
     flagged = sum(1 for r in records if sum(list(r["pixels"].values())[1:]) > 0)

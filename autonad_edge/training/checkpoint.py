@@ -154,6 +154,12 @@ class CheckpointInfo:
         }
 
 
+def _config_max_side(config: dict[str, Any]) -> int | None:
+    """The training scale of a checkpoint that does not record it apart (a supernet's): its
+    run config's, when that kept the aspect ratio."""
+    return config.get("max_side") if config.get("keep_aspect", True) else None
+
+
 def checkpoint_info(data: dict[str, Any], path: str | Path, arch: Arch | None = None) -> CheckpointInfo:
     """A `CheckpointInfo` from a loaded checkpoint dict (`arch` overrides a supernet's none)."""
     path = Path(path)
@@ -177,7 +183,7 @@ def checkpoint_info(data: dict[str, Any], path: str | Path, arch: Arch | None = 
             config=dict(data.get("config") or {}),
             metrics=dict(data.get("metrics") or {}),
             splits=splits,
-            max_side=data.get("max_side"),
+            max_side=data.get("max_side") if "max_side" in data else _config_max_side(data.get("config") or {}),
         )
     except KeyError as exc:
         raise CheckpointError(f"{path}: checkpoint is missing the field {exc.args[0]!r}") from None
