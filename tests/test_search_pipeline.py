@@ -30,7 +30,8 @@ def finished_run(tmp_path_factory):
     space = out / "micro.json"
     space.write_text(micro_space().to_json())
     args = ["search", "--preset", "tiny", "--space", str(space), "--out", str(out / "run"),
-            "--table", str(out / "latency.sqlite"), "--quiet", "--seed", "3", "--population", "4"]
+            "--table", str(out / "latency.sqlite"), "--quiet", "--seed", "3", "--population", "4",
+            "--min-defect-width", "3"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     return out / "run", args, result.output
@@ -71,9 +72,12 @@ def test_search_produces_every_artefact(finished_run):
     assert "Chosen architecture" in md and "TensorRT engine" in md
     assert "search signal: val mIoU noise" in md and "Decision calibrated on val" in md
     assert "![predictions](predictions.png)" in md and "defects found" in md
-    # The training scale the tiny preset sets by hand (no rule from the masks) is stated.
-    assert report["dataset"]["max_side"] == 256 and report["dataset"]["training_scale"] is None
-    assert "Training scale: long side at most 256 px;" in md
+    # The training scale was chosen from the masks (--min-defect-width): the synthetic images
+    # are no larger than the network input, so they stay as loaded, and the report says why.
+    scale = report["dataset"]["training_scale"]
+    assert report["dataset"]["max_side"] == 256 and scale["max_side"] is None and scale["min_width"] == 3.0
+    assert scale["thinnest"] in report["dataset"]["classes"][1:]
+    assert f"Training scale, chosen from the masks: as loaded (thinnest class {scale['thinnest']}" in md
     assert report["accuracy"]["test"]["defect_level"]["min_overlap"] > 0
     assert "chosen" in output and "measured on 'local'" in output
 
