@@ -1,6 +1,7 @@
 """How many optimiser steps Magnetic-tile needs, and at which training scale (issue 10).
 
-Trains one fixed subnet of the tiny space (the one `recipe_sweep.py` uses) or the textbook
+Trains one fixed subnet of the tiny space (the one `recipe_sweep.py` uses; another with
+``--arch``, or another space's with ``--space``) or the textbook
 U-Net from scratch with the library's crops (`CropDataset`, paper augmentation), class
 weights and loss (`SegmentationLoss`, CE + Dice), Adam with a one-cycle schedule (10 %
 warm-up, cosine down), batch 8, for ``--steps`` steps, then scores the test split as whole
@@ -34,10 +35,10 @@ from autonad_edge.training.losses import SegmentationLoss, class_weights
 from recipe_sweep import fixed_arch
 
 
-def build(model: str, num_classes: int, arch_file: str | None = None) -> torch.nn.Module:
+def build(model: str, num_classes: int, arch_file: str | None = None, space_name: str = "tiny") -> torch.nn.Module:
     if model == "unet":
         return UNet(num_classes, base_width=16)
-    space = SearchSpace.tiny()
+    space = SearchSpace.named(space_name)
     arch = Arch.from_json(Path(arch_file).read_text(encoding="utf-8")) if arch_file else fixed_arch(space)
     return SegmentationNet.from_arch(arch, space, num_classes)
 
@@ -58,7 +59,8 @@ def main() -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--format", default="mt")
     p.add_argument("--model", choices=("subnet", "unet"), default="subnet")
-    p.add_argument("--arch", default=None, help="a tiny-space arch JSON (default: recipe_sweep's fixed subnet)")
+    p.add_argument("--space", default="tiny", help="the search space of the subnet (a named space)")
+    p.add_argument("--arch", default=None, help="an arch JSON of --space (default: recipe_sweep's fixed subnet of it)")
     p.add_argument("--steps", type=int, default=6400)
     p.add_argument("--crop", type=int, default=128)
     p.add_argument("--max-side", type=int, default=224)
@@ -72,7 +74,7 @@ def main() -> None:
     train = data.train
     crops = CropDataset(train, data.num_classes, CropConfig((args.crop, args.crop), defect_share=args.defect_share),
                         seed=0, augmentation=AugmentationConfig())
-    net = build(args.model, data.num_classes, args.arch)
+    net = build(args.model, data.num_classes, args.arch, args.space)
     # Shares at the training scale (the measured runs used these; the trainers' own
     # `class_frequencies` counts native pixels, nearly the same shares).
     counts = sum(np.bincount(train.raw(i)[1].ravel(), minlength=256)[:data.num_classes] for i in range(len(train)))
