@@ -20,10 +20,10 @@ import torch
 
 from autonad_edge.io import atomic_write_json
 from autonad_edge.models.unet import UNet
+from autonad_edge.search.config import PipelineConfig
 from autonad_edge.training.calibration import apply_offset, calibrate
 from autonad_edge.training.checkpoint import load_checkpoint, load_model
 from autonad_edge.training.evaluate import evaluate
-from autonad_edge.search.config import PipelineConfig
 from autonad_edge.training.rundata import load_run_data
 
 

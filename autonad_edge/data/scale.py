@@ -52,7 +52,7 @@ class TrainingScale:
                 f"{self.scaled_widths[thinnest]:.1f} px)")
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "thinnest": self.thinnest}
+        return {**asdict(self), "thinnest": self.thinnest, "summary": self.summary()}
 
 
 def region_widths(mask: np.ndarray, label: int) -> np.ndarray:
