@@ -291,8 +291,27 @@ class SearchSpace:
         )
 
     @classmethod
+    def small(cls) -> "SearchSpace":
+        """Between `tiny` and `default`: the widths (32-128) of a 1-2 M-parameter U-Net's encoder
+        at stride 4-32, for CPU runs of an hour. The tiny space's best subnets stop learning
+        Magnetic-tile at about 47 % test mIoU where such a U-Net reaches 63 % in the same time
+        (benchmarks/RESULTS.md, session 10); a step here costs 0.16-0.36 s at 8x128x128 on 2
+        threads, the U-Net's 0.38 s (tiny: 0.10-0.20 s)."""
+        return cls(
+            stages=(
+                StageSpace((1, 2), (32,), (2.0, 4.0), sr_ratio=8),
+                StageSpace((1, 2), (32, 64), (2.0, 4.0), sr_ratio=4),
+                StageSpace((1, 2), (64, 96), (2.0, 3.0), sr_ratio=2),
+                StageSpace((1, 2), (96, 128), (2.0, 3.0), sr_ratio=1),
+            ),
+            decoder_channels=64,
+            head_dim=32,
+            detail_channels=16,
+        )
+
+    @classmethod
     def resolve(cls, spec: str) -> "SearchSpace":
-        """A named space (``default``, ``paper``, ``tiny``) or a path to a space JSON file: the
+        """A named space (``default``, ``paper``, ``small``, ``tiny``) or a path to a space JSON file: the
         one rule the commands, the pipeline and the benchmarks read ``--space`` by."""
         if spec.endswith(".json") or Path(spec).is_file():
             try:
@@ -304,7 +323,7 @@ class SearchSpace:
 
     @classmethod
     def named(cls, name: str) -> "SearchSpace":
-        presets = {"default": cls.default, "paper": lambda: cls.default(detail_channels=0), "tiny": cls.tiny}
+        presets = {"default": cls.default, "paper": lambda: cls.default(detail_channels=0), "small": cls.small, "tiny": cls.tiny}
         if name not in presets:
             raise ArchError(f"unknown search space {name!r}; choose one of {', '.join(presets)}")
         return presets[name]()

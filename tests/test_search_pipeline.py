@@ -186,6 +186,24 @@ def test_resolved_config_fills_every_preset_field_and_keeps_what_was_given():
     assert cfg.with_options(supernet_epochs=3, seed=None).explicit == ("retrain_epochs", "supernet_epochs")
 
 
+def test_a_long_time_budget_trains_the_wider_space_unless_a_space_is_given():
+    """The cpu preset's tiny space for minutes, the small one for an hour (RESULTS.md):
+    chosen once at resolve time and saved, so a resumed or reloaded run keeps it."""
+    from autonad_edge.search.pipeline import PipelineConfig
+    from autonad_edge.space import SearchSpace
+
+    assert PipelineConfig().resolved().space == "tiny"  # the default run: 9 minutes
+    assert PipelineConfig(time_budget=0).resolved().space == "tiny"  # the preset's epochs
+    assert PipelineConfig(time_budget=29.9).resolved().space == "tiny"
+    long = PipelineConfig(time_budget=60).resolved()
+    assert long.space == "small" and "space" not in long.explicit
+    assert long.resolved() == long
+    assert PipelineConfig(time_budget=60, space="tiny").resolved().space == "tiny"
+    assert PipelineConfig(preset="paper", time_budget=60).resolved().space == "paper"
+    small, tiny = SearchSpace.named("small"), SearchSpace.named("tiny")
+    assert all(s.max_width > t.max_width for s, t in zip(small.stages, tiny.stages))
+
+
 def test_stage_results_load_as_typed_records_and_save_as_the_same_json(finished_run):
     """`stages.json` keeps its format: every stage's record loads as its result type and
     serialises back to exactly the stored JSON (so older run directories resume)."""

@@ -21,7 +21,7 @@ def search(
     format: str = typer.Option(None, "--format", help=f"Dataset format: synthetic, mt (Magnetic-tile) or voc (default: {_d('format')})."),
     out: Path = typer.Option(None, help=f"Output directory; rerun the same command to resume (default: {_d('out')})."),
     preset: str = typer.Option(None, help=f"Budgets: tiny (seconds), cpu (minutes on a laptop), paper (the paper's settings, GPU) (default: {_d('preset')})."),
-    space: str = typer.Option(None, help=f"Search space: default, tiny or a JSON file (default: {_d('space')})."),
+    space: str = typer.Option(None, help=f"Search space: tiny, small, default, paper or a JSON file (default: {_d('space')})."),
     image_size: int = typer.Option(None, help=f"Network input side: training crops, inference tiles and timed latency (default: {_d('image_size')})."),
     time_budget: float = typer.Option(None, help=f"Minutes for the whole run: epochs and search size are planned from costs measured on this machine; 0 = the preset's epochs (default: {_d('time_budget')})."),
     max_side: int = typer.Option(None, help=f"Training scale: images are scaled down to at most this long side, aspect kept; giving it turns off the scale chosen from the masks (--min-defect-width) (default: {_d('max_side')}, a cap)."),
