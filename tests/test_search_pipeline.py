@@ -72,6 +72,7 @@ def test_search_produces_every_artefact(finished_run):
     assert "Chosen architecture" in md and "TensorRT engine" in md
     assert "search signal: val mIoU noise" in md and "Decision calibrated on val" in md
     assert "![predictions](predictions.png)" in md and "defects found" in md
+    assert "- search space `tiny`\n" in md
     # The training scale was chosen from the masks (--min-defect-width): the synthetic images
     # are no larger than the network input, so they stay as loaded, and the report says why.
     scale = report["dataset"]["training_scale"]
@@ -189,6 +190,8 @@ def test_resolved_config_fills_every_preset_field_and_keeps_what_was_given():
 def test_a_long_time_budget_trains_the_wider_space_unless_a_space_is_given():
     """The cpu preset's tiny space for minutes, the small one for an hour (RESULTS.md):
     chosen once at resolve time and saved, so a resumed or reloaded run keeps it."""
+    from dataclasses import asdict
+
     from autonad_edge.search.pipeline import PipelineConfig
     from autonad_edge.space import SearchSpace
 
@@ -202,6 +205,12 @@ def test_a_long_time_budget_trains_the_wider_space_unless_a_space_is_given():
     assert PipelineConfig(preset="paper", time_budget=60).resolved().space == "paper"
     small, tiny = SearchSpace.named("small"), SearchSpace.named("tiny")
     assert all(s.max_width > t.max_width for s, t in zip(small.stages, tiny.stages))
+    # The report says which space and, when the budget chose it, why.
+    from autonad_edge.search.report import _space_line
+
+    assert _space_line(asdict(long)) == \
+        "- search space `small` (the cpu preset's for a time budget of 30 minutes or more)"
+    assert _space_line(asdict(PipelineConfig(time_budget=60, space="small").resolved())) == "- search space `small`"
 
 
 def test_stage_results_load_as_typed_records_and_save_as_the_same_json(finished_run):
