@@ -14,6 +14,9 @@
     python benchmarks/sharing_and_ranking.py --data ../shared/datasets/magnetic-tile --format mt \\
         --epochs 10 --retrain-epochs 12 --max-side 224 --out /tmp/sharing_mt \\
         --json benchmarks/results/sharing_and_ranking_mt.json --plot benchmarks/results/sharing_losses_mt.png
+
+With ``--run DIR`` (a finished `autonad-edge search` output directory) no supernet is trained:
+steps 2 and 3 use that run's supernet, config (space, sharing, recipe, training scale) and split.
 """
 
 from __future__ import annotations
@@ -88,18 +91,32 @@ def main() -> None:
     parser.add_argument("--out", default="runs/sharing")
     parser.add_argument("--json", default="benchmarks/results/sharing_and_ranking.json")
     parser.add_argument("--plot", default="benchmarks/results/sharing_losses.png")
+    parser.add_argument("--run", default=None,
+                        help="a finished search run's directory: rank its supernet's subnets (its config, "
+                             "split and training scale; --data, --format, --preset, --modes, --epochs and "
+                             "--max-side are then ignored)")
     args = parser.parse_args()
     torch.set_num_threads(args.torch_threads)
     started = time.perf_counter()
     out = Path(args.out)
-    base = PipelineConfig(data=args.data, format=args.format, preset=args.preset,
-                          supernet_epochs=args.epochs, retrain_epochs=args.retrain_epochs,
-                          max_side=args.max_side).resolved()
-    space = SearchSpace.named(base.space)
+    run = Path(args.run) if args.run else None
+    if run:
+        saved = PipelineConfig.load(run / "config.json").resolved()
+        base = replace(saved, retrain_epochs=args.retrain_epochs)
+        args.data, args.format, args.modes = saved.data, saved.format, saved.sharing
+        args.epochs = json.loads((run / "plan.json").read_text()).get("epochs", {}).get(
+            "supernet_epochs", saved.supernet_epochs) if (run / "plan.json").exists() else saved.supernet_epochs
+        manifest = run / "splits.json"
+    else:
+        base = PipelineConfig(data=args.data, format=args.format, preset=args.preset,
+                              supernet_epochs=args.epochs, retrain_epochs=args.retrain_epochs,
+                              max_side=args.max_side).resolved()
+        manifest = out / "splits.json"
+    space = SearchSpace.resolve(base.space)
     data = load_run_data(args.format, args.data, base.image_size, base.seed, synthetic_count=base.synthetic_count,
-                         manifest=out / "splits.json", keep_aspect=base.keep_aspect, max_side=base.max_side)
-    if not (out / "splits.json").exists():
-        data.save_manifest(out / "splits.json")
+                         manifest=manifest, keep_aspect=base.keep_aspect, max_side=base.max_side)
+    if not manifest.exists():
+        data.save_manifest(manifest)
     tile = int(base.image_size)
     rng = random.Random(1234)
     archs = [space.sample(rng) for _ in range(args.subnets)]
@@ -109,10 +126,14 @@ def main() -> None:
     for mode in modes:
         cfg = replace(base, sharing=mode)
         config = cfg.supernet_config()
-        run_dir = out / f"supernet_{mode}"
+        run_dir = run / "supernet" if run else out / f"supernet_{mode}"
         t0 = time.perf_counter()
-        train_supernet(config, data, run_dir, space=space, resume=(run_dir / "supernet.pt").exists(), quiet=True)
-        train_s = time.perf_counter() - t0
+        if run:  # the run's own supernet stage
+            stages = json.loads((run / "report.json").read_text())["stages"]
+            train_s = next(s["wall_s"] for s in stages if s["name"] == "supernet")
+        else:
+            train_supernet(config, data, run_dir, space=space, resume=(run_dir / "supernet.pt").exists(), quiet=True)
+            train_s = time.perf_counter() - t0
         log = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines() if line.strip()]
         curves[mode] = [r["loss"] for r in log if "loss" in r]
         supernet, _ = load_supernet(run_dir / "supernet.pt")
@@ -136,7 +157,7 @@ def main() -> None:
         chosen = spread_by_flops(rows[mode]["subnets"], args.retrain)
         for row in chosen:
             run_dir = out / f"retrain_{row['hash']}"
-            config = cfg.retrain_config(out / f"supernet_{mode}" / "supernet.pt")
+            config = cfg.retrain_config((run / "supernet" if run else out / f"supernet_{mode}") / "supernet.pt")
             retrain(config, data, run_dir, space=space, arch=by_hash[row["hash"]],
                     resume=(run_dir / "last.pt").exists(), quiet=True)
             net, _ = load_model(run_dir / BEST_FILE)
@@ -155,6 +176,7 @@ def main() -> None:
         "command": "python " + " ".join(sys.argv),
         "machine": {"platform": platform.platform(), "torch": torch.__version__},
         "dataset": {"format": args.format, "train": len(data.train), "val": len(data.val), "test": len(data.test)},
+        "supernet_of_run": str(run) if run else None, "space": base.space,
         "budget": {"supernet_epochs": args.epochs, "batch_size": base.batch_size, "crop": tile, "max_side": base.max_side,
                    "train_images": len(data.train), "sandwich": base.sandwich},
         "modes": rows, "ranking": ranking, "plot": args.plot, "wall_s": time.perf_counter() - started,
