@@ -292,11 +292,10 @@ class SearchSpace:
 
     @classmethod
     def small(cls) -> "SearchSpace":
-        """Between `tiny` and `default`: the widths (32-128) of a 1-2 M-parameter U-Net's encoder
-        at stride 4-32, for CPU runs of an hour. The tiny space's best subnets stop learning
-        Magnetic-tile at about 47 % test mIoU where such a U-Net reaches 63 % in the same time
-        (benchmarks/RESULTS.md, session 10); a step here costs 0.16-0.36 s at 8x128x128 on 2
-        threads, the U-Net's 0.38 s (tiny: 0.10-0.20 s)."""
+        """Between `tiny` and `default` (widths 32-128, like a 1-2 M-parameter U-Net's encoder at
+        stride 4-32), for `--space small`. Not a preset's: in a 60-minute Magnetic-tile run its
+        latency-chosen subnet learned less than the tiny space's (benchmarks/RESULTS.md, session
+        11). A step costs 0.16-0.36 s at 8x128x128 on 2 threads (tiny: 0.10-0.20 s)."""
         return cls(
             stages=(
                 StageSpace((1, 2), (32,), (2.0, 4.0), sr_ratio=8),

@@ -14,6 +14,9 @@
 
     python benchmarks/mt_budget.py --data ../shared/datasets/magnetic-tile --out runs/mt_budget \\
         --time-budget 60 --json benchmarks/results/mt_budget.json
+
+``--unet-from DIR`` takes a U-Net this script trained before (``DIR/last.pt``, its last
+evaluated weights) instead of training one; it must have the run's split and training scale.
 """
 
 from __future__ import annotations
@@ -38,8 +41,9 @@ from autonad_edge.models.unet import UNet
 from autonad_edge.data.crops import CropConfig
 from autonad_edge.search.budget import measure_train_step
 from autonad_edge.search.pipeline import PipelineConfig, run_search
-from autonad_edge.training.calibration import apply_offset
+from autonad_edge.training.calibration import apply_offset, calibrate
 from autonad_edge.training.checkpoint import load_checkpoint, load_model
+from autonad_edge.training.config import RetrainConfig
 from autonad_edge.training.engine import Trainer, steps_per_epoch
 from autonad_edge.training.evaluate import evaluate
 from autonad_edge.training.retrain import BEST_FILE
@@ -86,6 +90,42 @@ class UNetTrainer(Trainer):
                 "base_width": self.base_width}
 
 
+def train_unet(args, out: Path, data, unet_cfg, unet_epochs: int, retrain_wall_s: float, resolved):
+    """The U-Net trained for the retrain stage's wall time (or its epochs): the model with its
+    best val weights, its config and its training seconds."""
+    from autonad_edge.space import SearchSpace
+
+    if args.unet_budget == "wall":
+        step_s = measure_train_step(UNet(data.num_classes, base_width=args.unet_width), unet_cfg, data)
+        crops = len(data.train_crops(unet_cfg.seed, CropConfig(unet_cfg.crop_hw, unet_cfg.defect_crop_share)))
+        # 10 % of the wall time is left for its val passes (eight in all).
+        unet_epochs = max(2, int(0.9 * retrain_wall_s / (step_s * steps_per_epoch(crops, unet_cfg.batch_size))))
+        print(f"U-Net: {step_s:.2f} s a step, {unet_epochs} epochs in the retrain stage's {retrain_wall_s:.0f} s",
+              file=sys.stderr, flush=True)
+    unet_cfg = replace(unet_cfg, epochs=unet_epochs, eval_every=max(1, unet_epochs // 8))
+    t0 = time.perf_counter()
+    trainer = UNetTrainer(unet_cfg, data, out / "unet", base_width=args.unet_width,
+                          space=SearchSpace.resolve(resolved.space), quiet=True)
+    trainer.fit()
+    unet_train_s = time.perf_counter() - t0
+    unet = trainer.build_model()
+    unet.load_state_dict(trainer.best["state"] or trainer.eval_model.state_dict())
+    return unet, unet_cfg, unet_train_s
+
+
+def reuse_unet(run_dir: Path, data, manifest: Path):
+    """A U-Net trained by an earlier run of this script: its last evaluated weights (the EMA
+    ones), config (its training scale is ``config.max_side``) and training seconds. Refuses one
+    of another split (`manifest`, the search run's splits.json)."""
+    saved = load_checkpoint(run_dir / "last.pt")
+    if json.loads(saved["splits"])["splits"] != json.loads(manifest.read_text())["splits"]:
+        raise SystemExit(f"{run_dir}: a U-Net of another split than {manifest}")
+    unet = UNet(data.num_classes, base_width=int(saved["base_width"]))
+    unet.load_state_dict(saved["model"])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return unet, RetrainConfig.from_dict(saved["config"]), float(summary["time"])
+
+
 def test_figures(model, data, tile: int) -> dict:
     r = evaluate(model, data.test, num_classes=data.num_classes, class_names=data.class_names, tile_size=tile)
     d = r.to_dict()
@@ -103,6 +143,9 @@ def main() -> None:
     parser.add_argument("--unet-lr", type=float, default=1e-3)
     parser.add_argument("--unet-budget", choices=["wall", "epochs"], default="wall",
                         help="the U-Net's budget: the retrain stage's wall time, or its epochs x crops")
+    parser.add_argument("--unet-from", default=None,
+                        help="a U-Net output directory of an earlier run of this script (same split and scale): "
+                             "evaluate it instead of training one")
     parser.add_argument("--local-threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", default="benchmarks/results/mt_budget.json")
@@ -135,31 +178,28 @@ def main() -> None:
                        init="scratch", supernet=None, lr=args.unet_lr)
     unet_epochs = budgets["retrain_epochs"]
     retrain_wall_s = next(s["wall_s"] for s in report["stages"] if s["name"] == "retrain")
-    if args.unet_budget == "wall":
-        step_s = measure_train_step(UNet(data.num_classes, base_width=args.unet_width), unet_cfg, data)
-        crops = len(data.train_crops(unet_cfg.seed, CropConfig(unet_cfg.crop_hw, unet_cfg.defect_crop_share)))
-        # 10 % of the wall time is left for its val passes (eight in all).
-        unet_epochs = max(2, int(0.9 * retrain_wall_s / (step_s * steps_per_epoch(crops, unet_cfg.batch_size))))
-        print(f"U-Net: {step_s:.2f} s a step, {unet_epochs} epochs in the retrain stage's {retrain_wall_s:.0f} s",
-              file=sys.stderr, flush=True)
-    unet_cfg = replace(unet_cfg, epochs=unet_epochs, eval_every=max(1, unet_epochs // 8))
-    t0 = time.perf_counter()
-    from autonad_edge.space import SearchSpace
 
-    trainer = UNetTrainer(unet_cfg, data, out / "unet", base_width=args.unet_width,
-                          space=SearchSpace.resolve(resolved.space), quiet=True)
-    trainer.fit()
-    unet_train_s = time.perf_counter() - t0
-    unet = trainer.build_model()
-    unet.load_state_dict(trainer.best["state"] or trainer.eval_model.state_dict())
+    unet_data = data
+    if args.unet_from:
+        unet, unet_cfg, unet_train_s = reuse_unet(Path(args.unet_from), data, out / "search" / "splits.json")
+        if unet_cfg.max_side != resolved.max_side:
+            # Each network is calibrated and tested at its own training scale, as `evaluate` does.
+            unet_data = load_run_data(args.format, args.data, resolved.image_size, resolved.seed,
+                                      manifest=out / "search" / "splits.json", keep_aspect=resolved.keep_aspect,
+                                      max_side=unet_cfg.max_side)
+    else:
+        unet, unet_cfg, unet_train_s = train_unet(args, out, data, unet_cfg, unet_epochs, retrain_wall_s, resolved)
     unet.eval()
-    # The same decision calibration as the searched network's retrain (RetrainTrainer.finish).
-    unet_calibration = trainer.calibrate(unet, per_class=unet_cfg.calibrate_per_class)
+    # The same decision calibration as the searched network's retrain (RetrainTrainer.finish,
+    # `Trainer.calibrate`: these arguments on a CPU host).
+    unet_calibration = calibrate(unet, unet_data.val, batch_size=unet_cfg.eval_batch_size, device="cpu",
+                                 num_classes=unet_data.num_classes, tile_size=tile,
+                                 per_class=unet_cfg.calibrate_per_class)
     apply_offset(unet.classifier, unet_calibration)
 
     retrained = out / "search" / "retrain"
     searched, _ = load_model(retrained / BEST_FILE if (retrained / BEST_FILE).exists() else retrained / "last.pt")
-    rows = {"searched": test_figures(searched, data, tile), "unet": test_figures(unet, data, tile)}
+    rows = {"searched": test_figures(searched, data, tile), "unet": test_figures(unet, unet_data, tile)}
     rows["searched"]["params"] = sum(p.numel() for p in searched.parameters())
     rows["unet"]["params"] = sum(p.numel() for p in unet.parameters())
     rows["searched"]["calibration"] = load_checkpoint(retrained / BEST_FILE).get("calibration") \
@@ -186,7 +226,7 @@ def main() -> None:
         "dataset": {"train": len(data.train), "val": len(data.val), "test": len(data.test), "classes": names},
         "search_report": {k: report.get(k) for k in ("chosen", "accuracy", "latency", "stages", "budgets")},
         "search_wall_s": search_s, "retrain_stage_s": retrain_wall_s, "unet_budget": args.unet_budget,
-        "unet_train_s": unet_train_s, "unet_config": unet_cfg.to_dict(),
+        "unet_train_s": unet_train_s, "unet_config": unet_cfg.to_dict(), "unet_from": args.unet_from, "unet_max_side": unet_cfg.max_side,
         "total_wall_s": time.perf_counter() - started, "rows": rows,
     })
     print(f"wrote {args.json}")

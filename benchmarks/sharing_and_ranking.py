@@ -163,15 +163,21 @@ def main() -> None:
             net, _ = load_model(run_dir / BEST_FILE)
             r = evaluate(net, data.test, num_classes=data.num_classes, class_names=data.class_names, tile_size=tile)
             row["retrained_test_miou"] = r.miou
+            row["retrained_test_miou_defects"] = r.defect_miou
             print(f"retrained {row['arch']}: inherited val {100 * row['inherited_val_miou']:.2f} %, "
                   f"retrained test {100 * r.miou:.2f} %", file=sys.stderr, flush=True)
         from scipy.stats import kendalltau
 
-        tau = kendalltau([r["inherited_val_miou"] for r in chosen], [r["retrained_test_miou"] for r in chosen])
+        tests = [r["retrained_test_miou"] for r in chosen]
+        tau = kendalltau([r["inherited_val_miou"] for r in chosen], tests)
+        # Does a larger subnet retrain better? (What a search that cannot see accuracy gives up.)
+        tau_flops = kendalltau([r["flops"] for r in chosen], tests)
         ranking = {"mode": mode, "retrain_epochs": args.retrain_epochs, "kendall_tau": float(tau.statistic),
-                   "p_value": float(tau.pvalue), "subnets": chosen}
+                   "p_value": float(tau.pvalue), "kendall_tau_flops": float(tau_flops.statistic),
+                   "p_value_flops": float(tau_flops.pvalue), "subnets": chosen}
         print(f"Kendall tau (inherited val vs retrained test, {len(chosen)} subnets): {tau.statistic:.3f} "
-              f"(p {tau.pvalue:.3f})", file=sys.stderr, flush=True)
+              f"(p {tau.pvalue:.3f}); FLOPs vs retrained test: {tau_flops.statistic:.3f} "
+              f"(p {tau_flops.pvalue:.3f})", file=sys.stderr, flush=True)
     atomic_write_json(args.json, {
         "command": "python " + " ".join(sys.argv),
         "machine": {"platform": platform.platform(), "torch": torch.__version__},

@@ -187,30 +187,17 @@ def test_resolved_config_fills_every_preset_field_and_keeps_what_was_given():
     assert cfg.with_options(supernet_epochs=3, seed=None).explicit == ("retrain_epochs", "supernet_epochs")
 
 
-def test_a_long_time_budget_trains_the_wider_space_unless_a_space_is_given():
-    """The cpu preset's tiny space for minutes, the small one for an hour (RESULTS.md):
-    chosen once at resolve time and saved, so a resumed or reloaded run keeps it."""
-    from dataclasses import asdict
-
+def test_the_small_space_sits_between_tiny_and_default_and_is_chosen_by_name():
+    """`--space small` (not a preset's: RESULTS.md, session 11) resolves everywhere a space
+    name is read, and every stage is wider than tiny's and no wider than default's."""
     from autonad_edge.search.pipeline import PipelineConfig
     from autonad_edge.space import SearchSpace
 
-    assert PipelineConfig().resolved().space == "tiny"  # the default run: 9 minutes
-    assert PipelineConfig(time_budget=0).resolved().space == "tiny"  # the preset's epochs
-    assert PipelineConfig(time_budget=29.9).resolved().space == "tiny"
-    long = PipelineConfig(time_budget=60).resolved()
-    assert long.space == "small" and "space" not in long.explicit
-    assert long.resolved() == long
-    assert PipelineConfig(time_budget=60, space="tiny").resolved().space == "tiny"
-    assert PipelineConfig(preset="paper", time_budget=60).resolved().space == "paper"
-    small, tiny = SearchSpace.named("small"), SearchSpace.named("tiny")
-    assert all(s.max_width > t.max_width for s, t in zip(small.stages, tiny.stages))
-    # The report says which space and, when the budget chose it, why.
-    from autonad_edge.search.report import _space_line
-
-    assert _space_line(asdict(long)) == \
-        "- search space `small` (the cpu preset's for a time budget of 30 minutes or more)"
-    assert _space_line(asdict(PipelineConfig(time_budget=60, space="small").resolved())) == "- search space `small`"
+    assert PipelineConfig(time_budget=60).resolved().space == "tiny"
+    assert PipelineConfig(space="small").resolved().space == "small"
+    small, tiny, default = (SearchSpace.resolve(n) for n in ("small", "tiny", "default"))
+    assert all(t.max_width < s.max_width <= d.max_width for t, s, d in zip(tiny.stages, small.stages, default.stages))
+    assert SearchSpace.from_json(small.to_json()) == small and small.contains(small.largest())
 
 
 def test_stage_results_load_as_typed_records_and_save_as_the_same_json(finished_run):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from autonad_edge.errors import AutonadError
-from autonad_edge.search.presets import LONG_BUDGET_SPACE, PRESETS, Preset, preset_space
+from autonad_edge.search.presets import PRESETS, Preset
 from autonad_edge.training.config import RETRAIN_EVALS, RetrainConfig, SupernetConfig
 
 PRESET_FIELDS = tuple(f.name for f in fields(Preset))
@@ -105,11 +105,7 @@ class PipelineConfig:
         unset = [name for name in PRESET_FIELDS if getattr(self, name) is None]
         explicit = self.explicit if self.explicit is not None else \
             tuple(name for name in PRESET_FIELDS if name not in unset)
-        values = {name: getattr(preset, name) for name in unset}
-        if "space" in unset:
-            budget = self.time_budget if self.time_budget is not None else preset.time_budget
-            values["space"] = preset_space(self.preset, budget)
-        return replace(self, **values, explicit=tuple(explicit))
+        return replace(self, **{name: getattr(preset, name) for name in unset}, explicit=tuple(explicit))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -182,9 +178,6 @@ def default_text(name: str) -> str:
     config's own default."""
     if name in PRESET_FIELDS:
         values = ", ".join(f"{preset} {_text(getattr(p, name))}" for preset, p in PRESETS.items())
-        if name == "space":
-            values += "".join(f"; {preset} with --time-budget >= {minutes:g}: {wider}"
-                              for preset, (minutes, wider) in LONG_BUDGET_SPACE.items())
         return f"the preset's: {values}"
     default = next(f.default for f in fields(PipelineConfig) if f.name == name)
     return _text(default)

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 class Preset:
     """The budgets and the recipe of a kind of run; every field is a `PipelineConfig` field too."""
 
-    space: str  # the search space (for short time budgets when LONG_BUDGET_SPACE names another)
+    space: str
     image_size: int
     synthetic_count: int
     supernet_epochs: int
@@ -106,19 +106,3 @@ PRESETS: dict[str, Preset] = {
     ),
 }
 
-
-# Time budgets of at least these minutes train a wider space than the preset's own: in an hour
-# on 2 cores the `tiny` space's subnets stop learning Magnetic-tile well below a U-Net of the
-# same training time (benchmarks/RESULTS.md, sessions 10-11), while a short budget needs
-# tiny's cheap steps to learn anything. An explicit --space always wins.
-LONG_BUDGET_SPACE: dict[str, tuple[float, str]] = {"cpu": (30.0, "small")}
-
-
-def preset_space(preset: str, time_budget: float | None) -> str:
-    """The search space a preset trains under a time budget (minutes; None or 0 = no budget)."""
-    space = PRESETS[preset].space
-    if preset in LONG_BUDGET_SPACE and time_budget:
-        minutes, wider = LONG_BUDGET_SPACE[preset]
-        if time_budget >= minutes:
-            return wider
-    return space

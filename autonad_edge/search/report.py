@@ -67,19 +67,6 @@ def _scale_line(data: dict[str, Any]) -> str:
     return f"Training scale: long side at most {data['max_side']} px; inference scales images the same way."
 
 
-def _space_line(config: dict[str, Any]) -> str:
-    """Which search space, and why when the time budget chose it (presets.LONG_BUDGET_SPACE)."""
-    from autonad_edge.search.presets import LONG_BUDGET_SPACE
-
-    space, preset = config.get("space", "?"), config.get("preset")
-    line = f"- search space `{space}`"
-    if preset in LONG_BUDGET_SPACE and "space" not in (config.get("explicit") or ()):
-        minutes, wider = LONG_BUDGET_SPACE[preset]
-        if space == wider:
-            line += f" (the {preset} preset's for a time budget of {minutes:g} minutes or more)"
-    return line
-
-
 def render_markdown(report: dict[str, Any]) -> str:
     chosen = report.get("chosen", {})
     target = report.get("target", {})
@@ -96,7 +83,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "## Chosen architecture",
         "",
         f"- hash `{chosen.get('hash', '?')}`: `{chosen.get('summary', '?')}`",
-        *([_space_line(report["config"])] if report.get("config") else []),
+        *([f"- search space `{report['config']['space']}`"] if report.get("config") else []),
         f"- parameters {chosen.get('params', 0):,}; FLOPs {chosen.get('flops', 0) / 1e9:.3f} G",
         *([f"- search signal: {report['search_signal']['summary']}"] if report.get("search_signal") else []),
         "",
