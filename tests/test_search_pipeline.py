@@ -72,7 +72,7 @@ def test_search_produces_every_artefact(finished_run):
     assert "Chosen architecture" in md and "TensorRT engine" in md
     assert "search signal: val mIoU noise" in md and "Decision calibrated on val" in md
     assert "![predictions](predictions.png)" in md and "defects found" in md
-    assert "- search space `tiny`\n" in md
+    assert f"- search space `{run.parent / 'micro.json'}`\n" in md  # the --space given (a JSON file)
     # The training scale was chosen from the masks (--min-defect-width): the synthetic images
     # are no larger than the network input, so they stay as loaded, and the report says why.
     scale = report["dataset"]["training_scale"]
