@@ -1,6 +1,6 @@
 """Does the supernet's inheritance help the delivered network? (issue 10)
 
-Retrains a finished search run's chosen subnet twice by the run's own retraining settings
+Retrains a finished search run's chosen subnet (or ``--arch``) twice by the run's own retraining settings
 (`PipelineConfig.retrain_config`: split, training scale, crops, loss, class weights, schedule,
 EMA, learning rate), for the same ``--epochs``: once from the weights inherited from the run's
 supernet (the `cpu` preset's ``retrain_init``) and once from scratch. Each keeps its best-val
@@ -36,6 +36,9 @@ def main() -> None:
     parser.add_argument("--run", required=True, help="a finished `autonad-edge search` output directory")
     parser.add_argument("--epochs", type=int, default=46, help="retraining epochs of each arm")
     parser.add_argument("--inits", default="inherited,scratch")
+    parser.add_argument("--arch", default=None,
+                        help="another subnet of the run's space to retrain (an arch JSON, or 'largest' / "
+                             "'smallest'); default: the run's chosen one")
     parser.add_argument("--out", default="runs/retrain_init")
     parser.add_argument("--torch-threads", type=int, default=2)
     parser.add_argument("--json", default="benchmarks/results/retrain_init.json")
@@ -44,7 +47,10 @@ def main() -> None:
     run, out = Path(args.run), Path(args.out)
     cfg = PipelineConfig.load(run / "config.json").resolved()
     space = SearchSpace.resolve(cfg.space)
-    arch = Arch.from_json((run / "best_arch.json").read_text(encoding="utf-8"))
+    if args.arch in ("largest", "smallest"):
+        arch = getattr(space, args.arch)()
+    else:
+        arch = Arch.from_json(Path(args.arch or run / "best_arch.json").read_text(encoding="utf-8"))
     data = load_run_data(cfg.format, cfg.data, cfg.image_size, cfg.seed, synthetic_count=cfg.synthetic_count,
                          manifest=run / "splits.json", keep_aspect=cfg.keep_aspect, max_side=cfg.max_side)
     tile = int(cfg.image_size)
