@@ -8,11 +8,9 @@ from pathlib import Path
 
 import typer
 
-from autonad_edge.cli.common import fail, load_space
+from autonad_edge.cli.common import SPACE_HELP, fail, load_space
 
 arch_app = typer.Typer(help="Sample, show and validate architectures of the search space.", no_args_is_help=True)
-
-SPACE_HELP = "Search space: 'default' (the paper's Table I), 'tiny', or a space JSON file."
 
 
 @arch_app.command("sample")

@@ -7,6 +7,10 @@ from typing import NoReturn
 import typer
 from rich.console import Console
 
+# One help text for every command's --space (space.SearchSpace.resolve reads the value).
+SPACE_HELP = ("Search space: 'default' (the paper's Table I plus the head's detail path), 'paper' "
+              "(Table I), 'small', 'tiny', or a space JSON file.")
+
 console = Console(stderr=True)
 
 

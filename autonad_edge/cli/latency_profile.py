@@ -14,10 +14,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from autonad_edge.cli.common import fail, load_space
+from autonad_edge.cli.common import SPACE_HELP, fail, load_space
 
 DEFAULT_TABLE = Path("runs/latency.sqlite")
-SPACE_HELP = "Search space: 'default' (the paper's Table I), 'tiny', or a space JSON file."
 TARGET_HELP = "Target name from the targets file, or `local` (an in-process ONNX Runtime agent)."
 TARGETS_HELP = "Targets TOML (default: $AUTONAD_TARGETS, ./targets.toml, ~/.config/autonad/targets.toml)."
 
@@ -73,7 +72,6 @@ class _Session:
     def __exit__(self, *exc_info):
         assert self._stack is not None
         self._stack.close()
-
 
 
 # Options every `latency` table command takes: one definition, one help text.

@@ -20,11 +20,10 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from autonad_edge.cli.common import fail, load_space
+from autonad_edge.cli.common import SPACE_HELP, fail, load_space
 from autonad_edge.training.config import CLASS_WEIGHTINGS
 
 FORMATS = ("synthetic", "mt", "voc")
-SPACE_HELP = "Search space: 'default' (the paper's Table I), 'tiny', or a space JSON file."
 
 supernet_app = typer.Typer(help="Train the weight-sharing supernet.", no_args_is_help=True)
 

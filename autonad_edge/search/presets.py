@@ -105,4 +105,3 @@ PRESETS: dict[str, Preset] = {
         timing="full", loss="ce", defect_crop_share=0.0, keep_aspect=False, retrain_schedule="poly",
     ),
 }
-
