@@ -172,3 +172,55 @@ def test_kept_pixels_stay_within_their_limit_and_weigh_up_what_was_thinned():
     logits, target = torch.cat(kept.logits), torch.cat(kept.targets)
     weighted = kept.matrix(logits, target, torch.zeros(3)).sum()
     assert abs(weighted - total) / total < 0.1
+
+
+class LogitNet(nn.Module):
+    """Its logits are the image's channels (an identity classifier): a val set is its logits."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.classifier = nn.Conv2d(num_classes, num_classes, 1)
+        with torch.no_grad():
+            self.classifier.weight.copy_(torch.eye(num_classes).reshape(num_classes, num_classes, 1, 1))
+            self.classifier.bias.zero_()
+
+    def forward(self, x):
+        return self.classifier(x)
+
+
+def noisy_logits(seed: int, classes: int = 4, images: int = 3, size: int = 12):
+    """Half background, per-image class biases, the true class's logit raised by 2.5."""
+    g = torch.Generator().manual_seed(seed)
+    items = []
+    for _ in range(images):
+        target = torch.randint(0, classes, (size, size), generator=g)
+        target[torch.rand(size, size, generator=g) < 0.5] = 0
+        bias = torch.randn(classes, generator=g) * 2
+        logits = torch.randn(classes, size, size, generator=g) * 1.5 + bias[:, None, None]
+        logits += 2.5 * nn.functional.one_hot(target, classes).permute(2, 0, 1)
+        items.append((logits, target))
+    return items
+
+
+def test_per_class_refinement_also_starts_below_the_best_background_offset(monkeypatch):
+    """From the best single offset alone the coordinate ascent can stay where that offset
+    silenced a class; a start below it finds more, and is kept only when it gains."""
+    import autonad_edge.training.calibration as calibration_module
+
+    val = noisy_logits(26)
+    calibration = calibrate(LogitNet(4), val, per_class=True)
+    monkeypatch.setattr(calibration_module, "START_STEPS_BELOW", ())
+    one_start = calibrate(LogitNet(4), val, per_class=True)
+    assert one_start.background_offset == calibration.background_offset == 6.5
+    assert one_start.class_offsets[0] == 6.5 and calibration.class_offsets[0] < 6.5
+    assert calibration.miou_after > one_start.miou_after + 0.03
+    model = LogitNet(4)
+    apply_offset(model.classifier, calibration)
+    assert evaluate(model, val).miou == pytest.approx(calibration.miou_after)
+    # More starts never end lower than the one.
+    for seed in range(5):
+        monkeypatch.undo()
+        more = calibrate(LogitNet(4), noisy_logits(seed), per_class=True).miou_after
+        monkeypatch.setattr(calibration_module, "START_STEPS_BELOW", ())
+        assert more >= calibrate(LogitNet(4), noisy_logits(seed), per_class=True).miou_after - 1e-9
