@@ -16,7 +16,8 @@
         --time-budget 60 --json benchmarks/results/mt_budget.json
 
 ``--unet-from DIR`` takes a U-Net this script trained before (``DIR/last.pt``, its last
-evaluated weights) instead of training one; it must have the run's split and training scale.
+evaluated weights) instead of training one; it must have the run's split, and is calibrated and
+tested at its own training scale.
 """
 
 from __future__ import annotations
@@ -113,14 +114,14 @@ def train_unet(args, out: Path, data, unet_cfg, unet_epochs: int, retrain_wall_s
     return unet, unet_cfg, unet_train_s
 
 
-def reuse_unet(run_dir: Path, data, manifest: Path):
+def reuse_unet(run_dir: Path, num_classes: int, manifest: Path):
     """A U-Net trained by an earlier run of this script: its last evaluated weights (the EMA
     ones), config (its training scale is ``config.max_side``) and training seconds. Refuses one
     of another split (`manifest`, the search run's splits.json)."""
     saved = load_checkpoint(run_dir / "last.pt")
     if json.loads(saved["splits"])["splits"] != json.loads(manifest.read_text())["splits"]:
         raise SystemExit(f"{run_dir}: a U-Net of another split than {manifest}")
-    unet = UNet(data.num_classes, base_width=int(saved["base_width"]))
+    unet = UNet(num_classes, base_width=int(saved["base_width"]))
     unet.load_state_dict(saved["model"])
     summary = json.loads((run_dir / "summary.json").read_text())
     return unet, RetrainConfig.from_dict(saved["config"]), float(summary["time"])
@@ -144,7 +145,7 @@ def main() -> None:
     parser.add_argument("--unet-budget", choices=["wall", "epochs"], default="wall",
                         help="the U-Net's budget: the retrain stage's wall time, or its epochs x crops")
     parser.add_argument("--unet-from", default=None,
-                        help="a U-Net output directory of an earlier run of this script (same split and scale): "
+                        help="a U-Net output directory of an earlier run of this script (same split): "
                              "evaluate it instead of training one")
     parser.add_argument("--local-threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=5)
@@ -181,7 +182,8 @@ def main() -> None:
 
     unet_data = data
     if args.unet_from:
-        unet, unet_cfg, unet_train_s = reuse_unet(Path(args.unet_from), data, out / "search" / "splits.json")
+        unet, unet_cfg, unet_train_s = reuse_unet(Path(args.unet_from), data.num_classes,
+                                                  out / "search" / "splits.json")
         if unet_cfg.max_side != resolved.max_side:
             # Each network is calibrated and tested at its own training scale, as `evaluate` does.
             unet_data = load_run_data(args.format, args.data, resolved.image_size, resolved.seed,

@@ -104,8 +104,8 @@ def main() -> None:
         saved = PipelineConfig.load(run / "config.json").resolved()
         base = replace(saved, retrain_epochs=args.retrain_epochs)
         args.data, args.format, args.modes = saved.data, saved.format, saved.sharing
-        args.epochs = json.loads((run / "plan.json").read_text()).get("epochs", {}).get(
-            "supernet_epochs", saved.supernet_epochs) if (run / "plan.json").exists() else saved.supernet_epochs
+        run_report = json.loads((run / "report.json").read_text())
+        args.epochs = run_report["budgets"]["supernet_epochs"]
         manifest = run / "splits.json"
     else:
         base = PipelineConfig(data=args.data, format=args.format, preset=args.preset,
@@ -129,8 +129,7 @@ def main() -> None:
         run_dir = run / "supernet" if run else out / f"supernet_{mode}"
         t0 = time.perf_counter()
         if run:  # the run's own supernet stage
-            stages = json.loads((run / "report.json").read_text())["stages"]
-            train_s = next(s["wall_s"] for s in stages if s["name"] == "supernet")
+            train_s = next(s["wall_s"] for s in run_report["stages"] if s["name"] == "supernet")
         else:
             train_supernet(config, data, run_dir, space=space, resume=(run_dir / "supernet.pt").exists(), quiet=True)
             train_s = time.perf_counter() - t0

@@ -151,11 +151,13 @@ def calibrate(
     if kept is None:
         return calibration
     class_offsets, matrix = _refine_per_class(kept, chosen)
-    for step in START_STEPS_BELOW:  # another start must gain as much as a move must
-        other = _refine_per_class(kept, chosen - step)
-        if metrics_from_matrix(other[1]).miou > metrics_from_matrix(matrix).miou + MIN_CLASS_GAIN:
-            class_offsets, matrix = other
     refined = metrics_from_matrix(matrix)
+    # Starts stay on the scored grid: `kept`'s floor assumes none below min(offsets).
+    for start in (chosen - step for step in START_STEPS_BELOW if chosen - step >= min(offsets)):
+        other_offsets, other = _refine_per_class(kept, start)
+        other_metrics = metrics_from_matrix(other)
+        if other_metrics.miou > refined.miou + MIN_CLASS_GAIN:  # gain as much as a move must
+            class_offsets, matrix, refined = other_offsets, other, other_metrics
     return replace(calibration, miou_after=float(refined.miou), mf1_after=float(refined.mf1),
                    class_offsets=class_offsets, miou_background_only=calibration.miou_after)
 
