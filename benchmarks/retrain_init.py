@@ -39,6 +39,9 @@ def main() -> None:
     parser.add_argument("--arch", default=None,
                         help="another subnet of the run's space to retrain (an arch JSON, or 'largest' / "
                              "'smallest'); default: the run's chosen one")
+    parser.add_argument("--lr", type=float, default=None, help="the retraining's peak learning rate (default: the run's)")
+    parser.add_argument("--warmup-epochs", type=float, default=None,
+                        help="the retraining's linear warm-up, in epochs (default: the run's)")
     parser.add_argument("--out", default="runs/retrain_init")
     parser.add_argument("--torch-threads", type=int, default=2)
     parser.add_argument("--json", default="benchmarks/results/retrain_init.json")
@@ -58,6 +61,10 @@ def main() -> None:
     for init in [i.strip() for i in args.inits.split(",") if i.strip()]:
         config = replace(cfg, retrain_epochs=args.epochs, retrain_init=init).retrain_config(
             run / "supernet" / "supernet.pt")
+        if args.lr is not None:
+            config = replace(config, lr=args.lr)
+        if args.warmup_epochs is not None:
+            config = replace(config, warmup_epochs=args.warmup_epochs)
         run_dir = out / init
         start = time.perf_counter()
         retrain(config, data, run_dir, space=space, arch=arch, resume=(run_dir / "last.pt").exists(), quiet=True)
@@ -73,7 +80,8 @@ def main() -> None:
               f"(defects {100 * r.defect_miou:.2f} %); {per}", file=sys.stderr, flush=True)
     atomic_write_json(args.json, {"command": "python " + " ".join(sys.argv), "run": str(run),
                                   "arch": arch.summary(), "space": cfg.space, "max_side": cfg.max_side,
-                                  "epochs": args.epochs, "rows": rows})
+                                  "epochs": args.epochs, "lr": args.lr,
+                                  "warmup_epochs": args.warmup_epochs, "rows": rows})
     print(f"wrote {args.json}", file=sys.stderr)
 
 

@@ -3,12 +3,14 @@
 import os
 
 import pytest
+import torch
 
 from autonad_edge.latency import export_cache as ec
 from autonad_edge.latency import profiler
-from autonad_edge.latency.blocks import edge_unit
+from autonad_edge.latency.blocks import edge_unit, units_of
 from autonad_edge.latency.export_cache import ExportCache, export_key
 from autonad_edge.latency.export_pool import export_units
+from autonad_edge.space import SearchSpace
 from autonad_edge.training.progress import format_eta
 
 
@@ -105,3 +107,52 @@ def test_a_unit_that_cannot_export_is_reported_not_raised():
 ])
 def test_eta_line_keeps_epochs_and_block_backlog_apart(eta, blocks, text):
     assert format_eta(eta, blocks) == text
+
+
+def test_units_exported_together_are_the_bytes_each_exports_alone_and_run_like_the_module():
+    import numpy as np
+    import onnxruntime as ort
+
+    from autonad_edge.export.onnx_export import export_unit, export_units_together
+
+    # An embedding, blocks of each operator and the head: the kinds a search times.
+    space = SearchSpace.tiny()
+    arch = space.largest(op="transformer")
+    todo = [u for u in units_of(arch, space, image_size=32, num_classes=3) if u.kind != "ppm"][:3]
+    todo += [u for u in units_of(space.smallest(op="mlp"), space, image_size=32, num_classes=3) if u.kind == "block"][:1]
+    built = []
+    for u in todo:
+        torch.manual_seed(profiler._seed_for(u))
+        built.append(u.build().eval())
+    together = export_units_together(todo, "portable", built)
+    for unit, module, model in zip(todo, built, together):
+        assert model.SerializeToString() == export_unit(unit, module=module).SerializeToString()
+        assert [o.name for o in model.graph.output] == ["output"]
+        inputs = unit.example_inputs()
+        with torch.no_grad():
+            expected = module(*inputs)
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        got = session.run(None, {i.name: x.numpy() for i, x in zip(session.get_inputs(), inputs)})
+        np.testing.assert_allclose(got[0], expected.numpy(), atol=1e-4)
+
+
+def test_a_bundle_with_a_unit_that_cannot_export_still_exports_the_others():
+    profiler.EXPORT_CACHE.clear()
+    good = units(2)
+    bad = edge_unit("conv1x1", 8, 8, (8, 8))
+    object.__setattr__(bad, "kind", "ppm")
+    result = profiler.export_bundle_bytes([good[0], bad, good[1]], "portable")
+    assert isinstance(result[1], Exception)
+    assert result[0] == profiler.export_bytes(good[0], "portable") and isinstance(result[2], bytes)
+
+
+@pytest.mark.parametrize("count,workers,sizes", [
+    (0, 2, []), (3, 2, [2, 1]), (5, 1, [5]), (40, 2, [14, 13, 13]), (1, 4, [1]),
+])
+def test_export_bundles_cover_every_unit_once_in_order(count, workers, sizes):
+    from autonad_edge.latency.export_pool import BUNDLE_SIZE, _bundles
+
+    bundles = _bundles(list(range(count)), workers)
+    assert [len(b) for b in bundles] == sizes
+    assert [i for b in bundles for i in b] == list(range(count))
+    assert all(len(b) <= BUNDLE_SIZE for b in bundles)

@@ -450,10 +450,115 @@ def onnxruntime_error(model: nn.Module, onnx_model: onnx.ModelProto, image_size:
 
 def export_unit(unit: Unit, flavor: str = "portable", module: nn.Module | None = None) -> onnx.ModelProto:
     """A latency unit's ONNX graph (static shapes, batch 1) for block timing; of `module` (a
-    `unit.build()` result) when given, else of a freshly built one."""
-    module = unit.build() if module is None else module
+    `unit.build()` result) when given, else of a freshly built one. The same graph, byte for
+    byte, as `export_units_together` gives for it."""
+    return export_units_together([unit], flavor, [unit.build() if module is None else module])[0]
+
+
+class _Together(nn.Module):
+    """Several units side by side: one forward, each unit on its own inputs."""
+
+    def __init__(self, modules: Sequence[nn.Module], arity: Sequence[int]) -> None:
+        super().__init__()
+        self.units = nn.ModuleList(modules)
+        self.arity = list(arity)
+
+    def forward(self, *inputs: Tensor):
+        outputs, start = [], 0
+        for module, n in zip(self.units, self.arity):
+            out = module(*inputs[start : start + n])
+            outputs.extend(out if isinstance(out, (tuple, list)) else [out])
+            start += n
+        return tuple(outputs)
+
+
+def export_units_together(units: Sequence[Unit], flavor: str = "portable",
+                          modules: Sequence[nn.Module] | None = None) -> list[onnx.ModelProto]:
+    """Each unit's ONNX graph (as `export_unit`), from ONE torch.export call over all of them.
+
+    Most of an export's cost is per call, not per node (torch.export's decomposition tables,
+    the exporter's setup: about 0.5 s of CPU for a small block, 0.18 s when 12 go together,
+    benchmarks/RESULTS.md), so block timing exports its backlog in bundles. The joint graph is
+    cut back into one model per unit (`onnx.utils.Extractor`) and every name is made canonical
+    (`_canonical`), so a unit's bytes do not depend on its company: the export caches and the
+    agent's result cache key on them. `modules` are the units' built modules (default: freshly
+    built ones); an export that fails raises `ExportError` for the bundle."""
+    from onnx.utils import Extractor
+
+    if not units:
+        return []
+    modules = [u.build() for u in units] if modules is None else list(modules)
+    if len(modules) != len(units):
+        raise ValueError(f"{len(modules)} modules for {len(units)} units")
+    examples = [u.example_inputs() for u in units]
     with torch.no_grad():
-        return export_module(module, unit.example_inputs(), flavor=flavor)
+        counts = [_count_outputs(m.eval(), x) for m, x in zip(modules, examples)]
+    in_names = [[f"u{i}.in{j}" for j in range(len(x))] for i, x in enumerate(examples)]
+    out_names = [[f"u{i}.out{k}" for k in range(n)] for i, n in enumerate(counts)]
+    joint = _Together(modules, [len(x) for x in examples])
+    with torch.no_grad():
+        model = export_module(joint, tuple(t for x in examples for t in x), flavor=flavor,
+                              input_names=[n for names in in_names for n in names],
+                              output_names=[n for names in out_names for n in names])
+    if len(units) == 1:
+        return [_canonical(model, in_names[0], out_names[0])]
+    extractor = Extractor(model)
+    return [_canonical(_with_header(extractor.extract_model(ins, outs), model), ins, outs)
+            for ins, outs in zip(in_names, out_names)]
+
+
+def _with_header(part: onnx.ModelProto, whole: onnx.ModelProto) -> onnx.ModelProto:
+    """`part` with the IR version, producer and metadata of the model it was cut from."""
+    part.ir_version = whole.ir_version
+    part.producer_name, part.producer_version = whole.producer_name, whole.producer_version
+    part.metadata_props.extend(whole.metadata_props)
+    return part
+
+
+def _canonical(model: onnx.ModelProto, inputs: Sequence[str], outputs: Sequence[str]) -> onnx.ModelProto:
+    """`model` with names that depend only on its own graph: inputs ``input``/``input_<i>``,
+    outputs ``output``/``output_<i>``, every other value numbered by first use (``p<k>`` for
+    initializers, ``t<k>`` for computed values), nodes ``n<k>``; initializers and value infos in
+    that order; only the opset imports its nodes use."""
+    graph = model.graph
+    names = dict(zip(inputs, _default_names("input", len(inputs))))
+    names.update(zip(outputs, _default_names("output", len(outputs))))
+    initializers = {t.name: t for t in graph.initializer}
+    params: list[str] = []
+    for k, node in enumerate(graph.node):
+        for name in node.input:
+            if name and name not in names and name in initializers:
+                names[name] = f"p{len(params)}"
+                params.append(name)
+        for name in node.output:
+            if name and name not in names:
+                names[name] = f"t{len(names)}"
+        node.name = f"n{k}"
+        node.doc_string = ""
+        node.ClearField("metadata_props")
+        node.input[:] = [names.get(n, n) for n in node.input]
+        node.output[:] = [names.get(n, n) for n in node.output]
+    order = {new: i for i, new in enumerate(names.values())}
+    kept = [initializers[old] for old in params]
+    for tensor in kept:
+        tensor.name = names[tensor.name]
+    # (The extractor lists the graph's inputs and outputs as value infos too.)
+    infos = [v for v in graph.value_info if v.name in names and v.name not in inputs and v.name not in outputs]
+    for value in [*infos, *graph.input, *graph.output]:
+        value.name = names.get(value.name, value.name)
+        value.ClearField("metadata_props")  # the exporter's notes name the joint graph's values
+    infos.sort(key=lambda v: order[v.name])
+    graph.ClearField("initializer")
+    graph.initializer.extend(kept)
+    graph.ClearField("value_info")
+    graph.value_info.extend(infos)
+    graph.name = "unit"
+    graph.doc_string = ""
+    used = {n.domain for n in graph.node} | {""}
+    imports = [o for o in model.opset_import if o.domain in used or o.domain == "ai.onnx"]
+    model.ClearField("opset_import")
+    model.opset_import.extend(imports)
+    return model
 
 
 def set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:

@@ -8,7 +8,9 @@ a local agent, training waits for them anyway)::
 
     data = export_units(units, "portable")     # list of bytes (or the exception), in order
 
-Hits in the in-memory and on-disk caches (`profiler.EXPORT_CACHE`, `export_cache`) are served
+The units missing from the caches go out in bundles (`BUNDLE_SIZE`, at least one per worker),
+each exported by one joint torch.export call and cut back into identical per-unit models
+(`onnx_export.export_units_together`). Hits in the in-memory and on-disk caches (`profiler.EXPORT_CACHE`, `export_cache`) are served
 here without a worker. The pool is created on first use and lives for the process;
 ``AUTONAD_EXPORT_WORKERS`` sets its size (default: the CPU count, at most 4; 0 exports in
 this process). Workers start with the spawn method (a fork of a process with live torch
@@ -19,12 +21,13 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import multiprocessing
 import os
 import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 if TYPE_CHECKING:
     from autonad_edge.latency.blocks import Unit
@@ -34,6 +37,10 @@ log = logging.getLogger(__name__)
 
 ENV_VAR = "AUTONAD_EXPORT_WORKERS"
 MAX_DEFAULT_WORKERS = 4
+# Units per export call (`onnx_export.export_units_together`): a call's fixed cost is shared
+# by its units; beyond a dozen or so the per-node work dominates and a bundle only delays its
+# first result (benchmarks/RESULTS.md, session 12).
+BUNDLE_SIZE = 16
 
 _pool: ProcessPoolExecutor | None = None
 _warming: list = []  # the warm-up futures of the current pool
@@ -63,10 +70,10 @@ def _init_worker() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def _export_in_worker(unit: "Unit", flavor: str) -> bytes:
-    from autonad_edge.latency.profiler import export_bytes
+def _export_in_worker(units: Sequence["Unit"], flavor: str) -> list[bytes | BaseException]:
+    from autonad_edge.latency.profiler import export_bundle_bytes
 
-    return export_bytes(unit, flavor)
+    return export_bundle_bytes(units, flavor)
 
 
 def _warm_worker(flavor: str) -> int:
@@ -130,10 +137,10 @@ def shutdown() -> None:
 atexit.register(shutdown)
 
 
-def _run(calls: list[tuple[Callable[..., bytes], tuple]], workers: int | None) -> list[bytes | BaseException]:
-    """Each call's bytes (or the exception it raised), in order: in the worker pool when there
+def _run(calls: list[tuple[Callable[..., Any], tuple]], workers: int | None) -> list[Any]:
+    """Each call's result (or the exception it raised), in order: in the worker pool when there
     are two or more and `workers` (default `worker_count()`) is 2 or more, else here."""
-    results: list[bytes | BaseException | None] = [None] * len(calls)
+    results: list[Any] = [None] * len(calls)
     workers = worker_count() if workers is None else workers
     if len(calls) >= 2 and workers >= 2 and not _disabled:
         try:
@@ -167,11 +174,30 @@ def export_units(units: Sequence["Unit"], flavor: str, workers: int | None = Non
 
     results: list[bytes | BaseException | None] = [cached_export(u, flavor) for u in units]
     todo = [i for i, r in enumerate(results) if r is None]
-    for i, data in zip(todo, _run([(_export_in_worker, (units[i], flavor)) for i in todo], workers)):
-        if isinstance(data, bytes):
-            remember_export(units[i], flavor, data)
-        results[i] = data
+    workers = worker_count() if workers is None else workers
+    bundles = _bundles(todo, workers)
+    done = _run([(_export_in_worker, ([units[i] for i in bundle], flavor)) for bundle in bundles], workers)
+    for bundle, out in zip(bundles, done):
+        for i, data in zip(bundle, out if isinstance(out, list) else [out] * len(bundle)):
+            if isinstance(data, bytes):
+                remember_export(units[i], flavor, data)
+            results[i] = data
     return results  # type: ignore[return-value]
+
+
+def _bundles(indices: list[int], workers: int) -> list[list[int]]:
+    """`indices` cut into contiguous bundles of at most `BUNDLE_SIZE`, at least one per worker
+    while there are enough (every worker busy), of nearly equal sizes."""
+    if not indices:
+        return []
+    count = max(min(max(workers, 1), len(indices)), math.ceil(len(indices) / BUNDLE_SIZE))
+    size, extra = divmod(len(indices), count)
+    bundles, start = [], 0
+    for k in range(count):
+        end = start + size + (k < extra)
+        bundles.append(indices[start:end])
+        start = end
+    return bundles
 
 
 def _network_in_worker(arch: "Arch", space: "SearchSpace", num_classes: int, image_size, flavor: str) -> bytes:

@@ -225,6 +225,39 @@ def export_bytes(unit: Unit, flavor: str) -> bytes:
     return data
 
 
+def export_bundle_bytes(units: Sequence[Unit], flavor: str) -> list[bytes | BaseException]:
+    """`export_bytes` of each unit (or the exception its export raised), in order, the uncached
+    ones from one joint export (`onnx_export.export_units_together`: the same bytes, a fraction
+    of the time). A joint export that fails is retried unit by unit, so one bad unit costs only
+    itself."""
+    results: list[bytes | BaseException | None] = [cached_export(u, flavor) for u in units]
+    todo = [i for i, r in enumerate(results) if r is None]
+    if len(todo) > 1:
+        import torch
+
+        from autonad_edge.export.onnx_export import export_units_together
+
+        try:
+            modules = []
+            for i in todo:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(_seed_for(units[i]))
+                    modules.append(units[i].build())
+            models = export_units_together([units[i] for i in todo], flavor, modules)
+        except Exception:  # noqa: BLE001 - which unit failed is found below, one at a time
+            models = []
+        for i, model in zip(todo, models):
+            results[i] = model.SerializeToString()
+            remember_export(units[i], flavor, results[i], disk=True)
+    for i in todo:
+        if results[i] is None:
+            try:
+                results[i] = export_bytes(units[i], flavor)
+            except Exception as exc:  # noqa: BLE001 - reported per unit, like a worker's
+                results[i] = exc
+    return results  # type: ignore[return-value]
+
+
 ProgressFn = Callable[[int, int, Unit, "Measurement | BaseException"], None]
 
 
