@@ -2,7 +2,8 @@
 second target costs (issue 15).
 
 For each (space, image size): a sample of the space's units is exported
-1. cold, in this process, one at a time (what block timing did before the workers);
+1. cold, in this process, one at a time (what block timing did before the workers), and again
+   in bundles of `export_pool.BUNDLE_SIZE` (one torch.export call each);
 2. cold, through `export_pool.export_units` (the worker processes, several at once);
 3. warm: a new "run" (in-memory cache cleared) finds every unit in the on-disk cache.
 Then the units are timed on two local agents with different fingerprints (1 and 2 ONNX
@@ -47,6 +48,13 @@ def bench_space(name: str, size: int, n: int, seed: int, cache_root: str) -> dic
         profiler.export_bytes(unit, "portable")
     inproc = time.perf_counter() - t0
 
+    profiler.use_export_cache(os.path.join(cache_root, f"{name}{size}-bundled"))
+    profiler.EXPORT_CACHE.clear()
+    t0 = time.perf_counter()
+    for start in range(0, len(sample), export_pool.BUNDLE_SIZE):
+        profiler.export_bundle_bytes(sample[start : start + export_pool.BUNDLE_SIZE], "portable")
+    bundled = time.perf_counter() - t0
+
     cache = profiler.use_export_cache(os.path.join(cache_root, f"{name}{size}-workers"))
     workers = export_pool.start("portable")
     profiler.EXPORT_CACHE.clear()
@@ -63,13 +71,15 @@ def bench_space(name: str, size: int, n: int, seed: int, cache_root: str) -> dic
         "space": name, "image_size": size, "units_in_space": len(units), "units_timed": len(sample),
         "workers": workers,
         "cold_in_process_s_per_unit": per_unit(inproc, len(sample)),
+        "cold_in_process_bundled_s_per_unit": per_unit(bundled, len(sample)),
         "cold_workers_s_per_unit": per_unit(pooled, len(sample)),
         "warm_disk_s_per_unit": per_unit(warm, len(sample)),
         "warm_exports": cache.misses - misses,
         "cache_bytes": cache.size_bytes(),
     }
     print(f"{name}@{size}: {len(sample)} of {len(units)} units; cold in-process "
-          f"{row['cold_in_process_s_per_unit']:.2f} s/unit, cold {workers} workers "
+          f"{row['cold_in_process_s_per_unit']:.2f} s/unit (bundles of {export_pool.BUNDLE_SIZE}: "
+          f"{row['cold_in_process_bundled_s_per_unit']:.2f}), cold {workers} workers "
           f"{row['cold_workers_s_per_unit']:.2f} s/unit, warm {row['warm_disk_s_per_unit'] * 1000:.1f} ms/unit "
           f"({row['warm_exports']} exports)", flush=True)
     return row, sample

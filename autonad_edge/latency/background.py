@@ -193,6 +193,17 @@ class BackgroundProfiler:
         with self._cond:
             return len(self._units)
 
+    def _chunk_size(self) -> int:
+        """Units exported and measured per round. Deferred, training waits for the whole
+        backlog anyway, so a round fills every export worker with a full bundle (one joint
+        export each, `export_pool.BUNDLE_SIZE`); continuous, small rounds keep a remote
+        device busy while the next ones export."""
+        if self.mode != "deferred":
+            return self.chunk
+        from autonad_edge.latency import export_pool
+
+        return max(self.chunk, export_pool.BUNDLE_SIZE * max(1, export_pool.worker_count()))
+
     @property
     def busy(self) -> bool:
         """True while the worker is exporting or measuring a chunk."""
@@ -265,7 +276,7 @@ class BackgroundProfiler:
                 new = self._expand(archs)
                 with self._cond:
                     self._units.extend(new)
-                    take = min(self.chunk, len(self._units)) if self._may_work() else 0
+                    take = min(self._chunk_size(), len(self._units)) if self._may_work() else 0
                     batch = [self._units.popleft() for _ in range(take)]
                 if batch:
                     t0 = time.perf_counter()
