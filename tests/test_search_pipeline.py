@@ -3,6 +3,7 @@
 import json
 import socket
 import time
+from dataclasses import replace
 
 import pytest
 from typer.testing import CliRunner
@@ -151,6 +152,10 @@ def test_cpu_preset_trains_with_the_defect_recipe_and_its_own_learning_rates():
     assert retrain.schedule == "cosine" and retrain.keep_aspect and retrain.max_side == preset.max_side
     assert retrain.init == "inherited" and retrain.supernet == "runs/x/supernet.pt"
     assert retrain.epochs == preset.retrain_epochs and retrain.image_size == preset.image_size
+    # The warm-up is a share of the retraining, so a re-planned (longer) one warms up longer.
+    assert retrain.warmup_epochs == pytest.approx(0.1 * preset.retrain_epochs)
+    longer = replace(cfg, retrain_epochs=500).retrain_config("runs/x/supernet.pt")
+    assert longer.warmup_epochs == pytest.approx(50.0)
     supernet = cfg.supernet_config()
     assert supernet.loss == "ce+dice" and supernet.lr == preset.supernet_lr
     # One subnet a step: in a CPU budget the sandwich's supernet stays at the floor (RESULTS.md).

@@ -81,7 +81,7 @@ class PipelineConfig:
     sandwich: bool | None = None
     sandwich_random: int | None = None
     retrain_schedule: str | None = None
-    retrain_warmup_epochs: float | None = None
+    retrain_warmup_share: float | None = None
     retrain_ema: float | None = None
     reference_images: int | None = None
     # Minutes for the whole run: epochs and search size are planned from measured costs
@@ -118,6 +118,9 @@ class PipelineConfig:
         except (OSError, ValueError) as exc:
             raise PipelineError(f"config {path}: {exc}") from None
         known = {f.name for f in fields(cls)}
+        if isinstance(values, dict):
+            # Before session 12 the retraining's warm-up was in epochs; a share replaces it.
+            values.pop("retrain_warmup_epochs", None)
         unknown = sorted(set(values) - known)
         if not isinstance(values, dict) or unknown:
             raise PipelineError(f"config {path}: not a search config (unknown fields: {', '.join(unknown)})")
@@ -161,7 +164,7 @@ class PipelineConfig:
             seed=self.seed, device=self.device, init=self.retrain_init,
             supernet=str(supernet_checkpoint) if self.retrain_init == "inherited" else None,
             max_steps_per_epoch=self.max_steps_per_epoch, class_weighting=self.class_weighting,
-            schedule=self.retrain_schedule, warmup_epochs=self.retrain_warmup_epochs,
+            schedule=self.retrain_schedule, warmup_epochs=self.retrain_warmup_share * self.retrain_epochs,
             ema_decay=self.retrain_ema, **self.recipe(),
             eval_every=max(1, self.retrain_epochs // RETRAIN_EVALS),
             **({"lr": self.retrain_lr} if self.retrain_lr else {}),

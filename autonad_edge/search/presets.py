@@ -51,7 +51,11 @@ class Preset:
     sandwich: bool = False  # with in-place distillation (SupernetConfig.distill_weight)
     sandwich_random: int = 1
     retrain_schedule: str = "cosine"
-    retrain_warmup_epochs: float = 0.0
+    # Linear warm-up of the retraining, as a share of its epochs (a time budget re-plans them).
+    # Measured on Magnetic-tile (benchmarks/RESULTS.md, session 12): these transformer-mixed
+    # subnets at Adam 2e-3 barely moved for thousands of steps after a half-epoch warm-up;
+    # with a tenth of the run it was 8.7 val points ahead at 4,410 of 6,405 steps.
+    retrain_warmup_share: float = 0.0
     retrain_ema: float | None = None
     # Epochs are tuned for this many train images and scaled to keep the optimiser steps
     # (`budget.scale_epochs`); None = used as given.
@@ -94,7 +98,7 @@ PRESETS: dict[str, Preset] = {
         space="tiny", image_size=128, synthetic_count=240, supernet_epochs=40, retrain_epochs=30, batch_size=8,
         population=16, generations=5, parents=5, calibration_archs=8, finalists=4, retrain_init="inherited",
         supernet_lr=3e-3, supernet_warmup_epochs=1.0, retrain_lr=2e-3, class_weighting="inverse_sqrt",
-        sandwich=False, retrain_warmup_epochs=0.5, retrain_ema=0.998, reference_images=168,
+        sandwich=False, retrain_warmup_share=0.1, retrain_ema=0.998, reference_images=168,
         defect_crop_share=0.7, time_budget=9.0, supernet_share=0.3, min_defect_width=3.0,
     ),
     # The paper's settings (Sec. V-B), for GPU hosts: fixed-size resize, plain cross-entropy,
