@@ -68,8 +68,8 @@ class BackgroundStats:
     failed: int
     pending_archs: int
     pending_units: int
-    export_s: float
-    measure_s: float
+    export_s: float  # exporting the units (part of measure_s)
+    measure_s: float  # exporting and timing them: all the block timing cost
 
 
 class BackgroundProfiler:

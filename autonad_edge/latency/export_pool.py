@@ -9,9 +9,9 @@ a local agent, training waits for them anyway)::
     data = export_units(units, "portable")     # list of bytes (or the exception), in order
 
 The units missing from the caches go out in bundles (`BUNDLE_SIZE`, at least one per worker),
-each exported by one joint torch.export call and cut back into identical per-unit models
-(`onnx_export.export_units_together`). Hits in the in-memory and on-disk caches (`profiler.EXPORT_CACHE`, `export_cache`) are served
-here without a worker. The pool is created on first use and lives for the process;
+each exported by one joint torch.export call and cut back into per-unit models identical to
+single exports (`onnx_export.export_units_together`). Hits in the in-memory and on-disk caches
+(`profiler.EXPORT_CACHE`, `export_cache`) are served here without a worker. The pool is created on first use and lives for the process;
 ``AUTONAD_EXPORT_WORKERS`` sets its size (default: the CPU count, at most 4; 0 exports in
 this process). Workers start with the spawn method (a fork of a process with live torch
 threads is unsafe) and one torch thread each.
