@@ -52,9 +52,10 @@ class Preset:
     sandwich_random: int = 1
     retrain_schedule: str = "cosine"
     # Linear warm-up of the retraining, as a share of its epochs (a time budget re-plans them).
-    # Measured on Magnetic-tile (benchmarks/RESULTS.md, session 12): these transformer-mixed
-    # subnets at Adam 2e-3 barely moved for thousands of steps after a half-epoch warm-up;
-    # with a tenth of the run it was 8.7 val points ahead at 4,410 of 6,405 steps.
+    # Measured on Magnetic-tile (benchmarks/RESULTS.md, session 12): a mixed MLP/conv/transformer
+    # subnet retrained for 6,405 steps at Adam 2e-3 scored 60.4 % test mIoU with a tenth of the
+    # run as warm-up, 52.3 % with half an epoch (a transformer-only subnet's 60-minute run did
+    # not gain from it).
     retrain_warmup_share: float = 0.0
     retrain_ema: float | None = None
     # Epochs are tuned for this many train images and scaled to keep the optimiser steps
