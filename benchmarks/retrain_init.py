@@ -5,7 +5,8 @@ Retrains a finished search run's chosen subnet (or ``--arch``) twice by the run'
 EMA, learning rate), for the same ``--epochs``: once from the weights inherited from the run's
 supernet (the `cpu` preset's ``retrain_init``) and once from scratch. Each keeps its best-val
 weights with the decision calibrated on val (the pipeline's code), and is scored on the test
-split as tiles of the network input, per class.
+split as tiles of the network input, per class. ``--lr`` and ``--warmup-epochs`` change the
+retraining's peak learning rate and warm-up (the session-12 warm-up experiment).
 
     python benchmarks/retrain_init.py --run /work/runs/mt60s/search --epochs 46 \\
         --json benchmarks/results/retrain_init_mt.json

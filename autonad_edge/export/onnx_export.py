@@ -476,9 +476,8 @@ def export_units_together(units: Sequence[Unit], flavor: str = "portable",
                           modules: Sequence[nn.Module] | None = None) -> list[onnx.ModelProto]:
     """Each unit's ONNX graph (as `export_unit`), from ONE torch.export call over all of them.
 
-    Much of an export's cost is per call, not per node (torch.export's tracing and
-    decomposition set-up; measured in benchmarks/RESULTS.md, session 12), so block timing
-    exports its backlog in bundles. The joint graph is
+    Part of an export's cost is per call, not per node (torch.export's tracing and
+    decomposition set-up), so block timing exports its backlog in bundles. The joint graph is
     cut back into one model per unit (`onnx.utils.Extractor`) and every name is made canonical
     (`_canonical`), so a unit's bytes do not depend on its company: the export caches and the
     agent's result cache key on them. `modules` are the units' built modules (default: freshly

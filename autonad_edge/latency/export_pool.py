@@ -37,9 +37,8 @@ log = logging.getLogger(__name__)
 
 ENV_VAR = "AUTONAD_EXPORT_WORKERS"
 MAX_DEFAULT_WORKERS = 4
-# Units per export call (`onnx_export.export_units_together`): a call's fixed cost is shared
-# by its units; beyond a dozen or so the per-node work dominates and a bundle only delays its
-# first result (benchmarks/RESULTS.md, session 12).
+# Units per export call (`onnx_export.export_units_together`): enough to share a call's fixed
+# cost; a larger bundle mostly delays its first result (timing waits for the whole bundle).
 BUNDLE_SIZE = 16
 
 _pool: ProcessPoolExecutor | None = None

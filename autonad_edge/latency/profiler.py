@@ -214,15 +214,20 @@ def export_bytes(unit: Unit, flavor: str) -> bytes:
     cached = cached_export(unit, flavor)
     if cached is not None:
         return cached
-    import torch
-
     from autonad_edge.export.onnx_export import export_unit
+
+    data = export_unit(unit, flavor=flavor, module=_seeded_module(unit)).SerializeToString()
+    remember_export(unit, flavor, data, disk=True)
+    return data
+
+
+def _seeded_module(unit: Unit):
+    """`unit.build()` with weights seeded by its signature: the same unit, the same weights."""
+    import torch
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_seed_for(unit))
-        data = export_unit(unit, flavor=flavor).SerializeToString()
-    remember_export(unit, flavor, data, disk=True)
-    return data
+        return unit.build()
 
 
 def export_bundle_bytes(units: Sequence[Unit], flavor: str) -> list[bytes | BaseException]:
@@ -233,16 +238,10 @@ def export_bundle_bytes(units: Sequence[Unit], flavor: str) -> list[bytes | Base
     results: list[bytes | BaseException | None] = [cached_export(u, flavor) for u in units]
     todo = [i for i, r in enumerate(results) if r is None]
     if len(todo) > 1:
-        import torch
-
         from autonad_edge.export.onnx_export import export_units_together
 
         try:
-            modules = []
-            for i in todo:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(_seed_for(units[i]))
-                    modules.append(units[i].build())
+            modules = [_seeded_module(units[i]) for i in todo]
             models = export_units_together([units[i] for i in todo], flavor, modules)
         except Exception:  # noqa: BLE001 - which unit failed is found below, one at a time
             models = []

@@ -119,7 +119,7 @@ class PipelineConfig:
             raise PipelineError(f"config {path}: {exc}") from None
         known = {f.name for f in fields(cls)}
         if isinstance(values, dict):
-            # Before session 12 the retraining's warm-up was in epochs; a share replaces it.
+            # Older configs gave the retraining's warm-up in epochs; a share replaces it.
             values.pop("retrain_warmup_epochs", None)
         unknown = sorted(set(values) - known)
         if not isinstance(values, dict) or unknown:
