@@ -32,7 +32,7 @@ def finished_run(tmp_path_factory):
     space.write_text(micro_space().to_json())
     args = ["search", "--preset", "tiny", "--space", str(space), "--out", str(out / "run"),
             "--table", str(out / "latency.sqlite"), "--quiet", "--seed", "3", "--population", "4",
-            "--min-defect-width", "3"]
+            "--min-defect-width", "3", "--race-entrants", "2"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     return out / "run", args, result.output
@@ -57,7 +57,7 @@ def test_search_produces_every_artefact(finished_run):
     assert "not TensorRT" in report["latency"]["engine_note"]
     assert not (run / "deploy" / "model.engine").exists()
     assert {s["name"] for s in report["stages"]} == {
-        "supernet", "latency", "search", "retrain", "export", "engine", "report"}
+        "supernet", "latency", "search", "race", "retrain", "export", "engine", "report"}
     assert 0.0 <= report["accuracy"]["test"]["miou"] <= 1.0
     search = json.loads((run / "search" / "search.json").read_text())
     hashes = [c["hash"] for c in search["candidates"]]
@@ -84,13 +84,42 @@ def test_search_produces_every_artefact(finished_run):
     assert "chosen" in output and "measured on 'local'" in output
 
 
+def test_a_search_that_cannot_see_accuracy_races_its_candidates(finished_run):
+    """--race-entrants 2: when the candidates' val scores are within the noise, two of them
+    (the search's choice and one more) are trained for the same steps and the better race
+    score (training loss and latency) is the run's choice; otherwise the search's passes on."""
+    run, _, _ = finished_run
+    report = json.loads((run / "report.json").read_text())
+    search = json.loads((run / "search" / "search.json").read_text())
+    race = report["race"]
+    chosen = json.loads((run / "best_arch.json").read_text())
+    from autonad_edge.space import Arch
+
+    assert Arch.from_dict(chosen).hash == race["winner"]["hash"] == report["chosen"]["hash"]
+    if not search["signal"]["latency_decided"]:
+        assert race["entries"] == [] and race["winner"]["hash"] == search["chosen"]
+        return
+    entries = race["entries"]
+    assert len(entries) == 2 and search["chosen"] in {e["hash"] for e in entries}
+    assert race["steps"] == race["epochs"] * 4 > 0  # tiny preset: 4 steps an epoch
+    for e in entries:  # trained from scratch, each in its own resumable directory
+        assert (run / "race" / e["hash"] / "best.pt").is_file() and e["train_loss"] > 0
+        assert json.loads((run / "race" / e["hash"] / "config.json").read_text())["init"] == "scratch"
+    best = max(entries, key=lambda e: e["score"])
+    assert race["winner"]["hash"] == best["hash"]
+    assert report["accuracy"]["race_val"]["miou"] == best["raced_miou"]
+    assert "lower in" in race["evidence"] and "epochs of the second half" in race["evidence"]
+    md = (run / "report.md").read_text()
+    assert "- race: raced 2 candidates" in md and "(chosen)" in md
+
+
 def test_rerun_resumes_and_skips_finished_stages(finished_run):
     run, args, _ = finished_run
     before = json.loads((run / "stages.json").read_text())
     start = time.perf_counter()
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert result.output.count("done in an earlier run; skipped") == 6
+    assert result.output.count("done in an earlier run; skipped") == 7
     assert json.loads((run / "stages.json").read_text()) == before
     assert time.perf_counter() - start < 60
 
@@ -175,7 +204,7 @@ def test_a_runs_config_json_loads_and_resumes_it(finished_run):
     assert saved.resolved() == saved and saved.preset == "tiny" and saved.seed == 3
     result = runner.invoke(app, ["search", "--config", str(run / "config.json"), "--quiet"])
     assert result.exit_code == 0, result.output
-    assert result.output.count("done in an earlier run; skipped") == 6
+    assert result.output.count("done in an earlier run; skipped") == 7
 
 
 def test_resolved_config_fills_every_preset_field_and_keeps_what_was_given():
@@ -211,6 +240,7 @@ def test_stage_results_load_as_typed_records_and_save_as_the_same_json(finished_
     from autonad_edge.search.stages.engine import DeployResult
     from autonad_edge.search.stages.export import ExportResult
     from autonad_edge.search.stages.latency import LatencyResult
+    from autonad_edge.search.stages.race import RaceResult
     from autonad_edge.search.stages.retrain import RetrainResult
     from autonad_edge.search.stages.search import SearchResult
     from autonad_edge.search.stages.store import StageLog
@@ -219,7 +249,7 @@ def test_stage_results_load_as_typed_records_and_save_as_the_same_json(finished_
     run, _, _ = finished_run
     stages = StageLog.open(run / "stages.json")
     types = {"supernet": SupernetResult, "latency": LatencyResult, "search": SearchResult,
-             "retrain": RetrainResult, "export": ExportResult, "engine": DeployResult}
+             "race": RaceResult, "retrain": RetrainResult, "export": ExportResult, "engine": DeployResult}
     for name, result_type in types.items():
         result = stages.load(name, result_type)
         assert json.loads(json.dumps(result.to_dict())) == stages.records[name]["result"], name

@@ -36,6 +36,7 @@ def search(
     latency_stat: str = typer.Option(None, help=f"Latency statistic the search predicts and scores: min (interference-free, the steadiest) or median, mean, p90 (default: {_d('latency_stat')})."),
     latency_tolerance: float = typer.Option(None, help=f"Finalists whose measured latencies are within this share of the best-scoring one's are compared on accuracy (default: {_d('latency_tolerance')})."),
     params_budget: int = typer.Option(None, help="Hard parameter budget."),
+    race_entrants: int = typer.Option(None, help=f"When the search cannot tell its candidates apart by accuracy, retrain this many briefly and choose again; below 2 = off (default: {_d('race_entrants')})."),
     sharing: str = typer.Option(None, help=f"Supernet weight sharing: cross (the paper's), entangled, classical (default: {_d('sharing')})."),
     table: Path = typer.Option(None, help=f"Latency table (SQLite), shared across runs (default: {_d('table')})."),
     export_cache: str = typer.Option(None, help="Exported-block cache: a directory, 'table' (next to --table) or 'off' (default: $AUTONAD_EXPORT_CACHE, else ~/.cache/autonad-edge/exports)."),
@@ -63,7 +64,7 @@ def search(
         population=population, generations=generations, sharing=sharing, latency_weight=latency_weight,
         latency_budget_ms=latency_budget_ms, latency_stat=latency_stat, params_budget=params_budget, seed=seed,
         latency_tolerance=latency_tolerance, device=device, quiet=quiet, time_budget=time_budget, export_cache=export_cache,
-        max_side=max_side, min_defect_width=min_defect_width,
+        max_side=max_side, min_defect_width=min_defect_width, race_entrants=race_entrants,
     )
     out = Path(config.out)
     try:

@@ -88,6 +88,8 @@ class PipelineConfig:
     # (search.budget); None = the preset's budget (cpu: 9 min), 0 = the preset's epochs.
     time_budget: float | None = None
     supernet_share: float | None = None  # of a time budget's training time (presets.Preset)
+    race_entrants: int | None = None  # candidates raced when the search cannot see accuracy (search.race)
+    race_share: float | None = None  # of the retraining's epochs, split among the race's entrants
     # The preset fields set explicitly (not from the preset): a time budget's plan never
     # overrides them. None until resolved; kept in config.json so a loaded config plans alike.
     explicit: tuple[str, ...] | None = None

@@ -118,7 +118,7 @@ def latency_tie(a_ms: float, b_ms: float, tolerance: float) -> bool:
     return abs(a_ms - b_ms) <= tolerance * (a_ms + b_ms)
 
 
-def _final_ms(c: "Candidate") -> float:
+def final_ms(c: "Candidate") -> float:
     """Measured end to end where it was, else estimated."""
     return c.measured_ms if c.measured_ms is not None else c.latency_ms
 
@@ -311,14 +311,14 @@ class EvolutionarySearch:
                     cand.measured_ms = float(self.cb.measure_ms(cand.arch))
             self.save_state()
         budget = self.config.latency_budget_ms
-        eligible = [c for c in finalists.values() if budget is None or _final_ms(c) <= budget]
+        eligible = [c for c in finalists.values() if budget is None or final_ms(c) <= budget]
         if not eligible:
             raise SearchError(
                 f"every finalist measured over the latency budget of {budget:g} ms end to end"
             )
         ranked = sorted(eligible, key=lambda c: (-self.score(c, use_measured=True), c.arch.hash))
         by_score = ranked[0]
-        ties = [c for c in ranked if latency_tie(_final_ms(c), _final_ms(by_score), latency_tolerance)]
+        ties = [c for c in ranked if latency_tie(final_ms(c), final_ms(by_score), latency_tolerance)]
         chosen = max(ties, key=lambda c: c.miou)  # the first of equals in score order
         chosen.extra["decision"] = {
             "by": "score" if chosen is by_score else "accuracy among latency ties",

@@ -9,10 +9,12 @@ training and search stages also resume from their own checkpoints part-way throu
 2. ``latency``  -- complete the block latency table, fit the estimator's correction from
    end-to-end measurements, build the latency-aware prior (+ heatmap);
 3. ``search``   -- latency-aware evolutionary search, finalists measured end to end;
-4. ``retrain``  -- retrain the chosen subnet, evaluate on the test split;
-5. ``export``   -- ONNX (portable and TensorRT flavours), measured end to end on the target;
-6. ``engine``   -- on a TensorRT target, the engine built by the agent, with its latency;
-7. ``report``   -- ``report.md`` and ``report.json``.
+4. ``race``     -- when the search could not see accuracy, a few candidates spread over the
+   latencies retrained briefly and chosen from again (`search.race`);
+5. ``retrain``  -- retrain the chosen subnet, evaluate on the test split;
+6. ``export``   -- ONNX (portable and TensorRT flavours), measured end to end on the target;
+7. ``engine``   -- on a TensorRT target, the engine built by the agent, with its latency;
+8. ``report``   -- ``report.md`` and ``report.json``.
 
 Before any training the dataset is loaded (a broken one fails with what is wrong) and the
 target is contacted (an unreachable one fails in seconds with the address tried).
@@ -40,6 +42,7 @@ from autonad_edge.search.stages.context import RunClock, RunContext
 from autonad_edge.search.stages.engine import DeployResult, engine_stage
 from autonad_edge.search.stages.export import ExportResult, export_stage
 from autonad_edge.search.stages.latency import LatencyResult, latency_stage
+from autonad_edge.search.stages.race import RaceResult, race_stage
 from autonad_edge.search.stages.report import RunResults, report_stage
 from autonad_edge.search.stages.retrain import RetrainResult, retrain_stage
 from autonad_edge.search.stages.search import SearchResult, search_stage
@@ -47,7 +50,7 @@ from autonad_edge.search.stages.store import StageLog
 from autonad_edge.search.stages.supernet import SupernetResult, supernet_stage
 from autonad_edge.space import ArchError, SearchSpace
 
-STAGES = ("supernet", "latency", "search", "retrain", "export", "engine", "report")
+STAGES = ("supernet", "latency", "search", "race", "retrain", "export", "engine", "report")
 # Settings a rerun may change without making it another run.
 VOLATILE = {"quiet", "device", "generations", "targets_path", "export_cache", "explicit"}
 
@@ -109,10 +112,15 @@ class SearchPipeline:
         supernet = run("supernet", SupernetResult, lambda: supernet_stage(ctx))
         latency = run("latency", LatencyResult, lambda: latency_stage(ctx))
         search = run("search", SearchResult, lambda: search_stage(ctx))
+        if stages.done("retrain") and not stages.done("race"):
+            # A run directory from before the race: its retraining has chosen already.
+            race = RaceResult.passed_on(search, "no race: the run was retrained before the race existed")
+        else:
+            race = run("race", RaceResult, lambda: race_stage(ctx, search))
         retrained = run("retrain", RetrainResult, lambda: retrain_stage(ctx))
         exported = run("export", ExportResult, lambda: export_stage(ctx, retrained))
         engine = run("engine", DeployResult, lambda: engine_stage(ctx, exported))
-        return RunResults(supernet, latency, search, retrained, exported, engine)
+        return RunResults(supernet, latency, search, race, retrained, exported, engine)
 
     def _load_data(self) -> SegmentationData:
         cfg, splits = self.cfg, self.out / "splits.json"

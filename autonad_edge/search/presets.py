@@ -66,6 +66,11 @@ class Preset:
     # Share of a time budget's training time that goes to the supernet (the rest, and whatever
     # the earlier stages leave, to retraining the chosen subnet: the network that is delivered).
     supernet_share: float = 0.5
+    # The race (search.race): when the search cannot tell its candidates apart by accuracy,
+    # this many of them are retrained briefly and compared again (below 2: off), each for
+    # race_share of the retraining's epochs split evenly.
+    race_entrants: int = 0
+    race_share: float = 0.2
 
 
 def measurement_policy(timing: str) -> MeasurementPolicy | None:
@@ -101,6 +106,7 @@ PRESETS: dict[str, Preset] = {
         supernet_lr=3e-3, supernet_warmup_epochs=1.0, retrain_lr=2e-3, class_weighting="inverse_sqrt",
         sandwich=False, retrain_warmup_share=0.1, retrain_ema=0.998, reference_images=168,
         defect_crop_share=0.7, time_budget=9.0, supernet_share=0.3, min_defect_width=3.0,
+        race_entrants=4,
     ),
     # The paper's settings (Sec. V-B), for GPU hosts: fixed-size resize, plain cross-entropy,
     # Table I's space exactly (no detail path in the head).

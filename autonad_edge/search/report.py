@@ -86,6 +86,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         *([f"- search space `{report['config']['space']}`"] if report.get("config") else []),
         f"- parameters {chosen.get('params', 0):,}; FLOPs {chosen.get('flops', 0) / 1e9:.3f} G",
         *([f"- search signal: {report['search_signal']['summary']}"] if report.get("search_signal") else []),
+        *_race_lines(report.get("race")),
         "",
         "## Accuracy",
         "",
@@ -101,11 +102,33 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _race_lines(race: dict[str, Any] | None) -> list[str]:
+    """The race's decision and its entrants (nothing when no race ran)."""
+    if not race:
+        return []
+    lines = [f"- race: {race['note']}"]
+    if not race.get("entries"):
+        return lines
+    if race.get("evidence"):
+        lines.append(f"- race evidence: {race['evidence']}")
+    lines += ["", f"Trained from scratch for {race['steps']} steps each on the same batches (the retraining's "
+              "recipe); scored by the training loss over the second half (relative to the median entrant's) "
+              "and latency. Val mIoU (calibrated) for reference:", "",
+              "| candidate | latency (ms) | inherited val mIoU (%) | training loss | raced val mIoU (%) | score |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    winner = race["winner"]["hash"] if race.get("winner") else None
+    for e in race["entries"]:
+        mark = " (chosen)" if e["hash"] == winner else ""
+        lines.append(f"| `{e['summary']}`{mark} | {e['latency_ms']:.2f} | {_pct(e['inherited_miou'])} "
+                     f"| {e['train_loss']:.4f} | {_pct(e['raced_miou'])} | {e['score']:.4f} |")
+    return lines
+
+
 def _accuracy_lines(report: dict[str, Any]) -> list[str]:
     """The accuracy table's rows, the calibration, per-class figures and the predictions picture."""
     acc = report.get("accuracy", {})
     lines: list[str] = []
-    for split in ("search_val", "val", "test"):
+    for split in ("search_val", "race_val", "val", "test"):
         if split in acc:
             lines.append(f"| {split} | {_pct(acc[split].get('miou'))} | {_pct(acc[split].get('miou_defects'))} "
                          f"| {_pct(acc[split].get('mf1'))} |")

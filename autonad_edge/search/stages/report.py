@@ -17,6 +17,7 @@ from autonad_edge.search.stages.context import RunContext
 from autonad_edge.search.stages.engine import DeployResult
 from autonad_edge.search.stages.export import ExportResult
 from autonad_edge.search.stages.latency import LatencyResult
+from autonad_edge.search.stages.race import RaceResult
 from autonad_edge.search.stages.retrain import RetrainResult
 from autonad_edge.search.stages.search import SearchResult
 from autonad_edge.search.stages.store import StageLog
@@ -30,6 +31,7 @@ class RunResults:
     supernet: SupernetResult
     latency: LatencyResult
     search: SearchResult
+    race: RaceResult
     retrain: RetrainResult
     export: ExportResult
     engine: DeployResult
@@ -46,8 +48,9 @@ def report_stage(ctx: RunContext, results: RunResults, stages: StageLog, names: 
         "search_space": ctx.space.to_dict(),
         "budgets": _budgets(ctx, results.search),
         "chosen": _chosen(ctx),
-        "accuracy": _accuracy(results.search, results.retrain),
+        "accuracy": _accuracy(results.race, results.retrain),
         "search_signal": results.search.signal,
+        "race": results.race.to_dict(),
         "pictures": results.retrain.pictures,
         "latency": _latency(ctx, results),
         "artefacts": artefact_entries(ctx.out, _artefacts(ctx, results)),
@@ -107,9 +110,12 @@ def _chosen(ctx: RunContext) -> dict[str, Any]:
     }
 
 
-def _accuracy(search: SearchResult, retrain: RetrainResult) -> dict[str, Any]:
-    accuracy = {"search_val": {"miou": search.best.miou, "mf1": search.best.mf1},
-                "calibration": retrain.calibration}
+def _accuracy(race: RaceResult, retrain: RetrainResult) -> dict[str, Any]:
+    chosen = race.winner
+    accuracy = {"search_val": {"miou": chosen.miou, "mf1": chosen.mf1}, "calibration": retrain.calibration}
+    raced = next((e for e in race.entries if e.hash == chosen.arch.hash), None)
+    if raced is not None:
+        accuracy["race_val"] = {"miou": raced.raced_miou}
     for split, m in (retrain.metrics or {}).items():
         accuracy[split] = {"miou": m.get("miou"), "miou_defects": m.get("miou_defects"), "mf1": m.get("mf1"),
                            "per_class": m.get("per_class"), "defect_level": m.get("defect_level")}
@@ -117,7 +123,7 @@ def _accuracy(search: SearchResult, retrain: RetrainResult) -> dict[str, Any]:
 
 
 def _latency(ctx: RunContext, results: RunResults) -> dict[str, Any]:
-    measured, best = results.export.stats, results.search.best
+    measured, best = results.export.stats, results.race.winner
     return {
         "statistic": ctx.cfg.latency_stat,
         "estimated_ms": best.latency_ms,

@@ -1,0 +1,138 @@
+"""Stage 4: when the search could not see accuracy, race a few candidates (`search.race`).
+
+Each entrant is trained from scratch by the run's retraining recipe for the same short schedule
+on the same seeded batches, in ``<out>/race/<hash>/`` (resumable, its result kept in
+``race.json`` there); the best race score (training loss and latency) becomes the run's choice
+(``best_arch.json``). With
+``race_entrants`` below 2, or when the search's candidates were told apart by accuracy, the
+stage passes the search's choice on.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from autonad_edge.io import atomic_write_json
+from autonad_edge.search.evolution import Candidate, final_ms
+from autonad_edge.search.race import RaceEntry, RaceRun, evidence, pick_entrants, race_winner, score_entries
+from autonad_edge.search.stages.context import RunContext
+from autonad_edge.search.stages.search import SearchResult
+from autonad_edge.search.stages.store import StageResult
+from autonad_edge.training.engine import steps_per_epoch
+from autonad_edge.training.retrain import retrain
+
+RESULT_FILE = "race.json"
+
+
+@dataclass(frozen=True)
+class RaceResult(StageResult):
+    winner: Candidate  # the run's choice: the race's winner, or the search's when no race ran
+    entries: tuple[RaceEntry, ...]  # empty when no race ran
+    epochs: int  # retraining epochs of each entrant
+    steps: int  # optimiser steps of each entrant
+    note: str  # why the race ran or not, and what it decided
+    evidence: str | None  # the winner's training loss against the search's choice's (`race.evidence`)
+
+    @property
+    def ran(self) -> bool:
+        return bool(self.entries)
+
+    @classmethod
+    def passed_on(cls, search: SearchResult, note: str) -> "RaceResult":
+        return cls(winner=search.best, entries=(), epochs=0, steps=0, note=note, evidence=None)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RaceResult":
+        return cls(winner=Candidate.from_dict(d["winner"]), entries=tuple(RaceEntry.from_dict(e) for e in d["entries"]),
+                   epochs=d["epochs"], steps=d["steps"], note=d["note"], evidence=d.get("evidence"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"winner": self.winner.to_dict(), "entries": [e.to_dict() for e in self.entries],
+                "epochs": self.epochs, "steps": self.steps, "note": self.note, "evidence": self.evidence}
+
+    def stage_note(self) -> str:
+        return self.note
+
+
+def race_epochs(cfg, entrants: int) -> int:
+    """Each entrant's epochs: `race_share` of the retraining's, split evenly."""
+    return max(1, round(cfg.race_share * cfg.retrain_epochs / max(entrants, 1)))
+
+
+def race_stage(ctx: RunContext, search: SearchResult) -> RaceResult:
+    cfg = ctx.cfg
+    if cfg.race_entrants < 2:
+        return RaceResult.passed_on(search, "no race (race_entrants < 2): the search's choice")
+    if not search.signal.get("latency_decided", True):
+        return RaceResult.passed_on(search, "no race: the search told its candidates apart by accuracy")
+    saved = json.loads(Path(search.search_json).read_text(encoding="utf-8"))
+    candidates = [Candidate.from_dict(d) for d in saved["candidates"]]
+    if cfg.latency_budget_ms is not None:
+        candidates = [c for c in candidates if final_ms(c) <= cfg.latency_budget_ms]
+    entrants = pick_entrants(candidates, search.best, cfg.race_entrants)
+    if len(entrants) < 2:
+        return RaceResult.passed_on(search, "no race: fewer than two candidates to race")
+    epochs = race_epochs(cfg, len(entrants))
+    steps = epochs * steps_per_epoch(len(ctx.data.train), cfg.batch_size, max_steps=cfg.max_steps_per_epoch)
+    ctx.log(f"[race] the search could not see accuracy: training {len(entrants)} candidates from scratch "
+            f"for {epochs} epochs ({steps} steps) each")
+    for c in entrants:
+        if c.measured_ms is None:
+            c.measured_ms = float(ctx.estimator.measure_end_to_end(c.arch))
+    runs = []
+    for i, c in enumerate(entrants, 1):
+        runs.append(_race_one(ctx, c, epochs))
+        ctx.log(f"[race] {i}/{len(entrants)} {c.arch.summary()}: training loss {runs[-1].train_loss:.4f}, "
+                f"val mIoU {100 * runs[-1].raced_miou:.1f} % (inherited {100 * c.miou:.1f} %), {final_ms(c):.2f} ms")
+    entries = score_entries(runs, cfg.latency_weight, search.reference_ms)
+    best = race_winner(entries)
+    winner = next(c for c in entrants if c.arch.hash == best.hash)
+    by_hash = {r.candidate.arch.hash: r for r in runs}
+    # Against the search's choice; when the winner is that one, against the runner-up.
+    other = search.best.arch.hash if winner.arch.hash != search.best.arch.hash else \
+        sorted(entries, key=lambda e: -e.score)[1].hash
+    why = evidence(by_hash[winner.arch.hash], by_hash[other])
+    atomic_write_json(ctx.out / "best_arch.json", winner.arch.to_dict())
+    note = (f"raced {len(entries)} candidates for {steps} steps each, by training loss: "
+            + ("kept the search's choice" if winner.arch.hash == search.best.arch.hash
+               else f"chose {winner.arch.summary()} over the search's {search.best.arch.summary()}"))
+    ctx.log(f"[race] {note}; {why}")
+    return RaceResult(winner=winner, entries=tuple(entries), epochs=epochs, steps=steps, note=note, evidence=why)
+
+
+def _race_one(ctx: RunContext, candidate: Candidate, epochs: int) -> RaceRun:
+    """Train one entrant from scratch for `epochs` of the run's retraining recipe: its mean
+    training loss over the second half, and its calibrated val mIoU at the end."""
+    cfg, out = ctx.cfg, ctx.out / "race" / candidate.arch.hash
+    done = out / RESULT_FILE
+    if done.exists():
+        saved = json.loads(done.read_text(encoding="utf-8"))
+        return RaceRun(candidate, tuple(saved["epoch_losses"]), float(saved["raced_miou"]))
+    config = cfg.retrain_config(ctx.out / "supernet" / "supernet.pt").replace(
+        # From scratch: how fast the architecture learns, not how far the supernet got it
+        # (inherited subnets start and stay alike: benchmarks/RESULTS.md, session 13).
+        init="scratch", supernet=None,
+        epochs=epochs, warmup_epochs=cfg.retrain_warmup_share * epochs,
+        # Only the end counts: one val pass, and the cheap (background) calibration.
+        eval_every=epochs, calibrate_per_class=False,
+    )
+    summary = retrain(config, ctx.data, out, space=ctx.space, arch=candidate.arch,
+                      resume=(out / "last.pt").exists(), quiet=True)
+    calibration = summary.get("calibration") or {}
+    raced = float(calibration.get("miou_after", summary.get("best", {}).get("val_miou") or 0.0))
+    by_epoch = {}  # the last record of each epoch (a resumed run may log one twice)
+    for line in (out / "train_log.jsonl").read_text(encoding="utf-8").splitlines():
+        record = json.loads(line) if line.strip() else {}
+        if "loss" in record:
+            by_epoch[record["epoch"]] = record["loss"]
+    losses = [by_epoch[e] for e in sorted(by_epoch)]
+    run = RaceRun(candidate, tuple(losses[len(losses) // 2:]), raced)
+    atomic_write_json(done, {"arch": candidate.arch.summary(), "epochs": epochs, "epoch_losses": run.epoch_losses,
+                             "train_loss": run.train_loss, "raced_miou": raced})
+    return run
+
+
+__all__ = ["RaceResult", "race_epochs", "race_stage"]

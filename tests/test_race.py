@@ -1,0 +1,71 @@
+"""The race's choice of entrants and of its winner (search.race), on hand-made candidates."""
+
+import random
+
+import pytest
+
+from autonad_edge.search.evolution import Candidate
+from autonad_edge.search.race import RaceEntry, RaceRun, evidence, pick_entrants, race_winner, score_entries
+from autonad_edge.space import SearchSpace
+
+
+def candidates(latencies, measured=None):
+    space = SearchSpace.resolve("tiny")
+    rng = random.Random(0)
+    out, seen = [], set()
+    while len(out) < len(latencies):
+        arch = space.sample(rng)
+        if arch.hash in seen:
+            continue
+        seen.add(arch.hash)
+        i = len(out)
+        out.append(Candidate(arch, miou=0.2, mf1=0.3, latency_ms=latencies[i], params=1000, generation=0,
+                             measured_ms=(measured or {}).get(i)))
+    return out
+
+
+def test_entrants_span_the_latencies_and_include_the_search_choice():
+    cands = candidates([5.0, 1.0, 3.0, 2.0, 4.0, 6.0, 7.0])  # fastest is index 1, slowest index 6
+    chosen = cands[3]  # 2.0 ms
+    picked = pick_entrants(cands, chosen, 4)
+    ms = [c.latency_ms for c in picked]
+    assert len(picked) == 4 and len({c.arch.hash for c in picked}) == 4
+    assert chosen in picked and 1.0 in ms and 7.0 in ms  # the search's, the fastest, the slowest
+    assert ms == sorted(ms)  # fastest first
+    assert pick_entrants(list(reversed(cands)), chosen, 4) == picked  # order of input does not matter
+
+
+def test_entrants_use_the_measured_latency_where_there_is_one():
+    cands = candidates([1.0, 2.0, 3.0], measured={0: 9.0})  # estimated fastest, measured slowest
+    picked = pick_entrants(cands, cands[1], 2)
+    assert [c.arch.hash for c in picked] == [cands[1].arch.hash, cands[0].arch.hash]
+
+
+def test_fewer_candidates_than_entrants_races_them_all():
+    cands = candidates([1.0, 2.0])
+    assert {c.arch.hash for c in pick_entrants(cands, cands[0], 4)} == {c.arch.hash for c in cands}
+    assert pick_entrants(cands, cands[1], 1) == [cands[1]]
+
+
+def test_the_winner_fits_best_for_its_latency():
+    cands = candidates([2.0, 4.0, 3.0])
+    runs = [RaceRun(cands[0], (2.5, 1.5), raced_miou=0.25), RaceRun(cands[1], (1.5,), raced_miou=0.5),
+            RaceRun(cands[2], (1.0, 1.0), raced_miou=0.125)]
+    entries = score_entries(runs, latency_weight=0.25, reference_ms=2.0)  # median loss 1.5
+    assert [e.score for e in entries] == [-2.0 / 1.5 - 0.25, -1.0 - 0.5, -1.0 / 1.5 - 0.375]
+    assert [e.hash for e in entries] == [c.arch.hash for c in cands]
+    assert entries[1].raced_miou == 0.5 and entries[0].inherited_miou == 0.2 and entries[2].latency_ms == 3.0
+    assert race_winner(entries) is entries[2]  # the lowest loss pays for its latency
+    # Equal losses: latency decides.
+    fast, slow = score_entries([RaceRun(cands[0], (1.0,), 0.0), RaceRun(cands[1], (1.0,), 0.0)], 0.25, 2.0)
+    assert fast.score == -1.25 and slow.score == -1.5 and race_winner([slow, fast]) is fast
+    assert RaceEntry.from_dict(slow.to_dict()) == slow
+    with pytest.raises(ValueError):
+        race_winner([])
+
+
+def test_the_evidence_counts_the_epochs_the_winner_fitted_better():
+    cands = candidates([1.0, 2.0])
+    winner, other = RaceRun(cands[1], (1.0, 2.0, 1.0, 0.0), 0.0), RaceRun(cands[0], (2.0, 1.0, 2.0, 1.0), 0.0)
+    assert evidence(winner, other) == ("training loss 1.0000 against 1.5000 (-33.3 %), "
+                                       "lower in 3 of 4 epochs of the second half")
