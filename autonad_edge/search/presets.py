@@ -106,7 +106,7 @@ PRESETS: dict[str, Preset] = {
         supernet_lr=3e-3, supernet_warmup_epochs=1.0, retrain_lr=2e-3, class_weighting="inverse_sqrt",
         sandwich=False, retrain_warmup_share=0.1, retrain_ema=0.998, reference_images=168,
         defect_crop_share=0.7, time_budget=9.0, supernet_share=0.3, min_defect_width=3.0,
-        race_entrants=4,
+        race_entrants=4, race_share=0.3,
     ),
     # The paper's settings (Sec. V-B), for GPU hosts: fixed-size resize, plain cross-entropy,
     # Table I's space exactly (no detail path in the head).
