@@ -88,7 +88,7 @@ def test_a_search_that_cannot_see_accuracy_races_its_candidates(finished_run):
     """--race-entrants 2: when the candidates' val scores are within the noise, two of them
     (the search's choice and one more) are trained for the same steps and the better race
     score (training loss and latency) is the run's choice; otherwise the search's passes on."""
-    run, _, _ = finished_run
+    run, _, output = finished_run
     report = json.loads((run / "report.json").read_text())
     search = json.loads((run / "search" / "search.json").read_text())
     race = report["race"]
@@ -111,6 +111,7 @@ def test_a_search_that_cannot_see_accuracy_races_its_candidates(finished_run):
     assert "lower in" in race["evidence"] and "epochs of the second half" in race["evidence"]
     md = (run / "report.md").read_text()
     assert "- race: raced 2 candidates" in md and "(chosen)" in md
+    assert "note: raced 2 candidates" in output
 
 
 def test_rerun_resumes_and_skips_finished_stages(finished_run):

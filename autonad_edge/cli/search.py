@@ -86,6 +86,9 @@ def search(
     signal = report.get("search_signal") or {}
     if signal.get("latency_decided"):
         typer.echo(f"note: {signal['summary']}", err=True)
+    race = report.get("race") or {}
+    if race.get("entries"):
+        typer.echo(f"note: {race['note']}; {race['evidence']}", err=True)
     if lat.get("warning"):
         typer.echo(f"warning: {lat['warning']}", err=True)
     typer.echo(f"report: {out / 'report.md'}")

@@ -25,6 +25,7 @@ from autonad_edge.search.budget import (
 )
 from autonad_edge.search.config import PipelineConfig, PipelineError
 from autonad_edge.search.stages.context import RunContext
+from autonad_edge.search.stages.race import race_epochs
 from autonad_edge.space import Arch
 
 
@@ -75,6 +76,10 @@ def _budget_plan(ctx: RunContext) -> tuple[dict[str, int], dict[str, Any]]:
     except BudgetError as exc:
         raise PipelineError(f"time budget: {exc}") from None
     ctx.log(f"[plan] {plan.summary()}")
+    if cfg.race_entrants >= 2:
+        each = race_epochs(replace(cfg, retrain_epochs=plan.retrain_epochs), cfg.race_entrants)
+        ctx.log(f"[plan] of the retraining's time, a race of up to {cfg.race_entrants} x {each} epochs "
+                "when the search cannot see accuracy")
     epochs = {"supernet_epochs": plan.supernet_epochs, "retrain_epochs": plan.retrain_epochs,
               "population": plan.population, "generations": plan.generations}
     return epochs, {"epochs": {}, "plan": plan.to_dict(), "costs": asdict(costs)}

@@ -83,6 +83,7 @@ class RaceRun:
     candidate: Candidate
     epoch_losses: tuple[float, ...]
     raced_miou: float
+    steps: int = 0  # optimiser steps it was trained for
 
     @property
     def train_loss(self) -> float:

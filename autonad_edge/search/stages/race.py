@@ -21,7 +21,6 @@ from autonad_edge.search.race import RaceEntry, RaceRun, evidence, pick_entrants
 from autonad_edge.search.stages.context import RunContext
 from autonad_edge.search.stages.search import SearchResult
 from autonad_edge.search.stages.store import StageResult
-from autonad_edge.training.engine import steps_per_epoch
 from autonad_edge.training.retrain import retrain
 
 RESULT_FILE = "race.json"
@@ -76,9 +75,8 @@ def race_stage(ctx: RunContext, search: SearchResult) -> RaceResult:
     if len(entrants) < 2:
         return RaceResult.passed_on(search, "no race: fewer than two candidates to race")
     epochs = race_epochs(cfg, len(entrants))
-    steps = epochs * steps_per_epoch(len(ctx.data.train), cfg.batch_size, max_steps=cfg.max_steps_per_epoch)
     ctx.log(f"[race] the search could not see accuracy: training {len(entrants)} candidates from scratch "
-            f"for {epochs} epochs ({steps} steps) each")
+            f"for {epochs} epochs each")
     for c in entrants:
         if c.measured_ms is None:
             c.measured_ms = float(ctx.estimator.measure_end_to_end(c.arch))
@@ -88,6 +86,7 @@ def race_stage(ctx: RunContext, search: SearchResult) -> RaceResult:
         ctx.log(f"[race] {i}/{len(entrants)} {c.arch.summary()}: training loss {runs[-1].train_loss:.4f}, "
                 f"val mIoU {100 * runs[-1].raced_miou:.1f} % (inherited {100 * c.miou:.1f} %), {final_ms(c):.2f} ms")
     entries = score_entries(runs, cfg.latency_weight, search.reference_ms)
+    steps = max(r.steps for r in runs)
     best = race_winner(entries)
     winner = next(c for c in entrants if c.arch.hash == best.hash)
     by_hash = {r.candidate.arch.hash: r for r in runs}
@@ -110,7 +109,7 @@ def _race_one(ctx: RunContext, candidate: Candidate, epochs: int) -> RaceRun:
     done = out / RESULT_FILE
     if done.exists():
         saved = json.loads(done.read_text(encoding="utf-8"))
-        return RaceRun(candidate, tuple(saved["epoch_losses"]), float(saved["raced_miou"]))
+        return RaceRun(candidate, tuple(saved["epoch_losses"]), float(saved["raced_miou"]), int(saved["steps"]))
     config = cfg.retrain_config(ctx.out / "supernet" / "supernet.pt").replace(
         # From scratch: how fast the architecture learns, not how far the supernet got it
         # (inherited subnets start and stay alike: benchmarks/RESULTS.md, session 13).
@@ -129,9 +128,9 @@ def _race_one(ctx: RunContext, candidate: Candidate, epochs: int) -> RaceRun:
         if "loss" in record:
             by_epoch[record["epoch"]] = record["loss"]
     losses = [by_epoch[e] for e in sorted(by_epoch)]
-    run = RaceRun(candidate, tuple(losses[len(losses) // 2:]), raced)
-    atomic_write_json(done, {"arch": candidate.arch.summary(), "epochs": epochs, "epoch_losses": run.epoch_losses,
-                             "train_loss": run.train_loss, "raced_miou": raced})
+    run = RaceRun(candidate, tuple(losses[len(losses) // 2:]), raced, int(summary["steps"]))
+    atomic_write_json(done, {"arch": candidate.arch.summary(), "epochs": epochs, "steps": run.steps,
+                             "epoch_losses": run.epoch_losses, "train_loss": run.train_loss, "raced_miou": raced})
     return run
 
 
