@@ -180,7 +180,10 @@ def test_cpu_preset_trains_with_the_defect_recipe_and_its_own_learning_rates():
     assert retrain.class_weighting == preset.class_weighting == "inverse_sqrt"
     assert retrain.defect_crop_share == preset.defect_crop_share > 0 and retrain.ema_decay == preset.retrain_ema
     assert retrain.schedule == "cosine" and retrain.keep_aspect and retrain.max_side == preset.max_side
-    assert retrain.init == "inherited" and retrain.supernet == "runs/x/supernet.pt"
+    # From scratch (on Magnetic-tile the supernet's weights slowed the retraining: RESULTS.md),
+    # after a race when the search cannot see accuracy.
+    assert retrain.init == "scratch" and retrain.supernet is None
+    assert cfg.race_entrants == preset.race_entrants == 4 and 0 < cfg.race_share < 0.5
     assert retrain.epochs == preset.retrain_epochs and retrain.image_size == preset.image_size
     # The warm-up is a share of the retraining, so a re-planned (longer) one warms up longer.
     assert retrain.warmup_epochs == pytest.approx(0.1 * preset.retrain_epochs)

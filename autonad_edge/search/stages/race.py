@@ -72,14 +72,16 @@ def race_stage(ctx: RunContext, search: SearchResult) -> RaceResult:
     if cfg.latency_budget_ms is not None:
         candidates = [c for c in candidates if final_ms(c) <= cfg.latency_budget_ms]
     entrants = pick_entrants(candidates, search.best, cfg.race_entrants)
+    for c in entrants:
+        if c.measured_ms is None:
+            c.measured_ms = float(ctx.estimator.measure_end_to_end(c.arch))
+    if cfg.latency_budget_ms is not None:  # estimated within the budget, measured over it
+        entrants = [c for c in entrants if final_ms(c) <= cfg.latency_budget_ms or c.arch.hash == search.best.arch.hash]
     if len(entrants) < 2:
         return RaceResult.passed_on(search, "no race: fewer than two candidates to race")
     epochs = race_epochs(cfg, len(entrants))
     ctx.log(f"[race] the search could not see accuracy: training {len(entrants)} candidates from scratch "
             f"for {epochs} epochs each")
-    for c in entrants:
-        if c.measured_ms is None:
-            c.measured_ms = float(ctx.estimator.measure_end_to_end(c.arch))
     runs = []
     for i, c in enumerate(entrants, 1):
         runs.append(_race_one(ctx, c, epochs))
@@ -109,7 +111,7 @@ def _race_one(ctx: RunContext, candidate: Candidate, epochs: int) -> RaceRun:
     done = out / RESULT_FILE
     if done.exists():
         saved = json.loads(done.read_text(encoding="utf-8"))
-        return RaceRun(candidate, tuple(saved["epoch_losses"]), float(saved["raced_miou"]), int(saved["steps"]))
+        return RaceRun(candidate, tuple(saved["epoch_losses"]), float(saved["raced_miou"]), int(saved.get("steps", 0)))
     config = cfg.retrain_config(ctx.out / "supernet" / "supernet.pt").replace(
         # From scratch: how fast the architecture learns, not how far the supernet got it
         # (inherited subnets start and stay alike: benchmarks/RESULTS.md, session 13).
