@@ -7,7 +7,7 @@ by latency alone and the fastest subnet wins, whether or not it can learn the da
 Magnetic-tile the transformer-only subnet the search chose reached 35.6 % test mIoU where a mixed
 MLP/conv one reached 60.4 % by the same recipe and steps (benchmarks/RESULTS.md, session 12).
 
-Val mIoU does not tell them apart early either (25.2 and 25.9 % after 2,000 steps from scratch),
+Val mIoU does not tell them apart early either (25.2 and 26.2 % after 2,030 steps from scratch),
 but their training loss does, from the first hundred steps on: on the same batches the mixed
 subnet's loss was lower at every epoch, by 2 % after 700 steps and 6 % after 2,000. That is the
 race's measure, the training-speed estimate of Ru et al. ("Speedy Performance Estimation for
