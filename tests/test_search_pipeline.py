@@ -184,6 +184,7 @@ def test_cpu_preset_trains_with_the_defect_recipe_and_its_own_learning_rates():
     # after a race when the search cannot see accuracy.
     assert retrain.init == "scratch" and retrain.supernet is None
     assert cfg.race_entrants == preset.race_entrants == 4 and 0 < cfg.race_share < 0.5
+    assert cfg.race_min_steps == 500 and PipelineConfig(preset="tiny").resolved().race_min_steps == 0
     assert retrain.epochs == preset.retrain_epochs and retrain.image_size == preset.image_size
     # The warm-up is a share of the retraining, so a re-planned (longer) one warms up longer.
     assert retrain.warmup_epochs == pytest.approx(0.1 * preset.retrain_epochs)

@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autonad_edge.data.crops import CropConfig
 from autonad_edge.io import atomic_write_json
 from autonad_edge.search.evolution import Candidate, final_ms
 from autonad_edge.search.race import RaceEntry, RaceRun, evidence, pick_entrants, race_winner, score_entries
 from autonad_edge.search.stages.context import RunContext
 from autonad_edge.search.stages.search import SearchResult
 from autonad_edge.search.stages.store import StageResult
+from autonad_edge.training.engine import steps_per_epoch
 from autonad_edge.training.retrain import retrain
 
 RESULT_FILE = "race.json"
@@ -80,6 +82,10 @@ def race_stage(ctx: RunContext, search: SearchResult) -> RaceResult:
     if len(entrants) < 2:
         return RaceResult.passed_on(search, "no race: fewer than two candidates to race")
     epochs = race_epochs(cfg, len(entrants))
+    planned = epochs * _steps_per_epoch(ctx)
+    if planned < cfg.race_min_steps:
+        return RaceResult.passed_on(search, f"no race: {planned} steps an entrant, fewer than the "
+                                            f"{cfg.race_min_steps} that tell learners apart")
     ctx.log(f"[race] the search could not see accuracy: training {len(entrants)} candidates from scratch "
             f"for {epochs} epochs each")
     runs = []
@@ -102,6 +108,13 @@ def race_stage(ctx: RunContext, search: SearchResult) -> RaceResult:
                else f"chose {winner.arch.summary()} over the search's {search.best.arch.summary()}"))
     ctx.log(f"[race] {note}; {why}")
     return RaceResult(winner=winner, entries=tuple(entries), epochs=epochs, steps=steps, note=note, evidence=why)
+
+
+def _steps_per_epoch(ctx: RunContext) -> int:
+    """Optimiser steps of one retraining epoch (the crops of the train split, in batches)."""
+    config = ctx.cfg.retrain_config("unused")
+    crops = ctx.data.train_crops(config.seed, CropConfig(config.crop_hw, config.defect_crop_share))
+    return steps_per_epoch(len(crops), config.batch_size, max_steps=config.max_steps_per_epoch)
 
 
 def _race_one(ctx: RunContext, candidate: Candidate, epochs: int) -> RaceRun:
