@@ -74,6 +74,10 @@ def race_stage(ctx: RunContext, search: SearchResult) -> RaceResult:
     if cfg.latency_budget_ms is not None:
         candidates = [c for c in candidates if final_ms(c) <= cfg.latency_budget_ms]
     entrants = pick_entrants(candidates, search.best, cfg.race_entrants)
+    planned = race_epochs(cfg, len(entrants)) * _steps_per_epoch(ctx)
+    if planned < cfg.race_min_steps:  # checked before any entrant is measured
+        return RaceResult.passed_on(search, f"no race: {planned} steps an entrant, fewer than the "
+                                            f"{cfg.race_min_steps} that tell learners apart")
     for c in entrants:
         if c.measured_ms is None:
             c.measured_ms = float(ctx.estimator.measure_end_to_end(c.arch))
@@ -82,10 +86,6 @@ def race_stage(ctx: RunContext, search: SearchResult) -> RaceResult:
     if len(entrants) < 2:
         return RaceResult.passed_on(search, "no race: fewer than two candidates to race")
     epochs = race_epochs(cfg, len(entrants))
-    planned = epochs * _steps_per_epoch(ctx)
-    if planned < cfg.race_min_steps:
-        return RaceResult.passed_on(search, f"no race: {planned} steps an entrant, fewer than the "
-                                            f"{cfg.race_min_steps} that tell learners apart")
     ctx.log(f"[race] the search could not see accuracy: training {len(entrants)} candidates from scratch "
             f"for {epochs} epochs each")
     runs = []
