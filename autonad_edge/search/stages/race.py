@@ -37,10 +37,6 @@ class RaceResult(StageResult):
     note: str  # why the race ran or not, and what it decided
     evidence: str | None  # the winner's training loss against the search's choice's (`race.evidence`)
 
-    @property
-    def ran(self) -> bool:
-        return bool(self.entries)
-
     @classmethod
     def passed_on(cls, search: SearchResult, note: str) -> "RaceResult":
         return cls(winner=search.best, entries=(), epochs=0, steps=0, note=note, evidence=None)
@@ -74,7 +70,8 @@ def race_stage(ctx: RunContext, search: SearchResult) -> RaceResult:
     if cfg.latency_budget_ms is not None:
         candidates = [c for c in candidates if final_ms(c) <= cfg.latency_budget_ms]
     entrants = pick_entrants(candidates, search.best, cfg.race_entrants)
-    planned = race_epochs(cfg, len(entrants)) * _steps_per_epoch(ctx)
+    epochs = race_epochs(cfg, len(entrants))
+    planned = epochs * _steps_per_epoch(ctx)
     if planned < cfg.race_min_steps:  # checked before any entrant is measured
         return RaceResult.passed_on(search, f"no race: {planned} steps an entrant, fewer than the "
                                             f"{cfg.race_min_steps} that tell learners apart")
@@ -85,7 +82,7 @@ def race_stage(ctx: RunContext, search: SearchResult) -> RaceResult:
         entrants = [c for c in entrants if final_ms(c) <= cfg.latency_budget_ms or c.arch.hash == search.best.arch.hash]
     if len(entrants) < 2:
         return RaceResult.passed_on(search, "no race: fewer than two candidates to race")
-    epochs = race_epochs(cfg, len(entrants))
+    epochs = race_epochs(cfg, len(entrants))  # the share split among those left after the budget
     ctx.log(f"[race] the search could not see accuracy: training {len(entrants)} candidates from scratch "
             f"for {epochs} epochs each")
     runs = []
