@@ -63,3 +63,11 @@ def test_is_a_registered_custom_op_and_module():
         SpatialShift(3)
     with pytest.raises(ValueError, match="NCHW"):
         spatial_shift(torch.randn(8, 3, 3), 1)
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_fake_kernel_describes_the_real_output(memory_format):
+    # torch.compile and torch.export trace with the fake kernel: its output must have the real
+    # output's shape and strides (contiguous), whatever the input's layout.
+    x = torch.randn(2, 8, 4, 5).to(memory_format=memory_format).requires_grad_()
+    torch.library.opcheck(torch.ops.autonad.spatial_shift.default, (x, 1))

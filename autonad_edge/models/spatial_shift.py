@@ -98,7 +98,9 @@ def spatial_shift(x: Tensor, pattern: int) -> Tensor:
 
 @spatial_shift.register_fake
 def _(x: Tensor, pattern: int) -> Tensor:
-    return torch.empty_like(x)
+    # Contiguous like the real output, whatever the input's strides (empty_like would keep
+    # a channels-last input's, and compiled graphs check the strides).
+    return x.new_empty(x.shape)
 
 
 def _setup_context(ctx, inputs, output) -> None:

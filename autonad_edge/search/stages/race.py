@@ -11,7 +11,7 @@ stage passes the search's choice on.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +87,7 @@ def race_stage(ctx: RunContext, search: SearchResult) -> RaceResult:
             f"for {epochs} epochs each")
     runs = []
     for i, c in enumerate(entrants, 1):
-        runs.append(_race_one(ctx, c, epochs))
+        runs.append(train_entrant(cfg, ctx.data, ctx.space, ctx.out / "race" / c.arch.hash, c, epochs))
         ctx.log(f"[race] {i}/{len(entrants)} {c.arch.summary()}: training loss {runs[-1].train_loss:.4f}, "
                 f"val mIoU {100 * runs[-1].raced_miou:.1f} % (inherited {100 * c.miou:.1f} %), {final_ms(c):.2f} ms")
     entries = score_entries(runs, cfg.latency_weight, search.reference_ms)
@@ -114,23 +114,22 @@ def _steps_per_epoch(ctx: RunContext) -> int:
     return steps_per_epoch(len(crops), config.batch_size, max_steps=config.max_steps_per_epoch)
 
 
-def _race_one(ctx: RunContext, candidate: Candidate, epochs: int) -> RaceRun:
-    """Train one entrant from scratch for `epochs` of the run's retraining recipe: its mean
-    training loss over the second half, and its calibrated val mIoU at the end."""
-    cfg, out = ctx.cfg, ctx.out / "race" / candidate.arch.hash
+def train_entrant(cfg, data, space, out: Path, candidate: Candidate, epochs: int) -> RaceRun:
+    """Train one entrant from scratch in `out` for `epochs` of the run's (resolved `cfg`)
+    retraining recipe: its mean training loss over the second half, and its calibrated val
+    mIoU at the end. Resumable; the result is kept in ``out/race.json``."""
     done = out / RESULT_FILE
     if done.exists():
         saved = json.loads(done.read_text(encoding="utf-8"))
         return RaceRun(candidate, tuple(saved["epoch_losses"]), float(saved["raced_miou"]), int(saved.get("steps", 0)))
-    config = cfg.retrain_config(ctx.out / "supernet" / "supernet.pt").replace(
+    config = replace(cfg, retrain_init="scratch").retrain_config("unused").replace(
         # From scratch: how fast the architecture learns, not how far the supernet got it
         # (inherited subnets start and stay alike: benchmarks/RESULTS.md, session 13).
-        init="scratch", supernet=None,
         epochs=epochs, warmup_epochs=cfg.retrain_warmup_share * epochs,
         # Only the end counts: one val pass, and the cheap (background) calibration.
         eval_every=epochs, calibrate_per_class=False,
     )
-    summary = retrain(config, ctx.data, out, space=ctx.space, arch=candidate.arch,
+    summary = retrain(config, data, out, space=space, arch=candidate.arch,
                       resume=(out / "last.pt").exists(), quiet=True)
     calibration = summary.get("calibration") or {}
     raced = float(calibration.get("miou_after", summary.get("best", {}).get("val_miou") or 0.0))
@@ -146,4 +145,4 @@ def _race_one(ctx: RunContext, candidate: Candidate, epochs: int) -> RaceRun:
     return run
 
 
-__all__ = ["RaceResult", "race_epochs", "race_stage"]
+__all__ = ["RaceResult", "race_epochs", "race_stage", "train_entrant"]
