@@ -24,7 +24,7 @@ from autonad_edge.data.synthetic import (
     synthetic_sample,
     write_synthetic_voc,
 )
-from autonad_edge.data.transforms import AugmentationConfig
+from autonad_edge.data.transforms import AugmentationConfig, to_mask_tensor
 from autonad_edge.data.voc import voc_palette
 
 MT_FOLDERS = ["MT_Blowhole", "MT_Break", "MT_Crack", "MT_Fray", "MT_Uneven"]
@@ -473,3 +473,15 @@ def test_main_app_has_data_group() -> None:
         pytest.skip(f"main app does not import: {exc}")
     result = CliRunner().invoke(app, ["data", "--help"])
     assert result.exit_code == 0 and "inspect" in result.output and "synth" in result.output
+
+
+def test_mask_tensor_of_a_read_only_mask_is_a_writable_copy():
+    # Masks decoded from files come as read-only arrays; torch warns (on the user's console)
+    # when it wraps one without a copy.
+    mask = np.zeros((4, 5), np.uint8)
+    mask[1, 2] = 3
+    mask.flags.writeable = False
+    tensor = to_mask_tensor(mask)
+    assert tensor.dtype == torch.int64 and tensor[1, 2] == 3 and tensor.sum() == 3
+    tensor[0, 0] = 7  # its own memory
+    assert mask[0, 0] == 0

@@ -64,8 +64,8 @@ def to_image_tensor(
 
 
 def to_mask_tensor(mask: np.ndarray) -> torch.Tensor:
-    """uint8 [H, W] -> int64 [H, W]."""
-    return torch.from_numpy(np.ascontiguousarray(mask)).long()
+    """uint8 [H, W] -> int64 [H, W] (a copy: a mask read from a file may be read-only)."""
+    return torch.from_numpy(np.asarray(mask).astype(np.int64))
 
 
 @dataclass(frozen=True)
