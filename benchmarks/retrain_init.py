@@ -41,6 +41,7 @@ def main() -> None:
                         help="another subnet of the run's space to retrain (an arch JSON, or 'largest' / "
                              "'smallest'); default: the run's chosen one")
     parser.add_argument("--lr", type=float, default=None, help="the retraining's peak learning rate (default: the run's)")
+    parser.add_argument("--batch-size", type=int, default=None, help="the retraining's batch (default: the run's)")
     parser.add_argument("--warmup-epochs", type=float, default=None,
                         help="the retraining's linear warm-up, in epochs (default: the run's)")
     parser.add_argument("--out", default="runs/retrain_init")
@@ -64,6 +65,8 @@ def main() -> None:
             run / "supernet" / "supernet.pt")
         if args.lr is not None:
             config = replace(config, lr=args.lr)
+        if args.batch_size is not None:
+            config = replace(config, batch_size=args.batch_size)
         if args.warmup_epochs is not None:
             config = replace(config, warmup_epochs=args.warmup_epochs)
         run_dir = out / init
@@ -81,7 +84,7 @@ def main() -> None:
               f"(defects {100 * r.defect_miou:.2f} %); {per}", file=sys.stderr, flush=True)
     atomic_write_json(args.json, {"command": "python " + " ".join(sys.argv), "run": str(run),
                                   "arch": arch.summary(), "space": cfg.space, "max_side": cfg.max_side,
-                                  "epochs": args.epochs, "lr": args.lr,
+                                  "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
                                   "warmup_epochs": args.warmup_epochs, "rows": rows})
     print(f"wrote {args.json}", file=sys.stderr)
 
