@@ -29,7 +29,6 @@ import argparse
 import json
 import multiprocessing
 import sys
-import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from functools import lru_cache
@@ -44,10 +43,10 @@ from autonad_edge.search.pipeline import PipelineConfig
 from autonad_edge.search.race import pick_entrants
 from autonad_edge.search.stages.race import race_epochs, train_entrant
 from autonad_edge.space import SearchSpace
-from autonad_edge.training.checkpoint import load_model
-from autonad_edge.training.evaluate import evaluate
-from autonad_edge.training.retrain import BEST_FILE, retrain
 from autonad_edge.training.rundata import load_run_data
+
+sys.path.insert(0, str(Path(__file__).parent))
+from retrain_init import retrain_and_test  # noqa: E402
 
 SIGNALS = {  # name: (the row's field, the sign that makes "larger" mean "better")
     "inherited val mIoU": ("inherited_miou", 1.0),
@@ -84,17 +83,9 @@ def retrain_job(run: str, threads: int, candidate: dict, epochs: int, out: str) 
     if done.exists():
         return json.loads(done.read_text(encoding="utf-8"))
     cfg, space, data = load_run(run, threads)
-    arch = Candidate.from_dict(candidate).arch
     config = replace(cfg, retrain_epochs=epochs, retrain_init="scratch").retrain_config("unused")
-    start = time.perf_counter()
-    retrain(config, data, out_dir, space=space, arch=arch, resume=(out_dir / "last.pt").exists(), quiet=True)
-    wall_s = time.perf_counter() - start
-    net, _ = load_model(out_dir / BEST_FILE)
-    r = evaluate(net, data.test, num_classes=data.num_classes, class_names=data.class_names,
-                 tile_size=int(cfg.image_size))
-    log = [json.loads(line) for line in (out_dir / "train_log.jsonl").read_text().splitlines() if line.strip()]
-    row = {"wall_s": wall_s, "threads": threads, "steps": log[-1]["step"] if log else None, "test_miou": r.miou,
-           "test_miou_defects": r.defect_miou, "iou": r.to_dict()["iou"]}
+    row = {**retrain_and_test(config, data, space, Candidate.from_dict(candidate).arch, out_dir,
+                              int(cfg.image_size)), "threads": threads}
     atomic_write_json(done, row)
     return row
 

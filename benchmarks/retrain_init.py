@@ -32,6 +32,20 @@ from autonad_edge.training.retrain import BEST_FILE, retrain
 from autonad_edge.training.rundata import load_run_data
 
 
+def retrain_and_test(config, data, space, arch, run_dir: Path, tile: int) -> dict:
+    """`arch` retrained by `config` in `run_dir` (resuming what is there), its best-val weights
+    (decision calibrated on val) scored on the test split as tiles of `tile` px."""
+    start = time.perf_counter()
+    retrain(config, data, run_dir, space=space, arch=arch, resume=(run_dir / "last.pt").exists(), quiet=True)
+    wall_s = time.perf_counter() - start
+    net, _ = load_model(run_dir / BEST_FILE)
+    r = evaluate(net, data.test, num_classes=data.num_classes, class_names=data.class_names, tile_size=tile)
+    log = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines() if line.strip()]
+    return {"wall_s": wall_s, "steps": log[-1]["step"] if log else None, "test_miou": r.miou,
+            "test_miou_defects": r.defect_miou, "iou": r.to_dict()["iou"],
+            "val_curve": [(e["step"], e["val_miou"]) for e in log if "val_miou" in e]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="a finished `autonad-edge search` output directory")
@@ -69,19 +83,10 @@ def main() -> None:
             config = replace(config, batch_size=args.batch_size)
         if args.warmup_epochs is not None:
             config = replace(config, warmup_epochs=args.warmup_epochs)
-        run_dir = out / init
-        start = time.perf_counter()
-        retrain(config, data, run_dir, space=space, arch=arch, resume=(run_dir / "last.pt").exists(), quiet=True)
-        wall_s = time.perf_counter() - start
-        net, _ = load_model(run_dir / BEST_FILE)
-        r = evaluate(net, data.test, num_classes=data.num_classes, class_names=data.class_names, tile_size=tile)
-        log = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines() if line.strip()]
-        rows[init] = {"wall_s": wall_s, "steps": log[-1]["step"] if log else None, "test_miou": r.miou,
-                      "test_miou_defects": r.defect_miou, "iou": r.to_dict()["iou"],
-                      "val_curve": [(e["step"], e["val_miou"]) for e in log if "val_miou" in e]}
-        per = ", ".join(f"{k} {100 * (v or 0):.1f}" for k, v in rows[init]["iou"].items())
-        print(f"{init:<9} {rows[init]['steps']} steps in {wall_s:.0f} s: test mIoU {100 * r.miou:.2f} % "
-              f"(defects {100 * r.defect_miou:.2f} %); {per}", file=sys.stderr, flush=True)
+        row = rows[init] = retrain_and_test(config, data, space, arch, out / init, tile)
+        per = ", ".join(f"{k} {100 * (v or 0):.1f}" for k, v in row["iou"].items())
+        print(f"{init:<9} {row['steps']} steps in {row['wall_s']:.0f} s: test mIoU {100 * row['test_miou']:.2f} % "
+              f"(defects {100 * row['test_miou_defects']:.2f} %); {per}", file=sys.stderr, flush=True)
     atomic_write_json(args.json, {"command": "python " + " ".join(sys.argv), "run": str(run),
                                   "arch": arch.summary(), "space": cfg.space, "max_side": cfg.max_side,
                                   "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,

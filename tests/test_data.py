@@ -485,3 +485,8 @@ def test_mask_tensor_of_a_read_only_mask_is_a_writable_copy():
     assert tensor.dtype == torch.int64 and tensor[1, 2] == 3 and tensor.sum() == 3
     tensor[0, 0] = 7  # its own memory
     assert mask[0, 0] == 0
+    # torch warns once per process, so the warning is checked in a fresh one.
+    code = ("import numpy as np; from autonad_edge.data.transforms import to_mask_tensor; "
+            "m = np.zeros((2, 2), np.uint8); m.flags.writeable = False; to_mask_tensor(m)")
+    done = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-500:]
