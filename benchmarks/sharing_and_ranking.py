@@ -15,8 +15,13 @@
         --epochs 10 --retrain-epochs 12 --max-side 224 --out /tmp/sharing_mt \\
         --json benchmarks/results/sharing_and_ranking_mt.json --plot benchmarks/results/sharing_losses_mt.png
 
-With ``--run DIR`` (a finished `autonad-edge search` output directory) no supernet is trained:
-steps 2 and 3 use that run's supernet, config (space, sharing, recipe, training scale) and split.
+With ``--run DIR`` (a finished `autonad-edge search` output directory) the run's config (space,
+recipe, training scale), split and supernet epochs are used, and the run's own supernet stands for
+its sharing mode; any other mode named in ``--modes`` is trained by that config for the same
+epochs (so Table VII can be measured at the length of a real run)::
+
+    python benchmarks/sharing_and_ranking.py --run /work/runs/mt60s14/search \
+        --modes cross,entangled,classical --retrain 0 --out /work/runs/sharing_mt_full ...
 """
 
 from __future__ import annotations
@@ -78,7 +83,9 @@ def main() -> None:
     parser.add_argument("--data", default=None, help="dataset root (default: the synthetic set)")
     parser.add_argument("--format", default="synthetic")
     parser.add_argument("--preset", default="cpu")
-    parser.add_argument("--modes", default="cross,entangled,classical")
+    parser.add_argument("--modes", default=None,
+                        help="sharing modes, comma-separated (default: cross,entangled,classical; with --run, "
+                             "the run's own mode)")
     parser.add_argument("--epochs", type=int, default=10, help="supernet epochs, the same for every mode")
     parser.add_argument("--subnets", type=int, default=10)
     parser.add_argument("--retrain", type=int, default=6, help="subnets retrained for the ranking (0: none)")
@@ -92,9 +99,9 @@ def main() -> None:
     parser.add_argument("--json", default="benchmarks/results/sharing_and_ranking.json")
     parser.add_argument("--plot", default="benchmarks/results/sharing_losses.png")
     parser.add_argument("--run", default=None,
-                        help="a finished search run's directory: rank its supernet's subnets (its config, "
-                             "split and training scale; --data, --format, --preset, --modes, --epochs and "
-                             "--max-side are then ignored)")
+                        help="a finished search run's directory: its config, split, training scale and "
+                             "supernet epochs (--data, --format, --preset, --epochs and --max-side are then "
+                             "ignored); its supernet stands for its sharing mode, other --modes are trained")
     args = parser.parse_args()
     torch.set_num_threads(args.torch_threads)
     started = time.perf_counter()
@@ -102,16 +109,19 @@ def main() -> None:
     run = Path(args.run) if args.run else None
     if run:
         saved = PipelineConfig.load(run / "config.json").resolved()
-        base = replace(saved, retrain_epochs=args.retrain_epochs)
-        args.data, args.format, args.modes = saved.data, saved.format, saved.sharing
         run_report = json.loads((run / "report.json").read_text())
+        # The epochs the run trained (a time-budgeted run plans them; its config holds the preset's).
         args.epochs = run_report["budgets"]["supernet_epochs"]
+        base = replace(saved, retrain_epochs=args.retrain_epochs, supernet_epochs=args.epochs)
+        args.data, args.format = saved.data, saved.format
+        args.modes = args.modes or saved.sharing
         manifest = run / "splits.json"
     else:
         base = PipelineConfig(data=args.data, format=args.format, preset=args.preset,
                               supernet_epochs=args.epochs, retrain_epochs=args.retrain_epochs,
                               max_side=args.max_side).resolved()
         manifest = out / "splits.json"
+        args.modes = args.modes or "cross,entangled,classical"
     space = SearchSpace.resolve(base.space)
     data = load_run_data(args.format, args.data, base.image_size, base.seed, synthetic_count=base.synthetic_count,
                          manifest=manifest, keep_aspect=base.keep_aspect, max_side=base.max_side)
@@ -126,9 +136,10 @@ def main() -> None:
     for mode in modes:
         cfg = replace(base, sharing=mode)
         config = cfg.supernet_config()
-        run_dir = run / "supernet" if run else out / f"supernet_{mode}"
+        own = run is not None and mode == base.sharing  # the run's own supernet stands for this mode
+        run_dir = run / "supernet" if own else out / f"supernet_{mode}"
         t0 = time.perf_counter()
-        if run:  # the run's own supernet stage
+        if own:  # the run's own supernet stage (its wall time includes the block timing)
             train_s = next(s["wall_s"] for s in run_report["stages"] if s["name"] == "supernet")
         else:
             train_supernet(config, data, run_dir, space=space, resume=(run_dir / "supernet.pt").exists(), quiet=True)
@@ -141,7 +152,12 @@ def main() -> None:
             c = calibrate(supernet, data.val, arch, num_classes=data.num_classes, tile_size=tile)
             scored.append({"arch": arch.summary(), "hash": arch.hash, "inherited_val_miou": c.miou_after,
                            "flops": count_flops(arch, space, data.num_classes, (tile, tile))})
+        tail = curves[mode][-10:]
         rows[mode] = {"train_s": train_s, "final_loss": curves[mode][-1] if curves[mode] else None,
+                      # the epochs' own training time (the run's stage also timed blocks) and the
+                      # last 10 epochs' mean loss (one epoch's loss moves with its sampled subnets)
+                      "epochs_train_s": sum(r.get("train_time", 0.0) for r in log),
+                      "mean_loss_last_10": sum(tail) / len(tail) if tail else None,
                       "mean_inherited_val_miou": sum(s["inherited_val_miou"] for s in scored) / len(scored),
                       "subnets": scored}
         print(f"{mode:<10} supernet {train_s:.0f} s, final loss {rows[mode]['final_loss']:.4f}, "
@@ -156,7 +172,8 @@ def main() -> None:
         chosen = spread_by_flops(rows[mode]["subnets"], args.retrain)
         for row in chosen:
             run_dir = out / f"retrain_{row['hash']}"
-            config = cfg.retrain_config((run / "supernet" if run else out / f"supernet_{mode}") / "supernet.pt")
+            own = run is not None and mode == base.sharing
+            config = cfg.retrain_config((run / "supernet" if own else out / f"supernet_{mode}") / "supernet.pt")
             retrain(config, data, run_dir, space=space, arch=by_hash[row["hash"]],
                     resume=(run_dir / "last.pt").exists(), quiet=True)
             net, _ = load_model(run_dir / BEST_FILE)
