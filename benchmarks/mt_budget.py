@@ -47,6 +47,7 @@ from autonad_edge.training.checkpoint import load_checkpoint, load_model
 from autonad_edge.training.config import RetrainConfig
 from autonad_edge.training.engine import Trainer, steps_per_epoch
 from autonad_edge.training.evaluate import evaluate
+from autonad_edge.training.execution import build_adam
 from autonad_edge.training.retrain import BEST_FILE
 from autonad_edge.training.rundata import load_run_data
 
@@ -69,7 +70,8 @@ class UNetTrainer(Trainer):
         return UNet(self.data.num_classes, base_width=self.base_width)
 
     def build_optimizer(self, model):
-        return torch.optim.Adam(model.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+        return build_adam(model.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay,
+                          device=self.device)
 
     def train_step(self, images, masks):
         loss = self.loss(self.net(images), masks)

@@ -221,6 +221,29 @@ def test_retrain_from_scratch_and_from_inherited_weights(tmp_path, trained, data
     assert load_model(tmp_path / "inherited" / "best.pt")[1].config["init"] == "inherited"
 
 
+def test_channels_last_training_computes_what_contiguous_training_does(tmp_path, data):
+    """The layout is an execution detail: the same run in either layout logs the same losses and
+    scores, and the channels-last checkpoint loads into a plain network that scores as saved."""
+    arch = SPACE.sample(random.Random(4))
+    cfg = RetrainConfig(image_size=SIZE, epochs=2, batch_size=8, lr=2e-3, augment=False, device="cpu",
+                        ema_decay=0.9)
+    summaries = {}
+    for layout in (False, True):
+        trainer = RetrainTrainer(cfg.replace(channels_last=layout), data, tmp_path / f"cl{layout}", space=SPACE,
+                                 arch=arch, quiet=True)
+        summaries[layout] = trainer.fit()
+        if layout:
+            convs = [m.weight for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d)]
+            assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    plain, channels_last = (read_log(tmp_path / f"cl{layout}") for layout in (False, True))
+    for a, b in zip(plain, channels_last, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-3)
+        assert b["val_miou"] == pytest.approx(a["val_miou"], abs=0.01)
+    model, _ = load_model(tmp_path / "clTrue" / "best.pt")
+    assert all(p.is_contiguous() for p in model.parameters())
+    assert evaluate(model, data.val, tile_size=SIZE).miou == pytest.approx(summaries[True]["calibration"]["miou_after"])
+
+
 def test_predict_writes_masks_and_overlays(tmp_path, trained, data):
     model, info = load_model(trained["checkpoint"], SPACE.largest())
     images = tmp_path / "images"

@@ -27,6 +27,7 @@ from autonad_edge.models.supernet import HybridSupernet
 from autonad_edge.training.calibration import calibrate
 from autonad_edge.training.config import RETRAIN_EVALS
 from autonad_edge.training.engine import steps_per_epoch
+from autonad_edge.training.execution import build_adam, memory_format, to_training_layout
 from autonad_edge.training.losses import SegmentationLoss
 
 
@@ -148,10 +149,10 @@ SUBNET_TIMING_S = 4.0
 
 
 def _probe_batch(config, data, seed: int):
-    """One training batch of the run's crops (images, masks) and its loss."""
+    """One training batch of the run's crops (images, masks) in the trainer's layout, and its loss."""
     crops = data.train_crops(seed, CropConfig(config.crop_hw, config.defect_crop_share))
     batch = [crops[i % len(crops)] for i in range(config.batch_size)]
-    images = torch.stack([b[0] for b in batch])
+    images = torch.stack([b[0] for b in batch]).contiguous(memory_format=memory_format(config.channels_last))
     masks = torch.stack([b[1] for b in batch])
     return images, masks, SegmentationLoss(config.loss, data.ignore_index), len(crops)
 
@@ -165,9 +166,10 @@ def _seconds_per_step(step, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def _train_step_s(net, images, masks, loss_fn, steps: int) -> float:
-    net.train()
-    opt = torch.optim.Adam(net.parameters(), lr=1e-6)
+def _train_step_s(net, images, masks, loss_fn, steps: int, channels_last: bool) -> float:
+    """A training step as `RetrainTrainer` takes it (layout, optimiser kernel), in seconds."""
+    net = to_training_layout(net, "cpu", channels_last).train()
+    opt = build_adam(net.parameters(), lr=1e-6)
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -182,7 +184,7 @@ def measure_train_step(net, config, data, *, steps: int = 3, seed: int = 0) -> f
     (a baseline's cost, to give it a budget in wall time)."""
     torch.manual_seed(seed)
     images, masks, loss_fn, _ = _probe_batch(config, data, seed)
-    return _train_step_s(net, images, masks, loss_fn, steps)
+    return _train_step_s(net, images, masks, loss_fn, steps, config.channels_last)
 
 
 def measure_retrain_step(retrain_config, space, data, arch, *, steps: int = 3, seed: int = 0) -> float:
@@ -200,8 +202,9 @@ def measure_costs(supernet_config, retrain_config, space, data, *, units_to_time
     torch.manual_seed(seed)
     rng = random.Random(seed)
     images, masks, loss_fn, n = _probe_batch(supernet_config, data, seed)
-    supernet = HybridSupernet(space, data.num_classes, supernet_config.sharing).train()
-    sup_opt = torch.optim.AdamW(supernet.parameters(), lr=1e-6)
+    supernet = HybridSupernet(space, data.num_classes, supernet_config.sharing)
+    supernet = to_training_layout(supernet, "cpu", supernet_config.channels_last).train()
+    sup_opt = build_adam(supernet.parameters(), lr=1e-6, decoupled=True)
     n_sub = 2 + supernet_config.sandwich_random if supernet_config.sandwich else 1
 
     def supernet_step():
@@ -213,7 +216,8 @@ def measure_costs(supernet_config, retrain_config, space, data, *, units_to_time
 
     sup_s = _seconds_per_step(supernet_step, steps)
     arch = space.sample(rng)
-    re_s = _train_step_s(SegmentationNet.from_arch(arch, space, data.num_classes), images, masks, loss_fn, steps)
+    re_s = _train_step_s(SegmentationNet.from_arch(arch, space, data.num_classes), images, masks, loss_fn, steps,
+                         retrain_config.channels_last)
     # A candidate's val score as the search computes it (calibrated), after an untimed first
     # call (lazy imports, allocator warm-up).
     probe = Subset(data.val, list(range(min(4, len(data.val)))))

@@ -21,7 +21,8 @@ LOSSES = ("ce", "ce+dice", "ce+lovasz")
 # to training (search.budget plans with it).
 RETRAIN_EVALS = 10
 
-RESUMABLE_OVERRIDES = frozenset({"device", "workers", "eval_every", "eval_batch_size", "data", "amp", "threads"})
+RESUMABLE_OVERRIDES = frozenset({"device", "workers", "eval_every", "eval_batch_size", "data", "amp", "threads",
+                                 "channels_last"})
 
 
 @dataclass
@@ -54,6 +55,9 @@ class RunConfig:
     amp: bool = True  # float16 autocast + GradScaler, on CUDA only
     workers: int = 0  # DataLoader worker processes
     threads: int | None = None  # torch CPU threads (None: torch's default); 1 is often fastest on a busy CPU
+    # Weights and batches in channels-last memory layout: the same arithmetic, and the convolution
+    # kernels skip their layout conversions (steps measured in benchmarks/RESULTS.md, session 15).
+    channels_last: bool = True
     eval_every: int = 1  # evaluate on val every N epochs (and after the last); 0 = never
     eval_batch_size: int = 8
 

@@ -49,6 +49,7 @@ from autonad_edge.training.distributed import DistContext, parameter_digest
 from autonad_edge.data.crops import CropConfig
 from autonad_edge.data.transforms import AugmentationConfig
 from autonad_edge.training.ema import WeightAverage
+from autonad_edge.training.execution import memory_format, to_training_layout
 from autonad_edge.training.losses import SegmentationLoss, class_weights, masked_cross_entropy
 from autonad_edge.training.schedules import make_schedule
 from autonad_edge.io import json_safe as _json_safe
@@ -320,7 +321,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.sampler_rng = random.Random(cfg.seed)
         self.data_gen = torch.Generator().manual_seed(cfg.seed)
-        self.model = self.build_model().to(self.device)
+        self.memory_format = memory_format(cfg.channels_last)
+        self.model = to_training_layout(self.build_model(), self.device, cfg.channels_last)
         weights = class_weights(self.data.class_frequencies("train"), cfg.class_weighting)
         self.class_weight = None if weights is None else torch.tensor(weights, dtype=torch.float32, device=self.device)
         self.loss_fn = SegmentationLoss(cfg.loss, self.ignore_index, self.class_weight)
@@ -424,7 +426,7 @@ class Trainer:
         loss_sum, images_seen, speed = 0.0, 0, 0.0
         for images, masks in loader:
             t0 = time.perf_counter()
-            images = images.to(self.device, non_blocking=True)
+            images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
             masks = masks.to(self.device, non_blocking=True)
             self.optimizer.zero_grad(set_to_none=True)
             loss, archs = self.train_step(images, masks)

@@ -34,6 +34,7 @@ from autonad_edge.training.checkpoint import (
 from autonad_edge.training.config import RetrainConfig
 from autonad_edge.data.splits import load_manifest
 from autonad_edge.training.engine import SPLITS_FILE, Trainer
+from autonad_edge.training.execution import build_adam
 
 BEST_FILE = "best.pt"
 INITS = ("scratch", "inherited")
@@ -72,7 +73,8 @@ class RetrainTrainer(Trainer):
         return net.train()
 
     def build_optimizer(self, model):
-        return torch.optim.Adam(model.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+        return build_adam(model.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay,
+                          device=self.device)
 
     def train_step(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[float, list[Arch]]:
         with self.autocast():

@@ -22,6 +22,7 @@ from autonad_edge.models.supernet import HybridSupernet
 from autonad_edge.space import Arch
 from autonad_edge.training.config import SupernetConfig
 from autonad_edge.training.engine import Trainer
+from autonad_edge.training.execution import build_adam
 from autonad_edge.training.losses import distillation_loss
 
 
@@ -42,7 +43,8 @@ class SupernetTrainer(Trainer):
         return HybridSupernet(self.space, self.data.num_classes, self.config.sharing)
 
     def build_optimizer(self, model):
-        return torch.optim.AdamW(model.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+        return build_adam(model.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay,
+                          decoupled=True, device=self.device)
 
     def step_archs(self) -> list[Arch]:
         """The subnets of the next step (consumes the sampler RNG)."""
