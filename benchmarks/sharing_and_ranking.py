@@ -64,9 +64,20 @@ def plot_losses(curves: dict[str, list[float]], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for mode, losses in curves.items():
-        ax.plot(range(1, len(losses) + 1), losses, marker="o", label=mode)
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for i, (mode, losses) in enumerate(curves.items()):
+        colour = f"C{i}"
+        epochs = range(1, len(losses) + 1)
+        if len(losses) <= 30:
+            ax.plot(epochs, losses, marker="o", color=colour, label=mode)
+            continue
+        # Every mode samples the same subnets in the same order, so the epoch-to-epoch swings are
+        # shared; a 9-epoch running mean shows the gap between the modes.
+        ax.plot(epochs, losses, color=colour, alpha=0.25, linewidth=0.8)
+        window = 9
+        smooth = [sum(losses[max(0, k - window + 1):k + 1]) / len(losses[max(0, k - window + 1):k + 1])
+                  for k in range(len(losses))]
+        ax.plot(epochs, smooth, color=colour, linewidth=2, label=f"{mode} ({window}-epoch mean)")
     ax.set_xlabel("epoch")
     ax.set_ylabel("training loss (sampled subnets)")
     ax.set_title(title)

@@ -85,7 +85,7 @@ class PipelineConfig:
     retrain_ema: float | None = None
     reference_images: int | None = None
     # Minutes for the whole run: epochs and search size are planned from measured costs
-    # (search.budget); None = the preset's budget (cpu: 9 min), 0 = the preset's epochs.
+    # (search.budget); None = the preset's budget (cpu: 9.5 min), 0 = the preset's epochs.
     time_budget: float | None = None
     supernet_share: float | None = None  # of a time budget's training time (presets.Preset)
     race_entrants: int | None = None  # candidates raced when the search cannot see accuracy (search.race)
