@@ -235,6 +235,7 @@ def test_channels_last_training_computes_what_contiguous_training_does(tmp_path,
         if layout:
             convs = [m.weight for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d)]
             assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+            assert trainer.optimizer.defaults["fused"] is True  # the one-pass Adam kernel
     plain, channels_last = (read_log(tmp_path / f"cl{layout}") for layout in (False, True))
     for a, b in zip(plain, channels_last, strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-3)

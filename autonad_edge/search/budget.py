@@ -79,7 +79,7 @@ class BudgetPlan:
         return {**asdict(self), "total_s": self.total_s}
 
     def summary(self) -> str:
-        return (f"plan for {self.budget_s / 60:.0f} min: supernet {self.supernet_epochs} epochs "
+        return (f"plan for {round(self.budget_s / 60, 1):g} min: supernet {self.supernet_epochs} epochs "
                 f"(~{self.supernet_s / 60:.1f} min), search {self.population} x {self.generations} "
                 f"(~{self.search_s / 60:.1f} min), retrain {self.retrain_epochs} epochs "
                 f"(~{self.retrain_s / 60:.1f} min), fixed ~{self.fixed_s / 60:.1f} min")

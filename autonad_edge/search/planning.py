@@ -103,6 +103,6 @@ def replan_retrain(ctx: RunContext, arch: Arch) -> PipelineConfig:
                                "retrain_epochs": epochs}
         record["epochs"]["retrain_epochs"] = epochs
         atomic_write_json(path, record)
-        ctx.log(f"[retrain] {elapsed / 60:.1f} of {record['plan']['budget_s'] / 60:.0f} min spent: "
+        ctx.log(f"[retrain] {elapsed / 60:.1f} of {round(record['plan']['budget_s'] / 60, 1):g} min spent: "
                 f"retraining {epochs} epochs (planned {record['replanned']['planned_retrain_epochs']})")
     return replace(cfg, retrain_epochs=record["epochs"]["retrain_epochs"])

@@ -202,7 +202,7 @@ def _settings_lines(report: dict[str, Any]) -> list[str]:
         lines += [f"- {k}: {v}" for k, v in budgets.items() if k != "plan"]
         plan = budgets.get("plan")
         if plan:
-            lines += ["", f"Time budget {plan['budget_s'] / 60:.0f} min, planned from costs measured at the start: "
+            lines += ["", f"Time budget {round(plan['budget_s'] / 60, 1):g} min, planned from costs measured at the start: "
                       f"supernet {plan['supernet_epochs']} epochs (~{plan['supernet_s'] / 60:.1f} min), search "
                       f"{plan['population']} x {plan['generations']} (~{plan['search_s'] / 60:.1f} min), retrain "
                       f"{plan['retrain_epochs']} epochs (~{plan['retrain_s'] / 60:.1f} min), block timing, export "
