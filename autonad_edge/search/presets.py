@@ -85,7 +85,11 @@ def measurement_policy(timing: str) -> MeasurementPolicy | None:
     # Imported here: the CLI builds its help from this module and starts without numpy.
     from autonad_agent.measure import MeasurementPolicy
 
-    return MeasurementPolicy(warmup_runs=5, warmup_ms=20.0, min_runs=10, min_duration_ms=100.0,
+    # 10 ms of warm-up and 40 ms of timed runs a block: 0.058 s a block against 0.132 s with
+    # 20 / 100 ms, and the block medians moved by 0.8 % (median; p90 2.2 %) where the longer
+    # policy's own medians moved by 3.4 % (p90 31 %) between rounds (benchmarks/block_policy.py,
+    # session 15): the extra time bought nothing the host's drift does not swamp.
+    return MeasurementPolicy(warmup_runs=5, warmup_ms=10.0, min_runs=10, min_duration_ms=40.0,
                              max_runs=2000, max_cv=0.2, max_repeats=1)
 
 
