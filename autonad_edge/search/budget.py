@@ -12,6 +12,7 @@ would fit.
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import time
@@ -21,11 +22,13 @@ import torch
 from torch.utils.data import Subset
 
 from autonad_edge.data.crops import CropConfig
+from autonad_edge.data.transforms import AugmentationConfig
 from autonad_edge.errors import AutonadError
 from autonad_edge.models.network import SegmentationNet
 from autonad_edge.models.supernet import HybridSupernet
 from autonad_edge.training.calibration import calibrate
 from autonad_edge.training.config import RETRAIN_EVALS
+from autonad_edge.training.ema import WeightAverage
 from autonad_edge.training.engine import steps_per_epoch
 from autonad_edge.training.execution import build_adam, memory_format, to_training_layout
 from autonad_edge.training.losses import SegmentationLoss
@@ -148,13 +151,22 @@ def plan_budget(costs: StageCosts, budget_s: float, *, population: int, generati
 SUBNET_TIMING_S = 4.0
 
 
-def _probe_batch(config, data, seed: int):
-    """One training batch of the run's crops (images, masks) in the trainer's layout, and its loss."""
-    crops = data.train_crops(seed, CropConfig(config.crop_hw, config.defect_crop_share))
-    batch = [crops[i % len(crops)] for i in range(config.batch_size)]
-    images = torch.stack([b[0] for b in batch]).contiguous(memory_format=memory_format(config.channels_last))
-    masks = torch.stack([b[1] for b in batch])
-    return images, masks, SegmentationLoss(config.loss, data.ignore_index), len(crops)
+def _probe_batches(config, data, seed: int):
+    """The run's training crops as the trainer draws them (augmented, in its layout): a function
+    that assembles the next batch (images, masks), its loss, and the crops per epoch. Every probe
+    step assembles a fresh batch, because cutting the crops is part of a small network's step
+    (8 of 100 ms on a default run's subnet, session 15) and plans must count it."""
+    augmentation = AugmentationConfig() if config.augment else None
+    crops = data.train_crops(seed, CropConfig(config.crop_hw, config.defect_crop_share), augmentation)
+    layout = memory_format(config.channels_last)
+    drawn = itertools.count()
+
+    def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
+        first = next(drawn) * config.batch_size
+        items = [crops[(first + i) % len(crops)] for i in range(config.batch_size)]
+        return torch.stack([b[0] for b in items]).contiguous(memory_format=layout), torch.stack([b[1] for b in items])
+
+    return next_batch, SegmentationLoss(config.loss, data.ignore_index), len(crops)
 
 
 def _seconds_per_step(step, steps: int) -> float:
@@ -166,15 +178,20 @@ def _seconds_per_step(step, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def _train_step_s(net, images, masks, loss_fn, steps: int, channels_last: bool) -> float:
-    """A training step as `RetrainTrainer` takes it (layout, optimiser kernel), in seconds."""
-    net = to_training_layout(net, "cpu", channels_last).train()
+def _train_step_s(net, next_batch, loss_fn, steps: int, config) -> float:
+    """A training step as `RetrainTrainer` takes it (a fresh batch, layout, optimiser kernel,
+    weight average), in seconds."""
+    net = to_training_layout(net, "cpu", config.channels_last).train()
     opt = build_adam(net.parameters(), lr=1e-6)
+    average = WeightAverage(net, config.ema_decay) if config.ema_decay else None
 
     def step():
+        images, masks = next_batch()
         opt.zero_grad(set_to_none=True)
         loss_fn(net(images), masks).backward()
         opt.step()
+        if average is not None:
+            average.update(net)
 
     return _seconds_per_step(step, steps)
 
@@ -183,8 +200,8 @@ def measure_train_step(net, config, data, *, steps: int = 3, seed: int = 0) -> f
     """Seconds of one training step of the network `net` with `config`'s batch and crop size
     (a baseline's cost, to give it a budget in wall time)."""
     torch.manual_seed(seed)
-    images, masks, loss_fn, _ = _probe_batch(config, data, seed)
-    return _train_step_s(net, images, masks, loss_fn, steps, config.channels_last)
+    next_batch, loss_fn, _ = _probe_batches(config, data, seed)
+    return _train_step_s(net, next_batch, loss_fn, steps, config)
 
 
 def measure_retrain_step(retrain_config, space, data, arch, *, steps: int = 3, seed: int = 0) -> float:
@@ -201,13 +218,14 @@ def measure_costs(supernet_config, retrain_config, space, data, *, units_to_time
     each, on this machine with the run's batch and crop size."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    images, masks, loss_fn, n = _probe_batch(supernet_config, data, seed)
+    next_batch, loss_fn, n = _probe_batches(supernet_config, data, seed)
     supernet = HybridSupernet(space, data.num_classes, supernet_config.sharing)
     supernet = to_training_layout(supernet, "cpu", supernet_config.channels_last).train()
     sup_opt = build_adam(supernet.parameters(), lr=1e-6, decoupled=True)
     n_sub = 2 + supernet_config.sandwich_random if supernet_config.sandwich else 1
 
     def supernet_step():
+        images, masks = next_batch()
         sup_opt.zero_grad(set_to_none=True)
         for _ in range(n_sub):
             supernet.set_active(space.sample(rng))
@@ -216,8 +234,9 @@ def measure_costs(supernet_config, retrain_config, space, data, *, units_to_time
 
     sup_s = _seconds_per_step(supernet_step, steps)
     arch = space.sample(rng)
-    re_s = _train_step_s(SegmentationNet.from_arch(arch, space, data.num_classes), images, masks, loss_fn, steps,
-                         retrain_config.channels_last)
+    retrain_batch, retrain_loss, _ = _probe_batches(retrain_config, data, seed)
+    re_s = _train_step_s(SegmentationNet.from_arch(arch, space, data.num_classes), retrain_batch, retrain_loss, steps,
+                         retrain_config)
     # A candidate's val score as the search computes it (calibrated), after an untimed first
     # call (lazy imports, allocator warm-up).
     probe = Subset(data.val, list(range(min(4, len(data.val)))))

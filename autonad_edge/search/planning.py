@@ -94,7 +94,10 @@ def replan_retrain(ctx: RunContext, arch: Arch) -> PipelineConfig:
     if not record.get("plan") or "retrain_epochs" in ctx.given:
         return cfg
     if "replanned" not in record:
-        step_s = measure_retrain_step(cfg.retrain_config("probe"), ctx.space, ctx.data, arch, seed=cfg.seed)
+        # Ten steps (about a second): this one figure sets the delivered network's epochs, and
+        # three steps measured 79 ms where the retraining then took 100 ms a step (session 15).
+        step_s = measure_retrain_step(cfg.retrain_config("probe"), ctx.space, ctx.data, arch, steps=10,
+                                      seed=cfg.seed)
         costs = replace(StageCosts.from_dict(record["costs"]), retrain_step_s=step_s)
         elapsed = ctx.clock.elapsed_s()
         epochs = retrain_epochs_left(costs, record["plan"]["budget_s"], elapsed)
