@@ -163,6 +163,26 @@ def test_retraining_gets_the_time_the_earlier_stages_left():
     assert retrain_epochs_left(COSTS, 3600, 2000, min_epochs=200) == 200
 
 
+def test_the_planner_times_the_step_the_trainer_takes():
+    """Its probe cuts fresh crops every step, in the trainer's layout (cutting them is part of a
+    small network's step), and really trains the network it times (with the weight average on)."""
+    from autonad_edge.models.network import SegmentationNet
+    from autonad_edge.search.budget import _probe_batches, measure_train_step
+    from autonad_edge.training.config import RetrainConfig
+
+    data = _tiny_data()
+    cfg = RetrainConfig(image_size=32, batch_size=2, ema_decay=0.99, device="cpu")
+    next_batch, _, per_epoch = _probe_batches(cfg, data, seed=0)
+    first, second = next_batch(), next_batch()
+    assert per_epoch == len(data.train) and first[0].shape == (2, 3, 32, 32) and first[1].shape == (2, 32, 32)
+    assert first[0].is_contiguous(memory_format=torch.channels_last)
+    assert not torch.equal(first[0], second[0])  # a new batch, not the first one again
+    net = SegmentationNet.from_arch(SearchSpace.named("tiny").smallest(), SearchSpace.named("tiny"), data.num_classes)
+    before = [p.detach().clone() for p in net.parameters()]
+    assert measure_train_step(net, cfg, data, steps=2) > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))  # it really trained
+
+
 def test_old_plans_load_without_the_fields_they_lost():
     saved = {**COSTS.__dict__, "retrain_evals_per_epoch": 1.0}  # a session-5 plan.json
     assert StageCosts.from_dict(saved) == COSTS
