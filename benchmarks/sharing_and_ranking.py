@@ -75,8 +75,8 @@ def plot_losses(curves: dict[str, list[float]], path: Path, title: str) -> None:
         # shared; a 9-epoch running mean shows the gap between the modes.
         ax.plot(epochs, losses, color=colour, alpha=0.25, linewidth=0.8)
         window = 9
-        smooth = [sum(losses[max(0, k - window + 1):k + 1]) / len(losses[max(0, k - window + 1):k + 1])
-                  for k in range(len(losses))]
+        spans = [losses[max(0, k - window + 1):k + 1] for k in range(len(losses))]
+        smooth = [sum(span) / len(span) for span in spans]
         ax.plot(epochs, smooth, color=colour, linewidth=2, label=f"{mode} ({window}-epoch mean)")
     ax.set_xlabel("epoch")
     ax.set_ylabel("training loss (sampled subnets)")
@@ -144,13 +144,19 @@ def main() -> None:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     rows: dict[str, dict] = {}
     curves: dict[str, list[float]] = {}
+    def runs_own(mode: str) -> bool:
+        """The run's own supernet stands for its sharing mode; other modes are trained here."""
+        return run is not None and mode == base.sharing
+
+    def supernet_dir(mode: str) -> Path:
+        return run / "supernet" if runs_own(mode) else out / f"supernet_{mode}"
+
     for mode in modes:
         cfg = replace(base, sharing=mode)
         config = cfg.supernet_config()
-        own = run is not None and mode == base.sharing  # the run's own supernet stands for this mode
-        run_dir = run / "supernet" if own else out / f"supernet_{mode}"
+        run_dir = supernet_dir(mode)
         t0 = time.perf_counter()
-        if own:  # the run's own supernet stage (its wall time includes the block timing)
+        if runs_own(mode):  # the run's own supernet stage (its wall time includes the block timing)
             train_s = next(s["wall_s"] for s in run_report["stages"] if s["name"] == "supernet")
         else:
             train_supernet(config, data, run_dir, space=space, resume=(run_dir / "supernet.pt").exists(), quiet=True)
@@ -183,8 +189,7 @@ def main() -> None:
         chosen = spread_by_flops(rows[mode]["subnets"], args.retrain)
         for row in chosen:
             run_dir = out / f"retrain_{row['hash']}"
-            own = run is not None and mode == base.sharing
-            config = cfg.retrain_config((run / "supernet" if own else out / f"supernet_{mode}") / "supernet.pt")
+            config = cfg.retrain_config(supernet_dir(mode) / "supernet.pt")
             retrain(config, data, run_dir, space=space, arch=by_hash[row["hash"]],
                     resume=(run_dir / "last.pt").exists(), quiet=True)
             net, _ = load_model(run_dir / BEST_FILE)
