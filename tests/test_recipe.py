@@ -4,6 +4,7 @@ time-budget planner. Small generated data, deterministic, no timing assertions."
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,7 +13,9 @@ import torch
 from autonad_edge.data import load_dataset
 from autonad_edge.data.cache import downscale_mask, training_scale_hw
 from autonad_edge.data.crops import CropConfig, CropSampler, crop_grid, CropSpec
-from autonad_edge.search.budget import BudgetError, StageCosts, evaluations, plan_budget, retrain_epochs_left, scale_epochs
+from autonad_edge.search.budget import (
+    REPLAN_MARGIN, BudgetError, StageCosts, evaluations, plan_budget, retrain_epochs_left, scale_epochs,
+)
 from autonad_edge.space import SearchSpace
 from autonad_edge.training.config import SupernetConfig
 from autonad_edge.training.ema import WeightAverage
@@ -161,6 +164,17 @@ def test_retraining_gets_the_time_the_earlier_stages_left():
     assert retrain_epochs_left(COSTS, 3600, 2000) == int(1208 // re_epoch) == 115
     assert retrain_epochs_left(COSTS, 3600, 3590) == 2  # over budget already: the minimum
     assert retrain_epochs_left(COSTS, 3600, 2000, min_epochs=200) == 200
+    # At the re-plan the export is measured (12 s here) and 4 % is held back: 3600 - 2000 - 12
+    # - 144 - 110 = 1334 s.
+    assert retrain_epochs_left(replace(COSTS, export_s=12.0), 3600, 2000, margin=REPLAN_MARGIN) == 1334 // re_epoch
+
+
+def test_the_export_allowance_is_one_real_export_per_flavour_plus_the_final_measurement():
+    from autonad_edge.search.budget import FULL_MEASUREMENT_S, measure_export_s
+
+    space = SearchSpace.tiny()
+    assert measure_export_s(space.smallest(), space, 3, (32, 48), flavors=0) == FULL_MEASUREMENT_S
+    assert measure_export_s(space.smallest(), space, 3, (32, 48)) > FULL_MEASUREMENT_S
 
 
 def test_the_planner_times_the_step_the_trainer_takes():

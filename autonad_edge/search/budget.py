@@ -264,17 +264,38 @@ def scale_epochs(epochs: int, train_images: int, reference_images: int, *, low: 
     return max(1, round(epochs * factor))
 
 
+# Held back at the retrain stage's re-plan, of the budget: what is left to estimate then is the
+# chosen subnet's step (ten timed steps) and the export; with the plan's 7 % and a 30-s export
+# allowance, runs ended 42-54 s inside a 570-s budget (session 15) after an 8-s export.
+REPLAN_MARGIN = 0.04
+# The deployed model's end-to-end measurement in the export stage: the agent's full policy
+# (200 ms warm-up, 1 s timed, repeated up to twice when noisy) and loading the session.
+FULL_MEASUREMENT_S = 4.5
+
+
+def measure_export_s(arch, space, num_classes: int, image_hw, *, flavors: int = 2) -> float:
+    """Seconds the export stage will take for `arch` here: one export of it timed (the first in
+    this process, so it also carries the exporter's set-up, which the stage then skips),
+    counted once for each of the `flavors`, plus the deployed model's full measurement."""
+    from autonad_edge.export.onnx_export import export_arch
+
+    start = time.perf_counter()
+    export_arch(arch, space, num_classes, image_hw, "portable")
+    return flavors * (time.perf_counter() - start) + FULL_MEASUREMENT_S
+
+
 def retrain_epochs_left(costs: StageCosts, budget_s: float, elapsed_s: float, *, margin: float = 0.07,
                    min_epochs: int = 2) -> int:
     """Retraining epochs that fit what is left of the budget once the search has chosen.
 
     The plan's fixed costs are estimates made before any block was timed; by the retrain
     stage they are spent and known, so the time left (less export, report and the margin) all
-    goes to the network that is delivered. `costs.retrain_step_s` should be the chosen subnet's.
+    goes to the network that is delivered. `costs.retrain_step_s` should be the chosen subnet's
+    and `costs.export_s` its export's (`measure_export_s`).
     """
     left = budget_s - elapsed_s - costs.export_s - margin * budget_s - retrain_evals_s(costs)
     return max(min_epochs, int(left // retrain_epoch_s(costs)))
 
 
-__all__ = ["BudgetError", "BudgetPlan", "StageCosts", "evaluations", "measure_costs", "measure_retrain_step",
-           "measure_train_step", "plan_budget", "retrain_epochs_left", "scale_epochs"]
+__all__ = ["BudgetError", "BudgetPlan", "REPLAN_MARGIN", "StageCosts", "evaluations", "measure_costs",
+           "measure_export_s", "measure_retrain_step", "measure_train_step", "plan_budget", "retrain_epochs_left", "scale_epochs"]

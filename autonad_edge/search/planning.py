@@ -20,8 +20,8 @@ from autonad_edge.latency import export_pool
 from autonad_edge.latency.blocks import space_units
 from autonad_edge.latency.profiler import measure_units, missing_units, target_key
 from autonad_edge.search.budget import (
-    BudgetError, StageCosts, measure_costs, measure_retrain_step, plan_budget, retrain_epochs_left,
-    scale_epochs,
+    REPLAN_MARGIN, BudgetError, StageCosts, measure_costs, measure_export_s, measure_retrain_step, plan_budget,
+    retrain_epochs_left, scale_epochs,
 )
 from autonad_edge.search.config import PipelineConfig, PipelineError
 from autonad_edge.search.stages.context import RunContext
@@ -98,14 +98,20 @@ def replan_retrain(ctx: RunContext, arch: Arch) -> PipelineConfig:
         # three steps measured 79 ms where the retraining then took 100 ms a step (session 15).
         step_s = measure_retrain_step(cfg.retrain_config("probe"), ctx.space, ctx.data, arch, steps=10,
                                       seed=cfg.seed)
-        costs = replace(StageCosts.from_dict(record["costs"]), retrain_step_s=step_s)
+        planned = StageCosts.from_dict(record["costs"])
+        export_s = measure_export_s(arch, ctx.space, ctx.data.num_classes, ctx.image_hw)
+        if ctx.backend == "tensorrt":
+            # The device also builds two engines (measurement, deployment): not timed in advance.
+            export_s += planned.export_s
+        costs = replace(planned, retrain_step_s=step_s, export_s=export_s)
         elapsed = ctx.clock.elapsed_s()
-        epochs = retrain_epochs_left(costs, record["plan"]["budget_s"], elapsed)
-        record["replanned"] = {"elapsed_s": elapsed, "retrain_step_s": step_s,
+        epochs = retrain_epochs_left(costs, record["plan"]["budget_s"], elapsed, margin=REPLAN_MARGIN)
+        record["replanned"] = {"elapsed_s": elapsed, "retrain_step_s": step_s, "export_s": export_s,
                                "planned_retrain_epochs": record["epochs"].get("retrain_epochs"),
                                "retrain_epochs": epochs}
         record["epochs"]["retrain_epochs"] = epochs
         atomic_write_json(path, record)
         ctx.log(f"[retrain] {elapsed / 60:.1f} of {round(record['plan']['budget_s'] / 60, 1):g} min spent: "
-                f"retraining {epochs} epochs (planned {record['replanned']['planned_retrain_epochs']})")
+                f"retraining {epochs} epochs (planned {record['replanned']['planned_retrain_epochs']}; "
+                f"export ~{export_s:.0f} s)")
     return replace(cfg, retrain_epochs=record["epochs"]["retrain_epochs"])
