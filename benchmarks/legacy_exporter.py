@@ -28,6 +28,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from autonad_agent.backends.onnxruntime import session_options
 from autonad_edge.cli.common import load_space
 from autonad_edge.export.graph import op_counts
 from autonad_edge.export.onnx_export import export_unit
@@ -44,14 +45,7 @@ def legacy_export(module, inputs) -> bytes:
 
 
 def session(model: bytes, threads: int) -> ort.InferenceSession:
-    # The onnxruntime backend's options (agents/autonad_agent/backends/onnxruntime.py).
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, sess_options=session_options(threads), providers=["CPUExecutionProvider"])
 
 
 def run_times(sess: ort.InferenceSession, feed: dict, runs: int) -> list[float]:

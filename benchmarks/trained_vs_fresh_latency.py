@@ -23,18 +23,14 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
+from autonad_agent.backends.onnxruntime import session_options
 from autonad_edge.export.onnx_export import export_arch, metadata
 from autonad_edge.io import atomic_write_json
 from autonad_edge.space import Arch, SearchSpace
 
 
 def session(model: bytes, threads: int, denormal_as_zero: bool) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
+    options = session_options(threads)
     if denormal_as_zero:
         options.add_session_config_entry("session.set_denormal_as_zero", "1")
     return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])

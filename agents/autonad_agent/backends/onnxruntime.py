@@ -28,6 +28,17 @@ else:
     _IMPORT_ERROR = ""
 
 
+def session_options(threads: int) -> "ort.SessionOptions":
+    """The options every model this backend times runs with (benchmarks use them too)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only: warnings would flood the agent log
+    return options
+
+
 def _gpu_description() -> dict[str, str]:
     """GPU name and driver via nvidia-smi (no CUDA bindings needed); empty if unavailable."""
     if shutil.which("nvidia-smi") is None:
@@ -99,12 +110,7 @@ class OnnxRuntimeBackend(Backend):
                 f"the onnxruntime backend measures fp32 only (got {precision.value}); "
                 "use the tensorrt backend for fp16"
             )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3  # errors only: warnings would flood the agent log
+        options = session_options(self.threads)
         try:
             session = ort.InferenceSession(model_bytes, sess_options=options, providers=[self.provider])
         except Exception as exc:  # ORT raises its own pybind exception types (Fail, InvalidGraph, ...)
