@@ -298,4 +298,5 @@ def retrain_epochs_left(costs: StageCosts, budget_s: float, elapsed_s: float, *,
 
 
 __all__ = ["BudgetError", "BudgetPlan", "REPLAN_MARGIN", "StageCosts", "evaluations", "measure_costs",
-           "measure_export_s", "measure_retrain_step", "measure_train_step", "plan_budget", "retrain_epochs_left", "scale_epochs"]
+           "measure_export_s", "measure_retrain_step", "measure_train_step", "plan_budget", "retrain_epochs_left",
+           "scale_epochs"]
