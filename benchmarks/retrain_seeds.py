@@ -1,0 +1,81 @@
+"""How much of a run's test mIoU is its subnet and how much the luck of its retraining?
+
+Retrains the subnet a finished `autonad-edge search` run chose, exactly as the run did (its
+config, split, retraining epochs and recipe: `PipelineConfig.retrain_config`), with other
+seeds for the weights' initialisation and the crops' order, and evaluates each on the run's
+test split as the run's retrain stage does. The spread over seeds is the retraining's own
+noise; runs whose subnets differ by more than that differ by their subnets.
+
+    python benchmarks/retrain_seeds.py --run /work/newcomer16b/runs/search --seeds 1,2 \\
+        --json benchmarks/results/retrain_seeds_16b.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import fields, replace
+from pathlib import Path
+
+import torch
+
+from autonad_edge.data.dataset import load_dataset
+from autonad_edge.io import atomic_write_json
+from autonad_edge.search.config import PipelineConfig
+from autonad_edge.space import SearchSpace, load_arch
+from autonad_edge.training.checkpoint import load_model
+from autonad_edge.training.evaluate import evaluate
+from autonad_edge.training.retrain import BEST_FILE, retrain
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True, help="a finished search run directory (<out> of the run)")
+    parser.add_argument("--seeds", default="1,2", help="retraining seeds, comma-separated (the run's own is 0)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", required=True)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    run = Path(args.run)
+    saved = json.loads((run / "config.json").read_text(encoding="utf-8"))
+    names = {f.name for f in fields(PipelineConfig)}
+    cfg = PipelineConfig(**{k: v for k, v in saved.items() if k in names and k != "explicit"})
+    epochs = json.loads((run / "plan.json").read_text(encoding="utf-8"))["epochs"]
+    cfg = replace(cfg, **{k: v for k, v in epochs.items() if k == "retrain_epochs"})
+    space = SearchSpace.resolve(cfg.space)
+    arch = load_arch(str(run / "best_arch.json"), space)
+    manifest = json.loads((run / "splits.json").read_text(encoding="utf-8"))
+    data = load_dataset(cfg.data, cfg.format, image_size=cfg.image_size, seed=cfg.seed,
+                        synthetic_count=cfg.synthetic_count, manifest=manifest, keep_aspect=cfg.keep_aspect,
+                        max_side=cfg.max_side)
+    report = json.loads((run / "report.json").read_text(encoding="utf-8"))
+    own = report["accuracy"]["test"]
+    rows = []
+    for seed in [int(s) for s in args.seeds.split(",") if s.strip()]:
+        config = replace(cfg.retrain_config(run / "supernet" / "supernet.pt"), seed=seed)
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            retrain(config, data, tmp, space=space, arch=arch, quiet=True)
+            ckpt = Path(tmp) / BEST_FILE if (Path(tmp) / BEST_FILE).exists() else Path(tmp) / "last.pt"
+            model, _ = load_model(ckpt)
+            result = evaluate(model, data.test, batch_size=cfg.batch_size, num_classes=data.num_classes,
+                              class_names=data.class_names, tile_size=int(cfg.image_size)).to_dict()
+        rows.append({"seed": seed, "seconds": round(time.perf_counter() - start, 1), "test": result})
+        print(f"seed {seed}: test mIoU {100 * result['miou']:.2f} % "
+              f"(per class {[round(100 * (c['iou'] or 0), 1) for c in result['per_class'].values()]}) in {rows[-1]['seconds']:.0f} s",
+              flush=True)
+    atomic_write_json(args.json, {
+        "command": "python " + " ".join(sys.argv),
+        "machine": {"platform": platform.platform(), "torch": torch.__version__},
+        "run": str(run), "arch": arch.summary(),
+        "retrain_epochs": cfg.retrain_epochs, "run_test": own, "seeds": rows,
+    })
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
