@@ -84,12 +84,21 @@ def test_latency_and_params_budgets_are_respected(space):
     budget = sorted(fake_latency(space.sample(random.Random(i))) for i in range(200))[60]
     cfg = EvolutionConfig(population=12, generations=4, parents=4, seed=2, latency_budget_ms=budget,
                           params_budget=20_000)
-    search = EvolutionarySearch(space, cfg, callbacks(Counting(), measure_ms=fake_latency))
+    measured = []
+
+    def measure_together(archs):
+        measured.append([a.hash for a in archs])
+        return [fake_latency(a) for a in archs]
+
+    search = EvolutionarySearch(space, cfg, callbacks(Counting(), measure_ms=measure_together))
     search.run()
     assert search.cache
     assert all(c.latency_ms <= budget and c.params <= 20_000 for c in search.cache.values())
     final = search.finalize(top=3)
     assert final.measured_ms is not None and final.measured_ms <= budget
+    # The finalists (top 3 and the Pareto front) are measured in one call, so together.
+    assert len(measured) == 1 and len(measured[0]) == len(set(measured[0])) >= 3
+    assert final.arch.hash in measured[0]
 
 
 def test_infeasible_budget_fails_fast_with_the_floor(space):
@@ -163,7 +172,7 @@ def test_latency_ties_are_decided_on_accuracy(space):
 
     def final(tolerance):
         cb = SearchCallbacks(evaluate=lambda a: (miou[a.hash], miou[a.hash]), latency_ms=lambda a: latency[a.hash],
-                             params=lambda a: 1, measure_ms=lambda a: latency[a.hash])
+                             params=lambda a: 1, measure_ms=lambda archs: [latency[a.hash] for a in archs])
         search = EvolutionarySearch(space, cfg, cb)
         search.reference_ms = 10.0
         search._evaluate([fast, slow])

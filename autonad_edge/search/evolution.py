@@ -27,7 +27,7 @@ import random
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from autonad_edge.errors import AutonadError
 from autonad_edge.io import atomic_write_json
@@ -107,7 +107,8 @@ class SearchCallbacks:
     evaluate: Callable[[Arch], tuple[float, float]]  # -> (mIoU, mF1) on the validation set
     latency_ms: Callable[[Arch], float]  # estimate from the latency table
     params: Callable[[Arch], int]
-    measure_ms: Callable[[Arch], float] | None = None  # end to end on the target
+    # End to end on the target, all at once (interleaved, so a drift of the host hits them alike).
+    measure_ms: Callable[[Sequence[Arch]], list[float]] | None = None
     on_generation: Callable[[int, list[Candidate]], None] | None = None
     on_evaluated: Callable[[Candidate], None] | None = None
 
@@ -305,10 +306,10 @@ class EvolutionarySearch:
         """
         finalists = {c.arch.hash: c for c in self.ranked()[:top]}
         finalists.update({c.arch.hash: c for c in pareto_front(list(self.cache.values()))})
-        if self.cb.measure_ms is not None:
-            for cand in finalists.values():
-                if cand.measured_ms is None:
-                    cand.measured_ms = float(self.cb.measure_ms(cand.arch))
+        todo = [c for c in finalists.values() if c.measured_ms is None]
+        if self.cb.measure_ms is not None and todo:
+            for cand, ms in zip(todo, self.cb.measure_ms([c.arch for c in todo]), strict=True):
+                cand.measured_ms = float(ms)
             self.save_state()
         budget = self.config.latency_budget_ms
         eligible = [c for c in finalists.values() if budget is None or final_ms(c) <= budget]

@@ -75,9 +75,10 @@ def race_stage(ctx: RunContext, search: SearchResult) -> RaceResult:
     if planned < cfg.race_min_steps:  # checked before any entrant is measured
         return RaceResult.passed_on(search, f"no race: {planned} steps an entrant, fewer than the "
                                             f"{cfg.race_min_steps} that tell learners apart")
-    for c in entrants:
-        if c.measured_ms is None:
-            c.measured_ms = float(ctx.estimator.measure_end_to_end(c.arch))
+    # The race's score compares the entrants' latencies: measured together, afresh (the
+    # search measured some of them, minutes ago and among others).
+    for c, ms in zip(entrants, ctx.estimator.measure_together([c.arch for c in entrants]), strict=True):
+        c.measured_ms = float(ms)
     if cfg.latency_budget_ms is not None:  # estimated within the budget, measured over it
         entrants = [c for c in entrants if final_ms(c) <= cfg.latency_budget_ms or c.arch.hash == search.best.arch.hash]
     if len(entrants) < 2:

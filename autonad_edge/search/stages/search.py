@@ -98,7 +98,7 @@ def _callbacks(ctx: RunContext, progress: "_GenerationProgress") -> SearchCallba
         evaluate=evaluate_arch,
         latency_ms=est.estimate,
         params=lambda a: count_params(a, ctx.space, ctx.data.num_classes),
-        measure_ms=est.measure_end_to_end,
+        measure_ms=est.measure_together,
         on_generation=progress.generation,
         on_evaluated=progress.evaluated,
     )
