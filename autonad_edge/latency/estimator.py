@@ -334,13 +334,16 @@ class LatencyEstimator:
         """Each subnet of `archs` measured end to end afresh, all of them in interleaved rounds
         (`latency.protocol.measure_in_rounds`), for choices that compare them with each other.
 
-        Measured one after another, a drift of the host's speed (a clock boost, another tenant's
-        load) lands on whichever subnet was measured while it lasted, and a choice by latency then
-        picks that one: finalists measured one by one read 2.24 ms for one subnet and 3.4-3.6 ms
-        for its peers, the same subnet 3.55 ms at export (benchmarks/RESULTS.md, session 17).
-        In rounds, every subnet is timed in every phase of the drift. Each result (the statistics
-        of its round values) replaces the table's entry for the subnet; returns the estimator's
-        statistic of it (``min``: the floor of the rounds), in the order of `archs`."""
+        Measured one after another, a change of the host's speed (a clock boost, another
+        tenant's load) lands on whichever subnet was timed while it lasted, and a choice by
+        latency then picks that one: finalists measured one by one read 2.24 ms for one subnet
+        and 3.4-3.6 ms for its peers, the same subnet 3.55 ms at export (benchmarks/RESULTS.md,
+        session 17). In rounds every subnet is timed in every phase of such a change, and the
+        estimate is the median of its rounds (`rounds_policy`), not the fastest: on this 2-core
+        VM the host also gets *faster* for seconds at a time, and a floor then picked the one
+        subnet timed in such a moment (2.31 ms; its other rounds 3.6-3.8 ms, like its peers').
+        Each result (the statistics of the round values) replaces the table's entry for the
+        subnet; returns the estimates, in the order of `archs` (a repeated arch is measured once)."""
         from autonad_edge.latency.export_pool import export_networks
         from autonad_edge.latency.pool import MeasureJob
         from autonad_edge.latency.protocol import measure_in_rounds, robust_measurement
@@ -358,22 +361,18 @@ class LatencyEstimator:
                 raise onnx
             jobs[sig] = MeasureJob(onnx=onnx, signature=sig)
         result = measure_in_rounds(self.pool, jobs, next(iter(jobs.values())), rounds or self.rounds_policy())
-        out = {}
         for sig, latency in result.latencies.items():
-            measurement = robust_measurement(latency)
-            self.table.record(sig, measurement)
-            out[sig] = getattr(measurement, self._field)
-        return [out[self.network_signature(a)] for a in archs]
+            self.table.record(sig, robust_measurement(latency))
+        return [result.latencies[self.network_signature(a)].estimate_ms for a in archs]
 
     def rounds_policy(self) -> "RoundsPolicy":
-        """Rounds for `measure_together` that estimate the estimator's statistic: the floor of
-        the rounds' minima for ``min``, else the median of the rounds' medians (normalised by
-        the reference's level)."""
+        """Rounds for `measure_together`: each round takes the estimator's statistic of its runs
+        (min, or median for the others), the estimate is the median over the rounds of those
+        values, scaled by the reference's level at the time."""
         from autonad_edge.latency.protocol import RoundsPolicy
 
-        if self.stat == "min":
-            return RoundsPolicy(rounds=5, max_extra_rounds=2, statistic="min", estimate="floor")
-        return RoundsPolicy(rounds=5, max_extra_rounds=2, statistic="median", estimate="median")
+        return RoundsPolicy(rounds=5, max_extra_rounds=2, statistic="min" if self.stat == "min" else "median",
+                            estimate="median")
 
     # ---- correction ----------------------------------------------------------------------
     def fit(self, measured: Iterable[tuple["Arch", float]], *, save: bool = True) -> Correction:

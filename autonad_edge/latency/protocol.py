@@ -20,7 +20,10 @@ over the whole session instead:
    model's runs take 38 or 53 ms from one second to the next, RESULTS.md), and nothing makes
    a model faster than it is, so the floor seen in two rounds is its reproducible speed and
    is taken from the raw values. A floor not yet seen twice (interval wider than
-   `max_relative_halfwidth`) gets extra rounds (bounded), then is flagged unstable.
+   `max_relative_halfwidth`) gets extra rounds (bounded), then is flagged unstable. Where the
+   host can also get *faster* for a while (the 2-core development VM did, for seconds: session
+   17), a floor favours whichever model was timed then; comparisons between models there use
+   the median estimate (`LatencyEstimator.measure_together`).
    `estimate="median"` takes the median of the normalised values instead, with a
    distribution-free interval (order statistics of the binomial): right where the host's
    speed drifts slowly and the reference tracks it.
