@@ -114,12 +114,12 @@ PRESETS: dict[str, Preset] = {
     # default run and every 60-minute Magnetic-tile run since then its candidates scored
     # within the val noise (spread 0.2-0.3 points) and latency chose. It gets 15 % of the
     # training time (30 % until session 17; it needs only a few epochs to see every block
-    # for the latency table), the retraining the rest: what the retrain learns is what is
-    # delivered, and the same subnet retrained with another seed moves by 2-4 points of test
-    # mIoU, more steps being the one thing that lifts it (session 17). When the search
+    # for the latency table), the retraining the rest (169-185 epochs where 30 % left 149-165):
+    # what the retrain learns is what is delivered, and the same subnet retrained with another
+    # seed moves by up to 4 points of test mIoU (session 17). When the search
     # cannot see accuracy, 4 candidates are raced first (search.race). The budget is
     # 9.5 min so that the whole command stays within 10: with the re-plan's measured export and
-    # 4 % margin runs took 9 m 24 s and 9 m 33 s (session 16), the retraining using the rest.
+    # 4 % margin runs took 9 m 08 s to 9 m 39 s (sessions 16-17), the retraining using the rest.
     "cpu": Preset(
         space="tiny", image_size=128, synthetic_count=240, supernet_epochs=40, retrain_epochs=30, batch_size=8,
         population=16, generations=5, parents=5, calibration_archs=8, finalists=4, retrain_init="scratch",
