@@ -61,14 +61,20 @@ def quantiles(values) -> list[float]:
     return [round(float(np.quantile(values, q)), 3) for q in (0.05, 0.25, 0.5, 0.75, 0.95)]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_unit_timing_options(parser: argparse.ArgumentParser, *, rounds: int, runs: int) -> None:
+    """The options of a benchmark that times a space's units in interleaved rounds (shared with
+    `unit_split.py`)."""
     parser.add_argument("--space", default="tiny")
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--classes", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2, help="ORT intra-op threads (the local agent's)")
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--runs", type=int, default=25, help="timed runs a graph a round")
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--runs", type=int, default=runs, help="timed runs a graph a round")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_unit_timing_options(parser, rounds=4, runs=25)
     parser.add_argument("--out", default="benchmarks/results/legacy_exporter.json")
     args = parser.parse_args()
     torch.set_num_threads(1)

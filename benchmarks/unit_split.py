@@ -21,7 +21,7 @@ import os
 import platform
 import sys
 import time
-from itertools import combinations
+from pathlib import Path
 
 os.environ.setdefault("AUTONAD_EXPORT_CACHE", "off")  # time real exports, not cache reads
 
@@ -35,8 +35,10 @@ from autonad_edge.cli.common import load_space
 from autonad_edge.export.onnx_export import export_module
 from autonad_edge.io import atomic_write_json
 from autonad_edge.latency.blocks import space_units
-from autonad_edge.models.mfam import resize
-from torch.nn.functional import adaptive_avg_pool2d
+from autonad_edge.models.layers import adaptive_avg_pool2d, resize  # what PyramidPooling runs
+
+sys.path.insert(0, str(Path(__file__).parent))
+from legacy_exporter import add_unit_timing_options, quantiles  # noqa: E402
 
 
 class Mixer(nn.Module):
@@ -103,10 +105,6 @@ class Timed:
         return min(self.medians)  # best round median: the least disturbed
 
 
-def quantiles(values) -> list[float]:
-    return [round(float(np.quantile(values, q)), 3) for q in (0.05, 0.25, 0.5, 0.75, 0.95)]
-
-
 def fit_report(whole: list[float], parts: list[float], extra_units: list[int]) -> dict:
     """Plain ratio sum/whole, and relative error after the fit whole ~ a * sum + b * extra units
     (what the estimator's correction can learn: a scale and a per-unit overhead)."""
@@ -124,12 +122,7 @@ def fit_report(whole: list[float], parts: list[float], extra_units: list[int]) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--space", default="tiny")
-    parser.add_argument("--image-size", type=int, default=128)
-    parser.add_argument("--classes", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2, help="ORT intra-op threads (the local agent's)")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--runs", type=int, default=30, help="timed runs a graph a round")
+    add_unit_timing_options(parser, rounds=5, runs=30)
     parser.add_argument("--json", default="benchmarks/results/unit_split.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
