@@ -72,14 +72,20 @@ def add_unit_timing_options(parser: argparse.ArgumentParser, *, rounds: int, run
     parser.add_argument("--runs", type=int, default=runs, help="timed runs a graph a round")
 
 
+def parse_unit_benchmark(parser: argparse.ArgumentParser):
+    """The parsed options and the space's units, with the exporter's single torch thread (as in
+    an export worker) and a fixed seed."""
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    return args, space_units(load_space(args.space), args.classes, args.image_size)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_unit_timing_options(parser, rounds=4, runs=25)
     parser.add_argument("--out", default="benchmarks/results/legacy_exporter.json")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    units = space_units(load_space(args.space), args.classes, args.image_size)
+    args, units = parse_unit_benchmark(parser)
     rows, skipped, legacy_s, dynamo_s = [], 0, 0.0, 0.0
     for unit in units:
         module, inputs = unit.build().eval(), unit.example_inputs()

@@ -31,14 +31,12 @@ import torch
 from torch import Tensor, nn
 
 from autonad_agent.backends.onnxruntime import session_options
-from autonad_edge.cli.common import load_space
 from autonad_edge.export.onnx_export import export_module
 from autonad_edge.io import atomic_write_json
-from autonad_edge.latency.blocks import space_units
 from autonad_edge.models.layers import adaptive_avg_pool2d, resize  # what PyramidPooling runs
 
 sys.path.insert(0, str(Path(__file__).parent))
-from legacy_exporter import add_unit_timing_options, quantiles  # noqa: E402
+from legacy_exporter import add_unit_timing_options, parse_unit_benchmark, quantiles  # noqa: E402
 
 
 class Mixer(nn.Module):
@@ -124,10 +122,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_unit_timing_options(parser, rounds=5, runs=30)
     parser.add_argument("--json", default="benchmarks/results/unit_split.json")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    units = space_units(load_space(args.space), args.classes, args.image_size)
+    args, units = parse_unit_benchmark(parser)
     export_module(nn.Conv2d(4, 4, 1).eval(), (torch.randn(1, 4, 4, 4),))  # the exporter's one-off costs
     export_s = {"whole": 0.0, "parts": 0.0}
     block_rows, ppm_rows, part_cache, again = [], [], {}, []
