@@ -1,5 +1,8 @@
-"""Would timing a block as its two steps (token mixer, FFN) and the pyramid pooling as its
+"""Does timing a block as its two steps (token mixer, FFN) and the pyramid pooling as its
 branches and fuse keep the latency table's accuracy at a fraction of the export cost?
+
+(Measured in session 17 before the table's units became these parts, UNIT_FORMAT 2; the wholes
+are now built here from the network's own classes, the parts are the table's units.)
 
 A hybrid block is ``x + proj(op(qkv(norm1(x))))`` then ``x + ffn(norm2(x))``: the FFN does not
 depend on the operator, so timed apart it is exported once per (width, ratio) instead of once
@@ -21,6 +24,7 @@ import os
 import platform
 import sys
 import time
+from itertools import combinations
 from pathlib import Path
 
 os.environ.setdefault("AUTONAD_EXPORT_CACHE", "off")  # time real exports, not cache reads
@@ -31,48 +35,16 @@ import torch
 from torch import Tensor, nn
 
 from autonad_agent.backends.onnxruntime import session_options
+from autonad_edge.cli.common import load_space
 from autonad_edge.export.onnx_export import export_module
 from autonad_edge.io import atomic_write_json
-from autonad_edge.models.layers import adaptive_avg_pool2d, resize  # what PyramidPooling runs
+from autonad_edge.latency.blocks import block_units, feature_sizes, ppm_units
+from autonad_edge.models.hybrid_block import HybridBlock
+from autonad_edge.models.mfam import PyramidPooling
+from autonad_edge.space import BlockArch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from legacy_exporter import add_unit_timing_options, parse_unit_benchmark, quantiles  # noqa: E402
-
-
-class Mixer(nn.Module):
-    def __init__(self, block) -> None:
-        super().__init__()
-        self.norm1, self.qkv, self.operator, self.proj = block.norm1, block.qkv, block.operator, block.proj
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.proj(self.operator(*self.qkv(self.norm1(x))))
-
-
-class FFN(nn.Module):
-    def __init__(self, block) -> None:
-        super().__init__()
-        self.norm2, self.ffn = block.norm2, block.ffn
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.ffn(self.norm2(x))
-
-
-class Branch(nn.Module):
-    def __init__(self, ppm, i: int) -> None:
-        super().__init__()
-        self.branch, self.size = ppm.branches[i], ppm.pool_sizes[i]
-
-    def forward(self, x: Tensor) -> Tensor:
-        return resize(self.branch(adaptive_avg_pool2d(x, self.size)), x.shape[-2:])
-
-
-class Fuse(nn.Module):
-    def __init__(self, ppm) -> None:
-        super().__init__()
-        self.fuse = ppm.fuse
-
-    def forward(self, x: Tensor, *pooled: Tensor) -> Tensor:
-        return self.fuse(torch.cat([x, *pooled], dim=1))
+from legacy_exporter import add_unit_timing_options, quantiles  # noqa: E402
 
 
 def exported(module: nn.Module, inputs: tuple[Tensor, ...]) -> tuple[bytes, float]:
@@ -122,40 +94,48 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_unit_timing_options(parser, rounds=5, runs=30)
     parser.add_argument("--json", default="benchmarks/results/unit_split.json")
-    args, units = parse_unit_benchmark(parser)
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # as in an export worker
+    torch.manual_seed(0)
+    space = load_space(args.space)
+    sizes = feature_sizes(args.image_size)
     export_module(nn.Conv2d(4, 4, 1).eval(), (torch.randn(1, 4, 4, 4),))  # the exporter's one-off costs
     export_s = {"whole": 0.0, "parts": 0.0}
     block_rows, ppm_rows, part_cache, again = [], [], {}, []
 
-    def part(key, module, inputs) -> Timed:
-        if key not in part_cache:  # shared parts are exported once, as a table would keep them
-            data, seconds = exported(module, inputs)
-            export_s["parts"] += seconds
-            part_cache[key] = Timed(data, inputs, args.threads)
-        return part_cache[key]
-
-    for unit in units:
-        if unit.kind not in ("block", "ppm"):
-            continue
-        module, inputs = unit.build().eval(), unit.example_inputs()
+    def timed_whole(module: nn.Module, inputs: tuple[Tensor, ...]) -> "Timed":
         data, seconds = exported(module, inputs)
         export_s["whole"] += seconds
-        whole = Timed(data, inputs, args.threads)
-        again.append((whole, Timed(data, inputs, args.threads)))  # the same graph twice: the noise floor
-        c, x = unit.config, inputs[0]
-        if unit.kind == "block":
-            hw = tuple(x.shape[2:])
-            mixer_key = ("mixer", c["op"], c.get("kernel"), c["channels"], c.get("sr_ratio"), hw)
-            ffn_key = ("ffn", c["channels"], c["hidden"], hw)
-            parts = [part(mixer_key, Mixer(module), (x,)), part(ffn_key, FFN(module), (x,))]
-            block_rows.append((unit, whole, parts))
-        else:
-            branch_ch = c["out_ch"] // len(c["pool_sizes"])
-            pooled = tuple(torch.randn(1, branch_ch, *x.shape[2:]) for _ in c["pool_sizes"])
-            parts = [part(("branch", c["in_ch"], s, tuple(x.shape[2:])), Branch(module, i), (x,))
-                     for i, s in enumerate(c["pool_sizes"])]
-            parts.append(part(("fuse", c["in_ch"], c["out_ch"], tuple(x.shape[2:])), Fuse(module), (x, *pooled)))
-            ppm_rows.append((unit, whole, parts))
+        again.append((Timed(data, inputs, args.threads), Timed(data, inputs, args.threads)))  # the noise floor
+        return again[-1][0]
+
+    def timed_part(unit) -> "Timed":
+        """A table unit, built as the table builds it (fresh weights: they do not change its
+        time), exported once however many wholes share it."""
+        if unit.key not in part_cache:
+            data, seconds = exported(unit.build(), unit.example_inputs())
+            export_s["parts"] += seconds
+            part_cache[unit.key] = Timed(data, unit.example_inputs(), args.threads)
+        return part_cache[unit.key]
+
+    for i, stage in enumerate(space.stages):
+        if not stage.max_depth:
+            continue
+        for w in stage.widths:
+            for ratio in stage.ffn_ratios:
+                for op, kernel in space.block_choices():
+                    block = BlockArch(op, ratio, kernel)
+                    whole = HybridBlock.build(w, block, space.head_dim, stage.sr_ratio).eval()
+                    parts = block_units(w, block, sizes[i], space.head_dim, stage.sr_ratio, f"stage{i + 1}")
+                    row = timed_whole(whole, parts[0].example_inputs())
+                    block_rows.append((parts[0].describe() + f" r{ratio:g}", row, [timed_part(u) for u in parts]))
+    for w in space.stages[3].widths:
+        for pools in combinations(sorted(space.pool_size_choices), space.num_pool_branches):
+            whole = PyramidPooling(w, space.decoder_channels, pools).eval()
+            parts = ppm_units(w, space.decoder_channels, pools, sizes[3])
+            row = timed_whole(whole, parts[0].example_inputs())
+            parts = [timed_part(u) for u in parts]
+            ppm_rows.append((f"ppm c{w} pools{list(pools)}", row, parts))
     everything = [t for _, w, ps in block_rows + ppm_rows for t in (w, *ps)] + [t for _, t in again]
     for _ in range(args.rounds):  # interleaved: every graph once a round, host drift hits all alike
         for timed in dict.fromkeys(everything):
@@ -175,8 +155,8 @@ def main() -> None:
         "command": "python " + " ".join(sys.argv),
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "onnxruntime": ort.__version__},
         "summary": summary,
-        "rows": [{"unit": u.describe(), "whole_ms": w.ms, "parts_ms": [p.ms for p in ps]}
-                 for u, w, ps in block_rows + ppm_rows],
+        "rows": [{"unit": name, "whole_ms": w.ms, "parts_ms": [p.ms for p in ps]}
+                 for name, w, ps in block_rows + ppm_rows],
     })
     print(f"wrote {args.json}")
 

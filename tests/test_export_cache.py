@@ -93,7 +93,7 @@ def test_workers_export_the_same_bytes_and_a_second_run_exports_nothing(tmp_path
 
 def test_a_unit_that_cannot_export_is_reported_not_raised():
     bad = edge_unit("conv1x1", 8, 8, (8, 8))
-    object.__setattr__(bad, "kind", "ppm")  # a ppm without its parameters cannot be built
+    object.__setattr__(bad, "kind", "pool_fuse")  # a PPM fuse without its parameters cannot be built
     profiler.EXPORT_CACHE.clear()
     result = export_units([bad], "portable", workers=0)
     assert isinstance(result[0], Exception)
@@ -115,11 +115,11 @@ def test_units_exported_together_are_the_bytes_each_exports_alone_and_run_like_t
 
     from autonad_edge.export.onnx_export import export_unit, export_units_together
 
-    # An embedding, blocks of each operator and the head: the kinds a search times.
+    # An embedding, a block's two steps and another operator's mixer: the kinds a search times most.
     space = SearchSpace.tiny()
     arch = space.largest(op="transformer")
-    todo = [u for u in units_of(arch, space, image_size=32, num_classes=3) if u.kind != "ppm"][:3]
-    todo += [u for u in units_of(space.smallest(op="mlp"), space, image_size=32, num_classes=3) if u.kind == "block"][:1]
+    todo = [u for u in units_of(arch, space, image_size=32, num_classes=3) if not u.kind.startswith("pool_")][:3]
+    todo += [u for u in units_of(space.smallest(op="mlp"), space, image_size=32, num_classes=3) if u.kind == "mixer"][:1]
     built = []
     for u in todo:
         torch.manual_seed(profiler._seed_for(u))
@@ -140,7 +140,7 @@ def test_a_bundle_with_a_unit_that_cannot_export_still_exports_the_others():
     profiler.EXPORT_CACHE.clear()
     good = units(2)
     bad = edge_unit("conv1x1", 8, 8, (8, 8))
-    object.__setattr__(bad, "kind", "ppm")
+    object.__setattr__(bad, "kind", "pool_fuse")
     result = profiler.export_bundle_bytes([good[0], bad, good[1]], "portable")
     assert isinstance(result[1], Exception)
     assert result[0] == profiler.export_bytes(good[0], "portable") and isinstance(result[2], bytes)

@@ -36,9 +36,10 @@ def _fake_ms(unit) -> float:
     """Synthetic latencies: transformer blocks slow, mlp fastest; conv5x5 the slowest edge."""
     c = unit.config
     scale = unit.inputs[0][1] * unit.inputs[0][2] * unit.inputs[0][3] / 4096
-    if unit.kind == "block":
-        base = {"transformer": 5.0, "conv": 2.0 + (0.5 if c.get("kernel") == 5 else 0.0), "mlp": 1.0}[c["op"]]
-        return base * scale * c["hidden"] / c["channels"]
+    if unit.kind == "mixer":
+        return {"transformer": 5.0, "conv": 2.0 + (0.5 if c.get("kernel") == 5 else 0.0), "mlp": 1.0}[c["op"]] * scale
+    if unit.kind == "ffn":  # the same for every operator
+        return scale * c["hidden"] / c["channels"]
     if unit.kind == "edge":
         return {"conv1x1": 0.2, "conv3x3": 0.8, "conv5x5": 2.0, "dilconv3x3": 0.9, "dwconv3x3": 0.3}[c["op"]] * scale
     return 0.5

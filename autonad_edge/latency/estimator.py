@@ -9,7 +9,8 @@ target::
     latency = sum_g w_g * S_g + w_n * n_units + b
 
 where ``S_g`` is the summed table latency of the units of group ``g`` (patch embeddings,
-transformer / conv / mlp blocks, MFAM edges, PPM, top-down merges, head) and ``n_units`` the
+transformer / conv / mlp token mixers, block FFNs, MFAM edges, PPM branches and fuse,
+top-down merges, head) and ``n_units`` the
 number of units. It is fitted by ridge regression on *relative* error (what we report),
 shrunk towards the plain sum (``w_g = 1``, ``w_n = b = 0``), with the ridge strength picked
 by leave-one-out cross-validation, so a handful of measurements cannot make it worse than the
@@ -43,9 +44,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FEATURE_GROUPS = ("embed", "transformer", "conv", "mlp", "edge", "ppm", "merge", "head")
+FEATURE_GROUPS = ("embed", "transformer", "conv", "mlp", "ffn", "edge", "ppm", "merge", "head")
 FEATURES = tuple(f"sum_{g}" for g in FEATURE_GROUPS) + ("n_units", "bias")
-CORRECTION_FORMAT = 1
+# 2: blocks timed as mixer + FFN (the ``ffn`` group), the PPM as its parts.
+CORRECTION_FORMAT = 2
 RIDGE_GRID = tuple(10.0**e for e in range(-6, 3))
 # Which statistic of the measurements to add up: the median by default; the minimum is far
 # less sensitive to other load on a shared machine (use it there, for units and subnets alike).
@@ -162,11 +164,16 @@ def fit_correction(rows: Sequence[dict[str, float]], measured: Sequence[float],
 
 
 def load_corrections(path: str | Path) -> dict[str, Correction]:
+    """The corrections saved at `path`; those of another format (fitted on other features)
+    are left out: the estimator refits from the table's end-to-end measurements."""
     p = Path(path)
     if not p.is_file():
         return {}
     data = json.loads(p.read_text(encoding="utf-8"))
-    return {k: Correction.from_dict(v) for k, v in data.get("corrections", {}).items()}
+    stale = [k for k, v in data.get("corrections", {}).items() if v.get("format") != CORRECTION_FORMAT]
+    if stale:
+        log.info("%s: %d correction(s) of an older format ignored", p, len(stale))
+    return {k: Correction.from_dict(v) for k, v in data.get("corrections", {}).items() if k not in stale}
 
 
 def save_correction(path: str | Path, key: str, correction: Correction) -> None:
@@ -298,8 +305,6 @@ class LatencyEstimator:
         return self.measure_end_to_end_many([arch], reuse=reuse)[0]
 
     def measure_end_to_end_many(self, archs: Sequence["Arch"], *, reuse: bool = True) -> list[float]:
-        from autonad_edge.latency.pool import MeasureJob
-
         fp, backend, precision = self.key.fingerprint, self.key.backend, self.key.precision
         out: dict[str, float] = {}
         todo = []
@@ -310,25 +315,33 @@ class LatencyEstimator:
                 out[sig] = getattr(entry, self._field)
             elif sig not in {s for s, _ in todo}:
                 todo.append((sig, arch))
-        if todo:
-            if self.pool is None:
-                raise EstimateError("measuring a whole subnet needs a pool (an open target)")
-            from autonad_edge.latency.export_pool import export_networks
-
-            # All exported first (several at once, in the export workers), then measured one
-            # at a time: never export while the pool measures on this machine.
-            exported = export_networks([a for _, a in todo], self.space, self.num_classes, self.image_size,
-                                       self.key.flavor)
-            for (sig, arch), onnx in zip(todo, exported):
-                if isinstance(onnx, BaseException):
-                    raise onnx
-                (result,) = self.pool.measure_many(
-                    [MeasureJob(onnx=onnx, signature=sig, policy=self.end_to_end_policy)]
-                )
-                if self.pool.table is not self.table:
-                    self.table.record(sig, result)
-                out[sig] = getattr(result, self._field)
+        # All exported first, then measured one at a time: never export while the pool
+        # measures on this machine.
+        for sig, job in self._export_jobs(dict(todo), self.end_to_end_policy).items():
+            (result,) = self.pool.measure_many([job])  # type: ignore[union-attr]
+            if self.pool.table is not self.table:  # type: ignore[union-attr]
+                self.table.record(sig, result)
+            out[sig] = getattr(result, self._field)
         return [out[self.network_signature(a)] for a in archs]
+
+    def _export_jobs(self, archs: dict[str, "Arch"], policy: "MeasurementPolicy | None" = None) -> dict:
+        """`archs` (by network signature) exported for this target, several at once in the
+        export workers, as measurement jobs; the first failed export is raised."""
+        from autonad_edge.latency.export_pool import export_networks
+        from autonad_edge.latency.pool import MeasureJob
+
+        if not archs:
+            return {}
+        if self.pool is None:
+            raise EstimateError("measuring a whole subnet needs a pool (an open target)")
+        exported = export_networks(list(archs.values()), self.space, self.num_classes, self.image_size,
+                                   self.key.flavor)
+        jobs = {}
+        for sig, onnx in zip(archs, exported):
+            if isinstance(onnx, BaseException):
+                raise onnx
+            jobs[sig] = MeasureJob(onnx=onnx, signature=sig, policy=policy)
+        return jobs
 
     def measure_together(self, archs: Sequence["Arch"], *, rounds: "RoundsPolicy | None" = None) -> list[float]:
         """Each subnet of `archs` measured end to end afresh, all of them in interleaved rounds
@@ -344,22 +357,11 @@ class LatencyEstimator:
         subnet timed in such a moment (2.31 ms; its other rounds 3.6-3.8 ms, like its peers').
         Each result (the statistics of the round values) replaces the table's entry for the
         subnet; returns the estimates, in the order of `archs` (a repeated arch is measured once)."""
-        from autonad_edge.latency.export_pool import export_networks
-        from autonad_edge.latency.pool import MeasureJob
         from autonad_edge.latency.protocol import measure_in_rounds, robust_measurement
 
         if not archs:
             return []
-        if self.pool is None:
-            raise EstimateError("measuring a whole subnet needs a pool (an open target)")
-        by_sig = {self.network_signature(a): a for a in archs}
-        exported = export_networks(list(by_sig.values()), self.space, self.num_classes, self.image_size,
-                                   self.key.flavor)
-        jobs = {}
-        for sig, onnx in zip(by_sig, exported):
-            if isinstance(onnx, BaseException):
-                raise onnx
-            jobs[sig] = MeasureJob(onnx=onnx, signature=sig)
+        jobs = self._export_jobs({self.network_signature(a): a for a in archs})
         result = measure_in_rounds(self.pool, jobs, next(iter(jobs.values())), rounds or self.rounds_policy())
         for sig, latency in result.latencies.items():
             self.table.record(sig, robust_measurement(latency))

@@ -4,7 +4,8 @@ fast on the target, for the evolutionary search to sample with.
 Two ways to build it:
 
 - ``softmax`` (default): the latency of an operator at a position is the mean table latency
-  over the widths, FFN ratios and (for conv) kernels the space allows there; within each
+  of its blocks (token mixer + FFN) over the widths, FFN ratios and (for conv) kernels the
+  space allows there; within each
   position, ``p ∝ exp(-(l / mean(l)) / temperature)`` (latency relative to the position's mean,
   so the temperature is unitless), then mixed with the uniform distribution
   (``(1 - mix) p + mix / n``) so every operator stays possible.
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from autonad_edge.latency.blocks import block_unit, edge_unit, feature_sizes
+from autonad_edge.latency.blocks import block_units, edge_unit, feature_sizes
 from autonad_edge.space import EDGE_NAMES, BlockArch, ChoicePrior
 
 if TYPE_CHECKING:
@@ -53,28 +54,28 @@ def operator_latencies(estimator: "LatencyEstimator") -> OperatorLatencies:
     the table are measured when the estimator has a pool)."""
     space = estimator.space
     sizes = feature_sizes(estimator.image_size)
-    per_stage: list[dict[str, list]] = []
+    # Each choice's candidates as the units each one is timed as (a block: mixer + FFN).
+    per_stage: list[dict[str, list[tuple]]] = []
     for i, s in enumerate(space.stages):
-        groups: dict[str, list] = {}
+        groups: dict[str, list[tuple]] = {}
         for op, kernel in space.block_choices():
             groups.setdefault(op, []).extend(
-                block_unit(w, BlockArch(op, r, kernel), sizes[i], space.head_dim, s.sr_ratio)
+                block_units(w, BlockArch(op, r, kernel), sizes[i], space.head_dim, s.sr_ratio)
                 for w in s.widths for r in s.ffn_ratios
             )
         per_stage.append(groups)
     c = space.decoder_channels
-    per_edge: dict[str, dict[str, list]] = {}
+    per_edge: dict[str, dict[str, list[tuple]]] = {}
     for i in range(3):
         per_edge[f"lateral{i + 1}"] = {
-            op: [edge_unit(op, w, c, sizes[i]) for w in space.stages[i].widths] for op in space.edge_ops
+            op: [(edge_unit(op, w, c, sizes[i]),) for w in space.stages[i].widths] for op in space.edge_ops
         }
-        per_edge[f"output{i + 1}"] = {op: [edge_unit(op, c, c, sizes[i])] for op in space.edge_ops}
-    every = [u for g in per_stage for us in g.values() for u in us]
-    every += [u for g in per_edge.values() for us in g.values() for u in us]
+        per_edge[f"output{i + 1}"] = {op: [(edge_unit(op, c, c, sizes[i]),)] for op in space.edge_ops}
+    every = [u for g in (*per_stage, *per_edge.values()) for cands in g.values() for parts in cands for u in parts]
     lat = estimator.unit_latencies(every)
 
-    def mean(units) -> float:
-        return sum(lat[u.signature] for u in units) / len(units)
+    def mean(candidates: list[tuple]) -> float:
+        return sum(lat[u.signature] for parts in candidates for u in parts) / len(candidates)
 
     return OperatorLatencies(
         ops=tuple({op: mean(us) for op, us in g.items()} for g in per_stage),

@@ -36,8 +36,31 @@ def choice_name(op: str, kernel: int | None) -> str:
     return f"conv{kernel}" if op == "conv" else op
 
 
+def mixing_step(x: Tensor, norm1: nn.Module, qkv: nn.Module, operator: nn.Module, proj: nn.Module) -> Tensor:
+    """Steps I and II with the residual: ``x + proj(op(qkv(norm1 x)))``."""
+    return x + proj(operator(*qkv(norm1(x))))
+
+
+def ffn_step(x: Tensor, norm2: nn.Module, ffn: nn.Module) -> Tensor:
+    """The feed-forward step with the residual: ``x + ffn(norm2 x)``."""
+    return x + ffn(norm2(x))
+
+
+def build_operator(channels: int, op: str, kernel: int | None, head_dim: int, sr_ratio: int) -> nn.Module:
+    """The static step II of operator `op` (`kernel` for conv)."""
+    if op == "transformer":
+        return Attention(channels, head_dim, sr_ratio)
+    if op == "conv":
+        return ConvMixing(channels, head_dim, kernel or 3)
+    return ShiftMLP(channels)
+
+
 class HybridBlock(nn.Module):
-    """A static block: one operator, fixed width. What `extract()` produces."""
+    """A static block: one operator, fixed width. What `extract()` produces.
+
+    Its two steps are independent computations (the FFN does not depend on the operator), so
+    the latency table times them apart (`models.units`): the same code, `mixing_step` and
+    `ffn_step`."""
 
     def __init__(
         self, norm1: nn.Module, qkv: QKV, operator: nn.Module, proj: nn.Conv2d,
@@ -49,21 +72,15 @@ class HybridBlock(nn.Module):
 
     @classmethod
     def build(cls, channels: int, block: BlockArch, head_dim: int, sr_ratio: int) -> "HybridBlock":
-        operator: nn.Module
-        if block.op == "transformer":
-            operator = Attention(channels, head_dim, sr_ratio)
-        elif block.op == "conv":
-            operator = ConvMixing(channels, head_dim, block.kernel or 3)
-        else:
-            operator = ShiftMLP(channels)
         return cls(
-            LayerNorm2d(channels), QKV(channels), operator, nn.Conv2d(channels, channels, 1),
-            LayerNorm2d(channels), MixFFN(channels, ffn_hidden(channels, block.ffn_ratio)),
+            LayerNorm2d(channels), QKV(channels), build_operator(channels, block.op, block.kernel, head_dim, sr_ratio),
+            nn.Conv2d(channels, channels, 1), LayerNorm2d(channels),
+            MixFFN(channels, ffn_hidden(channels, block.ffn_ratio)),
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x + self.proj(self.operator(*self.qkv(self.norm1(x))))
-        return x + self.ffn(self.norm2(x))
+        x = mixing_step(x, self.norm1, self.qkv, self.operator, self.proj)
+        return ffn_step(x, self.norm2, self.ffn)
 
 
 class ElasticHybridBlock(nn.Module):

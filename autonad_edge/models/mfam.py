@@ -110,27 +110,41 @@ class ElasticDecoderEdge(nn.Module):
         return static
 
 
+def ppm_branch(in_ch: int, branch_ch: int) -> nn.Sequential:
+    """One PPM branch's projection of the pooled input (1x1 conv, norm, ReLU)."""
+    return nn.Sequential(nn.Conv2d(in_ch, branch_ch, 1, bias=False), decoder_norm(branch_ch), nn.ReLU())
+
+
+def ppm_fuse(in_ch: int, branch_ch: int, branches: int, out_ch: int) -> nn.Sequential:
+    """The PPM's 1x1 fuse of the input concatenated with its branches."""
+    return nn.Sequential(nn.Conv2d(in_ch + branch_ch * branches, out_ch, 1, bias=False), decoder_norm(out_ch), nn.ReLU())
+
+
+def pooled_context(branch: nn.Module, x: Tensor, pool_size: int) -> Tensor:
+    """One PPM branch: pool `x` to `pool_size`, project, resize back to `x`'s size."""
+    return resize(branch(adaptive_avg_pool2d(x, pool_size)), x.shape[-2:])
+
+
+def fuse_context(fuse: nn.Module, x: Tensor, pooled: list[Tensor]) -> Tensor:
+    return fuse(torch.cat([x, *pooled], dim=1))
+
+
 class PyramidPooling(nn.Module):
-    """PPM: pooled context at the chosen sizes, concatenated with the input, fused by 1x1."""
+    """PPM: pooled context at the chosen sizes, concatenated with the input, fused by 1x1.
+
+    Its branches are independent of each other and of the fuse, so the latency table times
+    them apart (`models.units`): the same code, `pooled_context` and `fuse_context`."""
 
     def __init__(self, in_ch: int, out_ch: int, pool_sizes: tuple[int, ...]) -> None:
         super().__init__()
         self.pool_sizes = tuple(pool_sizes)
         branch_ch = out_ch // len(pool_sizes)
-        self.branches = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(in_ch, branch_ch, 1, bias=False), decoder_norm(branch_ch), nn.ReLU())
-            for _ in pool_sizes
-        )
-        self.fuse = nn.Sequential(
-            nn.Conv2d(in_ch + branch_ch * len(pool_sizes), out_ch, 1, bias=False),
-            decoder_norm(out_ch),
-            nn.ReLU(),
-        )
+        self.branches = nn.ModuleList(ppm_branch(in_ch, branch_ch) for _ in pool_sizes)
+        self.fuse = ppm_fuse(in_ch, branch_ch, len(pool_sizes), out_ch)
 
     def forward(self, x: Tensor) -> Tensor:
-        size = x.shape[-2:]
-        pooled = [resize(b(adaptive_avg_pool2d(x, s)), size) for b, s in zip(self.branches, self.pool_sizes)]
-        return self.fuse(torch.cat([x, *pooled], dim=1))
+        pooled = [pooled_context(b, x, s) for b, s in zip(self.branches, self.pool_sizes)]
+        return fuse_context(self.fuse, x, pooled)
 
     def extra_repr(self) -> str:
         return f"pool_sizes={self.pool_sizes}"

@@ -112,7 +112,7 @@ PRESETS: dict[str, Preset] = {
     # from scratch and 34.8 % from the supernet's weights (session 13). So the supernet's
     # epochs buy the search's ranking only, and at CPU scale it has none to give: in every
     # default run and every 60-minute Magnetic-tile run since then its candidates scored
-    # within the val noise (spread 0.2-0.3 points) and latency chose. It gets 15 % of the
+    # within the val noise (spread of 60 candidates 0.2-0.5 points) and latency chose. It gets 15 % of the
     # training time (30 % until session 17; it needs only a few epochs to see every block
     # for the latency table), the retraining the rest (169-185 epochs where 30 % left 149-165):
     # what the retrain learns is what is delivered, and the same subnet retrained with another
