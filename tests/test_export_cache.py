@@ -156,3 +156,44 @@ def test_export_bundles_cover_every_unit_once_in_order(count, workers, sizes):
     assert [len(b) for b in bundles] == sizes
     assert [i for b in bundles for i in b] == list(range(count))
     assert all(len(b) <= BUNDLE_SIZE for b in bundles)
+
+
+def _running(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie (an orphan's exit is reaped by init, or not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads process states from /proc")
+def test_export_workers_exit_when_the_run_that_started_them_is_killed(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import os, signal\n"
+        "from autonad_edge.latency import export_pool\n"
+        "if __name__ == '__main__':\n"
+        "    export_pool.start(workers=2)\n"
+        "    pids = ' '.join(str(f.result()) for f in export_pool._warming)\n"
+        f"    open({str(tmp_path / 'pids')!r}, 'w').write(pids)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)  # no atexit, no shutdown: as `kill -9` or a crash\n"
+    )
+    # No pipes: a worker that outlived the run would hold them open.
+    proc = subprocess.run([sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    workers = [int(p) for p in (tmp_path / "pids").read_text().split()]
+    assert len(set(workers)) == 2
+    deadline = time.monotonic() + 30
+    while any(_running(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    alive = [p for p in workers if _running(p)]
+    for pid in alive:  # leave no stray process behind a failure
+        os.kill(pid, signal.SIGKILL)
+    assert not alive

@@ -57,9 +57,20 @@ def worker_count() -> int:
     return min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1)
 
 
+def _exit_with_parent() -> None:
+    """Block until the process that started this worker is gone, then exit. A worker waits
+    for work on a queue whose write end it holds itself, so it never sees the parent go: a
+    killed run (SIGKILL, or SIGTERM to it alone) left its workers alive for good."""
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        parent.join()
+        os._exit(0)
+
+
 def _init_worker() -> None:
     import warnings
 
+    threading.Thread(target=_exit_with_parent, name="exit-with-parent", daemon=True).start()
     import torch
 
     torch.set_num_threads(1)
