@@ -1,6 +1,7 @@
 """Does a shorter block-timing policy change what the latency table records? (issue 15)
 
-Cold, a default run spends about 17 s of its supernet stage timing 131 blocks with the `fast`
+Cold, a default run spent about 17 s of its supernet stage timing 131 blocks (session 15; 101
+units since blocks are timed as their parts, session 18) with the `fast`
 policy (`presets.measurement_policy`: 20 ms of warm-up, at least 100 ms of timed runs). Each
 block of the run's space (`--space` at `--image-size`, `--classes`) is measured here with that
 policy and with a shorter one, alternately, for `--rounds` rounds in a fresh random order each,

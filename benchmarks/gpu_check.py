@@ -209,8 +209,8 @@ def check_search(args, log: Path, limit_s: float) -> dict[str, Any]:
         rc, text, wall_s = _search_once(config, work, run_dir, deadline - time.perf_counter(), log)
         attempts.append({"config": dict(config), "rc": rc, "wall_s": round(wall_s, 1)})
         left = deadline - time.perf_counter() - SEARCH_MARGIN_S
-        # The paper space's 385 blocks may not fit the minutes left (the plan refuses at once,
-        # naming what would fit): the paper recipe on the tiny space's 131 blocks then.
+        # The paper space's 241 units may not fit the minutes left (the plan refuses at once,
+        # naming what would fit): the paper recipe on the tiny space's 101 units then.
         if rc != 0 and "time budget" in text and config.get("space") != "tiny" and left >= MIN_SEARCH_S:
             shutil.rmtree(run_dir, ignore_errors=True)
             config.update(space="tiny", time_budget=round(left / 60, 2))

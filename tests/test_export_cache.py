@@ -179,8 +179,8 @@ def test_export_workers_exit_when_the_run_that_started_them_is_killed(tmp_path):
         "import os, signal\n"
         "from autonad_edge.latency import export_pool\n"
         "if __name__ == '__main__':\n"
-        "    export_pool.start(workers=2)\n"
-        "    pids = ' '.join(str(f.result()) for f in export_pool._warming)\n"
+        "    assert export_pool.start(workers=2) == 2\n"
+        "    pids = ' '.join(str(pid) for pid in export_pool._pool._processes)\n"
         f"    open({str(tmp_path / 'pids')!r}, 'w').write(pids)\n"
         "    os.kill(os.getpid(), signal.SIGKILL)  # no atexit, no shutdown: as `kill -9` or a crash\n"
     )

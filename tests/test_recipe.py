@@ -14,7 +14,8 @@ from autonad_edge.data import load_dataset
 from autonad_edge.data.cache import downscale_mask, training_scale_hw
 from autonad_edge.data.crops import CropConfig, CropSampler, crop_grid, CropSpec
 from autonad_edge.search.budget import (
-    REPLAN_MARGIN, BudgetError, StageCosts, evaluations, plan_budget, retrain_epochs_left, scale_epochs,
+    REPLAN_MARGIN, BudgetError, StageCosts, evaluations, plan_budget, retrain_epochs_left, retrain_time_limit_s,
+    scale_epochs,
 )
 from autonad_edge.space import SearchSpace
 from autonad_edge.training.config import SupernetConfig
@@ -159,14 +160,22 @@ def test_budget_plan_arithmetic_on_given_costs():
 
 def test_retraining_gets_the_time_the_earlier_stages_left():
     re_epoch = 35 * 0.3  # 10.5 s
-    # 3600 s budget, 2000 s spent: 3600 - 2000 - 30 (export) - 252 (7 % margin) - 110 (11 val
-    # passes) = 1208 s left.
-    assert retrain_epochs_left(COSTS, 3600, 2000) == int(1208 // re_epoch) == 115
+    # 3600 s budget, 2000 s spent: 3600 - 2000 - 30 (export) - 252 (7 % margin) - 40 (4 val
+    # passes after the last epoch) - 110 (11 val passes between epochs) = 1168 s left.
+    assert retrain_epochs_left(COSTS, 3600, 2000) == int(1168 // re_epoch) == 111
     assert retrain_epochs_left(COSTS, 3600, 3590) == 2  # over budget already: the minimum
     assert retrain_epochs_left(COSTS, 3600, 2000, min_epochs=200) == 200
     # At the re-plan the export is measured (12 s here) and 4 % is held back: 3600 - 2000 - 12
-    # - 144 - 110 = 1334 s.
-    assert retrain_epochs_left(replace(COSTS, export_s=12.0), 3600, 2000, margin=REPLAN_MARGIN) == 1334 // re_epoch
+    # - 144 - 40 - 110 = 1294 s.
+    assert retrain_epochs_left(replace(COSTS, export_s=12.0), 3600, 2000, margin=REPLAN_MARGIN) == 1294 // re_epoch
+    # The epochs' time limit is the time they were planned in, their val passes included
+    # (which the trainer's measured pace includes): 1294 + 110 = 1404 s, re-read from the run's
+    # clock when the retraining starts or resumes. At the planned pace the plan fits it.
+    limit = retrain_time_limit_s(replace(COSTS, export_s=12.0), 3600, 2000, margin=REPLAN_MARGIN)
+    assert limit == pytest.approx(1404)
+    planned = retrain_epochs_left(replace(COSTS, export_s=12.0), 3600, 2000, margin=REPLAN_MARGIN)
+    assert planned * re_epoch + 11 * 10.0 <= limit
+    assert retrain_time_limit_s(COSTS, 3600, 3500) < 0  # already late: the trainer cuts at its first chance
 
 
 def test_the_export_allowance_is_one_real_export_per_flavour_plus_the_final_measurement():

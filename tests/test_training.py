@@ -25,7 +25,7 @@ from autonad_edge.training.evaluate import constant_baseline, evaluate
 from autonad_edge.training.hooks import BackgroundHook
 from autonad_edge.training.predict import predict_images
 from autonad_edge.training.retrain import RetrainTrainer
-from autonad_edge.training.schedules import CosineFactor, PolyFactor
+from autonad_edge.training.schedules import CosineFactor, PolyFactor, shorten_schedule
 from autonad_edge.training.supernet_trainer import SupernetTrainer
 
 SIZE = 64
@@ -280,6 +280,45 @@ def test_schedules():
     assert all(cos(s) >= cos(s + 1) for s in range(10, 100))
     poly = PolyFactor(total_steps=10, power=0.9)
     assert poly(0) == 1.0 and poly(5) == pytest.approx(0.5**0.9) and poly(10) == 0.0
+
+
+def test_a_shortened_schedule_ends_at_its_new_total():
+    net = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=1.0)
+    from autonad_edge.training.schedules import make_schedule
+
+    sched = make_schedule(opt, "cosine", total_steps=100, warmup_steps=10)
+    factor = sched.lr_lambdas[0]
+    before = [factor(s) for s in range(10)]
+    shorten_schedule(sched, 40)
+    assert [factor(s) for s in range(10)] == before  # the warm-up is kept
+    assert factor(25) == pytest.approx(0.5) and factor(40) == pytest.approx(0.0, abs=1e-12)
+    assert sched.state_dict()["lr_lambdas"][0]["total_steps"] == 40  # what a resumed run reloads
+    shorten_schedule(sched, 3)  # never inside the warm-up
+    assert factor.total_steps == 11
+
+
+def test_a_time_limit_cuts_the_epochs_and_ends_the_schedule_with_them(tmp_path, data):
+    """A run whose epochs would overrun its time limit ends at the epochs that fit (at least
+    one more after the pace is known), with the learning rate decayed to its end; a resumed run
+    keeps the cut. No clock is read by the assertions: a limit of 0 s is overrun at any pace,
+    one of 1e9 s never."""
+    arch = SPACE.sample(random.Random(5))
+    cfg = RetrainConfig(image_size=SIZE, epochs=7, batch_size=8, lr=2e-3, augment=False, device="cpu",
+                        max_steps_per_epoch=2, eval_every=2, calibrate=False)
+    pace = RetrainTrainer.PACE_EPOCHS
+    cut = RetrainTrainer(cfg, data, tmp_path / "cut", space=SPACE, arch=arch, quiet=True, time_limit_s=0.0)
+    summary = cut.fit()
+    assert summary["epochs"] == pace + 1 and summary["planned_epochs"] == 7
+    log = read_log(tmp_path / "cut")
+    assert [r["epoch"] for r in log] == list(range(1, pace + 2))
+    assert log[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # the cosine ended with the run
+    assert "val_miou" in log[-1]  # its last epoch evaluates, as a planned last epoch does
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["epochs"] == pace + 1
+    again = RetrainTrainer(cfg, data, tmp_path / "cut", space=SPACE, arch=arch, quiet=True, resume=True).fit()
+    assert again["epochs"] == pace + 1 and len(read_log(tmp_path / "cut")) == pace + 1
+    roomy = RetrainTrainer(cfg, data, tmp_path / "roomy", space=SPACE, arch=arch, quiet=True, time_limit_s=1e9).fit()
+    assert roomy["epochs"] == 7 and len(read_log(tmp_path / "roomy")) == 7
 
 
 def test_epoch_batches_shard_the_same_permutation():

@@ -71,6 +71,18 @@ class BackgroundStats:
     export_s: float  # exporting the units (part of measure_s)
     measure_s: float  # exporting and timing them: all the block timing cost
 
+    def to_dict(self) -> dict[str, float]:
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, float]) -> "BackgroundStats":
+        return cls(**{f: d[f] for f in cls.__dataclass_fields__})
+
+    def summary(self) -> str:
+        """The block timing's cost in one line (the supernet stage's note in the report)."""
+        return (f"block timing: {self.measured} units in {self.measure_s:.1f} s (exports {self.export_s:.1f} s), "
+                f"{self.known} already in the table")
+
 
 class BackgroundProfiler:
     """Queue architectures' unmeasured units and measure them on a background thread."""

@@ -268,6 +268,9 @@ def scale_epochs(epochs: int, train_images: int, reference_images: int, *, low: 
 # chosen subnet's step (ten timed steps) and the export; with the plan's 7 % and a 30-s export
 # allowance, runs ended 42-54 s inside a 570-s budget (session 15) after an 8-s export.
 REPLAN_MARGIN = 0.04
+# Evaluations after the retraining's last epoch: the calibration's val pass, the val and test
+# evaluations, the prediction pictures (each about a val pass).
+AFTER_RETRAIN_EVALS = 4
 # The deployed model's end-to-end measurement in the export stage: the agent's full policy
 # (200 ms warm-up, 1 s timed, repeated up to twice when noisy) and loading the session.
 FULL_MEASUREMENT_S = 4.5
@@ -293,10 +296,18 @@ def retrain_epochs_left(costs: StageCosts, budget_s: float, elapsed_s: float, *,
     goes to the network that is delivered. `costs.retrain_step_s` should be the chosen subnet's
     and `costs.export_s` its export's (`measure_export_s`).
     """
-    left = budget_s - elapsed_s - costs.export_s - margin * budget_s - retrain_evals_s(costs)
+    left = retrain_time_limit_s(costs, budget_s, elapsed_s, margin=margin) - retrain_evals_s(costs)
     return max(min_epochs, int(left // retrain_epoch_s(costs)))
+
+
+def retrain_time_limit_s(costs: StageCosts, budget_s: float, elapsed_s: float, *, margin: float = 0.07) -> float:
+    """Wall seconds the retraining's epochs (their val passes included) may still take: the
+    time `retrain_epochs_left` plans them in, re-read when they start (or resume), so that a
+    host slower than the probes cuts the epochs (`Trainer.time_limit_s`), not the budget.
+    Held back: the export, the margin, and the passes after the last epoch."""
+    return budget_s - elapsed_s - costs.export_s - margin * budget_s - AFTER_RETRAIN_EVALS * costs.val_eval_s
 
 
 __all__ = ["BudgetError", "BudgetPlan", "REPLAN_MARGIN", "StageCosts", "evaluations", "measure_costs",
            "measure_export_s", "measure_retrain_step", "measure_train_step", "plan_budget", "retrain_epochs_left",
-           "scale_epochs"]
+           "retrain_time_limit_s", "scale_epochs"]

@@ -4,7 +4,8 @@ On a time budget they are planned from costs measured on this machine before any
 (`search.budget`), and retraining is re-planned once, at the retrain stage, with the time the
 earlier stages actually took; without one, the preset's epochs are scaled to the data set's
 size. Values given on the command line always win. A rerun reads the plan back, so a resumed
-run keeps its schedule.
+run keeps its schedule. The retraining's epochs also get a time limit (`retrain_time_limit`):
+a host that slows down after the re-plan ends them early rather than the run late.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from autonad_edge.latency.blocks import space_units
 from autonad_edge.latency.profiler import measure_units, missing_units, target_key
 from autonad_edge.search.budget import (
     REPLAN_MARGIN, BudgetError, StageCosts, measure_costs, measure_export_s, measure_retrain_step, plan_budget,
-    retrain_epochs_left, scale_epochs,
+    retrain_epochs_left, retrain_time_limit_s, scale_epochs,
 )
 from autonad_edge.search.config import PipelineConfig, PipelineError
 from autonad_edge.search.stages.context import RunContext
@@ -115,3 +116,22 @@ def replan_retrain(ctx: RunContext, arch: Arch) -> PipelineConfig:
                 f"retraining {epochs} epochs (planned {record['replanned']['planned_retrain_epochs']}; "
                 f"export ~{export_s:.0f} s)")
     return replace(cfg, retrain_epochs=record["epochs"]["retrain_epochs"])
+
+
+def retrain_time_limit(ctx: RunContext) -> float | None:
+    """On a time budget, the wall seconds the retraining's epochs may take from now; None
+    without a re-planned budget or with epochs the user gave. The run's clock counts the
+    finished stages of earlier processes; a retraining they left unfinished logged its epochs'
+    times (``retrain/train_log.jsonl``), which are spent too."""
+    path = ctx.out / "plan.json"
+    record = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    if not record.get("plan") or "replanned" not in record or "retrain_epochs" in ctx.given:
+        return None
+    costs = replace(StageCosts.from_dict(record["costs"]), export_s=record["replanned"]["export_s"])
+    log = ctx.out / "retrain" / "train_log.jsonl"
+    earlier = 0.0
+    if (ctx.out / "retrain" / "last.pt").exists() and log.exists():
+        earlier = sum(float(json.loads(line).get("time", 0.0))
+                      for line in log.read_text(encoding="utf-8").splitlines() if line.strip())
+    return retrain_time_limit_s(costs, record["plan"]["budget_s"], ctx.clock.elapsed_s() + earlier,
+                                margin=REPLAN_MARGIN)

@@ -51,7 +51,7 @@ from autonad_edge.data.transforms import AugmentationConfig
 from autonad_edge.training.ema import WeightAverage
 from autonad_edge.training.execution import memory_format, to_training_layout
 from autonad_edge.training.losses import SegmentationLoss, class_weights, masked_cross_entropy
-from autonad_edge.training.schedules import make_schedule
+from autonad_edge.training.schedules import make_schedule, shorten_schedule
 from autonad_edge.io import json_safe as _json_safe
 from autonad_edge.training.progress import JsonlLog, Progress
 
@@ -92,8 +92,15 @@ class Trainer:
     title = "train"
 
     def __init__(self, config: RunConfig, data, out_dir: str | Path, *, space: SearchSpace,
-                 resume: bool = False, quiet: bool = False, dist: DistContext | None = None) -> None:
+                 resume: bool = False, quiet: bool = False, dist: DistContext | None = None,
+                 time_limit_s: float | None = None) -> None:
         self.config = config
+        # Wall seconds the epochs may take in this process: when the measured pace says the
+        # planned epochs would overrun, fewer are run and the schedule ends with them
+        # (`_keep_to_time_limit`). None: the configured epochs, however long they take.
+        self.time_limit_s = time_limit_s
+        self.epochs = int(config.epochs)  # the epochs this run ends at: config.epochs, or fewer
+        self._pace_from = (0, 0.0)  # (first epoch, loop start) of this process, for the pace
         self.data = data
         self.out_dir = Path(out_dir)
         self.space = space
@@ -238,6 +245,7 @@ class Trainer:
                 **torch_rng_states(self.device),
             },
             "epoch": int(epoch),
+            "epochs": int(self.epochs),
             "step": int(step),
             "world_size": int(self.dist.world_size),
             "config": self.config.to_dict(),
@@ -293,7 +301,8 @@ class Trainer:
         else:
             self.module.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])  # a shortened schedule stays shortened
+        self.epochs = int(ckpt.get("epochs", self.config.epochs))
         if self.use_amp and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         rng = ckpt["rng"]
@@ -379,22 +388,26 @@ class Trainer:
         self._wrap()
         self._write_run_files(fresh=start_epoch == 0)
         run_start = time.perf_counter()
-        progress = Progress(cfg.epochs, self.steps_per_epoch, quiet=self.quiet,
+        progress = Progress(self.epochs, self.steps_per_epoch, quiet=self.quiet,
                             enabled=self.dist.is_main, title=self.title, start_step=step, backlog=self.backlog)
         with progress:
             if start_epoch:
                 progress.message(f"resumed {self.checkpoint_path} at epoch {start_epoch}, step {step}")
             elif self.checkpoint_path.exists() and not self.resume:
                 progress.message(f"starting afresh: {self.checkpoint_path} will be replaced (--resume continues it)")
-            for epoch in range(start_epoch, cfg.epochs):
+            self._pace_from = (start_epoch, run_start)
+            epoch = start_epoch
+            while epoch < self.epochs:
                 step = self._run_epoch(epoch, step, progress)
+                epoch += 1
         digests = self.dist.all_gather_object(parameter_digest(self.module))
         if len(set(digests)) > 1:
             raise RuntimeError(f"ranks ended with different parameters: {digests}")
         finished = self.finish()
         summary = {
             "kind": self.kind,
-            "epochs": cfg.epochs,
+            "epochs": self.epochs,
+            "planned_epochs": cfg.epochs,
             "steps": step,
             "world_size": self.dist.world_size,
             "device": str(self.device),
@@ -408,6 +421,36 @@ class Trainer:
         if self.dist.is_main:
             atomic_write_json(self.out_dir / "summary.json", _json_safe(summary))
         return summary
+
+    # Epochs whose mean wall time (evaluations included) is the pace; none are judged before.
+    PACE_EPOCHS = 3
+
+    def _keep_to_time_limit(self, done: int, progress: Progress) -> None:
+        """After epoch `done` (before its checkpoint, which keeps the decision): if the epochs
+        left would overrun `time_limit_s` at the recent pace by more than one epoch (the
+        budget's margin absorbs one), end the run at the epochs that fit (at least one more,
+        which evaluates) and shorten the schedule to match, so the rate still decays to its end.
+
+        A plan's epochs come from a step measured before the stage (`search.budget`), and the
+        host's pace moves: on the 2-core VM a default run's epochs went from 2.1 to 2.6 s
+        halfway through and the run ended 18 s past its 10 minutes (session 18). Epochs are
+        only ever removed: a host that speeds up finishes early."""
+        start_epoch, run_start = self._pace_from
+        if self.time_limit_s is None or done >= self.epochs or done - start_epoch < self.PACE_EPOCHS:
+            return
+        window = self.history[-max(self.PACE_EPOCHS, int(self.config.eval_every or 1)):]
+        pace = sum(float(r["time"]) for r in window) / len(window)
+        left = self.time_limit_s - (time.perf_counter() - run_start)
+        fits = done + max(1, int(left // max(pace, 1e-9)))
+        fits = int(self.dist.broadcast_object(fits))  # every rank stops where rank 0 says
+        if fits >= self.epochs - 1:
+            return
+        shorten_schedule(self.scheduler, fits * self.steps_per_epoch)
+        if self.dist.is_main:
+            progress.message(f"{self.title}: {self.epochs} epochs would overrun the time limit at "
+                             f"{pace:.1f} s an epoch; ending at epoch {fits}")
+        self.epochs = fits
+        progress.set_total_epochs(fits)
 
     def _run_epoch(self, epoch: int, step: int, progress: Progress) -> int:
         cfg = self.config
@@ -453,16 +496,17 @@ class Trainer:
             "images_per_s": float(totals[2] / max(train_time, 1e-9)),
             "train_time": train_time,
         }
-        last = epoch + 1 == cfg.epochs
+        last = epoch + 1 == self.epochs
         if cfg.eval_every and ((epoch + 1) % cfg.eval_every == 0 or last) and len(self.data.val):
             record.update(self.evaluate_val() or {})
         record["time"] = time.perf_counter() - epoch_start
         self.history.append(record)
+        self._keep_to_time_limit(epoch + 1, progress)
         if self.dist.is_main:
             self.after_epoch(epoch + 1, record)
             self.log.write(record)
             save_checkpoint(self.checkpoint_path, self._payload(epoch + 1, step))
-            progress.end_epoch(record, cfg.epochs - epoch - 1)
+            progress.end_epoch(record, self.epochs - epoch - 1)
             for hook in self._epoch_hooks:
                 hook(epoch + 1, record)
         self.dist.barrier()

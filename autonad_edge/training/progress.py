@@ -74,6 +74,11 @@ class Progress:
         self._epoch_start: float | None = None
         self.backlog = backlog
 
+    def set_total_epochs(self, total_epochs: int) -> None:
+        """The run now ends at `total_epochs` (a time limit cut it short)."""
+        self.total_epochs = total_epochs
+        self.total_steps = total_epochs * self.steps_per_epoch
+
     def eta(self) -> float:
         """Seconds of epochs left, from this session's mean step time inside epochs."""
         if not self._session_steps:

@@ -168,9 +168,10 @@ def retrain_split(config: RetrainConfig, out_dir, *, splits=None, resume: bool =
 
 
 def retrain(config: RetrainConfig, data, out_dir, *, space: SearchSpace, arch: Arch,
-            resume: bool = False, quiet: bool = False) -> dict[str, Any]:
+            resume: bool = False, quiet: bool = False, time_limit_s: float | None = None) -> dict[str, Any]:
     """Functional form of `RetrainTrainer(...).fit()`."""
-    return RetrainTrainer(config, data, out_dir, space=space, arch=arch, resume=resume, quiet=quiet).fit()
+    return RetrainTrainer(config, data, out_dir, space=space, arch=arch, resume=resume, quiet=quiet,
+                          time_limit_s=time_limit_s).fit()
 
 
 __all__ = ["BEST_FILE", "INITS", "RetrainTrainer", "retrain", "retrain_split"]

@@ -1,5 +1,6 @@
 """Stage 4: retrain the chosen subnet (on a time budget, with the epochs the earlier stages
-left: `planning.replan_retrain`), evaluate it on val and test, draw its predictions."""
+left, `planning.replan_retrain`, and a time limit that cuts them if the host slows down,
+`planning.retrain_time_limit`), evaluate it on val and test, draw its predictions."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from autonad_edge.io import json_safe
-from autonad_edge.search.planning import replan_retrain
+from autonad_edge.search.planning import replan_retrain, retrain_time_limit
 from autonad_edge.search.stages.context import RunContext
 from autonad_edge.search.stages.store import StageResult
 from autonad_edge.training.checkpoint import load_model
@@ -22,6 +23,16 @@ class RetrainResult(StageResult):
     metrics: dict[str, dict[str, Any]]  # per split: training.evaluate.EvalResult.to_dict()
     calibration: dict[str, Any] | None  # the decision calibration (training.calibration)
     pictures: dict[str, Any] | None  # predictions.png: path, split, rows
+    epochs: int | None = None  # the epochs it ran (None: a result from before they were recorded)
+    planned_epochs: int | None = None  # the plan's; more than `epochs` when the time limit cut them
+
+    def stage_note(self) -> str:
+        if self.epochs is None:
+            return ""
+        if self.planned_epochs and self.planned_epochs > self.epochs:
+            return (f"{self.epochs} epochs: they ran slower than planned, and the time budget cut the plan's "
+                    f"{self.planned_epochs}")
+        return f"{self.epochs} epochs"
 
 
 def retrain_stage(ctx: RunContext) -> RetrainResult:
@@ -31,7 +42,8 @@ def retrain_stage(ctx: RunContext) -> RetrainResult:
     out_dir = ctx.out / "retrain"
     config = cfg.retrain_config(ctx.out / "supernet" / "supernet.pt")
     resume = (out_dir / "last.pt").exists()
-    summary = retrain(config, ctx.data, out_dir, space=ctx.space, arch=arch, resume=resume, quiet=cfg.quiet)
+    summary = retrain(config, ctx.data, out_dir, space=ctx.space, arch=arch, resume=resume, quiet=cfg.quiet,
+                      time_limit_s=retrain_time_limit(ctx))
     ckpt = out_dir / BEST_FILE if (out_dir / BEST_FILE).exists() else out_dir / "last.pt"
     model, _ = load_model(ckpt)
     results = {}
@@ -48,4 +60,5 @@ def retrain_stage(ctx: RunContext) -> RetrainResult:
                                class_names=ctx.data.class_names, tile_size=int(cfg.image_size))
         pictures = {"path": str(ctx.out / "predictions.png"), "split": split, "rows": rows}
     return RetrainResult(checkpoint=str(ckpt), metrics=json_safe(results), calibration=summary.get("calibration"),
-                         pictures=pictures)
+                         pictures=pictures, epochs=int(summary["epochs"]),
+                         planned_epochs=int(summary.get("planned_epochs") or summary["epochs"]))

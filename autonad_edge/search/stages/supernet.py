@@ -3,11 +3,11 @@ on the target's agents in the background meanwhile."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from autonad_edge.io import json_safe
-from autonad_edge.latency.background import BackgroundProfiler
+from autonad_edge.latency.background import BackgroundProfiler, BackgroundStats
 from autonad_edge.search.stages.context import RunContext
 from autonad_edge.search.stages.store import StageResult
 from autonad_edge.training.supernet_trainer import train_supernet
@@ -17,7 +17,15 @@ from autonad_edge.training.supernet_trainer import train_supernet
 class SupernetResult(StageResult):
     checkpoint: str
     summary: dict[str, Any]  # the trainer's summary (epochs, val figures)
-    background_latency: dict[str, Any]  # latency.background.BackgroundStats
+    background_latency: BackgroundStats  # what block timing cost during the stage
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SupernetResult":
+        return cls(checkpoint=d["checkpoint"], summary=d["summary"],
+                   background_latency=BackgroundStats.from_dict(d["background_latency"]))
+
+    def stage_note(self) -> str:
+        return self.background_latency.summary()
 
 
 def supernet_stage(ctx: RunContext) -> SupernetResult:
@@ -32,4 +40,4 @@ def supernet_stage(ctx: RunContext) -> SupernetResult:
         # Units still queued are measured by the latency stage, with its progress bar.
         stats = bg.stats
     return SupernetResult(checkpoint=str(out_dir / "supernet.pt"), summary=json_safe(summary),
-                          background_latency=json_safe(asdict(stats)))
+                          background_latency=stats)
