@@ -34,7 +34,7 @@ import os
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from autonad_edge.latency.blocks import Unit, units_of
@@ -72,7 +72,7 @@ class BackgroundStats:
     measure_s: float  # exporting and timing them: all the block timing cost
 
     def to_dict(self) -> dict[str, float]:
-        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, float]) -> "BackgroundStats":

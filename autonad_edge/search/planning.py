@@ -28,6 +28,8 @@ from autonad_edge.search.config import PipelineConfig, PipelineError
 from autonad_edge.search.stages.context import RunContext
 from autonad_edge.search.stages.race import race_epochs
 from autonad_edge.space import Arch
+from autonad_edge.training.engine import LOG_FILE
+from autonad_edge.training.progress import JsonlLog
 
 
 def plan_run(ctx: RunContext) -> PipelineConfig:
@@ -128,10 +130,8 @@ def retrain_time_limit(ctx: RunContext) -> float | None:
     if not record.get("plan") or "replanned" not in record or "retrain_epochs" in ctx.given:
         return None
     costs = replace(StageCosts.from_dict(record["costs"]), export_s=record["replanned"]["export_s"])
-    log = ctx.out / "retrain" / "train_log.jsonl"
     earlier = 0.0
-    if (ctx.out / "retrain" / "last.pt").exists() and log.exists():
-        earlier = sum(float(json.loads(line).get("time", 0.0))
-                      for line in log.read_text(encoding="utf-8").splitlines() if line.strip())
+    if (ctx.out / "retrain" / "last.pt").exists():  # a retraining to resume: its epochs' time is spent
+        earlier = sum(float(r.get("time", 0.0)) for r in JsonlLog(ctx.out / "retrain" / LOG_FILE).read())
     return retrain_time_limit_s(costs, record["plan"]["budget_s"], ctx.clock.elapsed_s() + earlier,
                                 margin=REPLAN_MARGIN)
