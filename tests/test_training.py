@@ -25,7 +25,7 @@ from autonad_edge.training.evaluate import constant_baseline, evaluate
 from autonad_edge.training.hooks import BackgroundHook
 from autonad_edge.training.predict import predict_images
 from autonad_edge.training.retrain import RetrainTrainer
-from autonad_edge.training.schedules import CosineFactor, PolyFactor, shorten_schedule
+from autonad_edge.training.schedules import CosineFactor, PolyFactor, resize_schedule
 from autonad_edge.training.supernet_trainer import SupernetTrainer
 
 SIZE = 64
@@ -282,7 +282,7 @@ def test_schedules():
     assert poly(0) == 1.0 and poly(5) == pytest.approx(0.5**0.9) and poly(10) == 0.0
 
 
-def test_a_shortened_schedule_ends_at_its_new_total():
+def test_a_resized_schedule_ends_at_its_new_total():
     net = torch.nn.Linear(2, 2)
     opt = torch.optim.SGD(net.parameters(), lr=1.0)
     from autonad_edge.training.schedules import make_schedule
@@ -290,12 +290,18 @@ def test_a_shortened_schedule_ends_at_its_new_total():
     sched = make_schedule(opt, "cosine", total_steps=100, warmup_steps=10)
     factor = sched.lr_lambdas[0]
     before = [factor(s) for s in range(10)]
-    shorten_schedule(sched, 40)
+    resize_schedule(sched, 40)
     assert [factor(s) for s in range(10)] == before  # the warm-up is kept
     assert factor(25) == pytest.approx(0.5) and factor(40) == pytest.approx(0.0, abs=1e-12)
     assert sched.state_dict()["lr_lambdas"][0]["total_steps"] == 40  # what a resumed run reloads
-    shorten_schedule(sched, 3)  # never inside the warm-up
+    resize_schedule(sched, 3)  # never inside the warm-up
     assert factor.total_steps == 11
+    for _ in range(20):
+        opt.step()
+        sched.step()
+    resize_schedule(sched, 210)  # lengthened: the rate moves up to the longer decay's, at once
+    assert factor(110) == pytest.approx(0.5)
+    assert opt.param_groups[0]["lr"] == pytest.approx(factor(20)) and factor(20) > CosineFactor(100, 10)(20)
 
 
 def test_a_time_limit_cuts_the_epochs_and_ends_the_schedule_with_them(tmp_path, data):
@@ -317,8 +323,29 @@ def test_a_time_limit_cuts_the_epochs_and_ends_the_schedule_with_them(tmp_path, 
     assert load_checkpoint(tmp_path / "cut" / "last.pt")["epochs"] == pace + 1
     again = RetrainTrainer(cfg, data, tmp_path / "cut", space=SPACE, arch=arch, quiet=True, resume=True).fit()
     assert again["epochs"] == pace + 1 and len(read_log(tmp_path / "cut")) == pace + 1
+    # Judged first after epoch 3 of 7: too late in the schedule to lengthen it, however roomy.
     roomy = RetrainTrainer(cfg, data, tmp_path / "roomy", space=SPACE, arch=arch, quiet=True, time_limit_s=1e9).fit()
     assert roomy["epochs"] == 7 and len(read_log(tmp_path / "roomy")) == 7
+
+
+def test_a_run_that_would_end_early_is_lengthened_once_and_early(tmp_path, data):
+    """Judged after its first epochs, a run with time to spare runs more epochs, at most half
+    again its plan, with the schedule decaying to the new end; a resumed run keeps them."""
+    arch = SPACE.sample(random.Random(5))
+    cfg = RetrainConfig(image_size=SIZE, epochs=12, batch_size=8, lr=2e-3, augment=False, device="cpu",
+                        max_steps_per_epoch=1, eval_every=0, calibrate=False)
+    assert RetrainTrainer.PACE_EPOCHS <= RetrainTrainer.EXTEND_WITHIN * 12
+    longer = RetrainTrainer(cfg, data, tmp_path / "long", space=SPACE, arch=arch, quiet=True, time_limit_s=1e9)
+    summary = longer.fit()
+    extended = int(12 * RetrainTrainer.MAX_EXTENSION)
+    assert summary["epochs"] == extended and summary["planned_epochs"] == 12
+    log = read_log(tmp_path / "long")
+    assert [r["epoch"] for r in log] == list(range(1, extended + 1))
+    assert log[-1]["lr"] == pytest.approx(0.0, abs=1e-12) and log[11]["lr"] > 0.0  # decays to the new end
+    assert load_checkpoint(tmp_path / "long" / "last.pt")["epochs"] == extended
+    again = RetrainTrainer(cfg, data, tmp_path / "long", space=SPACE, arch=arch, quiet=True, resume=True,
+                           time_limit_s=1e9).fit()
+    assert again["epochs"] == extended and len(read_log(tmp_path / "long")) == extended
 
 
 def test_epoch_batches_shard_the_same_permutation():

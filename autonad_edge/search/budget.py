@@ -303,7 +303,8 @@ def retrain_epochs_left(costs: StageCosts, budget_s: float, elapsed_s: float, *,
 def retrain_time_limit_s(costs: StageCosts, budget_s: float, elapsed_s: float, *, margin: float = 0.07) -> float:
     """Wall seconds the retraining's epochs (their val passes included) may still take: the
     time `retrain_epochs_left` plans them in, re-read when they start (or resume), so that a
-    host slower than the probes cuts the epochs (`Trainer.time_limit_s`), not the budget.
+    host slower than the probes cuts the epochs (`Trainer.time_limit_s`), not the budget (and a
+    faster one gets more of them).
     Held back: the export, the margin, and the passes after the last epoch."""
     return budget_s - elapsed_s - costs.export_s - margin * budget_s - AFTER_RETRAIN_EVALS * costs.val_eval_s
 

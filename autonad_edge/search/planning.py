@@ -5,7 +5,8 @@ On a time budget they are planned from costs measured on this machine before any
 earlier stages actually took; without one, the preset's epochs are scaled to the data set's
 size. Values given on the command line always win. A rerun reads the plan back, so a resumed
 run keeps its schedule. The retraining's epochs also get a time limit (`retrain_time_limit`):
-a host that slows down after the re-plan ends them early rather than the run late.
+a host that slows down after the re-plan ends them early rather than the run late, and
+first epochs faster than the probe lengthen them rather than leave the budget unused.
 """
 
 from __future__ import annotations

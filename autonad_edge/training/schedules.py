@@ -61,14 +61,14 @@ def poly_schedule(optimizer: Optimizer, total_steps: int, power: float = 0.9,
     return LambdaLR(optimizer, PolyFactor(total_steps, power, min_factor, warmup_steps))
 
 
-def shorten_schedule(scheduler: LambdaLR, total_steps: int) -> None:
+def resize_schedule(scheduler: LambdaLR, total_steps: int) -> None:
     """End `scheduler`'s decay at `total_steps` instead (a run cut short to keep its time
-    budget still anneals to its final rate); the step count so far is kept, so the rate
-    steps down to where the shorter schedule is at this step. Stored in the scheduler's state:
-    a resumed run continues the shortened schedule."""
+    budget still anneals to its final rate; one lengthened to use it decays more slowly); the
+    step count so far is kept, so the rate moves to where the new schedule is at this step.
+    Stored in the scheduler's state: a resumed run continues the resized schedule."""
     for factor in {id(f): f for f in scheduler.lr_lambdas}.values():
         factor.total_steps = max(int(total_steps), factor.warmup_steps + 1, 1)
-    # The next step already takes the shortened schedule's rate (LambdaLR sets it only on step()).
+    # The next step already takes the resized schedule's rate (LambdaLR sets it only on step()).
     rates = [base * factor(scheduler.last_epoch) for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
     for group, rate in zip(scheduler.optimizer.param_groups, rates):
         group["lr"] = rate
@@ -85,4 +85,4 @@ def make_schedule(optimizer: Optimizer, name: str, total_steps: int, warmup_step
     raise ValueError(f"unknown schedule {name!r}; choose cosine or poly")
 
 
-__all__ = ["CosineFactor", "PolyFactor", "cosine_schedule", "make_schedule", "poly_schedule", "shorten_schedule"]
+__all__ = ["CosineFactor", "PolyFactor", "cosine_schedule", "make_schedule", "poly_schedule", "resize_schedule"]

@@ -1,5 +1,5 @@
 """Stage 4: retrain the chosen subnet (on a time budget, with the epochs the earlier stages
-left, `planning.replan_retrain`, and a time limit that cuts them if the host slows down,
+left, `planning.replan_retrain`, and a time limit that cuts them if the host slows down (or extends them, early, if it is faster),
 `planning.retrain_time_limit`), evaluate it on val and test, draw its predictions."""
 
 from __future__ import annotations
@@ -24,13 +24,16 @@ class RetrainResult(StageResult):
     calibration: dict[str, Any] | None  # the decision calibration (training.calibration)
     pictures: dict[str, Any] | None  # predictions.png: path, split, rows
     epochs: int | None = None  # the epochs it ran (None: a result from before they were recorded)
-    planned_epochs: int | None = None  # the plan's; more than `epochs` when the time limit cut them
+    planned_epochs: int | None = None  # the plan's; the time limit may have cut or extended them
 
     def stage_note(self) -> str:
         if self.epochs is None:
             return ""
         if self.planned_epochs and self.planned_epochs > self.epochs:
             return (f"{self.epochs} epochs: they ran slower than planned, and the time budget cut the plan's "
+                    f"{self.planned_epochs}")
+        if self.planned_epochs and self.planned_epochs < self.epochs:
+            return (f"{self.epochs} epochs: they ran faster than planned, and the time budget extended the plan's "
                     f"{self.planned_epochs}")
         return f"{self.epochs} epochs"
 
