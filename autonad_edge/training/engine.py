@@ -96,10 +96,11 @@ class Trainer:
                  time_limit_s: float | None = None) -> None:
         self.config = config
         # Wall seconds the epochs may take in this process: when the measured pace says the
-        # planned epochs would overrun, fewer are run and the schedule ends with them
-        # (`_fit_to_time_limit`). None: the configured epochs, however long they take.
+        # planned epochs would overrun (or, early on, end well inside it), fewer (more) are run
+        # and the schedule ends with them (`_fit_to_time_limit`). None: the configured epochs,
+        # however long they take.
         self.time_limit_s = time_limit_s
-        self.epochs = int(config.epochs)  # the epochs this run ends at: config.epochs, or fewer
+        self.epochs = int(config.epochs)  # the epochs this run ends at: config.epochs, or as the time limit set
         self._pace_from = (0, 0.0)  # (first epoch, loop start) of this process, for the pace
         self.data = data
         self.out_dir = Path(out_dir)

@@ -75,7 +75,7 @@ class Progress:
         self.backlog = backlog
 
     def set_total_epochs(self, total_epochs: int) -> None:
-        """The run now ends at `total_epochs` (a time limit cut it short)."""
+        """The run now ends at `total_epochs` (a time limit cut or lengthened it)."""
         self.total_epochs = total_epochs
         self.total_steps = total_epochs * self.steps_per_epoch
 
