@@ -226,3 +226,40 @@ def test_per_class_refinement_also_starts_below_the_best_background_offset(monke
     for seed in range(5):
         more = calibrate(LogitNet(4), noisy_logits(seed), per_class=True).miou_after
         assert more >= one_start(noisy_logits(seed)).miou_after - 1e-9
+
+
+def test_class_offsets_that_do_not_hold_on_held_out_images_are_declined():
+    """Per-image class biases (zero mean): offsets fitted to these six images fit their noise.
+    Each half of val chooses its own and the other half scores them; they lose there, so the
+    background offset alone is kept (and the network folded with it decides as the calibration
+    says). With other draws of the biases the offsets hold about half the time."""
+    val = noisy_logits(4, images=6, size=16)
+    unchecked = calibrate(LogitNet(4), val, per_class=True, check_holdout=False)
+    assert unchecked.class_offsets and unchecked.miou_after > unchecked.miou_background_only
+    checked = calibrate(LogitNet(4), val, per_class=True)
+    assert checked.holdout_gain <= 0 and checked.declined_class_offsets
+    assert checked.class_offsets == () and checked.miou_after == pytest.approx(checked.miou_background_only)
+    assert checked.background_offset == unchecked.background_offset and "declined" in checked.summary()
+    model = LogitNet(4)
+    apply_offset(model.classifier, checked)
+    assert evaluate(model, val).miou == pytest.approx(checked.miou_after)
+    assert Calibration.from_dict(checked.to_dict()) == checked
+
+
+def test_class_offsets_that_hold_on_held_out_images_are_kept():
+    calibration = calibrate(TwoDefectNet(), two_defect_dataset(n=6), per_class=True)
+    assert calibration.holdout_gain > 0 and len(calibration.class_offsets) == 3
+    assert calibration.miou_after == pytest.approx(1.0)
+
+
+def test_kept_pixels_split_into_alternate_images():
+    from autonad_edge.training.calibration import _KeptPixels
+
+    kept = _KeptPixels(num_classes=2, floor=-100.0)
+    for image in range(5):  # image i: 10 pixels of class i % 2
+        target = torch.full((10,), image % 2)
+        logits = torch.zeros(10, 2)
+        kept.add(logits, target, logits[:, 1] - logits[:, 0], torch.full((10,), image % 2))
+    first, second = kept.half(0), kept.half(1)
+    assert (first.size, second.size) == (30, 20)
+    assert set(first.pixels()[1].tolist()) == {0} and set(second.pixels()[1].tolist()) == {1}

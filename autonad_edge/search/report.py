@@ -6,6 +6,7 @@ Both are written from one dict, so the Markdown can never disagree with the JSON
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,10 @@ def _accuracy_lines(report: dict[str, Any]) -> list[str]:
                       + f"; the background offset alone gave {_pct(calibration.get('miou_background_only'))} %)")
         else:
             chosen = f"background logit {calibration['background_offset']:+g}"
+            gain = calibration.get("holdout_gain")
+            if isinstance(gain, (int, float)) and math.isfinite(gain):
+                chosen += (f" (one offset per class was declined: chosen on half of val's images, they scored "
+                           f"{100 * gain:+.2f} points against it on the other half)")
         lines += ["", f"Decision calibrated on {calibration['split']}: {chosen}, folded into the classifier (val mIoU "
                   f"{_pct(calibration['miou_before'])} -> {_pct(calibration['miou_after'])} %); the val and test "
                   "rows above are of the calibrated network."]

@@ -100,8 +100,8 @@ class RetrainConfig(RunConfig):
     init: str = "scratch"  # scratch | inherited
     supernet: str | None = None  # the supernet checkpoint for init="inherited"
     # After training, the background logit offset with the best val mIoU (then, with
-    # calibrate_per_class, one offset per class) is folded into the kept network
-    # (training.calibration): the recipe's crops and weights over-predict defects.
+    # calibrate_per_class, one offset per class, if they hold on held-out val images) is folded
+    # into the kept network (training.calibration): the recipe's crops and weights over-predict defects.
     calibrate: bool = True
     calibrate_per_class: bool = True
 
