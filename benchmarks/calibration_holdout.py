@@ -82,7 +82,8 @@ def main() -> None:
         rows.append(row)
         print(f"{run}: test mIoU none {row['test_no_offset']:.2f}, background {row['test_background_only']:.2f}, "
               f"per class {row['test_per_class']:.2f}, checked {row['test_checked']:.2f} "
-              f"(held-out gain {100 * checked.holdout_gain:+.2f})", flush=True)
+              f"(held-out gain {'-' if checked.holdout_gain is None else f'{100 * checked.holdout_gain:+.2f}'})",
+              flush=True)
     atomic_write_json(args.json, {"command": "python " + " ".join(sys.argv),
                                   "machine": {"platform": platform.platform(), "torch": torch.__version__},
                                   "runs": rows})

@@ -237,7 +237,7 @@ def test_class_offsets_that_do_not_hold_on_held_out_images_are_declined():
     unchecked = calibrate(LogitNet(4), val, per_class=True, check_holdout=False)
     assert unchecked.class_offsets and unchecked.miou_after > unchecked.miou_background_only
     checked = calibrate(LogitNet(4), val, per_class=True)
-    assert checked.holdout_gain <= 0 and checked.declined_class_offsets
+    assert checked.holdout_gain is not None and checked.holdout_gain <= 0 and checked.declined_class_offsets
     assert checked.class_offsets == () and checked.miou_after == pytest.approx(checked.miou_background_only)
     assert checked.background_offset == unchecked.background_offset and "declined" in checked.summary()
     model = LogitNet(4)
@@ -248,7 +248,7 @@ def test_class_offsets_that_do_not_hold_on_held_out_images_are_declined():
 
 def test_class_offsets_that_hold_on_held_out_images_are_kept():
     calibration = calibrate(TwoDefectNet(), two_defect_dataset(n=6), per_class=True)
-    assert calibration.holdout_gain > 0 and len(calibration.class_offsets) == 3
+    assert calibration.holdout_gain is not None and calibration.holdout_gain > 0 and len(calibration.class_offsets) == 3
     assert calibration.miou_after == pytest.approx(1.0)
 
 

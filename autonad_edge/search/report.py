@@ -6,7 +6,6 @@ Both are written from one dict, so the Markdown can never disagree with the JSON
 from __future__ import annotations
 
 import hashlib
-import math
 from pathlib import Path
 from typing import Any
 
@@ -144,7 +143,7 @@ def _accuracy_lines(report: dict[str, Any]) -> list[str]:
         else:
             chosen = f"background logit {calibration['background_offset']:+g}"
             gain = calibration.get("holdout_gain")
-            if isinstance(gain, (int, float)) and math.isfinite(gain):
+            if gain is not None:
                 chosen += (f" (one offset per class was declined: chosen on half of val's images, they scored "
                            f"{100 * gain:+.2f} points against it on the other half)")
         lines += ["", f"Decision calibrated on {calibration['split']}: {chosen}, folded into the classifier (val mIoU "

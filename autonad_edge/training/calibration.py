@@ -36,7 +36,6 @@ points below the background offset alone); on Magnetic-tile they gained 1.2 poin
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Sequence
 
@@ -84,8 +83,8 @@ class Calibration:
     class_offsets: tuple[float, ...] = ()
     miou_background_only: float = float("nan")
     # What the class offsets gained over the background offset alone on the val half they were
-    # not chosen on (mean of both halves); <= 0 declines them. NaN: not checked.
-    holdout_gain: float = float("nan")
+    # not chosen on (mean of both halves); <= 0 declines them. None: not checked.
+    holdout_gain: float | None = None
 
     @property
     def gain(self) -> float:
@@ -103,7 +102,7 @@ class Calibration:
     @property
     def declined_class_offsets(self) -> bool:
         """The per-class refinement ran and did not hold on held-out val images."""
-        return not self.class_offsets and math.isfinite(self.holdout_gain)
+        return not self.class_offsets and self.holdout_gain is not None
 
     def summary(self) -> str:
         chosen = f"background logit {self.background_offset:+g}"
@@ -124,7 +123,7 @@ class Calibration:
                    float(d.get("mf1_after", float("nan"))),
                    tuple(float(v) for v in d.get("class_offsets") or ()),
                    float(d.get("miou_background_only", float("nan"))),
-                   float(d.get("holdout_gain", float("nan"))))
+                   None if d.get("holdout_gain") is None else float(d["holdout_gain"]))
 
 
 def choose_offset(offsets: Sequence[float], scores: Sequence[float]) -> float:
@@ -174,8 +173,8 @@ def calibrate(
         return calibration
     class_offsets, refined = _refine(kept, chosen, offsets)
     moved = class_offsets != tuple(round(v, 6) for v in (chosen,) + (0.0,) * (num_classes - 1))
-    gain = _holdout_gain(kept, offsets) if check_holdout and moved else float("nan")
-    if gain <= 0:
+    gain = _holdout_gain(kept, offsets) if check_holdout and moved else None
+    if gain is not None and gain <= 0:
         return replace(calibration, miou_background_only=calibration.miou_after, holdout_gain=gain)
     return replace(calibration, miou_after=float(refined.miou), mf1_after=float(refined.mf1),
                    class_offsets=class_offsets, miou_background_only=calibration.miou_after, holdout_gain=gain)
@@ -195,12 +194,12 @@ def _refine(kept: "_KeptPixels", background_offset: float, offsets: Sequence[flo
     return class_offsets, refined
 
 
-def _holdout_gain(kept: "_KeptPixels", offsets: Sequence[float]) -> float:
+def _holdout_gain(kept: "_KeptPixels", offsets: Sequence[float]) -> float | None:
     """Mean val mIoU the class offsets chosen on one half of val's images gain over the
-    background offset chosen on that half, scored on the other half; NaN with one half empty."""
+    background offset chosen on that half, scored on the other half; None with one half empty."""
     halves = (kept.half(0), kept.half(1))
     if not (halves[0].size and halves[1].size):
-        return float("nan")
+        return None
     gains = []
     for fit, check in (halves, halves[::-1]):
         background = _best_background_offset(fit, offsets)
