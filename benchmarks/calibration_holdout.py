@@ -16,27 +16,24 @@ import argparse
 import json
 import platform
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 import torch
 
-from autonad_edge.data.dataset import load_dataset
 from autonad_edge.io import atomic_write_json
 from autonad_edge.search.config import PipelineConfig
 from autonad_edge.training.calibration import Calibration, apply_offset, calibrate
 from autonad_edge.training.checkpoint import load_model
 from autonad_edge.training.evaluate import evaluate
+from autonad_edge.training.rundata import load_run_data
 
 
 def run_data(run: Path):
-    saved = json.loads((run / "config.json").read_text(encoding="utf-8"))
-    names = {f.name for f in fields(PipelineConfig)}
-    cfg = PipelineConfig(**{k: v for k, v in saved.items() if k in names and k != "explicit"})
-    manifest = json.loads((run / "splits.json").read_text(encoding="utf-8"))
-    data = load_dataset(cfg.data, cfg.format, image_size=cfg.image_size, seed=cfg.seed,
-                        synthetic_count=cfg.synthetic_count, manifest=manifest, keep_aspect=cfg.keep_aspect,
-                        max_side=cfg.max_side)
+    """A finished run's config and its data, on the run's own split."""
+    cfg = PipelineConfig.load(run / "config.json")
+    data = load_run_data(cfg.format, cfg.data, image_size=cfg.image_size, seed=cfg.seed,
+                         synthetic_count=cfg.synthetic_count, manifest=run / "splits.json",
+                         keep_aspect=cfg.keep_aspect, max_side=cfg.max_side)
     return cfg, data
 
 

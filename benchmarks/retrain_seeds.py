@@ -32,7 +32,6 @@ from pathlib import Path
 
 import torch
 
-from autonad_edge.data.dataset import load_dataset
 from autonad_edge.io import atomic_write_json
 from autonad_edge.search.budget import measure_retrain_step
 from autonad_edge.search.config import PipelineConfig
@@ -41,6 +40,7 @@ from autonad_edge.training.checkpoint import load_model
 from autonad_edge.training.engine import steps_per_epoch
 from autonad_edge.training.evaluate import evaluate
 from autonad_edge.training.retrain import BEST_FILE, retrain
+from autonad_edge.training.rundata import load_run_data
 
 
 def main() -> None:
@@ -56,9 +56,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     run = Path(args.run)
-    saved = json.loads((run / "config.json").read_text(encoding="utf-8"))
+    cfg = PipelineConfig.load(run / "config.json")
     names = {f.name for f in fields(PipelineConfig)}
-    cfg = PipelineConfig(**{k: v for k, v in saved.items() if k in names and k != "explicit"})
     epochs = json.loads((run / "plan.json").read_text(encoding="utf-8"))["epochs"]
     cfg = replace(cfg, **{k: v for k, v in epochs.items() if k == "retrain_epochs"})
     overrides = {}
@@ -73,10 +72,9 @@ def main() -> None:
     cfg = replace(cfg, **overrides)
     space = SearchSpace.resolve(cfg.space)
     arch = load_arch(str(run / "best_arch.json"), space)
-    manifest = json.loads((run / "splits.json").read_text(encoding="utf-8"))
-    data = load_dataset(cfg.data, cfg.format, image_size=cfg.image_size, seed=cfg.seed,
-                        synthetic_count=cfg.synthetic_count, manifest=manifest, keep_aspect=cfg.keep_aspect,
-                        max_side=cfg.max_side)
+    data = load_run_data(cfg.format, cfg.data, image_size=cfg.image_size, seed=cfg.seed,
+                         synthetic_count=cfg.synthetic_count, manifest=run / "splits.json",
+                         keep_aspect=cfg.keep_aspect, max_side=cfg.max_side)
     report = json.loads((run / "report.json").read_text(encoding="utf-8"))
     own = report["accuracy"]["test"]
     rows = []

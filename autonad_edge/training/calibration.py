@@ -226,8 +226,8 @@ class _KeptPixels:
         self.targets: list[torch.Tensor] = []
         self.size = 0
         self.rate = 1.0  # share of the eligible pixels kept (halved whenever the limit is hit)
-        self.background = 0.0  # weight of the confident background pixels (always right)
         self.halves: list[torch.Tensor] = []  # each kept pixel's half of val (0/1, by image)
+        # Weight of the confident background pixels (always right), per half of val.
         self.half_background = [0.0, 0.0]
         self.generator = torch.Generator().manual_seed(0)
 
@@ -237,7 +237,6 @@ class _KeptPixels:
         half [N]: the half of val each pixel's image is in (default 0)."""
         half = torch.zeros_like(target, dtype=torch.uint8) if half is None else half.to(torch.uint8)
         confident = (target == 0) & (threshold < self.floor)
-        self.background += float(confident.sum())
         for k in (0, 1):
             self.half_background[k] += float((confident & (half == k)).sum())
         logits, target, half = logits[~confident], target[~confident], half[~confident]
@@ -256,17 +255,26 @@ class _KeptPixels:
             self.halves = [h[p] for h, p in zip(self.halves, picks)]
             self.size = sum(t.numel() for t in self.targets)
 
+    @property
+    def background(self) -> float:
+        return sum(self.half_background)
+
     def half(self, k: int) -> "_KeptPixels":
-        """The pixels of val's images in half `k` (same weights)."""
+        """The pixels of val's images in half `k` (same weights), in one chunk."""
         part = _KeptPixels(self.num_classes, self.floor, self.limit)
-        part.rate, part.background = self.rate, self.half_background[k]
-        part.logits = [lg[h == k] for lg, h in zip(self.logits, self.halves)]
-        part.targets = [t[h == k] for t, h in zip(self.targets, self.halves)]
-        part.halves = [h[h == k] for h in self.halves]
-        part.size = sum(t.numel() for t in part.targets)
+        part.rate = self.rate
+        part.half_background[k] = self.half_background[k]
+        logits, target = self.pixels()
+        mask = torch.cat(self.halves) == k if self.halves else torch.zeros(0, dtype=torch.bool)
+        part.logits, part.targets = [logits[mask]], [target[mask]]
+        part.halves = [torch.full((int(mask.sum()),), k, dtype=torch.uint8)]
+        part.size = int(mask.sum())
         return part
 
     def pixels(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All kept pixels' logits [N, C] and targets [N] (no copy when they are one chunk)."""
+        if len(self.logits) == 1:
+            return self.logits[0], self.targets[0]
         c = self.num_classes
         logits = torch.cat(self.logits) if self.logits else torch.zeros(0, c)
         target = torch.cat(self.targets) if self.targets else torch.zeros(0, dtype=torch.long)
@@ -329,9 +337,6 @@ def _threshold_counts(model, dataset, arch, offsets, num_classes, ignore_index, 
     counts = torch.zeros(num_classes * num_classes * k_bins, dtype=torch.int64)
     images = 0  # images seen so far: they alternate between the two halves of `kept`
     for logits, masks in iter_logits(model, dataset, arch, dist=dist, **eval_options):
-        batch, pixels = masks.shape[0], masks[0].numel()
-        half = ((torch.arange(batch) + images) % 2).repeat_interleave(pixels)
-        images += batch
         target = masks.reshape(-1).long()
         keep = target != ignore_index
         if num_classes == 1:
@@ -349,8 +354,11 @@ def _threshold_counts(model, dataset, arch, offsets, num_classes, ignore_index, 
             raise ValueError(f"target holds label {int(bad)}, outside 0..{num_classes - 1} (and not ignore)")
         counts += torch.bincount((target * num_classes + defect) * k_bins + bins, minlength=counts.numel())
         if kept is not None and threshold is not None:
+            batch = masks.shape[0]
+            half = ((torch.arange(batch) + images) % 2).repeat_interleave(masks[0].numel())
             flat = logits.permute(0, 2, 3, 1).reshape(-1, num_classes)
             kept.add(flat[keep], target, threshold[keep], half[keep])
+        images += masks.shape[0]
     if dist is not None and dist.distributed:
         counts = dist.all_reduce_sum(counts)
     return counts.reshape(num_classes, num_classes, k_bins).numpy()
