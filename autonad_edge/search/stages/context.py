@@ -9,6 +9,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 from autonad_edge.data.dataset import SegmentationData
 from autonad_edge.data.scale import TrainingScale
 from autonad_edge.latency.estimator import LatencyEstimator
@@ -74,7 +76,9 @@ class RunContext:
     @cached_property
     def supernet(self):
         supernet, _ = load_supernet(self.out / "supernet" / "supernet.pt")
-        return supernet
+        # In the layout it trained in: the search's val passes ran 10 % faster channels-last
+        # on this CPU (0.41 against 0.46 s a candidate, 72 images at 128 px; session 20).
+        return supernet.to(memory_format=torch.channels_last)
 
     def best_arch(self) -> Arch:
         return Arch.from_dict(json.loads((self.out / "best_arch.json").read_text(encoding="utf-8")))
