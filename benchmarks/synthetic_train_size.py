@@ -35,13 +35,15 @@ from autonad_edge.training.evaluate import evaluate
 from autonad_edge.training.retrain import BEST_FILE, retrain
 
 
-def arm_data(count: int, test_count: int, largest: int, cfg: PipelineConfig):
-    """Train/val as a run on `count` images splits them; test = the common held-out images."""
+def arm_data(count: int, test_count: int, largest: int, cfg: PipelineConfig, val_count: int | None = None):
+    """Train/val as a run on `count` images splits them (val cut to its first `val_count`
+    ids, the rest unused); test = the common held-out images."""
     own = load_dataset(None, fmt="synthetic", image_size=cfg.image_size, seed=cfg.seed, synthetic_count=count)
     manifest = own.manifest()
+    val = own.splits["val"][:val_count] if val_count else own.splits["val"]
     total = largest + test_count
     manifest["synthetic_count"] = total
-    manifest["splits"] = {"train": own.splits["train"], "val": own.splits["val"],
+    manifest["splits"] = {"train": own.splits["train"], "val": val,
                           "test": synthetic_ids(total)[largest:]}
     return load_dataset(None, fmt="synthetic", image_size=cfg.image_size, seed=cfg.seed, manifest=manifest)
 
@@ -51,6 +53,9 @@ def main() -> None:
     parser.add_argument("--run", required=True, help="a finished synthetic search run directory (its subnet and config)")
     parser.add_argument("--counts", default="240,480", help="synthetic image counts, comma-separated")
     parser.add_argument("--test-count", type=int, default=240, help="common held-out test images")
+    parser.add_argument("--test-from", type=int, default=None,
+                        help="first id of the common test images (default: the largest count)")
+    parser.add_argument("--val-count", type=int, default=None, help="cap every arm's val split at this many images")
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--seconds", type=float, default=300.0, help="retraining wall time per arm and seed")
     parser.add_argument("--threads", type=int, default=2)
@@ -66,7 +71,7 @@ def main() -> None:
     counts = [int(c) for c in args.counts.split(",")]
     rows = []
     for count in counts:
-        data = arm_data(count, args.test_count, max(counts), cfg)
+        data = arm_data(count, args.test_count, args.test_from or max(counts), cfg, args.val_count)
         for seed in [int(s) for s in args.seeds.split(",") if s.strip()]:
             config = replace(cfg.retrain_config(run / "supernet" / "supernet.pt"), seed=seed)
             step_s = measure_retrain_step(config, space, data, arch, steps=10, seed=seed)
@@ -89,6 +94,7 @@ def main() -> None:
         "command": "python " + " ".join(sys.argv),
         "machine": {"platform": platform.platform(), "torch": torch.__version__},
         "run": str(run), "arch": arch.summary(), "seconds": args.seconds, "test_count": args.test_count,
+        "test_from": args.test_from or max(counts), "val_count": args.val_count,
         "rows": rows,
     })
     print(f"wrote {args.json}")
