@@ -5,6 +5,7 @@ import random
 import pytest
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from autonad_edge.models.complexity import count_flops, count_params
 from autonad_edge.models.hybrid_block import HybridBlock
@@ -184,6 +185,14 @@ def test_largest_and_smallest_build_and_run(default_supernet, default_space):
         assert out.shape == (1, NUM_CLASSES, 96, 96) and torch.isfinite(out).all()
         flops[name] = count_flops(arch, default_space, NUM_CLASSES, (96, 96))
     assert flops["largest"] > 5 * flops["smallest"] > 0
+
+
+def test_flop_count_is_that_of_the_extracted_subnet(default_supernet, default_space):
+    arch = default_space.sample(random.Random(3))
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        default_supernet.extract(arch).eval()(torch.zeros(1, 3, 64, 96))
+    assert count_flops(arch, default_space, NUM_CLASSES, (64, 96)) == counter.get_total_flops() > 0
 
 
 def test_supernet_trains_and_set_active(default_space):
