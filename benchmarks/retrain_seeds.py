@@ -43,6 +43,27 @@ from autonad_edge.training.retrain import BEST_FILE, retrain
 from autonad_edge.training.rundata import load_run_data
 
 
+def retrain_and_test(cfg: PipelineConfig, run: Path, space: SearchSpace, data, arch, seed: int,
+                     seconds: float | None) -> tuple[dict, dict, float]:
+    """`arch` retrained as run `run`'s retrain stage does (its config, with `seed`), for its
+    epochs or, with `seconds`, for that wall time (epochs from a ten-step probe, then the
+    trainer's time limit); returns the training summary, the test evaluation (a dict) and the
+    wall time."""
+    config = replace(cfg.retrain_config(run / "supernet" / "supernet.pt"), seed=seed)
+    if seconds:
+        step_s = measure_retrain_step(config, space, data, arch, steps=10, seed=seed)
+        per_epoch = step_s * steps_per_epoch(len(data.train), config.batch_size)
+        config = replace(config, epochs=max(2, int(seconds // per_epoch)))
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = retrain(config, data, tmp, space=space, arch=arch, quiet=True, time_limit_s=seconds)
+        ckpt = Path(tmp) / BEST_FILE if (Path(tmp) / BEST_FILE).exists() else Path(tmp) / "last.pt"
+        model, _ = load_model(ckpt)
+        result = evaluate(model, data.test, batch_size=cfg.batch_size, num_classes=data.num_classes,
+                          class_names=data.class_names, tile_size=int(cfg.image_size)).to_dict()
+    return summary, result, time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="a finished search run directory (<out> of the run)")
@@ -79,19 +100,8 @@ def main() -> None:
     own = report["accuracy"]["test"]
     rows = []
     for seed in [int(s) for s in args.seeds.split(",") if s.strip()]:
-        config = replace(cfg.retrain_config(run / "supernet" / "supernet.pt"), seed=seed)
-        if args.seconds:
-            step_s = measure_retrain_step(config, space, data, arch, steps=10, seed=seed)
-            per_epoch = step_s * steps_per_epoch(len(data.train), config.batch_size)
-            config = replace(config, epochs=max(2, int(args.seconds // per_epoch)))
-        start = time.perf_counter()
-        with tempfile.TemporaryDirectory() as tmp:
-            summary = retrain(config, data, tmp, space=space, arch=arch, quiet=True, time_limit_s=args.seconds)
-            ckpt = Path(tmp) / BEST_FILE if (Path(tmp) / BEST_FILE).exists() else Path(tmp) / "last.pt"
-            model, _ = load_model(ckpt)
-            result = evaluate(model, data.test, batch_size=cfg.batch_size, num_classes=data.num_classes,
-                              class_names=data.class_names, tile_size=int(cfg.image_size)).to_dict()
-        rows.append({"seed": seed, "seconds": round(time.perf_counter() - start, 1), "epochs": summary["epochs"],
+        summary, result, wall_s = retrain_and_test(cfg, run, space, data, arch, seed, args.seconds)
+        rows.append({"seed": seed, "seconds": round(wall_s, 1), "epochs": summary["epochs"],
                      "planned_epochs": summary["planned_epochs"], "steps": summary["steps"], "test": result})
         print(f"seed {seed}: {summary['epochs']} epochs ({summary['steps']} steps), test mIoU {100 * result['miou']:.2f} % "
               f"(per class {[round(100 * (c['iou'] or 0), 1) for c in result['per_class'].values()]}) in {rows[-1]['seconds']:.0f} s",

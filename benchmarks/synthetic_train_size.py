@@ -16,9 +16,6 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
-import tempfile
-import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -26,13 +23,11 @@ import torch
 from autonad_edge.data import load_dataset
 from autonad_edge.data.synthetic import synthetic_ids
 from autonad_edge.io import atomic_write_json
-from autonad_edge.search.budget import measure_retrain_step
 from autonad_edge.search.config import PipelineConfig
 from autonad_edge.space import SearchSpace, load_arch
-from autonad_edge.training.checkpoint import load_model
-from autonad_edge.training.engine import steps_per_epoch
-from autonad_edge.training.evaluate import evaluate
-from autonad_edge.training.retrain import BEST_FILE, retrain
+
+sys.path.insert(0, str(Path(__file__).parent))
+from retrain_seeds import retrain_and_test  # noqa: E402
 
 
 def arm_data(count: int, test_count: int, largest: int, cfg: PipelineConfig, val_count: int | None = None):
@@ -73,19 +68,9 @@ def main() -> None:
     for count in counts:
         data = arm_data(count, args.test_count, args.test_from or max(counts), cfg, args.val_count)
         for seed in [int(s) for s in args.seeds.split(",") if s.strip()]:
-            config = replace(cfg.retrain_config(run / "supernet" / "supernet.pt"), seed=seed)
-            step_s = measure_retrain_step(config, space, data, arch, steps=10, seed=seed)
-            per_epoch = step_s * steps_per_epoch(len(data.train), config.batch_size)
-            config = replace(config, epochs=max(2, int(args.seconds // per_epoch)))
-            start = time.perf_counter()
-            with tempfile.TemporaryDirectory() as tmp:
-                summary = retrain(config, data, tmp, space=space, arch=arch, quiet=True, time_limit_s=args.seconds)
-                ckpt = Path(tmp) / BEST_FILE if (Path(tmp) / BEST_FILE).exists() else Path(tmp) / "last.pt"
-                model, _ = load_model(ckpt)
-                result = evaluate(model, data.test, batch_size=cfg.batch_size, num_classes=data.num_classes,
-                                  class_names=data.class_names, tile_size=int(cfg.image_size)).to_dict()
+            summary, result, wall_s = retrain_and_test(cfg, run, space, data, arch, seed, args.seconds)
             rows.append({"count": count, "train": len(data.train), "val": len(data.val), "seed": seed,
-                         "seconds": round(time.perf_counter() - start, 1), "epochs": summary["epochs"],
+                         "seconds": round(wall_s, 1), "epochs": summary["epochs"],
                          "steps": summary["steps"], "calibration": summary.get("calibration"), "test": result})
             print(f"{count} images ({len(data.train)} train, {len(data.val)} val), seed {seed}: "
                   f"{summary['epochs']} epochs ({summary['steps']} steps), common test mIoU {100 * result['miou']:.2f} % "
