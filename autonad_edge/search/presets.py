@@ -117,7 +117,7 @@ PRESETS: dict[str, Preset] = {
     # see every block for the latency table: on the default set that is its minimum of 2), the
     # retraining the rest: what the retrain learns is what is delivered. At 15 % the default
     # run retrained for 331-381 s and scored 59.8-59.9 % test mIoU (three runs), at 8 % for
-    # 401-414 s and 60.9-62.6 % (four runs, session 20); the same subnet retrained with another seed
+    # 397-414 s and 60.9-62.6 % (five runs, session 20); the same subnet retrained with another seed
     # moves by up to 4 points of test mIoU (session 17). When the search
     # cannot see accuracy, 4 candidates are raced first (search.race). The budget is
     # 9.5 min so that the whole command stays within 10: with the re-plan's measured export and
