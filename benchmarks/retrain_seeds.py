@@ -43,8 +43,8 @@ from autonad_edge.training.retrain import BEST_FILE, retrain
 from autonad_edge.training.rundata import load_run_data
 
 
-def retrain_and_test(cfg: PipelineConfig, run: Path, space: SearchSpace, data, arch, seed: int,
-                     seconds: float | None) -> tuple[dict, dict, float]:
+def retrain_as_run(cfg: PipelineConfig, run: Path, space: SearchSpace, data, arch, seed: int,
+                   seconds: float | None) -> tuple[dict, dict, float]:
     """`arch` retrained as run `run`'s retrain stage does (its config, with `seed`), for its
     epochs or, with `seconds`, for that wall time (epochs from a ten-step probe, then the
     trainer's time limit); returns the training summary, the test evaluation (a dict) and the
@@ -100,7 +100,7 @@ def main() -> None:
     own = report["accuracy"]["test"]
     rows = []
     for seed in [int(s) for s in args.seeds.split(",") if s.strip()]:
-        summary, result, wall_s = retrain_and_test(cfg, run, space, data, arch, seed, args.seconds)
+        summary, result, wall_s = retrain_as_run(cfg, run, space, data, arch, seed, args.seconds)
         rows.append({"seed": seed, "seconds": round(wall_s, 1), "epochs": summary["epochs"],
                      "planned_epochs": summary["planned_epochs"], "steps": summary["steps"], "test": result})
         print(f"seed {seed}: {summary['epochs']} epochs ({summary['steps']} steps), test mIoU {100 * result['miou']:.2f} % "

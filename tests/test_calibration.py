@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from autonad_edge.training.calibration import Calibration, apply_offset, calibrate, choose_offset
+from autonad_edge.training.calibration import Calibration, _KeptPixels, apply_offset, calibrate, choose_offset
 from autonad_edge.training.evaluate import evaluate
 
 
@@ -158,8 +158,6 @@ def test_per_class_refinement_keeps_the_background_offset_when_it_is_already_rig
 
 
 def test_kept_pixels_stay_within_their_limit_and_weigh_up_what_was_thinned():
-    from autonad_edge.training.calibration import _KeptPixels
-
     kept = _KeptPixels(num_classes=3, floor=-100.0, limit=1000)
     g = torch.Generator().manual_seed(0)
     total = 0
@@ -253,8 +251,6 @@ def test_class_offsets_that_hold_on_held_out_images_are_kept():
 
 
 def test_kept_pixels_split_into_alternate_images():
-    from autonad_edge.training.calibration import _KeptPixels
-
     kept = _KeptPixels(num_classes=2, floor=-100.0)
     for image in range(5):  # image i: 10 pixels of class i % 2
         target = torch.full((10,), image % 2)
