@@ -105,7 +105,11 @@ def train_unet(args, out: Path, data, unet_cfg, unet_epochs: int, retrain_wall_s
         unet_epochs = max(2, int(0.9 * retrain_wall_s / (step_s * steps_per_epoch(crops, unet_cfg.batch_size))))
         print(f"U-Net: {step_s:.2f} s a step, {unet_epochs} epochs in the retrain stage's {retrain_wall_s:.0f} s",
               file=sys.stderr, flush=True)
-    unet_cfg = replace(unet_cfg, epochs=unet_epochs, eval_every=max(1, unet_epochs // 8))
+    # Its warm-up is the same share of its own epochs as the subnet's of its epochs (the
+    # retraining's config has the subnet's warm-up in epochs: 53 of the U-Net's 134 until
+    # session 21).
+    unet_cfg = replace(unet_cfg, epochs=unet_epochs, eval_every=max(1, unet_epochs // 8),
+                       warmup_epochs=resolved.retrain_warmup_share * unet_epochs)
     t0 = time.perf_counter()
     trainer = UNetTrainer(unet_cfg, data, out / "unet", base_width=args.unet_width,
                           space=SearchSpace.resolve(resolved.space), quiet=True)

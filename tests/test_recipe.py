@@ -3,8 +3,10 @@ time-budget planner. Small generated data, deterministic, no timing assertions."
 
 from __future__ import annotations
 
+import json
 from collections import Counter
-from dataclasses import replace
+from dataclasses import asdict, replace
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,10 +17,11 @@ from autonad_edge.data.cache import downscale_mask, training_scale_hw
 from autonad_edge.data.crops import CropConfig, CropSampler, crop_grid, CropSpec
 from autonad_edge.search.budget import (
     REPLAN_MARGIN, BudgetError, StageCosts, evaluations, plan_budget, retrain_epochs_left, retrain_time_limit_s,
-    scale_epochs,
+    scale_epochs, supernet_epochs_within, supernet_s,
 )
+from autonad_edge.search.planning import supernet_time_limit
 from autonad_edge.space import SearchSpace
-from autonad_edge.training.config import SupernetConfig
+from autonad_edge.training.config import SUPERNET_EVALS, SupernetConfig, eval_every_for, val_passes
 from autonad_edge.training.ema import WeightAverage
 from autonad_edge.training.supernet_trainer import SupernetTrainer
 
@@ -146,16 +149,49 @@ def test_budget_plan_arithmetic_on_given_costs():
     # Search capped at 15 % of the budget (540 s) at 10 s an evaluation: 16 + g * 11 <= 54.
     assert (plan.population, plan.generations) == (16, 3) and plan.search_s == evaluations(16, 3, 5) * 10.0
     assert plan.fixed_s == pytest.approx(190 + 30 + 0.07 * 3600)
-    sup_epoch = 35 * 0.8 + 0.2 * 2 * 10.0
     re_epoch = 35 * 0.3  # retraining's val passes are a fixed count, not per epoch
     re_evals = 11 * 10.0
-    training = 3600 - plan.fixed_s - plan.search_s - re_evals
-    assert plan.supernet_epochs == int(0.5 * training // sup_epoch)
-    assert plan.retrain_epochs == int((training - plan.supernet_epochs * sup_epoch) // re_epoch)
+    training = 3600 - plan.fixed_s - plan.search_s - re_evals  # 2528 s
+    assert training == pytest.approx(2528)
+    # Half of it (1264 s) for the supernet: 28 s an epoch, and a val pass of two subnets (20 s,
+    # unmeasured here) every 3 epochs and after the last: 36 epochs, 12 passes, 1248 s; 37
+    # would evaluate 13 times (1296 s).
+    assert plan.supernet_epochs == 36 and plan.supernet_s == pytest.approx(36 * 28 + 12 * 20)
+    assert supernet_s(COSTS, 37) == pytest.approx(37 * 28 + 13 * 20) and supernet_s(COSTS, 37) > 0.5 * training
+    assert plan.retrain_epochs == int((training - plan.supernet_s) // re_epoch) == 121
     assert plan.retrain_s == pytest.approx(plan.retrain_epochs * re_epoch + re_evals)
     assert plan.total_s <= 3600
     with pytest.raises(BudgetError, match="give at least"):
         plan_budget(COSTS, 300, population=16, generations=5, parents=5)
+
+
+def test_the_supernet_plan_counts_its_val_passes_as_the_trainer_runs_them():
+    """A short run evaluates every epoch, a long one about ten times: the count is not monotone
+    (19 epochs evaluate 19 times, 20 ten times), so the planner tries every epoch count."""
+    assert [val_passes(e, eval_every_for(e, SUPERNET_EVALS)) for e in (1, 3, 9, 19, 20, 35)] == [1, 3, 9, 19, 10, 12]
+    assert val_passes(7, 0) == 0 and val_passes(0, 3) == 0
+    measured = replace(COSTS, supernet_val_s=4.0)  # a measured pass replaces two subnets' 20 s
+    assert supernet_s(measured, 20) == pytest.approx(20 * 28 + 10 * 4.0)
+    assert supernet_s(COSTS, 20) == pytest.approx(760) and supernet_s(COSTS, 19) > supernet_s(COSTS, 20)
+    assert supernet_epochs_within(COSTS, 760, 2) == 20  # 20 fits where 19 to 27 (of 760 // 28) do not
+    assert supernet_epochs_within(COSTS, 10, 2) == 2  # nothing fits: the minimum
+    # A plan saved before the pass was measured reads back (its old field dropped).
+    assert StageCosts.from_dict({**asdict(COSTS), "supernet_evals_per_epoch": 0.2}) == COSTS
+
+
+def test_the_supernet_time_limit_is_its_planned_time_less_earlier_epochs(tmp_path):
+    """`planning.supernet_time_limit` on a run directory: none without a plan or with epochs the
+    user gave; the plan's supernet seconds, less the logged epochs of a stage to resume."""
+    ctx = SimpleNamespace(out=tmp_path, given=frozenset())
+    assert supernet_time_limit(ctx) is None
+    (tmp_path / "plan.json").write_text(json.dumps({"plan": {"supernet_s": 300.0}}))
+    assert supernet_time_limit(ctx) == 300.0
+    (tmp_path / "supernet").mkdir()
+    (tmp_path / "supernet" / "train_log.jsonl").write_text('{"epoch": 1, "time": 10.5}\n{"epoch": 2, "time": 20.0}\n')
+    assert supernet_time_limit(ctx) == 300.0  # a log without a checkpoint: nothing to resume
+    (tmp_path / "supernet" / "supernet.pt").write_bytes(b"")
+    assert supernet_time_limit(ctx) == pytest.approx(269.5)
+    assert supernet_time_limit(SimpleNamespace(out=tmp_path, given=frozenset({"supernet_epochs"}))) is None
 
 
 def test_retraining_gets_the_time_the_earlier_stages_left():

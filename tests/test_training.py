@@ -7,6 +7,7 @@ a few dozen steps on a CPU; the embedded synthetic generator is exercised by the
 import json
 import random
 import time
+import types
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from autonad_edge.data.splits import stratified_split
 from autonad_edge.models.network import SegmentationNet
 from autonad_edge.space import SearchSpace
 from autonad_edge.training.checkpoint import load_checkpoint, load_model, load_supernet
-from autonad_edge.training.config import RetrainConfig, SupernetConfig
+from autonad_edge.training.config import RetrainConfig, SupernetConfig, val_passes
 from autonad_edge.training.engine import ResumeError, epoch_batches
 from autonad_edge.training.evaluate import constant_baseline, evaluate
 from autonad_edge.training.hooks import BackgroundHook
@@ -326,6 +327,26 @@ def test_a_time_limit_cuts_the_epochs_and_ends_the_schedule_with_them(tmp_path, 
     # Judged first after epoch 3 of 7: too late in the schedule to lengthen it, however roomy.
     roomy = RetrainTrainer(cfg, data, tmp_path / "roomy", space=SPACE, arch=arch, quiet=True, time_limit_s=1e9).fit()
     assert roomy["epochs"] == 7 and len(read_log(tmp_path / "roomy")) == 7
+    # Every second epoch and the last evaluate, as the budget planner counts them.
+    assert sum("val_miou" in r for r in read_log(tmp_path / "roomy")) == val_passes(7, 2) == 4
+
+
+def test_time_spent_in_epoch_hooks_is_not_the_epochs_time(tmp_path, data, monkeypatch):
+    """A background profiler times blocks in an epoch hook, which a budget plans apart from the
+    epochs: a time limit counts the epochs' time only. The trainer's clock is advanced by 1000 s
+    in each epoch hook (no sleeping), against a limit of 100 s that the epochs alone keep."""
+    import autonad_edge.training.engine as engine
+
+    offset = [0.0]
+    clock = types.SimpleNamespace(perf_counter=lambda: time.perf_counter() + offset[0])
+    monkeypatch.setattr(engine, "time", clock)
+    arch = SPACE.sample(random.Random(5))
+    cfg = RetrainConfig(image_size=SIZE, epochs=7, batch_size=8, lr=2e-3, augment=False, device="cpu",
+                        max_steps_per_epoch=1, eval_every=0, calibrate=False)
+    trainer = RetrainTrainer(cfg, data, tmp_path / "hooks", space=SPACE, arch=arch, quiet=True, time_limit_s=100.0)
+    trainer.add_epoch_hook(lambda epoch, record: offset.__setitem__(0, offset[0] + 1000.0))
+    assert trainer.fit()["epochs"] == 7
+    assert offset[0] == 7000.0  # every hook ran, and the clock the trainer read moved by 7000 s
 
 
 def test_a_run_that_would_end_early_is_lengthened_once_and_early(tmp_path, data):

@@ -27,9 +27,10 @@ from autonad_edge.errors import AutonadError
 from autonad_edge.models.network import SegmentationNet
 from autonad_edge.models.supernet import HybridSupernet
 from autonad_edge.training.calibration import calibrate
-from autonad_edge.training.config import RETRAIN_EVALS
+from autonad_edge.training.config import RETRAIN_EVALS, SUPERNET_EVALS, eval_every_for, val_passes
 from autonad_edge.training.ema import WeightAverage
 from autonad_edge.training.engine import steps_per_epoch
+from autonad_edge.training.evaluate import evaluate
 from autonad_edge.training.execution import build_adam, memory_format, to_training_layout
 from autonad_edge.training.losses import SegmentationLoss
 
@@ -49,7 +50,9 @@ class StageCosts:
     retrain_steps_per_epoch: int
     latency_s: float  # block timing + end-to-end calibration (estimated)
     export_s: float = 30.0  # ONNX export, end-to-end measurement, bundle, report
-    supernet_evals_per_epoch: float = 0.2  # val evaluations of 2 subnets every ~5 epochs
+    # One val pass of the supernet's progress evaluation (its largest and smallest subnets;
+    # `SUPERNET_EVALS` of them a run). None (plans saved before it was measured): two subnets'.
+    supernet_val_s: float | None = None
     # Val passes of a whole retraining, whatever its length (`RETRAIN_EVALS` and the last
     # epoch's): evaluating every epoch of a 136-epoch budgeted run spent 60 % of its time on
     # val and left 40 % to training (the MT 60-minute plan, session 6).
@@ -93,8 +96,25 @@ def evaluations(population: int, generations: int, parents: int) -> int:
     return population + generations * max(population - parents, 0)
 
 
-def supernet_epoch_s(c: StageCosts) -> float:
-    return c.supernet_steps_per_epoch * c.supernet_step_s + c.supernet_evals_per_epoch * 2 * c.val_eval_s
+def supernet_s(c: StageCosts, epochs: int) -> float:
+    """Seconds of a supernet training of `epochs`: its steps and its progress evaluations
+    (every epoch in a short run, about `SUPERNET_EVALS` in a long one; on Magnetic-tile they
+    took 63 of 390 s where a fixed 0.2 a epoch planned 18, session 21)."""
+    val_s = c.supernet_val_s if c.supernet_val_s is not None else 2 * c.val_eval_s
+    passes = val_passes(epochs, eval_every_for(epochs, SUPERNET_EVALS))
+    return epochs * c.supernet_steps_per_epoch * c.supernet_step_s + passes * val_s
+
+
+def supernet_epochs_within(c: StageCosts, seconds: float, min_epochs: int) -> int:
+    """The most supernet epochs whose `supernet_s` fits `seconds` (at least `min_epochs`). The
+    evaluations' count is not monotone in the epochs (19 epochs evaluate 19 times, 20 ten), so
+    every count up to the steps' bound is tried."""
+    step_epoch = c.supernet_steps_per_epoch * c.supernet_step_s
+    bound = int(seconds // step_epoch) if step_epoch > 0 else min_epochs
+    for epochs in range(min(bound, 100_000), min_epochs, -1):
+        if supernet_s(c, epochs) <= seconds:
+            return epochs
+    return min_epochs
 
 
 def retrain_epoch_s(c: StageCosts) -> float:
@@ -126,20 +146,22 @@ def plan_budget(costs: StageCosts, budget_s: float, *, population: int, generati
         pop = max(min_population, int(pop * 0.8))
     search = evaluations(pop, gens, parents) * costs.val_eval_s
     training = budget_s - fixed - search - retrain_evals_s(costs)
-    sup_epoch, re_epoch = supernet_epoch_s(costs), retrain_epoch_s(costs)
-    smallest = min_epochs * (sup_epoch + re_epoch)
+    re_epoch = retrain_epoch_s(costs)
+    smallest = supernet_s(costs, min_epochs) + min_epochs * re_epoch
     if training < smallest:
         need = (fixed + search + smallest) / (1 - margin) if margin < 1 else float("inf")
         raise BudgetError(
             f"a {budget_s / 60:.1f} min budget cannot hold {min_epochs} supernet and {min_epochs} retraining "
-            f"epochs here (one epoch takes {sup_epoch:.0f} s and {re_epoch:.0f} s, block timing ~{costs.latency_s:.0f} s); "
+            f"epochs here (one epoch takes {supernet_s(costs, 1):.0f} s and {re_epoch:.0f} s, "
+            f"block timing ~{costs.latency_s:.0f} s); "
             f"give at least {math.ceil(need / 60)} min"
         )
-    sup_epochs = max(min_epochs, int(supernet_share * training // sup_epoch))
-    re_epochs = max(min_epochs, int((training - sup_epochs * sup_epoch) // re_epoch))
+    sup_epochs = supernet_epochs_within(costs, supernet_share * training, min_epochs)
+    sup_s = supernet_s(costs, sup_epochs)
+    re_epochs = max(min_epochs, int((training - sup_s) // re_epoch))
     return BudgetPlan(
         budget_s=float(budget_s), supernet_epochs=sup_epochs, retrain_epochs=re_epochs,
-        population=pop, generations=gens, supernet_s=sup_epochs * sup_epoch, search_s=search,
+        population=pop, generations=gens, supernet_s=sup_s, search_s=search,
         retrain_s=re_epochs * re_epoch + retrain_evals_s(costs), fixed_s=fixed,
     )
 
@@ -212,10 +234,11 @@ def measure_retrain_step(retrain_config, space, data, arch, *, steps: int = 3, s
 
 
 def measure_costs(supernet_config, retrain_config, space, data, *, units_to_time: int, subnets_to_time: int,
-                  unit_timing_s: float, steps: int = 3, seed: int = 0) -> StageCosts:
-    """Time `steps` supernet steps (as configured: sandwich or one subnet), `steps` retraining
-    steps of a random subnet and a validation pass on a few images, after one warm-up step
-    each, on this machine with the run's batch and crop size."""
+                  unit_timing_s: float, steps: int = 3, supernet_steps: int = 8, seed: int = 0) -> StageCosts:
+    """Time `supernet_steps` supernet steps (as configured: sandwich or random subnets),
+    `steps` retraining steps of a random subnet, a candidate's val score and the supernet's
+    progress evaluation on a few images, after one warm-up each, on this machine with the
+    run's batch and crop size."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     next_batch, loss_fn, n = _probe_batches(supernet_config, data, seed)
@@ -232,7 +255,9 @@ def measure_costs(supernet_config, retrain_config, space, data, *, units_to_time
             loss_fn(supernet(images), masks).backward()
         sup_opt.step()
 
-    sup_s = _seconds_per_step(supernet_step, steps)
+    # More steps than the retraining's: each samples another subnet, and costs vary across
+    # the space (3 steps planned 0.19 s a step where Magnetic-tile's epochs took 0.24, session 21).
+    sup_s = _seconds_per_step(supernet_step, supernet_steps)
     arch = space.sample(rng)
     retrain_batch, retrain_loss, _ = _probe_batches(retrain_config, data, seed)
     re_s = _train_step_s(SegmentationNet.from_arch(arch, space, data.num_classes), retrain_batch, retrain_loss, steps,
@@ -245,8 +270,14 @@ def measure_costs(supernet_config, retrain_config, space, data, *, units_to_time
     start = time.perf_counter()
     calibrate(supernet, probe, arch, num_classes=data.num_classes, tile_size=tile)
     per_image = (time.perf_counter() - start) / max(len(probe), 1)
+    # The supernet's progress evaluation, as `SupernetTrainer.evaluate_val` runs it.
+    start = time.perf_counter()
+    for subnet in (space.largest(), space.smallest()):
+        evaluate(supernet, probe, subnet, num_classes=data.num_classes, tile_size=tile)
+    supernet_val_s = (time.perf_counter() - start) / max(len(probe), 1) * len(data.val)
     return StageCosts(
         supernet_step_s=sup_s, retrain_step_s=re_s, val_eval_s=per_image * len(data.val),
+        supernet_val_s=supernet_val_s,
         supernet_steps_per_epoch=steps_per_epoch(n, supernet_config.batch_size),
         retrain_steps_per_epoch=steps_per_epoch(n, retrain_config.batch_size),
         latency_s=units_to_time * unit_timing_s + subnets_to_time * SUBNET_TIMING_S,
@@ -311,4 +342,4 @@ def retrain_time_limit_s(costs: StageCosts, budget_s: float, elapsed_s: float, *
 
 __all__ = ["BudgetError", "BudgetPlan", "REPLAN_MARGIN", "StageCosts", "evaluations", "measure_costs",
            "measure_export_s", "measure_retrain_step", "measure_train_step", "plan_budget", "retrain_epochs_left",
-           "retrain_time_limit_s", "scale_epochs"]
+           "retrain_time_limit_s", "scale_epochs", "supernet_epochs_within", "supernet_s"]

@@ -15,7 +15,9 @@ from typing import Any
 
 from autonad_edge.errors import AutonadError
 from autonad_edge.search.presets import PRESETS, Preset
-from autonad_edge.training.config import RETRAIN_EVALS, RetrainConfig, SupernetConfig
+from autonad_edge.training.config import (
+    RETRAIN_EVALS, SUPERNET_EVALS, RetrainConfig, SupernetConfig, eval_every_for,
+)
 
 PRESET_FIELDS = tuple(f.name for f in fields(Preset))
 
@@ -152,9 +154,7 @@ class PipelineConfig:
             max_steps_per_epoch=self.max_steps_per_epoch, class_weighting=self.class_weighting,
             warmup_epochs=self.supernet_warmup_epochs, sandwich=self.sandwich,
             sandwich_random=self.sandwich_random, **self.recipe(),
-            # Its val figures are progress information only (the search evaluates subnets itself):
-            # ten points per run are enough.
-            eval_every=max(1, self.supernet_epochs // 10),
+            eval_every=eval_every_for(self.supernet_epochs, SUPERNET_EVALS),
             **({"lr": self.supernet_lr} if self.supernet_lr else {}),
         )
 
@@ -169,7 +169,7 @@ class PipelineConfig:
             max_steps_per_epoch=self.max_steps_per_epoch, class_weighting=self.class_weighting,
             schedule=self.retrain_schedule, warmup_epochs=self.retrain_warmup_share * self.retrain_epochs,
             ema_decay=self.retrain_ema, **self.recipe(),
-            eval_every=max(1, self.retrain_epochs // RETRAIN_EVALS),
+            eval_every=eval_every_for(self.retrain_epochs, RETRAIN_EVALS),
             **({"lr": self.retrain_lr} if self.retrain_lr else {}),
         )
 

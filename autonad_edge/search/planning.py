@@ -4,9 +4,10 @@ On a time budget they are planned from costs measured on this machine before any
 (`search.budget`), and retraining is re-planned once, at the retrain stage, with the time the
 earlier stages actually took; without one, the preset's epochs are scaled to the data set's
 size. Values given on the command line always win. A rerun reads the plan back, so a resumed
-run keeps its schedule. The retraining's epochs also get a time limit (`retrain_time_limit`):
-a host that slows down after the re-plan ends them early rather than the run late, and
-first epochs faster than the probe lengthen them rather than leave the budget unused.
+run keeps its schedule. The supernet's and the retraining's epochs also get a time limit
+(`supernet_time_limit`, `retrain_time_limit`): steps slower than the probe's end them early
+rather than the run late (or take the retraining's time), and first epochs faster than the
+probe lengthen them rather than leave the budget unused.
 """
 
 from __future__ import annotations
@@ -119,6 +120,23 @@ def replan_retrain(ctx: RunContext, arch: Arch) -> PipelineConfig:
                 f"retraining {epochs} epochs (planned {record['replanned']['planned_retrain_epochs']}; "
                 f"export ~{export_s:.0f} s)")
     return replace(cfg, retrain_epochs=record["epochs"]["retrain_epochs"])
+
+
+def supernet_time_limit(ctx: RunContext) -> float | None:
+    """On a time budget, the wall seconds the supernet's epochs may take from now: the time the
+    plan gave them, less what epochs of an earlier process took (a resumed stage); None
+    without a plan or with epochs the user gave. Its step is probed on a few random subnets
+    before the run, and on Magnetic-tile the stage took 390 s of a planned 247 (session 21):
+    with the limit the supernet keeps to its share and the retraining keeps its time."""
+    path = ctx.out / "plan.json"
+    record = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    if not record.get("plan") or "supernet_epochs" in ctx.given:
+        return None
+    earlier = 0.0
+    out_dir = ctx.out / "supernet"
+    if (out_dir / "supernet.pt").exists():
+        earlier = sum(float(r.get("time", 0.0)) for r in JsonlLog(out_dir / LOG_FILE).read())
+    return float(record["plan"]["supernet_s"]) - earlier
 
 
 def retrain_time_limit(ctx: RunContext) -> float | None:

@@ -20,6 +20,23 @@ LOSSES = ("ce", "ce+dice", "ce+lovasz")
 # epochs) and after its last epoch, keeping the best: enough to catch a late dip, cheap next
 # to training (search.budget plans with it).
 RETRAIN_EVALS = 10
+# A pipeline's supernet evaluates its largest and smallest subnets on val about this many
+# times: progress information only (the search scores subnets itself).
+SUPERNET_EVALS = 10
+
+
+def eval_every_for(epochs: int, evals: int) -> int:
+    """Every how many epochs a run of `epochs` evaluates on val to do so about `evals` times
+    (every epoch when it has fewer)."""
+    return max(1, int(epochs) // int(evals))
+
+
+def val_passes(epochs: int, eval_every: int) -> int:
+    """Val evaluations of a run of `epochs` that evaluates every `eval_every` epochs and after its
+    last (`Trainer`); 0 never."""
+    if eval_every <= 0 or epochs <= 0:
+        return 0
+    return epochs // eval_every + (1 if epochs % eval_every else 0)
 
 RESUMABLE_OVERRIDES = frozenset({"device", "workers", "eval_every", "eval_batch_size", "data", "amp", "threads",
                                  "channels_last"})
@@ -114,4 +131,5 @@ def config_conflicts(saved: dict[str, Any], current: dict[str, Any]) -> list[str
 
 SCHEDULES = ("cosine", "poly")
 
-__all__ = ["CLASS_WEIGHTINGS", "LOSSES", "SCHEDULES", "RESUMABLE_OVERRIDES", "RetrainConfig", "RunConfig", "SupernetConfig", "config_conflicts"]
+__all__ = ["CLASS_WEIGHTINGS", "LOSSES", "RETRAIN_EVALS", "RESUMABLE_OVERRIDES", "SCHEDULES", "SUPERNET_EVALS",
+           "RetrainConfig", "RunConfig", "SupernetConfig", "config_conflicts", "eval_every_for", "val_passes"]

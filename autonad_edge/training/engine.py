@@ -95,13 +95,16 @@ class Trainer:
                  resume: bool = False, quiet: bool = False, dist: DistContext | None = None,
                  time_limit_s: float | None = None) -> None:
         self.config = config
-        # Wall seconds the epochs may take in this process: when the measured pace says the
-        # planned epochs would overrun (or, early on, end well inside it), fewer (more) are run
-        # and the schedule ends with them (`_fit_to_time_limit`). None: the configured epochs,
-        # however long they take.
+        # Wall seconds the epochs may take in this process (epoch hooks not counted): when the
+        # measured pace says the planned epochs would overrun (or, early on, end well inside
+        # it), fewer (more) are run and the schedule ends with them (`_fit_to_time_limit`).
+        # None: the configured epochs, however long they take.
         self.time_limit_s = time_limit_s
         self.epochs = int(config.epochs)  # the epochs this run ends at: config.epochs, or as the time limit set
         self._pace_from = (0, 0.0)  # (first epoch, loop start) of this process, for the pace
+        # Seconds this process spent in epoch hooks: not the epochs' time. A background
+        # profiler times blocks there, which a budget plans apart from the epochs.
+        self._epoch_hooks_s = 0.0
         self.data = data
         self.out_dir = Path(out_dir)
         self.space = space
@@ -448,7 +451,7 @@ class Trainer:
             return
         window = self.history[-max(self.PACE_EPOCHS, int(self.config.eval_every or 1)):]
         pace = sum(float(r["time"]) for r in window) / len(window)
-        left = self.time_limit_s - (time.perf_counter() - run_start)
+        left = self.time_limit_s - (time.perf_counter() - run_start - self._epoch_hooks_s)
         fits = done + max(1, int(left // max(pace, 1e-9)))
         fits = int(self.dist.broadcast_object(fits))  # every rank stops where rank 0 says
         if fits < self.epochs - 1:
@@ -522,8 +525,10 @@ class Trainer:
             self.log.write(record)
             save_checkpoint(self.checkpoint_path, self._payload(epoch + 1, step))
             progress.end_epoch(record, self.epochs - epoch - 1)
+            hooks_start = time.perf_counter()
             for hook in self._epoch_hooks:
                 hook(epoch + 1, record)
+            self._epoch_hooks_s += time.perf_counter() - hooks_start
         self.dist.barrier()
         return step
 

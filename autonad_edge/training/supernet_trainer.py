@@ -95,10 +95,12 @@ class SupernetTrainer(Trainer):
 
 
 def train_supernet(config: SupernetConfig, data, out_dir, *, space, resume: bool = False,
-                   quiet: bool = False, step_hooks=(), epoch_hooks=(), backlog=None) -> dict[str, Any]:
+                   quiet: bool = False, step_hooks=(), epoch_hooks=(), backlog=None,
+                   time_limit_s: float | None = None) -> dict[str, Any]:
     """Functional form of `SupernetTrainer(...).fit()`; `backlog` (blocks still to time) is
-    shown next to the ETA."""
-    trainer = SupernetTrainer(config, data, out_dir, space=space, resume=resume, quiet=quiet)
+    shown next to the ETA; `time_limit_s` as `Trainer`'s."""
+    trainer = SupernetTrainer(config, data, out_dir, space=space, resume=resume, quiet=quiet,
+                              time_limit_s=time_limit_s)
     trainer.backlog = backlog
     for hook in step_hooks:
         trainer.add_step_hook(hook)

@@ -8,6 +8,7 @@ from typing import Any
 
 from autonad_edge.io import json_safe
 from autonad_edge.latency.background import BackgroundProfiler, BackgroundStats
+from autonad_edge.search.planning import supernet_time_limit
 from autonad_edge.search.stages.context import RunContext
 from autonad_edge.search.stages.store import StageResult
 from autonad_edge.training.supernet_trainer import train_supernet
@@ -35,7 +36,7 @@ def supernet_stage(ctx: RunContext) -> SupernetResult:
                             policy=ctx.policy) as bg:
         summary = train_supernet(
             ctx.cfg.supernet_config(), ctx.data, out_dir, space=ctx.space, resume=resume, quiet=ctx.cfg.quiet,
-            step_hooks=[bg], epoch_hooks=[bg.epoch_hook], backlog=bg.backlog,
+            step_hooks=[bg], epoch_hooks=[bg.epoch_hook], backlog=bg.backlog, time_limit_s=supernet_time_limit(ctx),
         )
         # Units still queued are measured by the latency stage, with its progress bar.
         stats = bg.stats
