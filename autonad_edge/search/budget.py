@@ -99,7 +99,7 @@ def evaluations(population: int, generations: int, parents: int) -> int:
 def supernet_s(c: StageCosts, epochs: int) -> float:
     """Seconds of a supernet training of `epochs`: its steps and its progress evaluations
     (every epoch in a short run, about `SUPERNET_EVALS` in a long one; on Magnetic-tile they
-    took 63 of 390 s where a fixed 0.2 a epoch planned 18, session 21)."""
+    took 63 of 390 s where a fixed 0.2 an epoch planned 18, session 21)."""
     val_s = c.supernet_val_s if c.supernet_val_s is not None else 2 * c.val_eval_s
     passes = val_passes(epochs, eval_every_for(epochs, SUPERNET_EVALS))
     return epochs * c.supernet_steps_per_epoch * c.supernet_step_s + passes * val_s
