@@ -238,9 +238,10 @@ def measure_costs(supernet_config, retrain_config, space, data, *, units_to_time
     """Time `steps` supernet steps (as configured: sandwich or random subnets), `steps`
     retraining steps of a random subnet, a candidate's val score and the supernet's progress
     evaluation on a few images, after one warm-up each, on this machine with the run's batch
-    and crop size. The supernet's figures came out low on Magnetic-tile (0.18 s a step and
-    3.3 s a val pass, where its epochs then ran at 0.26 and 5.3, with 3 or 8 probe steps alike,
-    session 21): its stage keeps to its time by a time limit (`planning.supernet_time_limit`)."""
+    and crop size. The supernet's figures came out low on Magnetic-tile (0.18 s a step with 3
+    or 8 probe steps alike, 3.3 s a val pass, where its epochs then ran at 0.26 s a step and
+    5.3-5.5 s a pass, session 21): its stage keeps to its time by a time limit
+    (`planning.supernet_time_limit`)."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     next_batch, loss_fn, n = _probe_batches(supernet_config, data, seed)

@@ -16,6 +16,7 @@ import json
 import random
 import time
 from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Any
 
 from autonad_edge.io import atomic_write_json
@@ -94,8 +95,7 @@ def replan_retrain(ctx: RunContext, arch: Arch) -> PipelineConfig:
     """On a time budget, give retraining all the time the earlier stages left (their costs
     were estimates when the plan was made), once: the figure is kept in ``plan.json`` so a
     resumed retrain keeps its schedule. Returns the run's config with those epochs."""
-    cfg, path = ctx.cfg, ctx.out / "plan.json"
-    record = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    cfg, path, record = ctx.cfg, ctx.out / "plan.json", _saved_plan(ctx)
     if not record.get("plan") or "retrain_epochs" in ctx.given:
         return cfg
     if "replanned" not in record:
@@ -128,15 +128,10 @@ def supernet_time_limit(ctx: RunContext) -> float | None:
     without a plan or with epochs the user gave. Its step is probed on a few random subnets
     before the run, and on Magnetic-tile the stage took 390 s of a planned 247 (session 21):
     with the limit the supernet keeps to its share and the retraining keeps its time."""
-    path = ctx.out / "plan.json"
-    record = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    record = _saved_plan(ctx)
     if not record.get("plan") or "supernet_epochs" in ctx.given:
         return None
-    earlier = 0.0
-    out_dir = ctx.out / "supernet"
-    if (out_dir / "supernet.pt").exists():
-        earlier = sum(float(r.get("time", 0.0)) for r in JsonlLog(out_dir / LOG_FILE).read())
-    return float(record["plan"]["supernet_s"]) - earlier
+    return float(record["plan"]["supernet_s"]) - _epochs_spent_s(ctx.out / "supernet", "supernet.pt")
 
 
 def retrain_time_limit(ctx: RunContext) -> float | None:
@@ -144,13 +139,24 @@ def retrain_time_limit(ctx: RunContext) -> float | None:
     without a re-planned budget or with epochs the user gave. The run's clock counts the
     finished stages of earlier processes; a retraining they left unfinished logged its epochs'
     times (``retrain/train_log.jsonl``), which are spent too."""
-    path = ctx.out / "plan.json"
-    record = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    record = _saved_plan(ctx)
     if not record.get("plan") or "replanned" not in record or "retrain_epochs" in ctx.given:
         return None
     costs = replace(StageCosts.from_dict(record["costs"]), export_s=record["replanned"]["export_s"])
-    earlier = 0.0
-    if (ctx.out / "retrain" / "last.pt").exists():  # a retraining to resume: its epochs' time is spent
-        earlier = sum(float(r.get("time", 0.0)) for r in JsonlLog(ctx.out / "retrain" / LOG_FILE).read())
+    earlier = _epochs_spent_s(ctx.out / "retrain", "last.pt")
     return retrain_time_limit_s(costs, record["plan"]["budget_s"], ctx.clock.elapsed_s() + earlier,
                                 margin=REPLAN_MARGIN)
+
+
+def _saved_plan(ctx: RunContext) -> dict[str, Any]:
+    """The run's ``plan.json`` ({} before it is written)."""
+    path = ctx.out / "plan.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def _epochs_spent_s(stage_dir: Path, checkpoint: str) -> float:
+    """Seconds the logged epochs of a training an earlier process left to resume took (0 when
+    there is no `checkpoint` to resume in `stage_dir`)."""
+    if not (stage_dir / checkpoint).exists():
+        return 0.0
+    return sum(float(r.get("time", 0.0)) for r in JsonlLog(stage_dir / LOG_FILE).read())
