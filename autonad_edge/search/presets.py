@@ -85,11 +85,14 @@ def measurement_policy(timing: str) -> MeasurementPolicy | None:
     # Imported here: the CLI builds its help from this module and starts without numpy.
     from autonad_agent.measure import MeasurementPolicy
 
-    # 10 ms of warm-up and 40 ms of timed runs a block: 0.058 s a block against 0.132 s with
-    # 20 / 100 ms, and the block medians moved by 0.8 % (median; p90 2.2 %) where the longer
-    # policy's own medians moved by 3.4 % (p90 31 %) between rounds (benchmarks/block_policy.py,
-    # session 15): the extra time bought nothing the host's drift does not swamp.
-    return MeasurementPolicy(warmup_runs=5, warmup_ms=10.0, min_runs=10, min_duration_ms=40.0,
+    # 5 ms of warm-up and 20 ms of timed runs a unit (at least 5 and 10 runs; the median unit of
+    # the default space runs in 0.06 ms): 0.037 s a unit with the request against 0.071 s with
+    # 10 / 40 ms, and a unit's median strays from the longer policy's, measured right before or
+    # after it, by 0.7 % (median; p90 2.5 %), as much as the longer policy strays from itself
+    # measured again at once (0.6 %; p90 2.6 %; benchmarks/block_policy.py, session 22). The
+    # same benchmark took 20 / 100 ms down to 10 / 40 ms in session 15: beyond a few hundred
+    # runs, the host's drift swamps what a longer window adds.
+    return MeasurementPolicy(warmup_runs=5, warmup_ms=5.0, min_runs=10, min_duration_ms=20.0,
                              max_runs=2000, max_cv=0.2, max_repeats=1)
 
 
