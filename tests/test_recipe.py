@@ -17,7 +17,7 @@ from autonad_edge.data.cache import downscale_mask, training_scale_hw
 from autonad_edge.data.crops import CropConfig, CropSampler, crop_grid, CropSpec
 from autonad_edge.search.budget import (
     REPLAN_MARGIN, BudgetError, StageCosts, evaluations, plan_budget, retrain_epochs_left, retrain_time_limit_s,
-    scale_epochs, supernet_epochs_within, supernet_s,
+    scale_epochs, supernet_epochs_within, supernet_s, val_probe,
 )
 from autonad_edge.search.planning import supernet_time_limit
 from autonad_edge.space import SearchSpace
@@ -240,6 +240,27 @@ def test_the_planner_times_the_step_the_trainer_takes():
     before = [p.detach().clone() for p in net.parameters()]
     assert measure_train_step(net, cfg, data, steps=2) > 0
     assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))  # it really trained
+
+
+def test_the_val_probe_spans_the_image_sizes_and_scales_by_their_tiles():
+    from autonad_edge.data.cache import build_cache, label_histogram
+    from autonad_edge.data.dataset import SegmentationDataset
+
+    # Four small images first, then four large ones: the first four alone would price a val
+    # pass at a fraction of its cost.
+    sides = [16] * 4 + [96] * 4
+    samples = [(np.zeros((s, s, 1), np.uint8), np.zeros((s, s), np.uint8), (s, s),
+                label_histogram(np.zeros((s, s), np.uint8))) for s in sides]
+    cache = build_cache([f"im{i}" for i in range(8)], samples, ["background", "scratch"], None, [None] * 8)
+    val = SegmentationDataset(cache, range(8), "val")
+    picks, scale = val_probe(val, tile=32)
+    assert [sides[i] for i in picks] == [16, 16, 96, 96]
+    # A 16-px image is one 16x16 window; a 96-px one 4x4 windows of 32 (stride 24): 16,384 px.
+    assert scale == pytest.approx((4 * 256 + 4 * 16 * 32 * 32) / (2 * 256 + 2 * 16 * 32 * 32))
+    same = SegmentationDataset(build_cache([f"im{i}" for i in range(6)], samples[:1] * 6, ["background", "scratch"],
+                                           None, [None] * 6), range(6), "val")
+    picks, scale = val_probe(same, tile=32)
+    assert len(picks) == 4 and scale == pytest.approx(6 / 4) and val_probe(same, 32, count=10)[1] == pytest.approx(1)
 
 
 def test_old_plans_load_without_the_fields_they_lost():

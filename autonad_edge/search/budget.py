@@ -24,6 +24,7 @@ from torch.utils.data import Subset
 from autonad_edge.data.crops import CropConfig
 from autonad_edge.data.transforms import AugmentationConfig
 from autonad_edge.errors import AutonadError
+from autonad_edge.inference import plan_tiles, resolve_overlap
 from autonad_edge.models.network import SegmentationNet
 from autonad_edge.models.supernet import HybridSupernet
 from autonad_edge.training.calibration import calibrate
@@ -233,15 +234,34 @@ def measure_retrain_step(retrain_config, space, data, arch, *, steps: int = 3, s
     return measure_train_step(net, retrain_config, data, steps=steps, seed=seed)
 
 
+def val_probe(val, tile: int, count: int = 4) -> tuple[list[int], float]:
+    """`count` images of the split `val` spread over its sizes, and how many times their
+    evaluation work the whole split's is: an evaluation runs the pixels of its tiles
+    (`inference.plan_tiles` at the network's input side `tile`), and a real set's images
+    differ (Magnetic-tile's from 2 to 19 x 10^4 pixels: its first four val images made a val
+    pass look 3.3 s long where it took 5.3-5.5 s, session 21). An empty split: ([], 0.0)."""
+    overlap = resolve_overlap(tile, None)
+    work = []
+    for i in range(len(val)):
+        height, width = val.raw(i)[1].shape
+        work.append(sum(h * w for h, w in (t.window_hw for t in plan_tiles(height, width, tile, overlap))))
+    if not work:
+        return [], 0.0
+    order = sorted(range(len(work)), key=work.__getitem__)
+    # The middles of `count` equal slices of the sizes, smallest to largest (all, if fewer).
+    count = min(count, len(order))
+    picks = sorted(order[(2 * k + 1) * len(order) // (2 * count)] for k in range(count))
+    return picks, sum(work) / sum(work[i] for i in picks)
+
+
 def measure_costs(supernet_config, retrain_config, space, data, *, units_to_time: int, subnets_to_time: int,
                   unit_timing_s: float, steps: int = 3, seed: int = 0) -> StageCosts:
     """Time `steps` supernet steps (as configured: sandwich or random subnets), `steps`
     retraining steps of a random subnet, a candidate's val score and the supernet's progress
-    evaluation on a few images, after one warm-up each, on this machine with the run's batch
-    and crop size. The supernet's figures came out low on Magnetic-tile (0.18 s a step with 3
-    or 8 probe steps alike, 3.3 s a val pass, where its epochs then ran at 0.26 s a step and
-    5.3-5.5 s a pass, session 21): its stage keeps to its time by a time limit
-    (`planning.supernet_time_limit`)."""
+    evaluation on a few val images of the split's sizes (`val_probe`), after one warm-up each,
+    on this machine with the run's batch and crop size. The supernet's step came out low on
+    Magnetic-tile (0.18 s with 3 or 8 probe steps alike, where its epochs then ran at 0.26 s,
+    session 21): its stage keeps to its time by a time limit (`planning.supernet_time_limit`)."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     next_batch, loss_fn, n = _probe_batches(supernet_config, data, seed)
@@ -265,19 +285,20 @@ def measure_costs(supernet_config, retrain_config, space, data, *, units_to_time
                          retrain_config)
     # A candidate's val score as the search computes it (calibrated), after an untimed first
     # call (lazy imports, allocator warm-up).
-    probe = Subset(data.val, list(range(min(4, len(data.val)))))
     tile = int(supernet_config.image_size)
-    calibrate(supernet, Subset(data.val, [0]), arch, num_classes=data.num_classes, tile_size=tile)
+    picks, val_scale = val_probe(data.val, tile)
+    probe = Subset(data.val, picks)
+    calibrate(supernet, Subset(data.val, picks[:1]), arch, num_classes=data.num_classes, tile_size=tile)
     start = time.perf_counter()
     calibrate(supernet, probe, arch, num_classes=data.num_classes, tile_size=tile)
-    per_image = (time.perf_counter() - start) / max(len(probe), 1)
+    val_eval_s = (time.perf_counter() - start) * val_scale
     # The supernet's progress evaluation, as `SupernetTrainer.evaluate_val` runs it.
     start = time.perf_counter()
     for subnet in (space.largest(), space.smallest()):
         evaluate(supernet, probe, subnet, num_classes=data.num_classes, tile_size=tile)
-    supernet_val_s = (time.perf_counter() - start) / max(len(probe), 1) * len(data.val)
+    supernet_val_s = (time.perf_counter() - start) * val_scale
     return StageCosts(
-        supernet_step_s=sup_s, retrain_step_s=re_s, val_eval_s=per_image * len(data.val),
+        supernet_step_s=sup_s, retrain_step_s=re_s, val_eval_s=val_eval_s,
         supernet_val_s=supernet_val_s,
         supernet_steps_per_epoch=steps_per_epoch(n, supernet_config.batch_size),
         retrain_steps_per_epoch=steps_per_epoch(n, retrain_config.batch_size),
