@@ -21,7 +21,7 @@ from autonad_edge.models.network import SegmentationNet
 from autonad_edge.space import SearchSpace
 from autonad_edge.training.checkpoint import load_checkpoint, load_model, load_supernet
 from autonad_edge.training.config import RetrainConfig, SupernetConfig, val_passes
-from autonad_edge.training.engine import ResumeError, epoch_batches
+from autonad_edge.training.engine import ResumeError, epoch_batches, epochs_within
 from autonad_edge.training.evaluate import constant_baseline, evaluate
 from autonad_edge.training.hooks import BackgroundHook
 from autonad_edge.training.predict import predict_images
@@ -329,6 +329,18 @@ def test_a_time_limit_cuts_the_epochs_and_ends_the_schedule_with_them(tmp_path, 
     assert roomy["epochs"] == 7 and len(read_log(tmp_path / "roomy")) == 7
     # Every second epoch and the last evaluate, as the budget planner counts them.
     assert sum("val_miou" in r for r in read_log(tmp_path / "roomy")) == val_passes(7, 2) == 4
+
+
+def test_the_epochs_that_fit_count_the_val_passes_the_schedule_will_run():
+    # 3 of 26 epochs done, val every 2nd and the last: epoch 4 trains (6 s) and evaluates (4 s),
+    # epoch 5 trains; so 10, 16, 26, 36 s for 4, 5, 6, 7 epochs in all (7: the last evaluates).
+    assert [epochs_within(3, left, 6.0, 4.0, 2, cap=40) for left in (9.9, 10, 25.9, 26, 35.9, 36)] == [4, 4, 5, 6, 6, 7]
+    # Whatever the window of epochs a pace was taken on, one val pass every 2 epochs on 23 more.
+    assert epochs_within(3, 23 * 6.0 + 12 * 4.0, 6.0, 4.0, 2, cap=40) == 26
+    assert epochs_within(4, 22 * 6.0 + 11 * 4.0, 6.0, 4.0, 2, cap=40) == 26  # after an evaluated epoch
+    assert epochs_within(3, 1e9, 6.0, 4.0, 2, cap=40) == 40  # capped
+    assert epochs_within(3, -5.0, 6.0, 4.0, 2, cap=40) == 4  # overrun already: one more epoch
+    assert epochs_within(3, 60.0, 6.0, 4.0, 0, cap=40) == 13  # no evaluation at all
 
 
 def test_time_spent_in_epoch_hooks_is_not_the_epochs_time(tmp_path, data, monkeypatch):

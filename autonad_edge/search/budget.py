@@ -238,8 +238,9 @@ def val_probe(val, tile: int, count: int = 4) -> tuple[list[int], float]:
     """`count` images of the split `val` spread over its sizes, and how many times their
     evaluation work the whole split's is: an evaluation runs the pixels of its tiles
     (`inference.plan_tiles` at the network's input side `tile`), and a real set's images
-    differ (Magnetic-tile's from 2 to 19 x 10^4 pixels: its first four val images made a val
-    pass look 3.3 s long where it took 5.3-5.5 s, session 21). An empty split: ([], 0.0)."""
+    differ (Magnetic-tile's from 2 to 19 x 10^4 pixels; at its training scale its val images
+    run one to four 128-px tiles, its first four val images four each: 1.35 times the split's
+    mean). An empty split: ([], 0.0)."""
     overlap = resolve_overlap(tile, None)
     work = []
     for i in range(len(val)):
@@ -259,9 +260,10 @@ def measure_costs(supernet_config, retrain_config, space, data, *, units_to_time
     """Time `steps` supernet steps (as configured: sandwich or random subnets), `steps`
     retraining steps of a random subnet, a candidate's val score and the supernet's progress
     evaluation on a few val images of the split's sizes (`val_probe`), after one warm-up each,
-    on this machine with the run's batch and crop size. The supernet's step came out low on
-    Magnetic-tile (0.18 s with 3 or 8 probe steps alike, where its epochs then ran at 0.26 s,
-    session 21): its stage keeps to its time by a time limit (`planning.supernet_time_limit`)."""
+    on this machine with the run's batch and crop size. The host's pace moves (Magnetic-tile's
+    supernet epochs ran at 0.26 s a step and 5.3 s a val pass in session 21 where the probe
+    said 0.18 and 3.3 s, and at 0.19 and 3.5 s in session 22 where it said 0.22 and 3.3 s), so
+    the stages keep to their times by time limits (`planning.supernet_time_limit`)."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     next_batch, loss_fn, n = _probe_batches(supernet_config, data, seed)

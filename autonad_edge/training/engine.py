@@ -44,7 +44,7 @@ from autonad_edge.training.checkpoint import (
     set_torch_rng_states,
     torch_rng_states,
 )
-from autonad_edge.training.config import RunConfig, config_conflicts
+from autonad_edge.training.config import RunConfig, config_conflicts, val_passes
 from autonad_edge.training.distributed import DistContext, parameter_digest
 from autonad_edge.data.crops import CropConfig
 from autonad_edge.data.transforms import AugmentationConfig
@@ -82,6 +82,21 @@ def epoch_batches(n: int, batch_size: int, generator: torch.Generator, rank: int
 def steps_per_epoch(n: int, batch_size: int, world_size: int = 1, max_steps: int | None = None) -> int:
     steps = math.ceil(math.ceil(n / world_size) / batch_size)
     return min(steps, max_steps) if max_steps else steps
+
+
+def epochs_within(done: int, left_s: float, train_s: float, val_s: float, eval_every: int, cap: int) -> int:
+    """The most epochs in all, from `done + 1` up to `cap`, whose rest takes at most `left_s`:
+    each further epoch trains for `train_s`, and those that evaluate on val (every
+    `eval_every`-th and the last, `config.val_passes`; none when it is 0) take `val_s` more."""
+    passes_done = done // eval_every if eval_every > 0 else 0  # `done` was not the last epoch
+
+    def rest_s(epochs: int) -> float:
+        return (epochs - done) * train_s + (val_passes(epochs, eval_every) - passes_done) * val_s
+
+    epochs = done + 1
+    while epochs < cap and rest_s(epochs + 1) <= left_s:
+        epochs += 1
+    return epochs
 
 
 class Trainer:
@@ -426,7 +441,8 @@ class Trainer:
             atomic_write_json(self.out_dir / "summary.json", _json_safe(summary))
         return summary
 
-    # Epochs whose mean wall time (evaluations included) is the pace; none are judged before.
+    # Epochs whose mean training time is the pace (a val pass costs the mean of those run so
+    # far); none are judged before.
     PACE_EPOCHS = 3
     # A run the pace shows would end early is lengthened once, at its first judgement, while its
     # schedule has barely begun (so the longer decay changes the rates to come, not those
@@ -449,11 +465,18 @@ class Trainer:
         start_epoch, run_start = self._pace_from
         if self.time_limit_s is None or done >= self.epochs or done - start_epoch < self.PACE_EPOCHS:
             return
-        window = self.history[-max(self.PACE_EPOCHS, int(self.config.eval_every or 1)):]
-        pace = sum(float(r["time"]) for r in window) / len(window)
+        # Training and val passes paced apart: the passes land on every eval_every-th epoch, so
+        # a window of whole epochs holds them unevenly (every other epoch: one or two in three,
+        # and the supernet's limit swung 26 -> 31 -> 28 -> 26 epochs on Magnetic-tile).
+        recent = self.history[-self.PACE_EPOCHS:]
+        train_s = sum(float(r["train_time"]) for r in recent) / len(recent)
+        evals = [float(r["time"]) - float(r["train_time"]) for r in self.history if "val_miou" in r]
+        val_s = sum(evals) / len(evals) if evals else 0.0
         left = self.time_limit_s - (time.perf_counter() - run_start - self._epoch_hooks_s)
-        fits = done + max(1, int(left // max(pace, 1e-9)))
+        cap = max(self.epochs, int(self.config.epochs * self.MAX_EXTENSION)) + 2
+        fits = epochs_within(done, left, train_s, val_s, int(self.config.eval_every or 0), cap)
         fits = int(self.dist.broadcast_object(fits))  # every rank stops where rank 0 says
+        pace = train_s + val_s * val_passes(fits, int(self.config.eval_every or 0)) / max(fits, 1)
         if fits < self.epochs - 1:
             epochs, why = fits, f"{self.epochs} epochs would overrun the time limit"
         elif (fits > self.epochs + 1 and done - start_epoch == self.PACE_EPOCHS
@@ -542,6 +565,7 @@ __all__ = [
     "StepHook",
     "Trainer",
     "epoch_batches",
+    "epochs_within",
     "masked_cross_entropy",
     "steps_per_epoch",
 ]
