@@ -3,7 +3,7 @@
 Cold, a default run spent about 17 s of its supernet stage timing 131 blocks (session 15; 101
 units since blocks are timed as their parts, session 18) with the `fast` policy
 (`presets.measurement_policy`; 20 ms of warm-up and at least 100 ms of timed runs until session
-15, 10 / 40 ms since). Each unit of the run's space (`--space` at `--image-size`, `--classes`)
+15, 10 / 40 ms until session 22, 5 / 20 ms since). Each unit of the run's space (`--space` at `--image-size`, `--classes`)
 is measured here with that policy, with a shorter one (`--short-warmup-ms`,
 `--short-duration-ms`) and with the fast policy again, back to back with each first in turn, for
 `--rounds` rounds in a fresh random order each, on the local agent. Reported: the seconds a unit
@@ -45,8 +45,8 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--classes", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--short-warmup-ms", type=float, default=10.0)
-    parser.add_argument("--short-duration-ms", type=float, default=40.0)
+    parser.add_argument("--short-warmup-ms", type=float, default=2.5)
+    parser.add_argument("--short-duration-ms", type=float, default=10.0)
     parser.add_argument("--local-threads", type=int, default=None)
     parser.add_argument("--json", default="benchmarks/results/block_policy.json")
     args = parser.parse_args()

@@ -30,8 +30,9 @@ class Preset:
     finalists: int  # top candidates re-measured end to end before the final choice
     retrain_init: str  # "inherited" fine-tunes from the supernet, "scratch" trains anew
     max_steps_per_epoch: int | None = None
-    # Block timing: "quick" (short warm-up, ~0.1 s of timed runs) for CPU presets, "full" (the
-    # agent's trtexec-like default: 200 ms warm-up, >= 1 s and >= 50 runs) for the paper's.
+    # Block timing: "quick" (5 ms of warm-up, 20 ms of timed runs: `measurement_policy`) for CPU
+    # presets, "full" (the agent's trtexec-like default: 200 ms warm-up, >= 1 s and >= 50 runs)
+    # for the paper's.
     timing: str = "quick"
     # Optimisation. None = the training defaults (AdamW 5e-4 for the supernet, Adam 1e-4 for the
     # retrain: the paper's, tuned for 100-200 epochs). Minute-scale CPU budgets need larger

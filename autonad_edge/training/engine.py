@@ -85,9 +85,10 @@ def steps_per_epoch(n: int, batch_size: int, world_size: int = 1, max_steps: int
 
 
 def epochs_within(done: int, left_s: float, train_s: float, val_s: float, eval_every: int, cap: int) -> int:
-    """The most epochs in all, from `done + 1` up to `cap`, whose rest takes at most `left_s`:
-    each further epoch trains for `train_s`, and those that evaluate on val (every
-    `eval_every`-th and the last, `config.val_passes`; none when it is 0) take `val_s` more."""
+    """The most epochs in all, up to `cap`, whose rest takes at most `left_s` (at least
+    `done + 1`, however late): each further epoch trains for `train_s`, and those that evaluate
+    on val (every `eval_every`-th and the last, `config.val_passes`; none when it is 0) take
+    `val_s` more."""
     passes_done = done // eval_every if eval_every > 0 else 0  # `done` was not the last epoch
 
     def rest_s(epochs: int) -> float:
@@ -468,10 +469,13 @@ class Trainer:
         # Training and val passes paced apart: the passes land on every eval_every-th epoch, so
         # a window of whole epochs holds them unevenly (every other epoch: one or two in three,
         # and the supernet's limit swung 26 -> 31 -> 28 -> 26 epochs on Magnetic-tile).
+        # The recent passes of this process (settings may change on resume), else earlier ones;
+        # before the first, none are priced: a later judgement cuts what they overrun.
         recent = self.history[-self.PACE_EPOCHS:]
         train_s = sum(float(r["train_time"]) for r in recent) / len(recent)
-        evals = [float(r["time"]) - float(r["train_time"]) for r in self.history if "val_miou" in r]
-        val_s = sum(evals) / len(evals) if evals else 0.0
+        passes = [r for r in self.history if "val_miou" in r]
+        passes = ([r for r in passes if r["epoch"] > start_epoch] or passes)[-self.PACE_EPOCHS:]
+        val_s = sum(float(r["time"]) - float(r["train_time"]) for r in passes) / max(len(passes), 1)
         left = self.time_limit_s - (time.perf_counter() - run_start - self._epoch_hooks_s)
         cap = max(self.epochs, int(self.config.epochs * self.MAX_EXTENSION)) + 2
         fits = epochs_within(done, left, train_s, val_s, int(self.config.eval_every or 0), cap)
