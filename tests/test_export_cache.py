@@ -69,6 +69,24 @@ def test_a_version_change_misses(monkeypatch):
     assert export_key("sig", "portable") == before
 
 
+def test_a_plugin_version_change_misses(monkeypatch):
+    # A tensorrt-flavour export names the plugin's version in its nodes: an export cached under
+    # the old version would not load on an agent built with the new one.
+    import dataclasses
+
+    import autonad_agent.plugin_identity as identity
+
+    before = export_key("sig", "tensorrt")
+    ec.exporter_fingerprint.cache_clear()
+    monkeypatch.setattr(identity, "SPATIAL_SHIFT_PLUGIN", dataclasses.replace(identity.SPATIAL_SHIFT_PLUGIN, version="2"))
+    try:
+        assert export_key("sig", "tensorrt") != before
+    finally:
+        monkeypatch.undo()
+        ec.exporter_fingerprint.cache_clear()
+    assert export_key("sig", "tensorrt") == before
+
+
 def test_workers_export_the_same_bytes_and_a_second_run_exports_nothing(tmp_path):
     profiler.use_export_cache(tmp_path / "cache")
     try:

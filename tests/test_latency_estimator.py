@@ -116,6 +116,30 @@ def test_estimate_against_end_to_end_after_fitting(lab):
         other.estimate(archs[0])
 
 
+def test_measuring_without_reuse_measures_afresh(lab, monkeypatch):
+    # The export cache hands the agent the very same bytes each time, and the agent keeps a
+    # stable result: without `fresh`, asking again would return the old measurement.
+    from autonad_agent.measure import MeasurementPolicy
+
+    space, table, pool = lab["space"], lab["table"], lab["pool"]
+    always_stable = MeasurementPolicy(warmup_runs=1, warmup_ms=0, min_runs=3, min_duration_ms=5, max_runs=50,
+                                      max_cv=100, max_repeats=0)
+    est = LatencyEstimator(table, space, SIZE, CLASSES, pool=pool, correct=False, end_to_end_policy=always_stable)
+    arch = space.sample(random.Random(5))
+    seen = []
+    measure_many = pool.measure_many
+
+    def recording(jobs, **kwargs):  # the real pool, its results kept for the test
+        results = measure_many(jobs, **kwargs)
+        seen.extend(results)
+        return results
+
+    monkeypatch.setattr(pool, "measure_many", recording)
+    est.measure_end_to_end(arch, reuse=False)
+    est.measure_end_to_end(arch, reuse=False)
+    assert len(seen) == 2 and not any(m.cached for m in seen)
+
+
 def test_subnets_measured_together_are_timed_afresh_in_every_round(lab):
     from autonad_agent.measure import MeasurementPolicy
 
@@ -126,10 +150,11 @@ def test_subnets_measured_together_are_timed_afresh_in_every_round(lab):
     a, b = space.sample(rng), space.sample(rng)
     while b == a:
         b = space.sample(rng)
-    for stat in ("min", "median"):
+    for stat in ("min", "median", "p90"):
         est = LatencyEstimator(table, space, SIZE, CLASSES, pool=pool, correct=False, stat=stat)
         policy = est.rounds_policy()
-        # Each round's statistic is the estimator's; over the rounds, the median, not the floor.
+        # Each round's statistic is the estimator's (the one its unit sums add up: a p90
+        # correction is fitted to p90s); over the rounds, the median, not the floor.
         assert policy.statistic == stat and policy.estimate == "median"
         rounds = dataclasses.replace(policy, rounds=3, max_extra_rounds=0, per_round=quick)
         ms = est.measure_together([a, b, a], rounds=rounds)  # a repeat is measured once
@@ -165,6 +190,25 @@ def test_fit_correction_recovers_a_linear_relation_and_shrinks_to_the_sum():
     assert same.fit_rmspe < 1e-6
     report = accuracy_report([1.04, 0.92, 1.0], [1.0, 1.0, 1.0])
     assert report["within_5pct"] == pytest.approx(2 / 3) and report["within_10pct"] == 1.0
+
+
+def test_corrections_saved_at_once_by_several_processes_are_all_kept(tmp_path):
+    # Runs sharing a table save their corrections into one file: a read-modify-write each, so
+    # without turns one run writes back a copy that lacks another's correction.
+    import subprocess
+    import sys
+
+    path = tmp_path / "corrections.json"
+    writer = (
+        "import sys\n"
+        "from autonad_edge.latency.estimator import Correction, save_correction\n"
+        "for i in range(25):\n"
+        "    save_correction(sys.argv[1], f'{sys.argv[2]}-{i}', Correction.identity())\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", writer, str(path), name]) for name in "abcd"]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0, 0]
+    saved = json.loads(path.read_text())["corrections"]
+    assert set(saved) == {f"{name}-{i}" for name in "abcd" for i in range(25)}
 
 
 def test_a_corrected_estimate_never_falls_below_a_share_of_the_block_sum():

@@ -82,3 +82,45 @@ def test_pool_spreads_work_and_does_not_retry_bad_requests(token_file: Path):
             with pytest.raises(AgentError):
                 pool.measure(testing.unknown_op_model(), policy=policy)
             assert pool.fingerprint() == results[0].fingerprint  # same machine, same fingerprint
+
+
+class _Interrupted(BaseException):
+    """Escapes the pool's per-job error handling, as an interrupt would."""
+
+
+class InterruptingTable(LatencyTable):
+    """A real table whose first write is interrupted."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.interrupted = False
+
+    def record(self, signature, measurement) -> None:
+        if not self.interrupted:
+            self.interrupted = True
+            raise _Interrupted()
+        super().record(signature, measurement)
+
+
+def test_an_unexpected_error_in_one_agents_thread_does_not_hang_the_others(tmp_path: Path, token_file: Path):
+    # The job the failing thread had taken must end, or the other agent's thread waits for it
+    # forever and measure_many never returns.
+    policy = MeasurementPolicy(warmup_runs=1, warmup_ms=0, min_runs=3, min_duration_ms=5, max_runs=50, max_cv=100,
+                               max_repeats=0)
+    jobs = [MeasureJob(testing.conv_model(seed=20 + i), signature=f"m{i}", policy=policy) for i in range(4)]
+    outcome: list[BaseException | None] = []
+    with testing.AgentProcess(token_file) as a, testing.AgentProcess(token_file) as b:
+        clients = [AgentClient(x.address, token=TOKEN, timeout_s=60) for x in (a, b)]
+        with InterruptingTable(tmp_path / "t.sqlite") as table, ClientPool(clients, table=table) as pool:
+            def run() -> None:
+                try:
+                    pool.measure_many(jobs)
+                    outcome.append(None)
+                except BaseException as exc:  # noqa: BLE001 - the test inspects it
+                    outcome.append(exc)
+
+            thread = threading.Thread(target=run, daemon=True)
+            thread.start()
+            thread.join(120)  # a guard against a hang, not a speed check
+            assert not thread.is_alive(), "measure_many hung after one agent's thread failed"
+    assert len(outcome) == 1 and isinstance(outcome[0], _Interrupted)

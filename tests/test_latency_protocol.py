@@ -64,7 +64,8 @@ def test_rounds_policy_rejects_nonsense():
     with pytest.raises(ValueError):
         RoundsPolicy(rounds=0)
     with pytest.raises(ValueError):
-        RoundsPolicy(statistic="mean")
+        RoundsPolicy(statistic="p99")
+    assert RoundsPolicy(statistic="p90").statistic == "p90"  # the estimator's statistics are all allowed
     with pytest.raises(ValueError):
         RoundsPolicy(estimate="mean")
 
@@ -98,9 +99,12 @@ def test_rounds_on_a_real_agent_measure_afresh_and_interleave_the_reference(tmp_
     policy = RoundsPolicy(rounds=3, max_extra_rounds=0, reference_every=2, per_round=quick)
     models = {f"m{i}": MeasureJob(testing.conv_model(channels=8, size=16, seed=i)) for i in range(3)}
     reference = MeasureJob(testing.conv_model(channels=4, size=16, seed=99))
-    with testing.AgentProcess(path) as agent:
-        with ClientPool([AgentClient(agent.address, token=token, timeout_s=60)]) as pool:
+    with testing.AgentProcess(path) as agent, LatencyTable(tmp_path / "pool.sqlite") as pool_table:
+        with ClientPool([AgentClient(agent.address, token=token, timeout_s=60)], table=pool_table) as pool:
             result = measure_in_rounds(pool, models, reference, policy, seed=1)
+        # A round's figure is no measurement of the model: nothing reaches the pool's table
+        # (the caller records the summary, `robust_measurement`).
+        assert pool_table.entries() == []
     assert set(result.latencies) == set(models)
     # Per round: a reference before each chunk of two (2 chunks) and one at the end.
     assert len(result.reference_series_ms) == 3 * 3

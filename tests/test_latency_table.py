@@ -77,6 +77,20 @@ def test_failed_batch_leaves_nothing_behind(tmp_path: Path):
         assert table.entries() == []
 
 
+def test_a_full_disk_names_itself_and_the_table_stays_usable(tmp_path: Path):
+    import sqlite3
+
+    with LatencyTable(tmp_path / "t.sqlite") as table:
+        (pages,) = table._db.execute("PRAGMA page_count").fetchone()
+        table._db.execute(f"PRAGMA max_page_count={pages}")  # the file may not grow: a full disk
+        with pytest.raises(sqlite3.OperationalError, match="full"):
+            table.record_many([(f"block-{'x' * 2000}-{i}", measurement(CPU_A)) for i in range(50)])
+        assert table.entries() == []
+        table._db.execute("PRAGMA max_page_count=1000000")  # space again: the next write works
+        table.record("block-1", measurement(CPU_A))
+        assert [e.signature for e in table.entries()] == ["block-1"]
+
+
 _WRITER = textwrap.dedent(
     """
     import sys

@@ -177,14 +177,21 @@ def load_corrections(path: str | Path) -> dict[str, Correction]:
 
 
 def save_correction(path: str | Path, key: str, correction: Correction) -> None:
-    """Add or replace `key` in the corrections file (atomic write)."""
+    """Add or replace `key` in the corrections file (atomic write). Runs that share a table
+    (two targets calibrating at once) take turns on a lock file beside it, so that neither
+    writes back a copy read before the other's correction landed."""
+    import fcntl
+
     from autonad_edge.io import atomic_write_json
 
     p = Path(path)
-    data = json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
-    corrections = data.get("corrections", {})
-    corrections[key] = correction.to_dict()
-    atomic_write_json(p, {"format": CORRECTION_FORMAT, "corrections": corrections})
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with open(p.with_name(p.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        data = json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
+        corrections = data.get("corrections", {})
+        corrections[key] = correction.to_dict()
+        atomic_write_json(p, {"format": CORRECTION_FORMAT, "corrections": corrections})
 
 
 class LatencyEstimator:
@@ -316,15 +323,17 @@ class LatencyEstimator:
             elif sig not in {s for s, _ in todo}:
                 todo.append((sig, arch))
         # All exported first, then measured one at a time: never export while the pool
-        # measures on this machine.
-        for sig, job in self._export_jobs(dict(todo), self.end_to_end_policy).items():
+        # measures on this machine. Not reusing also bypasses the agent's result cache (the
+        # export cache hands it the very same bytes as last time).
+        for sig, job in self._export_jobs(dict(todo), self.end_to_end_policy, fresh=not reuse).items():
             (result,) = self.pool.measure_many([job])  # type: ignore[union-attr]
             if self.pool.table is not self.table:  # type: ignore[union-attr]
                 self.table.record(sig, result)
             out[sig] = getattr(result, self._field)
         return [out[self.network_signature(a)] for a in archs]
 
-    def _export_jobs(self, archs: dict[str, "Arch"], policy: "MeasurementPolicy | None" = None) -> dict:
+    def _export_jobs(self, archs: dict[str, "Arch"], policy: "MeasurementPolicy | None" = None,
+                     fresh: bool = False) -> dict:
         """`archs` (by network signature) exported for this target, several at once in the
         export workers, as measurement jobs; the first failed export is raised."""
         from autonad_edge.latency.export_pool import export_networks
@@ -340,7 +349,7 @@ class LatencyEstimator:
         for sig, onnx in zip(archs, exported):
             if isinstance(onnx, BaseException):
                 raise onnx
-            jobs[sig] = MeasureJob(onnx=onnx, signature=sig, policy=policy)
+            jobs[sig] = MeasureJob(onnx=onnx, signature=sig, policy=policy, fresh=fresh)
         return jobs
 
     def measure_together(self, archs: Sequence["Arch"], *, rounds: "RoundsPolicy | None" = None) -> list[float]:
@@ -369,11 +378,11 @@ class LatencyEstimator:
 
     def rounds_policy(self) -> "RoundsPolicy":
         """Rounds for `measure_together`: each round takes the estimator's statistic of its runs
-        (min, or median for the others), the estimate is the median over the rounds of those
-        values, scaled by the reference's level at the time."""
+        (the one its unit sums add up, so the correction fits like with like), the estimate is
+        the median over the rounds of those values, scaled by the reference's level at the time."""
         from autonad_edge.latency.protocol import RoundsPolicy
 
-        return RoundsPolicy(rounds=5, max_extra_rounds=2, statistic="min" if self.stat == "min" else "median",
+        return RoundsPolicy(rounds=5, max_extra_rounds=2, statistic=self.stat,
                             estimate="median")
 
     # ---- correction ----------------------------------------------------------------------

@@ -46,10 +46,13 @@ def default_dir() -> Path | None:
 
 @functools.lru_cache(maxsize=1)
 def exporter_fingerprint() -> str:
-    """What exported bytes depend on besides the unit: library versions and this package's
-    model, export and unit-building sources."""
+    """What exported bytes depend on besides the unit: library versions, this package's model,
+    export and unit-building sources, and the TensorRT plugin's identity (its name, version and
+    namespace are written into every spatial-shift node of a tensorrt-flavour export)."""
     import onnx
     import torch
+
+    from autonad_agent.plugin_identity import SPATIAL_SHIFT_PLUGIN
 
     try:
         import onnxscript
@@ -58,7 +61,8 @@ def exporter_fingerprint() -> str:
     except ImportError:  # pragma: no cover - a dependency of torch's exporter
         onnxscript_version = "none"
     digest = hashlib.sha256(f"torch={torch.__version__};onnx={onnx.__version__};"
-                            f"onnxscript={onnxscript_version}".encode())
+                            f"onnxscript={onnxscript_version};plugin={SPATIAL_SHIFT_PLUGIN.op}"
+                            f"/{SPATIAL_SHIFT_PLUGIN.version}".encode())
     package = Path(__file__).resolve().parents[1]
     sources = sorted([*(package / "models").glob("*.py"), *(package / "export").glob("*.py"),
                       package / "latency" / "blocks.py", package / "space.py"])

@@ -45,6 +45,9 @@ class MeasureJob:
     signature: str | None = None
     policy: MeasurementPolicy | None = None
     fresh: bool = False  # measure even if the agent has this request's result cached
+    # Record the result in the pool's table. Off for the short rounds of a protocol that
+    # records its own summary: a run stopped half-way must not leave one round's figure there.
+    record: bool = True
 
 
 class PoolExhausted(RuntimeError):
@@ -93,6 +96,12 @@ class _Scheduler:
         if isinstance(result, BaseException) and self.stop_on_error:
             self.stopped = True
         self.cond.notify_all()
+
+    def abandon(self, index: int, error: BaseException) -> None:
+        """Fail job `index` after an unexpected error, unless it already ended or was requeued."""
+        with self.cond:
+            if self.results[index] is None and index not in self.queue:
+                self._finish(index, error)
 
     def retry(self, index: int, agent: str, error: AgentError, agent_dead: bool) -> None:
         """Put a job back for another agent, or fail it if no live agent is left to try."""
@@ -205,7 +214,12 @@ class ClientPool:
     def _agent_loop(self, client: AgentClient, jobs: list[MeasureJob], scheduler: _Scheduler) -> None:
         try:
             while (index := scheduler.take(client.address)) is not None:
-                self._run_job(client, index, jobs[index], scheduler)
+                try:
+                    self._run_job(client, index, jobs[index], scheduler)
+                except BaseException as exc:
+                    # A job taken must end, or the other agents' threads wait for it forever.
+                    scheduler.abandon(index, exc)
+                    raise
         finally:
             # Also on an unexpected exception: jobs must not wait for a thread that is gone.
             scheduler.retire(client.address)
@@ -228,7 +242,7 @@ class ClientPool:
         except Exception as exc:  # a malformed job (e.g. empty model): that job fails
             scheduler.finish(index, exc)
             return
-        if self.table is not None:
+        if self.table is not None and job.record:
             signature = job.signature or model_signature(measurement.model_sha256, measurement.inputs)
             try:
                 self.table.record(signature, measurement)
@@ -242,5 +256,5 @@ class ClientPool:
         """After a timeout: a hung or dead agent leaves the pool, a slow model does not."""
         try:
             return client.health(timeout_s=3.0, wait_for_ready=False) == "SERVING"
-        except AgentError:
+        except (AgentError, ValueError):  # ValueError: the pool's channel was closed meanwhile
             return False

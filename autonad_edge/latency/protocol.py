@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 # are the repeats, and a noisy round is outvoted by the others.
 ROUND_POLICY = MeasurementPolicy(warmup_runs=3, warmup_ms=30.0, min_runs=10, min_duration_ms=100.0,
                                  max_runs=2000, max_cv=10.0, max_repeats=0)
-STATISTICS = ("min", "median")
+STATISTICS = ("min", "median", "mean", "p90")  # of a round's runs: the estimator's choices
 ESTIMATES = ("floor", "median")
 
 
@@ -152,7 +152,7 @@ class RoundsPolicy:
     max_extra_rounds: int = 4
     max_relative_halfwidth: float = 0.05
     reference_every: int = 8
-    statistic: str = "min"  # of each round's runs: min | median
+    statistic: str = "min"  # of each round's runs: one of STATISTICS
     estimate: str = "floor"  # over the rounds: floor (min, raw values) | median (normalised)
     normalize: bool = True  # median estimate: scale by the reference's level at the time
     confidence: float = 0.95
@@ -205,7 +205,7 @@ class RoundsResult:
 
 
 def _value(m: "Measurement", statistic: str) -> float:
-    return float(m.min_ms if statistic == "min" else m.median_ms)
+    return float(getattr(m, f"{statistic}_ms"))
 
 
 def measure_in_rounds(
@@ -221,8 +221,10 @@ def measure_in_rounds(
     on `pool` (see the module doc). Every request asks the agent for a fresh measurement."""
     started = time.perf_counter()
     rng = random.Random(seed)
-    jobs = {name: dataclasses.replace(job, policy=policy.per_round, fresh=True) for name, job in models.items()}
-    ref_job = dataclasses.replace(reference, policy=policy.per_round, fresh=True)
+    # A round's figure is not a measurement of the model: the caller records the summary.
+    jobs = {name: dataclasses.replace(job, policy=policy.per_round, fresh=True, record=False)
+            for name, job in models.items()}
+    ref_job = dataclasses.replace(reference, policy=policy.per_round, fresh=True, record=False)
     ref_series: list[float] = []
     hosts: list[HostState] = []
     # Per model, per round: (raw value, index of the reference measurement before it).

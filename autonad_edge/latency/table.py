@@ -169,14 +169,18 @@ class LatencyTable:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
-        """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception (caller holds _lock)."""
+        """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception, the COMMIT's own included
+        (caller holds _lock). SQLite may already have rolled back by itself (a full disk, an I/O
+        error): then a ROLLBACK would fail and hide the real error, so it runs only inside a
+        transaction; and one left open would make every later BEGIN on this connection fail."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
 
     # ------------------------------------------------------------------ writing
 
