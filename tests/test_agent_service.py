@@ -7,6 +7,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -14,12 +15,13 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from onnx import TensorProto
 
 from autonad_agent import testing
 from autonad_agent.proto import latency_agent_pb2 as pb
 from autonad_agent.proto import latency_agent_pb2_grpc as pb_grpc
 from autonad_agent.server import AgentConfig, AgentServer
-from autonad_agent.worker import TEST_ABORT_ENV
+from autonad_agent.worker import MAX_ERROR_BYTES, TEST_ABORT_ENV, clip_message
 from autonad_edge.latency import AgentClient, AgentError, MeasurementPolicy, TensorSpec
 
 TOKEN = secrets.token_urlsafe(24)
@@ -216,6 +218,24 @@ def test_agent_refuses_to_start_without_token_or_explicit_insecure_flag():
         AgentConfig(port=0, token="short")
 
 
+def test_insecure_no_auth_is_refused_off_loopback():
+    for host in ("0.0.0.0", "::", "192.168.1.10", "agent.example.com"):
+        with pytest.raises(ValueError, match="loopback only"):
+            AgentConfig(host=host, port=0, insecure_no_auth=True)
+    for host in ("127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"):
+        assert AgentConfig(host=host, port=0, insecure_no_auth=True).token is None
+    assert AgentConfig(host="0.0.0.0", port=0, token=TOKEN).token == TOKEN  # with a token: any interface
+
+
+def test_serve_insecure_no_auth_on_all_interfaces_exits_with_an_error():
+    result = subprocess.run(
+        [sys.executable, "-m", "autonad_agent.cli", "serve", "--host", "0.0.0.0", "--port", "0", "--insecure-no-auth"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode != 0 and "listening on" not in result.stdout
+    assert "loopback" in result.stderr and "0.0.0.0" in result.stderr
+
+
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 def test_tls(tmp_path: Path):
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
@@ -335,6 +355,9 @@ def test_oversized_headers_and_unfillable_dtypes_are_invalid_argument_and_spare_
             assert code == grpc.StatusCode.INVALID_ARGUMENT, (dtype, details)
         code, _ = call([pb.TensorSpec(name="x", shape=[1, 3, 2**63 - 1, 32], dtype="float32")])
         assert code == grpc.StatusCode.INVALID_ARGUMENT
+        # Every side within the limits, but 2^160 elements: no array can hold them.
+        code, details = call([pb.TensorSpec(name="x", shape=[2**20] * 8, dtype="float32")])
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "more than any array can hold" in details
     finally:
         channel.close()
     assert agent.service.worker("onnxruntime").pid == pid  # no crash, no restart
@@ -426,3 +449,125 @@ def test_a_health_check_just_after_sigterm_is_answered_not_serving(token_file: P
             assert agent.proc.wait(timeout=20) == 0
         finally:
             channel.close()
+
+
+def test_clip_message_keeps_short_messages_and_bounds_long_ones_in_bytes():
+    assert clip_message("model refused") == "model refused"
+    message = "domain '" + "x" * 2_000_000 + "' not allowed"
+    clipped = clip_message(message)
+    assert clipped.startswith("domain 'xxx") and clipped.endswith("xxx' not allowed")
+    assert f"({len(message) - 2000} characters cut)" in clipped
+    # Non-ASCII counts by its UTF-8 bytes: gRPC percent-encodes each of them into three.
+    for wide in ("\u20ac" * 100_000, "\U0001f600" * 100_000):
+        assert len(clip_message(wide).encode()) <= MAX_ERROR_BYTES + 64
+    assert clip_message("lone \udc80 surrogate") == "lone ? surrogate"
+
+
+def test_a_rejection_naming_a_2mb_op_domain_is_cut_and_spares_the_worker(agent, client):
+    """The rejection of a 2 MB op domain names it: cut, it fits the worker's frame (1 MiB) and
+    the caller's metadata limit, so it is INVALID_ARGUMENT, not a crashed worker."""
+    client.measure(testing.conv_model(), policy=FAST)  # a worker is up
+    pid = agent.service.worker("onnxruntime").pid
+    with pytest.raises(AgentError) as excinfo:
+        client.measure(testing.custom_domain_model("x" * 2_000_000), policy=FAST)
+    assert _code(excinfo) == grpc.StatusCode.INVALID_ARGUMENT
+    details = excinfo.value.details
+    assert details.startswith("custom op domain(s) 'xxx") and "not allowed on this backend" in details
+    assert "characters cut" in details and len(details.encode()) < 2 * MAX_ERROR_BYTES
+    assert agent.service.worker("onnxruntime").pid == pid  # no crash, no restart
+    assert client.measure(testing.conv_model(seed=8), policy=FAST).runs >= 5
+
+
+@pytest.mark.parametrize(
+    ("elem_type", "shape", "expected"),
+    [
+        (TensorProto.STRING, [1, 4], "unsupported dtype"),
+        (TensorProto.BFLOAT16, [1, 4], "unsupported dtype"),
+        (TensorProto.FLOAT, [1] * 9, "beyond rank 8"),
+        (TensorProto.FLOAT, [1, 2**21], "beyond rank 8 or side"),
+        (TensorProto.FLOAT, [2**20] * 3, "more than any array can hold"),
+    ],
+    ids=["string", "bfloat16", "rank-9", "side-2^21", "2^60-elements"],
+)
+def test_model_inputs_the_agent_cannot_feed_are_invalid_argument(agent, client, elem_type, shape, expected):
+    """No input specs given: the model's own inputs are used, and one the agent cannot feed is
+    refused naming it (not an internal error)."""
+    client.measure(testing.conv_model(), policy=FAST)  # a worker is up
+    pid = agent.service.worker("onnxruntime").pid
+    with pytest.raises(AgentError) as excinfo:
+        client.measure(testing.identity_model(elem_type, shape, input_name="odd_input"), policy=FAST)
+    assert _code(excinfo) == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'odd_input'" in excinfo.value.details and expected in excinfo.value.details
+    assert "\n" not in excinfo.value.details  # one line, no traceback
+    assert agent.service.worker("onnxruntime").pid == pid
+
+
+def _wait_until(condition, timeout_s: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _threads_waiting_for_the_device() -> int:
+    """Threads of this process (the in-process agent's RPC threads) queued in `_device` now;
+    the thread holding the device is not there (its `_device` frame is suspended)."""
+    waiting = 0
+    for frame in sys._current_frames().values():
+        while frame is not None and frame.f_code.co_name != "_device":
+            frame = frame.f_back
+        waiting += frame is not None
+    return waiting
+
+
+def test_a_request_cancelled_while_waiting_for_the_device_frees_its_thread_and_upload(agent):
+    """The device is busy (the test holds its lock); a caller uploads and gives up while queued:
+    its handler stops waiting (rather than at its deadline, minutes later, holding the model)
+    and only then gives its upload slot back."""
+    channel = grpc.insecure_channel(agent.address)
+    stub = pb_grpc.LatencyAgentStub(channel)
+    auth = (("authorization", f"Bearer {TOKEN}"),)
+    model = testing.conv_model(seed=7)
+    header = pb.MeasureHeader(model_size=len(model), fresh=True, policy=pb.MeasurementPolicy(**FAST.to_dict()))
+    agent.service.device_lock.acquire()
+    try:
+        future = stub.Measure.future(iter([pb.MeasureRequest(header=header), pb.MeasureRequest(model_chunk=model)]),
+                                     timeout=120, metadata=auth)
+        assert _wait_until(lambda: _threads_waiting_for_the_device() == 1)
+        assert agent.service._uploads == 1
+        future.cancel()
+        assert _wait_until(lambda: _threads_waiting_for_the_device() == 0 and agent.service._uploads == 0)
+        assert agent.service._upload_bytes == 0
+    finally:
+        agent.service.device_lock.release()
+        channel.close()
+
+
+def test_a_stream_that_never_sends_its_header_is_cut_at_the_header_deadline():
+    """Without a header a stream holds an RPC thread but no upload slot: it is cancelled at
+    header_timeout_s (1 s here), not at the whole-upload deadline (300 s here)."""
+    config = AgentConfig(host="127.0.0.1", port=0, backend="onnxruntime", token=TOKEN,
+                         header_timeout_s=1.0, receive_timeout_s=300.0)
+    server = AgentServer(config).start()
+    channel = grpc.insecure_channel(server.address)
+    stub = pb_grpc.LatencyAgentStub(channel)
+    auth = (("authorization", f"Bearer {TOKEN}"),)
+    stop = threading.Event()
+
+    def silent():
+        stop.wait(120)
+        yield from ()
+
+    try:
+        future = stub.Measure.future(silent(), timeout=120, metadata=auth)
+        error = future.exception(timeout=60)
+        assert error is not None and error.code() == grpc.StatusCode.CANCELLED
+        assert server.service._uploads == 0
+        with AgentClient(server.address, token=TOKEN, timeout_s=30) as client:
+            assert client.measure(testing.conv_model(), policy=FAST).runs >= 5
+    finally:
+        stop.set()
+        channel.close()
+        server.stop(grace_s=0)

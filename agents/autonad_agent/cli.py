@@ -56,7 +56,7 @@ def serve(
     port: int = typer.Option(50051, help="Port to listen on (0: any free port)."),
     backend: str = typer.Option("auto", help="Default backend: auto, onnxruntime or tensorrt."),
     token_file: Optional[Path] = typer.Option(None, help="File holding the bearer token callers must present."),
-    insecure_no_auth: bool = typer.Option(False, "--insecure-no-auth", help="Serve without a token (loopback only!)."),
+    insecure_no_auth: bool = typer.Option(False, "--insecure-no-auth", help="Serve without a token (refused unless --host is loopback)."),
     tls_cert: Optional[Path] = typer.Option(None, help="PEM server certificate (enables TLS)."),
     tls_key: Optional[Path] = typer.Option(None, help="PEM private key of --tls-cert."),
     max_model_mb: int = typer.Option(256, help="Largest model accepted, in MiB."),
@@ -66,7 +66,7 @@ def serve(
     first_run_timeout_s: float = typer.Option(20.0, help="A model's first inference must end within this."),
     max_build_s: float = typer.Option(1800.0, help="Device-time budget of one TensorRT engine build."),
     shutdown_grace_s: float = typer.Option(5.0, help="On SIGTERM/SIGINT, time given to in-flight calls."),
-    receive_timeout_s: float = typer.Option(60.0, help="An upload must be complete this long after it starts."),
+    receive_timeout_s: float = typer.Option(60.0, help="An upload must be complete this long after its header arrived."),
     max_uploads: int = typer.Option(0, help="Uploads in flight at once (0: half the RPC threads); more get RESOURCE_EXHAUSTED."),
 ) -> None:
     """Serve latency measurements over gRPC until SIGTERM/SIGINT."""

@@ -31,7 +31,7 @@ from autonad_agent.host_state import read_host_state
 from autonad_agent.measure import MeasurementPolicy
 from autonad_agent.proto import latency_agent_pb2 as pb
 from autonad_agent.proto import latency_agent_pb2_grpc as pb_grpc
-from autonad_agent.worker import WorkerError, WorkerProcess, probe_backends
+from autonad_agent.worker import WorkerError, WorkerProcess, clip_message, probe_backends
 
 log = logging.getLogger("autonad_agent")
 
@@ -40,6 +40,12 @@ SERVICE_NAME = "autonad.agent.v1.LatencyAgent"
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 ENGINE_CHUNK_BYTES = 1024 * 1024
 TOKEN_MIN_LENGTH = 16
+# A stream must send its header this soon: until it does it holds an RPC thread but no upload
+# slot, so the whole-upload deadline (a minute) would let idle streams take every thread.
+HEADER_TIMEOUT_S = 10.0
+# A request waiting for the device checks this often whether its caller is still there, so a
+# cancelled one frees its thread and upload at once instead of at its deadline.
+DEVICE_WAIT_STEP_S = 0.2
 
 _PRECISION_FROM_WIRE = {
     pb.PRECISION_UNSPECIFIED: Precision.FP32,
@@ -94,7 +100,9 @@ class AgentConfig:
     shutdown_grace_s: float = 5.0
     cache_entries: int = 1024
     rpc_threads: int = 8
-    # An upload must be complete this long after its header arrived; a stalled one is cut.
+    # An upload's header must arrive this soon after the call starts, and the upload must be
+    # complete receive_timeout_s after its header arrived; a stalled one is cut.
+    header_timeout_s: float = HEADER_TIMEOUT_S
     receive_timeout_s: float = 60.0
     # Uploads received at once (None: half the RPC threads, so health checks and device info
     # always find a thread) and the bytes they may declare together (None: twice the model
@@ -105,6 +113,9 @@ class AgentConfig:
     def __post_init__(self) -> None:
         if self.token is None and not self.insecure_no_auth:
             raise ValueError("no token configured: pass --token-file, or --insecure-no-auth to run without one")
+        if self.token is None and not is_loopback(self.host):
+            raise ValueError(f"--insecure-no-auth serves on loopback only (127.0.0.1, ::1, localhost), not "
+                             f"{self.host!r}: anyone who can reach the agent could use it; pass --token-file")
         if self.token is not None and len(self.token) < TOKEN_MIN_LENGTH:
             raise ValueError(f"the token must be at least {TOKEN_MIN_LENGTH} characters")
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -113,8 +124,8 @@ class AgentConfig:
             raise ValueError(f"unknown backend {self.backend!r}; choose auto or one of {', '.join(BACKENDS)}")
         if self.max_model_mb < 1:
             raise ValueError("max_model_mb must be >= 1")
-        if self.receive_timeout_s <= 0:
-            raise ValueError("receive_timeout_s must be positive")
+        if self.receive_timeout_s <= 0 or self.header_timeout_s <= 0:
+            raise ValueError("receive_timeout_s and header_timeout_s must be positive")
         if min(self.max_request_s, self.first_run_timeout_s, self.max_build_s) <= 0:
             raise ValueError("max_request_s, first_run_timeout_s and max_build_s must be positive")
         if self.upload_slots < 1:
@@ -195,6 +206,19 @@ def _fingerprint_message(fields: dict[str, str]) -> pb.DeviceFingerprint:
     return pb.DeviceFingerprint(fields=fields, hash=fingerprint_hash(fields))
 
 
+@contextlib.contextmanager
+def _cancel_after(seconds: float, context: grpc.ServicerContext) -> Iterator[None]:
+    """Cancel the RPC if the block has not ended within `seconds`: a blocked read of the
+    request stream then ends, and its thread is free again."""
+    cut = threading.Timer(seconds, context.cancel)
+    cut.daemon = True
+    cut.start()
+    try:
+        yield
+    finally:
+        cut.cancel()
+
+
 @dataclass
 class _Upload:
     header: Any  # pb.MeasureHeader or pb.BuildEngineHeader
@@ -236,8 +260,9 @@ class LatencyAgentService(pb_grpc.LatencyAgentServicer):
             worker.stop()
 
     def _reserve_upload(self, size: int, context: grpc.ServicerContext) -> None:
-        """Take an upload slot and `size` bytes of the upload budget until the RPC ends, or
-        refuse at once (RESOURCE_EXHAUSTED: the caller may retry or use another agent)."""
+        """Take an upload slot and `size` bytes of the upload budget (`_release_upload` gives
+        them back), or refuse at once (RESOURCE_EXHAUSTED: the caller may retry or use another
+        agent)."""
         with self._uploads_lock:
             slots, budget = self.config.upload_slots, self.config.upload_byte_budget
             if self._uploads >= slots or self._upload_bytes + size > budget:
@@ -251,39 +276,38 @@ class LatencyAgentService(pb_grpc.LatencyAgentServicer):
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                           f"agent busy: {busy}, limits {slots} uploads / {budget} bytes; retry later")
 
-        def release() -> None:
-            with self._uploads_lock:
-                self._uploads -= 1
-                self._upload_bytes -= size
+    def _release_upload(self, size: int) -> None:
+        with self._uploads_lock:
+            self._uploads -= 1
+            self._upload_bytes -= size
 
-        if not context.add_callback(release):  # the RPC has already ended
-            release()
-            context.abort(grpc.StatusCode.CANCELLED, "the caller is gone")
-
-    def _receive(self, requests: Iterator, context: grpc.ServicerContext) -> _Upload:
-        """Read the header and the model chunks, enforcing the size limit as they arrive, the
-        upload slots and byte budget, and the receive deadline (a stalled upload is cancelled
-        so that it frees its thread)."""
-        cut = threading.Timer(self.config.receive_timeout_s, context.cancel)
-        cut.daemon = True
-        cut.start()
-        try:
+    @contextlib.contextmanager
+    def _upload(self, requests: Iterator, context: grpc.ServicerContext) -> Iterator[_Upload]:
+        """Receive the header and the model chunks, enforcing the size limit as they arrive, the
+        upload slots and byte budget, and the header and receive deadlines (a stalled stream is
+        cancelled so that it frees its thread). The slot is held until the handler leaves the
+        block, not until the RPC ends: a cancelled RPC whose handler still holds the model
+        must keep counting against the limits."""
+        with _cancel_after(self.config.header_timeout_s, context):
             first = next(requests, None)
-            if first is None or first.WhichOneof("payload") != "header":
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be the header")
-            header = first.header
-            limit = self.config.max_model_bytes
-            if header.model_size == 0:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "header.model_size must be the model's size in bytes")
-            if header.model_size > limit:
-                context.abort(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"model of {header.model_size} bytes exceeds this agent's limit of {limit} bytes",
-                )
-            self._reserve_upload(header.model_size, context)
-            return self._receive_chunks(header, requests, context)
+        if first is None or first.WhichOneof("payload") != "header":
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be the header")
+        header = first.header
+        limit = self.config.max_model_bytes
+        if header.model_size == 0:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "header.model_size must be the model's size in bytes")
+        if header.model_size > limit:
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"model of {header.model_size} bytes exceeds this agent's limit of {limit} bytes",
+            )
+        self._reserve_upload(header.model_size, context)
+        try:
+            with _cancel_after(self.config.receive_timeout_s, context):
+                upload = self._receive_chunks(header, requests, context)
+            yield upload
         finally:
-            cut.cancel()
+            self._release_upload(header.model_size)
 
     def _receive_chunks(self, header, requests: Iterator, context: grpc.ServicerContext) -> _Upload:
         limit = self.config.max_model_bytes
@@ -305,7 +329,8 @@ class LatencyAgentService(pb_grpc.LatencyAgentServicer):
     def _check_backend(self, requested: str, context: grpc.ServicerContext) -> str:
         name = requested or self.default_backend
         if name not in self.probes:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown backend {name!r}; known: {', '.join(self.probes)}")
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          clip_message(f"unknown backend {name!r}; known: {', '.join(self.probes)}"))
         available, reason = self.probes[name]
         if not available:
             label = "TensorRT" if name == "tensorrt" else name
@@ -321,9 +346,14 @@ class LatencyAgentService(pb_grpc.LatencyAgentServicer):
 
     @contextlib.contextmanager
     def _device(self, context: grpc.ServicerContext) -> Iterator[None]:
-        """Hold the device (waiting at most until the request's deadline)."""
-        if not self.device_lock.acquire(timeout=max(self._timeout(context), 0.0)):
-            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "timed out waiting for the device (busy)")
+        """Hold the device, waiting at most until the request's deadline and only while the
+        caller is there: a cancelled request must not park its thread and upload here."""
+        deadline = time.monotonic() + max(self._timeout(context), 0.0)
+        while not self.device_lock.acquire(timeout=min(DEVICE_WAIT_STEP_S, max(deadline - time.monotonic(), 0.0))):
+            if not context.is_active():
+                context.abort(grpc.StatusCode.CANCELLED, "the caller is gone")
+            if time.monotonic() >= deadline:
+                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "timed out waiting for the device (busy)")
         try:
             yield
         finally:
@@ -349,35 +379,36 @@ class LatencyAgentService(pb_grpc.LatencyAgentServicer):
             return worker.call(request, payload, timeout_s=self._timeout(context, budget_s),
                                first_run_timeout_s=self.config.first_run_timeout_s)
         except WorkerError as exc:
-            log.warning("%s request failed (%s): %s", request["op"], exc.kind, exc.message)
-            context.abort(_WORKER_ERROR_CODES.get(exc.kind, grpc.StatusCode.INTERNAL), exc.message)
+            message = clip_message(exc.message)  # a model's own strings may be in it, at any size
+            log.warning("%s request failed (%s): %s", request["op"], exc.kind, message)
+            context.abort(_WORKER_ERROR_CODES.get(exc.kind, grpc.StatusCode.INTERNAL), message)
         finally:
             in_flight.clear()
 
     # ------------------------------------------------------------------ RPCs
 
     def Measure(self, request_iterator: Iterator[pb.MeasureRequest], context: grpc.ServicerContext) -> pb.MeasureResponse:
-        upload = self._receive(request_iterator, context)
-        header: pb.MeasureHeader = upload.header
-        backend = self._check_backend(header.backend, context)
-        try:
-            precision = _PRECISION_FROM_WIRE[header.precision]
-            if len(header.inputs) > MAX_INPUTS:
-                raise ValueError(f"{len(header.inputs)} input specs (at most {MAX_INPUTS})")
-            inputs = [TensorSpec(s.name, tuple(s.shape), s.dtype or "float32") for s in header.inputs]
-            policy = MeasurementPolicy.from_wire(
-                **{f.name: value for f, value in header.policy.ListFields()}
-            )
-        except (KeyError, ValueError, TypeError) as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid request: {exc}")
-        key = (upload.sha256, tuple(inputs), backend, precision, policy)
-        cached = None if header.fresh else self.cache.get(key)
-        if cached is None:
-            with self._device(context):
-                # An identical request may have been measured while this one waited.
-                cached = None if header.fresh else self.cache.get(key)
-                if cached is None:
-                    return self._measure(context, upload, backend, inputs, precision, policy, key)
+        with self._upload(request_iterator, context) as upload:
+            header: pb.MeasureHeader = upload.header
+            backend = self._check_backend(header.backend, context)
+            try:
+                precision = _PRECISION_FROM_WIRE[header.precision]
+                if len(header.inputs) > MAX_INPUTS:
+                    raise ValueError(f"{len(header.inputs)} input specs (at most {MAX_INPUTS})")
+                inputs = [TensorSpec(s.name, tuple(s.shape), s.dtype or "float32") for s in header.inputs]
+                policy = MeasurementPolicy.from_wire(
+                    **{f.name: value for f, value in header.policy.ListFields()}
+                )
+            except (KeyError, ValueError, TypeError) as exc:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, clip_message(f"invalid request: {exc}"))
+            key = (upload.sha256, tuple(inputs), backend, precision, policy)
+            cached = None if header.fresh else self.cache.get(key)
+            if cached is None:
+                with self._device(context):
+                    # An identical request may have been measured while this one waited.
+                    cached = None if header.fresh else self.cache.get(key)
+                    if cached is None:
+                        return self._measure(context, upload, backend, inputs, precision, policy, key)
         response = pb.MeasureResponse()
         response.CopyFrom(cached)
         response.cached = True
@@ -453,31 +484,31 @@ class LatencyAgentService(pb_grpc.LatencyAgentServicer):
         )
 
     def BuildEngine(self, request_iterator: Iterator[pb.BuildEngineRequest], context: grpc.ServicerContext):
-        upload = self._receive(request_iterator, context)
-        header: pb.BuildEngineHeader = upload.header
-        # Engines are a TensorRT concept: an unnamed backend means TensorRT.
-        backend = self._check_backend(header.backend or "tensorrt", context)
-        precision = _PRECISION_FROM_WIRE.get(header.precision)
-        if precision is None:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown precision {header.precision}")
-        request = {"op": "build_engine", "precision": precision.value}
-        with self._device(context):
-            result, engine = self._call_worker(context, backend, request, upload.model,
-                                               budget_s=self.config.max_build_s)
-        info = self.worker(backend).info
-        assert info is not None
-        manifest = dict(result["manifest"])
-        manifest.setdefault("onnx_sha256", upload.sha256)
-        yield pb.BuildEngineResponse(
-            manifest=pb.EngineManifest(
-                fields=manifest,
-                engine_size=len(engine),
-                engine_sha256=hashlib.sha256(engine).hexdigest(),
-                fingerprint=_fingerprint_message(info.fingerprint),
+        with self._upload(request_iterator, context) as upload:
+            header: pb.BuildEngineHeader = upload.header
+            # Engines are a TensorRT concept: an unnamed backend means TensorRT.
+            backend = self._check_backend(header.backend or "tensorrt", context)
+            precision = _PRECISION_FROM_WIRE.get(header.precision)
+            if precision is None:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown precision {header.precision}")
+            request = {"op": "build_engine", "precision": precision.value}
+            with self._device(context):
+                result, engine = self._call_worker(context, backend, request, upload.model,
+                                                   budget_s=self.config.max_build_s)
+            info = self.worker(backend).info
+            assert info is not None
+            manifest = dict(result["manifest"])
+            manifest.setdefault("onnx_sha256", upload.sha256)
+            yield pb.BuildEngineResponse(
+                manifest=pb.EngineManifest(
+                    fields=manifest,
+                    engine_size=len(engine),
+                    engine_sha256=hashlib.sha256(engine).hexdigest(),
+                    fingerprint=_fingerprint_message(info.fingerprint),
+                )
             )
-        )
-        for offset in range(0, len(engine), ENGINE_CHUNK_BYTES):
-            yield pb.BuildEngineResponse(engine_chunk=engine[offset : offset + ENGINE_CHUNK_BYTES])
+            for offset in range(0, len(engine), ENGINE_CHUNK_BYTES):
+                yield pb.BuildEngineResponse(engine_chunk=engine[offset : offset + ENGINE_CHUNK_BYTES])
 
 
 class AgentServer:
@@ -501,8 +532,6 @@ class AgentServer:
 
     def start(self) -> AgentServer:
         config = self.config
-        if config.token is None and not is_loopback(config.host):
-            log.warning("serving WITHOUT authentication on %s: anyone who can reach it can use it", config.host)
         probes = probe_backends()
         if config.backend == "auto":
             default = next((name for name, (ok, _) in probes.items() if ok), None)

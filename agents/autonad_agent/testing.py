@@ -104,6 +104,18 @@ def custom_domain_model(domain: str = "com.example.evil") -> bytes:
     return _model(graph, extra_opsets=[(domain, 1)]).SerializeToString()
 
 
+def identity_model(elem_type: int, shape: Sequence[int], input_name: str = "x") -> bytes:
+    """y = Identity(x) for an input of any ONNX element type and static shape (also ones the
+    agent cannot feed: strings, bfloat16, rank or sides beyond its limits)."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [input_name], ["y"])],
+        "identity",
+        [helper.make_tensor_value_info(input_name, elem_type, list(shape))],
+        [helper.make_tensor_value_info("y", elem_type, list(shape))],
+    )
+    return _model(graph).SerializeToString()
+
+
 def external_data_model(location: str = "/etc/passwd") -> bytes:
     """A model whose initializer points at a file on the agent's disk."""
     weight = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[4])

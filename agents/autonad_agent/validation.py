@@ -8,14 +8,19 @@ the chosen backend implements from its own install.
 
 from __future__ import annotations
 
+import math
 from typing import Iterator, Sequence
 
+import numpy as np
 import onnx
 from onnx import GraphProto, ModelProto, TensorProto, helper
 
 from autonad_agent.backends.base import ModelRejected, TensorSpec
 
 STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
+# numpy cannot even describe a larger array (random inputs are drawn as 8-byte values before
+# the cast to the input's dtype): such a shape fails here as a rejection, not in the runtime.
+MAX_INPUT_ELEMENTS = np.iinfo(np.intp).max // 8
 
 
 def _subgraphs(graph: GraphProto) -> Iterator[GraphProto]:
@@ -87,7 +92,7 @@ def model_inputs(model: ModelProto) -> list[onnx.ValueInfoProto]:
 
 def resolve_inputs(model: ModelProto, requested: Sequence[TensorSpec]) -> list[TensorSpec]:
     """The input specs to feed: `requested` checked against the model, or the model's own
-    static shapes when nothing was requested."""
+    static shapes when nothing was requested. ModelRejected for inputs the agent cannot feed."""
     declared = model_inputs(model)
     if requested:
         names = {spec.name for spec in requested}
@@ -96,20 +101,32 @@ def resolve_inputs(model: ModelProto, requested: Sequence[TensorSpec]) -> list[T
             raise ModelRejected(
                 f"inputs {sorted(spec.name for spec in requested)} do not match the model's inputs {sorted(expected)}"
             )
-        return list(requested)
-    specs = []
-    for value in declared:
-        tensor_type = value.type.tensor_type
-        if not value.type.HasField("tensor_type"):
-            raise ModelRejected(f"input {value.name!r} is not a tensor")
-        shape = []
-        for dim in tensor_type.shape.dim:
-            if not dim.HasField("dim_value") or dim.dim_value <= 0:
-                raise ModelRejected(f"input {value.name!r} has a dynamic dimension; pass its shape explicitly")
-            shape.append(dim.dim_value)
-        try:
-            dtype = helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name
-        except Exception:
-            raise ModelRejected(f"input {value.name!r} has unsupported element type {tensor_type.elem_type}") from None
-        specs.append(TensorSpec(value.name, tuple(shape), dtype))
+        specs = list(requested)
+    else:
+        specs = [_declared_spec(value) for value in declared]
+    for spec in specs:
+        elements = math.prod(spec.shape)
+        if elements > MAX_INPUT_ELEMENTS:
+            raise ModelRejected(f"input {spec.name!r}: shape {spec.shape} has {elements} elements, "
+                                "more than any array can hold")
     return specs
+
+
+def _declared_spec(value: onnx.ValueInfoProto) -> TensorSpec:
+    """The spec of a model input as the model declares it."""
+    tensor_type = value.type.tensor_type
+    if not value.type.HasField("tensor_type"):
+        raise ModelRejected(f"input {value.name!r} is not a tensor")
+    shape = []
+    for dim in tensor_type.shape.dim:
+        if not dim.HasField("dim_value") or dim.dim_value <= 0:
+            raise ModelRejected(f"input {value.name!r} has a dynamic dimension; pass its shape explicitly")
+        shape.append(dim.dim_value)
+    try:
+        dtype = helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name
+    except Exception:
+        raise ModelRejected(f"input {value.name!r} has unsupported element type {tensor_type.elem_type}") from None
+    try:
+        return TensorSpec(value.name, tuple(shape), dtype)
+    except ValueError as exc:  # a string or bfloat16 input, rank or sides beyond the limits
+        raise ModelRejected(f"cannot feed the model: {exc}") from None

@@ -48,6 +48,31 @@ log = logging.getLogger("autonad_agent.worker")
 FIRST_RUN_PHASE = "running the model once"
 
 
+# Error messages are cut to this many UTF-8 bytes. A message may echo a hostile model's own
+# strings (a 2 MB op domain): it must fit a frame header (MAX_HEADER_BYTES) and, once in the
+# gRPC status, the client's metadata limit (8 KiB soft, 16 KiB hard; non-ASCII bytes are
+# percent-encoded to 3 each), so it is capped in bytes, not characters.
+MAX_ERROR_BYTES = 2000
+
+
+def clip_message(message: str, limit: int = MAX_ERROR_BYTES) -> str:
+    """`message` cut to about `limit` UTF-8 bytes, its start and its end kept (what went wrong
+    is often said after the echoed string) and the cut marked; always encodable (a lone
+    surrogate becomes "?")."""
+    encoded = message.encode("utf-8", "replace")
+    if len(encoded) <= limit:
+        return encoded.decode("utf-8")
+    # A character split by a cut is dropped (and counted as cut).
+    head = encoded[: limit * 3 // 4].decode("utf-8", "ignore")
+    tail = encoded[len(encoded) - limit // 4 :].decode("utf-8", "ignore")
+    return f"{head} ... ({len(message) - len(head) - len(tail)} characters cut) ... {tail}"
+
+
+def error_message(kind: str, message: str) -> dict[str, Any]:
+    """The frame that reports a failed request (or start) to the agent."""
+    return {"type": "error", "kind": kind, "message": clip_message(message)}
+
+
 class WorkerError(Exception):
     """A request the worker could not complete. `kind` selects the gRPC status:
     rejected, unavailable, memory, crashed, timeout, cancelled or internal."""
@@ -177,14 +202,14 @@ class _WorkerLoop:
                 header, result_payload = handlers[request["op"]](request, payload)
                 header["type"] = "result"
             except ModelRejected as exc:
-                header, result_payload = {"type": "error", "kind": "rejected", "message": str(exc)}, b""
+                header, result_payload = error_message("rejected", str(exc)), b""
             except BackendUnavailable as exc:
-                header, result_payload = {"type": "error", "kind": "unavailable", "message": str(exc)}, b""
+                header, result_payload = error_message("unavailable", str(exc)), b""
             except MemoryError as exc:
-                header, result_payload = {"type": "error", "kind": "memory", "message": str(exc)}, b""
+                header, result_payload = error_message("memory", str(exc)), b""
             except Exception as exc:
                 log.exception("request failed")
-                header, result_payload = {"type": "error", "kind": "internal", "message": f"{type(exc).__name__}: {exc}"}, b""
+                header, result_payload = error_message("internal", f"{type(exc).__name__}: {exc}"), b""
             write_frame(self.channel, header, result_payload)
 
 
@@ -231,7 +256,7 @@ def worker_main(argv: list[str] | None = None) -> int:
     try:
         loop = _WorkerLoop(channel, args.backend, args.threads or None)
     except Exception as exc:
-        write_frame(channel, {"type": "error", "kind": "unavailable", "message": f"{type(exc).__name__}: {exc}"})
+        write_frame(channel, error_message("unavailable", f"{type(exc).__name__}: {exc}"))
         return 1
     write_frame(channel, loop.ready_message())
     loop.serve()
