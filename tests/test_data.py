@@ -288,6 +288,27 @@ def test_synthetic_manifest_reproduces_images(tmp_path: Path) -> None:
         load_dataset(None, image_size=32, manifest=manifest)
 
 
+def test_a_torn_split_manifest_is_refused_in_one_line(tmp_path: Path) -> None:
+    """A run writes its splits.json atomically (no torn file, no temp file left), and a rerun
+    that finds an unreadable one says so in one line instead of a JSONDecodeError."""
+    from autonad_edge.search.pipeline import PipelineConfig, PipelineError, SearchPipeline
+
+    out = tmp_path / "run"
+    out.mkdir()
+    config = PipelineConfig(preset="tiny", out=str(out), image_size=32, synthetic_count=12, quiet=True)
+    data = SearchPipeline(config, log=lambda msg: None)._load_data()
+    assert [p.name for p in out.iterdir()] == ["splits.json"]
+    assert load_manifest(out / "splits.json") == json.loads(json.dumps(data.manifest()))
+    assert SearchPipeline(config, log=lambda msg: None)._load_data().manifest() == data.manifest()  # reused
+    text = (out / "splits.json").read_text()
+    (out / "splits.json").write_text(text[: len(text) // 2])  # a write cut short
+    with pytest.raises(PipelineError, match="splits.json: unreadable manifest") as refused:
+        SearchPipeline(config, log=lambda msg: None)._load_data()
+    assert "\n" not in str(refused.value) and "delete it" in str(refused.value)
+    with pytest.raises(DatasetError, match="unreadable manifest"):
+        load_manifest(out / "splits.json")
+
+
 # ------------------------------------------------------------------------------------------
 # Augmentation
 

@@ -95,6 +95,18 @@ def test_downscaling_keeps_a_one_pixel_crack_connected():
     assert training_scale_hw(400, 600, 150) == (100, 150) and training_scale_hw(40, 60, 150) == (40, 60)
 
 
+def test_downscaling_keeps_every_small_defect():
+    # 2x2 pits at a 4x shrink: one inside a source box covers it by a quarter and survives by
+    # coverage; one across the corners of four boxes covers each by 1/16, and used to vanish.
+    mask = np.zeros((64, 64), np.uint8)
+    mask[4:6, 4:6] = 2  # inside box (1, 1)
+    mask[23:25, 39:41] = 2  # across the corners of boxes (5, 9), (5, 10), (6, 9), (6, 10)
+    mask[50, 50] = 1  # a single pixel of another class
+    small = downscale_mask(mask, (16, 16))
+    assert small[1, 1] == 2 and (small[5:7, 9:11] == 2).sum() == 1 and (small == 2).sum() == 2
+    assert small[12, 12] == 1 and (small == 1).sum() == 1
+
+
 def _tiny_data():
     return load_dataset(None, fmt="synthetic", image_size=32, synthetic_count=8, seed=0)
 
@@ -165,6 +177,55 @@ def test_budget_plan_arithmetic_on_given_costs():
         plan_budget(COSTS, 300, population=16, generations=5, parents=5)
 
 
+def test_a_refused_budget_suggests_the_smallest_one_the_plan_accepts():
+    """The figure is found with `plan_budget` itself, in whole minutes above the refused budget:
+    worked out from the refused budget's margin and search share (and without the retraining's
+    val passes), COSTS at 5 min were told 9, which the plan refused in turn."""
+    sizes = dict(population=16, generations=5, parents=5)
+    for costs, refused_s in ((COSTS, 300), (COSTS, 540), (replace(COSTS, latency_s=20.0, val_eval_s=2.0), 60),
+                             (replace(COSTS, supernet_step_s=3.0, retrain_evals=30), 600)):
+        with pytest.raises(BudgetError, match="give at least") as refused:
+            plan_budget(costs, refused_s, **sizes)
+        minutes = int(str(refused.value).rsplit("give at least ", 1)[1].split(" min")[0])
+        assert minutes > refused_s / 60
+        assert plan_budget(costs, 60 * minutes, **sizes).total_s <= 60 * minutes
+        with pytest.raises(BudgetError):
+            plan_budget(costs, 60 * (minutes - 1), **sizes)
+    with pytest.raises(BudgetError, match="budget cannot hold"):
+        plan_budget(COSTS, 540, **sizes)  # the old suggestion for 5 min
+    with pytest.raises(BudgetError, match="not even a 24 h budget would"):
+        plan_budget(replace(COSTS, supernet_step_s=2000.0), 3600, **sizes)
+
+
+def test_the_plan_prices_epochs_at_the_capped_steps_the_trainers_take():
+    """--max-steps-per-epoch caps every epoch's steps in the trainers and the race: the measured
+    costs carry the cap, so a capped run is planned the epochs its short epochs fit (uncapped,
+    the cpu preset's 336 images at a cap of 10 were priced at 42 steps an epoch)."""
+    from autonad_edge.search.budget import measure_costs
+    from autonad_edge.training.config import RetrainConfig
+    from autonad_edge.training.engine import steps_per_epoch
+
+    data = load_dataset(None, fmt="synthetic", image_size=32, synthetic_count=24, seed=0)
+    space = SearchSpace.named("tiny")
+    measured = {}
+    for cap in (3, None):
+        supernet = SupernetConfig(space="tiny", image_size=32, batch_size=2, max_steps_per_epoch=cap)
+        retrain = RetrainConfig(image_size=32, batch_size=2, max_steps_per_epoch=cap)
+        measured[cap] = measure_costs(supernet, retrain, space, data, units_to_time=0, subnets_to_time=0,
+                                      unit_timing_s=0.0, steps=1)
+    full = steps_per_epoch(len(data.train), 2)
+    assert full == 8 and (measured[None].supernet_steps_per_epoch, measured[None].retrain_steps_per_epoch) == (8, 8)
+    assert (measured[3].supernet_steps_per_epoch, measured[3].retrain_steps_per_epoch) == (3, 3)
+    # The same step times (COSTS'), planned at the measured steps an epoch: the capped run's
+    # epochs are about 8/3 as many, each priced at 3 steps.
+    plans = {cap: plan_budget(replace(COSTS, supernet_steps_per_epoch=c.supernet_steps_per_epoch,
+                                      retrain_steps_per_epoch=c.retrain_steps_per_epoch),
+                              3600, population=16, generations=5, parents=5) for cap, c in measured.items()}
+    assert plans[3].supernet_epochs > 2 * plans[None].supernet_epochs
+    assert plans[3].retrain_epochs > 2 * plans[None].retrain_epochs
+    assert plans[3].retrain_s == pytest.approx(plans[3].retrain_epochs * 3 * COSTS.retrain_step_s + 11 * 10.0)
+
+
 def test_the_supernet_plan_counts_its_val_passes_as_the_trainer_runs_them():
     """A short run evaluates every epoch, a long one about ten times: the count is not monotone
     (19 epochs evaluate 19 times, 20 ten times), so the planner tries every epoch count."""
@@ -192,6 +253,35 @@ def test_the_supernet_time_limit_is_its_planned_time_less_earlier_epochs(tmp_pat
     (tmp_path / "supernet" / "supernet.pt").write_bytes(b"")
     assert supernet_time_limit(ctx) == pytest.approx(269.5)
     assert supernet_time_limit(SimpleNamespace(out=tmp_path, given=frozenset({"supernet_epochs"}))) is None
+
+
+def test_a_resumed_retraining_counts_the_seconds_its_earlier_process_spent_once(tmp_path):
+    """`planning.retrain_time_limit` after an interrupted retraining: the run's clock counts the
+    seconds ``stages.json`` kept for the stage (`StageLog.run`), and the logged epochs only
+    where they are more (a run directory from before the clock counted them)."""
+    from autonad_edge.search.planning import retrain_time_limit
+    from autonad_edge.search.stages.context import RunClock
+
+    costs = replace(COSTS, export_s=12.0)
+    (tmp_path / "plan.json").write_text(json.dumps({"plan": {"budget_s": 3600.0}, "costs": asdict(costs),
+                                                    "replanned": {"export_s": 12.0}}))
+    (tmp_path / "retrain").mkdir()
+    (tmp_path / "retrain" / "train_log.jsonl").write_text('{"epoch": 1, "time": 100.0}\n{"epoch": 2, "time": 150.0}\n')
+    (tmp_path / "retrain" / "last.pt").write_bytes(b"")
+
+    def limit(clock: RunClock) -> float:
+        return retrain_time_limit(SimpleNamespace(out=tmp_path, given=frozenset(), clock=clock))
+
+    # 2000 s of earlier stages, 300 s of them in the interrupted retraining (its 250 s of
+    # epochs and the rest): counted once, by the clock.
+    clock = RunClock(now=lambda: 0.0)
+    clock.add_earlier(1700.0, stage="supernet")
+    clock.add_earlier(300.0, stage="retrain")
+    assert limit(clock) == pytest.approx(retrain_time_limit_s(costs, 3600, 2000, margin=REPLAN_MARGIN))
+    # A directory whose stages.json kept no seconds for it: its logged epochs are spent.
+    old = RunClock(now=lambda: 0.0)
+    old.add_earlier(1700.0, stage="supernet")
+    assert limit(old) == pytest.approx(retrain_time_limit_s(costs, 3600, 1950, margin=REPLAN_MARGIN))
 
 
 def test_retraining_gets_the_time_the_earlier_stages_left():

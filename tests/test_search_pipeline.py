@@ -261,3 +261,60 @@ def test_stage_results_load_as_typed_records_and_save_as_the_same_json(finished_
         assert result.stage_note() == stages.note(name), name
     export = stages.load("export", ExportResult)
     assert export.flavor == "portable" and export.stats.median_ms > 0
+
+
+def test_an_interrupted_stage_keeps_its_seconds_and_the_rerun_counts_them(tmp_path):
+    """A time budget is spent by every process of a run: a stage that stops unfinished keeps the
+    seconds it ran in ``stages.json`` (written as it runs, so a killed process keeps them up to
+    the last beat, and when it stops on an exception), and the rerun that resumes it adds them to
+    the run's clock (which re-plans the retraining) and to the stage's recorded time."""
+    from dataclasses import dataclass
+
+    from autonad_edge.search.stages.context import RunClock
+    from autonad_edge.search.stages.store import StageLog, StageResult
+
+    @dataclass(frozen=True)
+    class Trained(StageResult):
+        epochs: int
+
+    path, now, quiet = tmp_path / "stages.json", [0.0], (lambda msg: None)
+
+    def interrupted() -> Trained:
+        assert json.loads(path.read_text())["supernet"] == {"status": "running", "wall_s": 0.0}  # from its start
+        now[0] += 250.0
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        StageLog.open(path).run("supernet", Trained, interrupted, log=quiet, clock=RunClock(now=lambda: now[0]))
+    assert json.loads(path.read_text()) == {"supernet": {"status": "running", "wall_s": 250.0}}
+
+    now[0] = 1000.0  # a new process: its own clock, from its start
+    clock, stages, seen, logs = RunClock(now=lambda: now[0]), StageLog.open(path), [], []
+    assert not stages.done("supernet")
+
+    def resumed() -> Trained:
+        seen.append(clock.elapsed_s())
+        now[0] += 50.0
+        return Trained(epochs=4)
+
+    assert stages.run("supernet", Trained, resumed, log=logs.append, clock=clock) == Trained(epochs=4)
+    assert seen == [250.0] and clock.elapsed_s() == 300.0 and clock.stage_earlier_s == {"supernet": 250.0}
+    assert stages.done("supernet") and json.loads(path.read_text())["supernet"]["wall_s"] == 300.0
+    assert logs[0] == "[supernet] resuming (250.0 s spent in an earlier run) ..."
+    skipped = RunClock(now=lambda: now[0])  # a third process skips it, and counts all of it
+    assert StageLog.open(path).run("supernet", Trained, resumed, log=quiet, clock=skipped) == Trained(epochs=4)
+    assert skipped.elapsed_s() == 300.0 and len(seen) == 1
+
+    # While a stage runs, its seconds so far are written every `heartbeat_s`.
+    beating = StageLog(path, StageLog.open(path).records, heartbeat_s=0.01)
+
+    def long_stage() -> Trained:
+        now[0] += 40.0
+        deadline = time.monotonic() + 60
+        while json.loads(path.read_text())["latency"]["wall_s"] != 40.0:
+            assert time.monotonic() < deadline, "no heartbeat written"
+            time.sleep(0.01)
+        return Trained(epochs=0)
+
+    beating.run("latency", Trained, long_stage, log=quiet, clock=RunClock(now=lambda: now[0]))
+    assert json.loads(path.read_text())["latency"]["status"] == "done"

@@ -222,6 +222,25 @@ def test_retrain_from_scratch_and_from_inherited_weights(tmp_path, trained, data
     assert load_model(tmp_path / "inherited" / "best.pt")[1].config["init"] == "inherited"
 
 
+def test_a_retraining_reuses_the_supernets_split_of_a_relative_data_path(tmp_path, monkeypatch):
+    """The supernet's manifest records its data root resolved; `--data voc` from the directory
+    holding it names the same data, so the retraining keeps the supernet's split (val and test
+    unseen by both), and other data gets a split of its own."""
+    from autonad_edge.training.retrain import retrain_split
+
+    (tmp_path / "voc").mkdir()
+    (tmp_path / "other").mkdir()
+    monkeypatch.chdir(tmp_path)
+    manifest = {"format": "voc", "root": str((tmp_path / "voc").resolve()), "splits": {"train": ["a"]}}
+    checkpoint = {"splits": json.dumps(manifest), "image_size": [48, 48]}
+    for data_path in ("voc", "./voc/", str(tmp_path / "voc"), None):
+        config = RetrainConfig(format="voc", data=data_path, image_size=SIZE)
+        saved, config = retrain_split(config, tmp_path / "out", supernet_checkpoint=checkpoint, image_size_given=False)
+        assert saved == manifest and config.image_size == 48, data_path
+    for config in (RetrainConfig(format="voc", data="other"), RetrainConfig(format="mt", data="voc")):
+        assert retrain_split(config, tmp_path / "out", supernet_checkpoint=checkpoint)[0] is None
+
+
 def test_channels_last_training_computes_what_contiguous_training_does(tmp_path, data):
     """The layout is an execution detail: the same run in either layout logs the same losses and
     scores, and the channels-last checkpoint loads into a plain network that scores as saved."""

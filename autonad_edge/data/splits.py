@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from autonad_edge.data.errors import DatasetError
+from autonad_edge.io import atomic_write_json
 
 SPLIT_NAMES: tuple[str, str, str] = ("train", "val", "test")
 DEFAULT_RATIOS: tuple[float, float, float] = (0.7, 0.15, 0.15)
@@ -160,10 +161,10 @@ def check_manifest(manifest: Any, origin: str = "manifest") -> dict[str, Any]:
 
 
 def save_manifest(manifest: dict[str, Any], path: str | Path) -> Path:
-    """Write a manifest as pretty JSON; returns the path."""
+    """Write a manifest as pretty JSON, atomically (a run killed mid-write must not leave a torn
+    split for its rerun to trip on); returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    atomic_write_json(path, manifest)
     return path
 
 

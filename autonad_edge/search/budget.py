@@ -126,6 +126,10 @@ def retrain_evals_s(c: StageCosts) -> float:
     return c.retrain_evals * c.val_eval_s
 
 
+# The longest budget a refusal searches for one that fits (in whole minutes, as given).
+SUGGEST_MAX_MIN = 24 * 60
+
+
 def plan_budget(costs: StageCosts, budget_s: float, *, population: int, generations: int, parents: int,
                 supernet_share: float = 0.5, search_share: float = 0.15, margin: float = 0.07,
                 min_epochs: int = 2, min_population: int = 8, min_generations: int = 2) -> BudgetPlan:
@@ -134,10 +138,34 @@ def plan_budget(costs: StageCosts, budget_s: float, *, population: int, generati
     The search keeps the preset's population and generations when they fit in
     `search_share` of the budget, else shrinks (generations first, then population) down to
     the minimums. `margin` of the budget is held back for what the costs do not see (data
-    loading, checkpoints, noise on a busy host).
+    loading, checkpoints, noise on a busy host). A budget too small is refused with the
+    smallest whole number of minutes above it that this function accepts.
     """
     if budget_s <= 0:
         raise BudgetError(f"the time budget must be positive, got {budget_s / 60:.1f} min")
+    sizes = dict(population=population, generations=generations, parents=parents, supernet_share=supernet_share,
+                 search_share=search_share, margin=margin, min_epochs=min_epochs, min_population=min_population,
+                 min_generations=min_generations)
+    plan = _fitting_plan(costs, budget_s, **sizes)
+    if plan is not None:
+        return plan
+    # Searched with the plan itself: the search's share and the margin grow with the budget,
+    # so a figure worked out from the refused budget's was refused in turn (6 min, then 7).
+    fits = next((m for m in range(math.floor(budget_s / 60) + 1, SUGGEST_MAX_MIN + 1)
+                 if _fitting_plan(costs, 60.0 * m, **sizes) is not None), None)
+    advice = (f"give at least {fits} min" if fits is not None
+              else f"not even a {SUGGEST_MAX_MIN // 60} h budget would")
+    raise BudgetError(
+        f"a {budget_s / 60:.1f} min budget cannot hold {min_epochs} supernet and {min_epochs} retraining "
+        f"epochs here (one epoch takes {supernet_s(costs, 1):.0f} s and {retrain_epoch_s(costs):.0f} s, "
+        f"block timing ~{costs.latency_s:.0f} s); {advice}"
+    )
+
+
+def _fitting_plan(costs: StageCosts, budget_s: float, *, population: int, generations: int, parents: int,
+                  supernet_share: float, search_share: float, margin: float, min_epochs: int, min_population: int,
+                  min_generations: int) -> BudgetPlan | None:
+    """`plan_budget`'s plan, or None where `budget_s` cannot hold the minimum epochs."""
     fixed = costs.latency_s + costs.export_s + margin * budget_s
     search_cap = search_share * budget_s
     pop, gens = population, generations
@@ -148,15 +176,8 @@ def plan_budget(costs: StageCosts, budget_s: float, *, population: int, generati
     search = evaluations(pop, gens, parents) * costs.val_eval_s
     training = budget_s - fixed - search - retrain_evals_s(costs)
     re_epoch = retrain_epoch_s(costs)
-    smallest = supernet_s(costs, min_epochs) + min_epochs * re_epoch
-    if training < smallest:
-        need = (fixed + search + smallest) / (1 - margin) if margin < 1 else float("inf")
-        raise BudgetError(
-            f"a {budget_s / 60:.1f} min budget cannot hold {min_epochs} supernet and {min_epochs} retraining "
-            f"epochs here (one epoch takes {supernet_s(costs, 1):.0f} s and {re_epoch:.0f} s, "
-            f"block timing ~{costs.latency_s:.0f} s); "
-            f"give at least {math.ceil(need / 60)} min"
-        )
+    if training < supernet_s(costs, min_epochs) + min_epochs * re_epoch:
+        return None
     sup_epochs = supernet_epochs_within(costs, supernet_share * training, min_epochs)
     sup_s = supernet_s(costs, sup_epochs)
     re_epochs = max(min_epochs, int((training - sup_s) // re_epoch))
@@ -302,8 +323,12 @@ def measure_costs(supernet_config, retrain_config, space, data, *, units_to_time
     return StageCosts(
         supernet_step_s=sup_s, retrain_step_s=re_s, val_eval_s=val_eval_s,
         supernet_val_s=supernet_val_s,
-        supernet_steps_per_epoch=steps_per_epoch(n, supernet_config.batch_size),
-        retrain_steps_per_epoch=steps_per_epoch(n, retrain_config.batch_size),
+        # Capped as the trainers cap them (--max-steps-per-epoch): uncapped, a 336-image run
+        # capped at 10 steps was priced at 42 an epoch and planned a quarter of its epochs.
+        supernet_steps_per_epoch=steps_per_epoch(n, supernet_config.batch_size,
+                                                 max_steps=supernet_config.max_steps_per_epoch),
+        retrain_steps_per_epoch=steps_per_epoch(n, retrain_config.batch_size,
+                                                max_steps=retrain_config.max_steps_per_epoch),
         latency_s=units_to_time * unit_timing_s + subnets_to_time * SUBNET_TIMING_S,
     )
 

@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 from autonad_edge.data import DatasetError, SegmentationData, load_dataset
 from autonad_edge.data.scale import TrainingScale, training_scale
+from autonad_edge.data.splits import load_manifest
 from autonad_edge.io import atomic_write_json
 from autonad_edge.latency import export_pool
 from autonad_edge.latency.profiler import use_export_cache
@@ -124,7 +125,7 @@ class SearchPipeline:
 
     def _load_data(self) -> SegmentationData:
         cfg, splits = self.cfg, self.out / "splits.json"
-        manifest = json.loads(splits.read_text(encoding="utf-8")) if splits.exists() else None
+        manifest = _saved_split(splits) if splits.exists() else None
         rule = self._scale_rule()
         # The rule measures the masks at the preset's cap, whatever a loaded config recorded.
         max_side = PRESETS[cfg.preset].max_side if rule else cfg.max_side
@@ -161,6 +162,16 @@ class SearchPipeline:
         if not cfg.min_defect_width or not cfg.keep_aspect or "max_side" in self.given:
             return False
         return not saved.exists() or "min_defect_width" in json.loads(saved.read_text(encoding="utf-8"))
+
+
+def _saved_split(path: Path) -> dict[str, Any]:
+    """The split an earlier run of this directory recorded; an unreadable one is refused in one
+    line. Split afresh, the data splits the same way (same seed), and a resumed checkpoint
+    refuses any other split, so deleting it is safe."""
+    try:
+        return load_manifest(path)
+    except DatasetError as exc:
+        raise PipelineError(f"dataset: {exc}; delete it to split the data again, or use another --out") from None
 
 
 def _check_config_unchanged(out: Path, cfg: PipelineConfig, write: bool = True, unknown: frozenset[str] = frozenset()) -> None:

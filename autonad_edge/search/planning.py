@@ -136,15 +136,18 @@ def supernet_time_limit(ctx: RunContext) -> float | None:
 
 def retrain_time_limit(ctx: RunContext) -> float | None:
     """On a time budget, the wall seconds the retraining's epochs may take from now; None
-    without a re-planned budget or with epochs the user gave. The run's clock counts the
-    finished stages of earlier processes; a retraining they left unfinished logged its epochs'
-    times (``retrain/train_log.jsonl``), which are spent too."""
+    without a re-planned budget or with epochs the user gave. The run's clock counts what
+    earlier processes spent in the stages, unfinished ones included (`StageLog.run`); a
+    retraining they left unfinished also logged its epochs' times (``retrain/train_log.jsonl``),
+    and what of those the clock missed (a run directory from before it counted them, or epochs
+    after the last write of the stage's seconds) is spent too."""
     record = _saved_plan(ctx)
     if not record.get("plan") or "replanned" not in record or "retrain_epochs" in ctx.given:
         return None
     costs = replace(StageCosts.from_dict(record["costs"]), export_s=record["replanned"]["export_s"])
-    earlier = _epochs_spent_s(ctx.out / "retrain", "last.pt")
-    return retrain_time_limit_s(costs, record["plan"]["budget_s"], ctx.clock.elapsed_s() + earlier,
+    logged = _epochs_spent_s(ctx.out / "retrain", "last.pt")
+    uncounted = max(0.0, logged - ctx.clock.stage_earlier_s.get("retrain", 0.0))
+    return retrain_time_limit_s(costs, record["plan"]["budget_s"], ctx.clock.elapsed_s() + uncounted,
                                 margin=REPLAN_MARGIN)
 
 

@@ -160,11 +160,19 @@ def retrain_split(config: RetrainConfig, out_dir, *, splits=None, resume: bool =
     if supernet_checkpoint is None or not supernet_checkpoint.get("splits"):
         return None, config
     saved = json.loads(supernet_checkpoint["splits"])
-    if saved.get("format") != config.format or (config.data is not None and saved.get("root") not in (None, config.data)):
+    if saved.get("format") != config.format or not _same_root(saved.get("root"), config.data):
         return None, config
     if not image_size_given and supernet_checkpoint.get("image_size"):
         config = config.replace(image_size=int(supernet_checkpoint["image_size"][0]))
     return saved, config
+
+
+def _same_root(saved: str | None, given: str | None) -> bool:
+    """Whether a manifest's data root (absolute, resolved when it was made) is the data given
+    now: the path is compared resolved, as a relative one names the same directory."""
+    if saved is None or given is None:
+        return True
+    return Path(given).expanduser().resolve() == Path(saved).expanduser().resolve()
 
 
 def retrain(config: RetrainConfig, data, out_dir, *, space: SearchSpace, arch: Arch,

@@ -23,17 +23,26 @@ from autonad_edge.training.checkpoint import load_supernet
 
 @dataclass
 class RunClock:
-    """The run's clock across resumes: this process's time plus what earlier ones spent."""
+    """The run's clock across resumes: this process's time plus what earlier ones spent (the
+    plan, the finished stages, and the seconds an interrupted stage had run, `StageLog.run`)."""
 
-    started: float = field(default_factory=time.perf_counter)
+    now: Callable[[], float] = time.perf_counter  # seconds, from any origin
     earlier_s: float = 0.0
+    # Of `earlier_s`, what earlier processes spent in each stage (finished or interrupted).
+    stage_earlier_s: dict[str, float] = field(default_factory=dict)
+    started: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.started = self.now()
 
     def elapsed_s(self) -> float:
         """Seconds this run has worked so far, in this process and the ones it resumes."""
-        return self.earlier_s + time.perf_counter() - self.started
+        return self.earlier_s + self.now() - self.started
 
-    def add_earlier(self, seconds: float) -> None:
+    def add_earlier(self, seconds: float, stage: str | None = None) -> None:
         self.earlier_s += seconds
+        if stage is not None:
+            self.stage_earlier_s[stage] = self.stage_earlier_s.get(stage, 0.0) + seconds
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""``stages.json``: which stages finished, their wall time and their results.
+"""``stages.json``: which stages finished, their wall time and their results, and the seconds a
+stage that has not finished (yet, or ever: a killed run) has spent, which a rerun counts.
 
 Each stage returns a frozen `StageResult`; it is stored under its fields' names (the same JSON
 keys the records have always had, so a run directory written by an older version resumes) and
@@ -7,12 +8,13 @@ loaded back as the same type when a rerun skips the stage.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-import time
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 from autonad_edge.io import atomic_write_json
 from autonad_edge.search.stages.context import RunClock
@@ -50,6 +52,9 @@ class StageLog:
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
     # How each stage went in this process: "done" (ran now) or "resumed" (skipped).
     status: dict[str, str] = field(default_factory=dict)
+    # How often a running stage's seconds so far are written down: a process killed outright
+    # (no exception to catch) loses at most this much of the run's clock.
+    heartbeat_s: float = 10.0
 
     @classmethod
     def open(cls, path: Path) -> "StageLog":
@@ -60,6 +65,7 @@ class StageLog:
         return self.records.get(name, {}).get("status") == "done"
 
     def wall_s(self, name: str) -> float:
+        """The stage's seconds, in every process that ran it (so far, when it is unfinished)."""
         return self.records.get(name, {}).get("wall_s", 0.0)
 
     def note(self, name: str) -> str:
@@ -73,19 +79,61 @@ class StageLog:
                               "note": result.stage_note()}
         atomic_write_json(self.path, self.records)
 
+    def unfinished(self, name: str, wall_s: float) -> None:
+        """Record that `name` has run `wall_s` seconds without finishing (the in-memory records
+        keep what this process started from: another thread writes this)."""
+        atomic_write_json(self.path, {**self.records, name: {"status": "running", "wall_s": wall_s}})
+
     def run(self, name: str, result_type: type[R], fn: Callable[[], R], *, log: Callable[[str], None],
             clock: RunClock) -> R:
-        """The stage's result: loaded when an earlier run finished it, else computed and saved."""
+        """The stage's result: loaded when an earlier run finished it, else computed and saved.
+        An unfinished stage's seconds are kept in ``stages.json`` as it runs, and a rerun that
+        resumes it adds them to the run's clock: the time budget was spent on them (the
+        re-plan of the retraining reads the clock)."""
         if self.done(name):
             self.status[name] = "resumed"
-            clock.add_earlier(self.wall_s(name))
+            clock.add_earlier(self.wall_s(name), stage=name)
             log(f"[{name}] done in an earlier run; skipped")
             return self.load(name, result_type)
-        log(f"[{name}] ...")
-        start = time.perf_counter()
-        result = fn()
-        wall = time.perf_counter() - start
+        earlier = self.wall_s(name)
+        if earlier:
+            clock.add_earlier(earlier, stage=name)
+            log(f"[{name}] resuming ({earlier:.1f} s spent in an earlier run) ...")
+        else:
+            log(f"[{name}] ...")
+        start = clock.now()
+
+        def spent_s() -> float:
+            return earlier + clock.now() - start
+
+        try:
+            with self._heartbeat(name, spent_s):
+                result = fn()
+        except BaseException:
+            with contextlib.suppress(OSError):  # the stage's own error is the one to see
+                self.unfinished(name, spent_s())
+            raise
+        wall = spent_s()
         self.finish(name, wall, result)
         self.status[name] = "done"
         log(f"[{name}] finished in {wall:.1f} s")
         return result
+
+    @contextlib.contextmanager
+    def _heartbeat(self, name: str, spent_s: Callable[[], float]) -> Iterator[None]:
+        """Write the stage's seconds so far now and every `heartbeat_s` until the block ends."""
+        self.unfinished(name, spent_s())
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.heartbeat_s):
+                with contextlib.suppress(OSError):  # a missed beat costs seconds, not the run
+                    self.unfinished(name, spent_s())
+
+        thread = threading.Thread(target=beat, name=f"stage-{name}-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
