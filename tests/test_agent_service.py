@@ -571,3 +571,25 @@ def test_a_stream_that_never_sends_its_header_is_cut_at_the_header_deadline():
         stop.set()
         channel.close()
         server.stop(grace_s=0)
+
+
+def test_a_late_abort_of_a_finished_call_spares_the_worker():
+    # A cancel callback that runs after its request finished (gRPC calls it when the RPC ends)
+    # must not kill the worker the next caller is already using.
+    from autonad_agent.worker import WorkerProcess
+
+    worker = WorkerProcess("onnxruntime", threads=1, memory_mb=0)
+    try:
+        request = {"op": "measure", "inputs": [], "precision": "fp32",
+                   "policy": MeasurementPolicy(warmup_runs=1, warmup_ms=0, min_runs=3, min_duration_ms=1,
+                                               max_runs=10, max_cv=100, max_repeats=0).to_dict()}
+        first = object()
+        worker.call(request, testing.conv_model(), timeout_s=60, ticket=first)
+        pid = worker.pid
+        worker.abort("the first caller cancelled, too late", first)
+        assert worker.pid == pid  # still the same, running worker
+        second = object()
+        result, _ = worker.call(request, testing.conv_model(), timeout_s=60, ticket=second)
+        assert result["stats"]["runs"] >= 3 and worker.pid == pid
+    finally:
+        worker.stop()

@@ -366,10 +366,11 @@ class LatencyAgentService(pb_grpc.LatencyAgentServicer):
         device is free for the next request instead of timing a model for nobody."""
         worker = self.worker(backend)
         in_flight = threading.Event()
+        ticket = object()  # this request's call: a late callback must not stop the next one
 
         def on_rpc_end() -> None:  # gRPC calls this when the RPC ends, however it ends
             if in_flight.is_set() and not context.is_active():
-                worker.abort("the caller cancelled the request")
+                worker.abort("the caller cancelled the request", ticket)
 
         in_flight.set()
         if not context.add_callback(on_rpc_end):  # the RPC has already ended
@@ -377,7 +378,7 @@ class LatencyAgentService(pb_grpc.LatencyAgentServicer):
             context.abort(grpc.StatusCode.CANCELLED, "the caller is gone")
         try:
             return worker.call(request, payload, timeout_s=self._timeout(context, budget_s),
-                               first_run_timeout_s=self.config.first_run_timeout_s)
+                               first_run_timeout_s=self.config.first_run_timeout_s, ticket=ticket)
         except WorkerError as exc:
             message = clip_message(exc.message)  # a model's own strings may be in it, at any size
             log.warning("%s request failed (%s): %s", request["op"], exc.kind, message)

@@ -339,14 +339,22 @@ class WorkerProcess:
         self._info: WorkerInfo | None = None
         self._lock = threading.Lock()
         self._aborted: str | None = None  # why the request in flight was stopped
+        # The ticket of the call in flight, and a lock that makes "is it still that call?" and
+        # the kill one step: a caller's late abort must not kill the next caller's request.
+        self._ticket: object | None = None
+        self._abort_lock = threading.Lock()
 
-    def abort(self, reason: str) -> None:
+    def abort(self, reason: str, ticket: object | None = None) -> None:
         """Stop the request in flight now (from another thread: the caller gave up): the worker
-        is killed, `call` raises WorkerError("cancelled"), the next call starts a fresh one."""
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            self._aborted = reason
-            proc.kill()
+        is killed, `call` raises WorkerError("cancelled"), the next call starts a fresh one.
+        With `ticket` (the one given to `call`), only while that call is in flight."""
+        with self._abort_lock:
+            if ticket is not None and self._ticket is not ticket:
+                return
+            proc = self._proc
+            if proc is not None and proc.poll() is None:
+                self._aborted = reason
+                proc.kill()
 
     @property
     def pid(self) -> int | None:
@@ -385,47 +393,58 @@ class WorkerProcess:
         return self._info
 
     def call(self, request: dict[str, Any], payload: bytes, timeout_s: float,
-             first_run_timeout_s: float | None = None) -> tuple[dict[str, Any], bytes]:
+             first_run_timeout_s: float | None = None, ticket: object | None = None) -> tuple[dict[str, Any], bytes]:
         """Send one request and wait for its result, at most `timeout_s` in all and at most
         `first_run_timeout_s` for a model's first inference. Raises WorkerError; a crashed or
-        timed-out worker is killed here and replaced on the next call."""
+        timed-out worker is killed here and replaced on the next call. `ticket`: what an
+        `abort` of this call names."""
         with self._lock:
-            self._ensure_started()
-            assert self._proc is not None and self._proc.stdin is not None and self._channel is not None
-            deadline = time.monotonic() + timeout_s
-            first_run_deadline = None
-            wait_until = deadline
-            phase = "receiving the request"
-            self._aborted = None
+            with self._abort_lock:
+                self._ticket, self._aborted = ticket, None
             try:
-                write_frame(self._proc.stdin, request, payload)
-                while True:
-                    wait_until = deadline if first_run_deadline is None else min(deadline, first_run_deadline)
-                    header, result = self._channel.read_frame(wait_until)
-                    if header["type"] == "phase":
-                        phase = header["phase"]
-                        first_run_deadline = (time.monotonic() + first_run_timeout_s
-                                              if phase == FIRST_RUN_PHASE and first_run_timeout_s else None)
-                        continue
-                    if header["type"] == "error":
-                        if header["kind"] == "memory":
-                            self._discard()  # state after an allocation failure is suspect
-                            limit = f"worker memory limit ({self.memory_mb} MiB)" if self.memory_mb else "memory"
-                            raise WorkerError("memory", f"out of {limit} while {phase}")
-                        raise WorkerError(header["kind"], header["message"])
-                    return header, result
-            except TimeoutError:
-                self._discard()
-                if wait_until < deadline:  # the first-run limit, not the request's budget, ran out
-                    raise WorkerError("timeout", f"the model's first inference did not finish within "
-                                                 f"{first_run_timeout_s:g} s; worker restarted") from None
-                raise WorkerError("timeout", f"worker timed out after {timeout_s:.0f} s (the request's budget) "
-                                             f"while {phase}; restarted") from None
-            except (EOFError, BrokenPipeError, json.JSONDecodeError, KeyError):
-                reason = self._exit_reason()
-                if self._aborted is not None:
-                    raise WorkerError("cancelled", f"stopped while {phase}: {self._aborted}") from None
-                raise WorkerError("crashed", f"worker crashed ({reason}) while {phase}") from None
+                return self._call(request, payload, timeout_s, first_run_timeout_s)
+            finally:
+                with self._abort_lock:
+                    self._ticket = None
+
+    def _call(self, request: dict[str, Any], payload: bytes, timeout_s: float,
+              first_run_timeout_s: float | None) -> tuple[dict[str, Any], bytes]:
+        # The caller holds self._lock.
+        self._ensure_started()
+        assert self._proc is not None and self._proc.stdin is not None and self._channel is not None
+        deadline = time.monotonic() + timeout_s
+        first_run_deadline = None
+        wait_until = deadline
+        phase = "receiving the request"
+        try:
+            write_frame(self._proc.stdin, request, payload)
+            while True:
+                wait_until = deadline if first_run_deadline is None else min(deadline, first_run_deadline)
+                header, result = self._channel.read_frame(wait_until)
+                if header["type"] == "phase":
+                    phase = header["phase"]
+                    first_run_deadline = (time.monotonic() + first_run_timeout_s
+                                          if phase == FIRST_RUN_PHASE and first_run_timeout_s else None)
+                    continue
+                if header["type"] == "error":
+                    if header["kind"] == "memory":
+                        self._discard()  # state after an allocation failure is suspect
+                        limit = f"worker memory limit ({self.memory_mb} MiB)" if self.memory_mb else "memory"
+                        raise WorkerError("memory", f"out of {limit} while {phase}")
+                    raise WorkerError(header["kind"], header["message"])
+                return header, result
+        except TimeoutError:
+            self._discard()
+            if wait_until < deadline:  # the first-run limit, not the request's budget, ran out
+                raise WorkerError("timeout", f"the model's first inference did not finish within "
+                                             f"{first_run_timeout_s:g} s; worker restarted") from None
+            raise WorkerError("timeout", f"worker timed out after {timeout_s:.0f} s (the request's budget) "
+                                         f"while {phase}; restarted") from None
+        except (EOFError, BrokenPipeError, json.JSONDecodeError, KeyError):
+            reason = self._exit_reason()
+            if self._aborted is not None:
+                raise WorkerError("cancelled", f"stopped while {phase}: {self._aborted}") from None
+            raise WorkerError("crashed", f"worker crashed ({reason}) while {phase}") from None
 
     def _exit_reason(self) -> str:
         assert self._proc is not None
