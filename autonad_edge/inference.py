@@ -3,11 +3,14 @@
     tiles = plan_tiles(517, 1283, tile=320, overlap=80)           # windows + keep regions
     logits = tiled_logits(model, image, tile=320)                  # [C, H, W] float32, CPU
     logits = predict_logits(model, image, tile=320, max_side=1024) # at the image's own size
+    logits = predict_logits(model, image, tile=None, squash_hw=(320, 320))  # a squash-trained model
 
 The network sees square-ish windows of at most `tile` pixels a side; each window's output is
 used only on its `keep` region, which stops at the middle of the overlap with its neighbour, so
 every pixel comes from the tile where it is furthest from a window border (the border has the
-least context). Nothing is squashed to a square: thin 1-2 px cracks keep their width.
+least context). Nothing is squashed to a square: thin 1-2 px cracks keep their width. A model
+trained on images squashed to its input size (keep_aspect false) is the exception: it is
+inferred the way it learnt, each image squashed to that size as one window.
 The deployment bundle's ``infer.py`` re-implements the planner (it must not import this package).
 """
 
@@ -152,15 +155,23 @@ def predict_logits(
     tile: int | None,
     overlap: int | None = None,
     max_side: int | None = None,
+    squash_hw: tuple[int, int] | None = None,
     batch_size: int = 8,
     device: torch.device | str | None = None,
 ) -> Tensor:
     """float32 [C, H, W] logits (CPU) of a normalised `image` [3,H,W] at its ORIGINAL size:
-    scaled to the training scale (`max_side`), tiled (`tiled_logits`), resized back bilinearly."""
+    scaled to the training scale (`max_side`), tiled (`tiled_logits`), resized back bilinearly.
+    squash_hw: the model was trained on images squashed to this (height, width); the image is
+    resized to exactly that and run as one window (`tile`, `overlap` and `max_side` unused)."""
     image = _as_chw(image)
     size = tuple(image.shape[-2:])
-    scaled = _resize(image, scale_for_inference(size, max_side))
-    logits = tiled_logits(forward, scaled, tile, overlap, batch_size, device=device)
+    if squash_hw is not None:
+        # The scale the network learnt: every image resized to its input, aspect not kept.
+        squashed = _resize(image, (int(squash_hw[0]), int(squash_hw[1])))
+        logits = tiled_logits(forward, squashed, None, device=device)
+    else:
+        scaled = _resize(image, scale_for_inference(size, max_side))
+        logits = tiled_logits(forward, scaled, tile, overlap, batch_size, device=device)
     if tuple(logits.shape[-2:]) != size:
         logits = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
     return logits

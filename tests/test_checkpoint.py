@@ -165,3 +165,27 @@ def test_load_model_from_subnet_and_from_supernet_plus_arch(tmp_path, space):
     (tmp_path / "bad.json").write_text(__import__("json").dumps(bad))
     with pytest.raises(ArchError, match="width"):
         load_model(sup_path, tmp_path / "bad.json")
+
+
+def test_a_squash_trained_checkpoint_says_so_and_an_old_one_does_not(tmp_path, space):
+    """A network trained on images squashed to image_size (keep_aspect false) is recorded as such,
+    so inference squashes too; a checkpoint without the field reads as it did (aspect kept)."""
+    from autonad_edge.training.checkpoint import checkpoint_info, subnet_payload
+
+    net = SegmentationNet.from_arch(space.largest(), space, 3)
+    old = subnet_payload(net, space, CLASSES, (48, 80), max_side=1024)
+    assert "squash" not in old
+    info = checkpoint_info(old, "old.pt")
+    assert info.squash is False and info.max_side == 1024 and info.to_dict()["squash"] is False
+
+    path = save_subnet(tmp_path / "squash.pt", net, space, CLASSES, (48, 80), max_side=None, squash=True)
+    _, info = load_model(path)
+    assert info.squash is True and info.max_side is None and info.image_size == (48, 80)
+    assert info.to_dict()["squash"] is True
+
+    # Without the field (a supernet's checkpoint, a subnet from before it) the run config says.
+    sup = _supernet_payload(HybridSupernet(space, 3), space)
+    assert checkpoint_info(sup, "s.pt").squash is False
+    assert checkpoint_info({**sup, "config": {"keep_aspect": True, "max_side": 1024}}, "s.pt").squash is False
+    assert checkpoint_info({**sup, "config": {"keep_aspect": False, "max_side": 1024}}, "s.pt").squash is True
+    assert checkpoint_info({**old, "max_side": None, "config": {"keep_aspect": False}}, "o.pt").squash is True

@@ -211,6 +211,27 @@ def test_mt_unreadable_and_empty(tmp_path: Path, mt_root: Path) -> None:
     _one_line_error(excinfo, "empty dataset")
 
 
+def test_images_of_more_than_8_bits_load_only_when_their_values_fit(tmp_path: Path) -> None:
+    # Pillow converts a 16-bit image to 8 bits by clipping: a 0..40950 image would train (and be
+    # predicted) as near white. Refused in one line; one whose values fit loads unchanged.
+    from autonad_edge.data.cache import open_image_as
+    from autonad_edge.training.predict import predict_images
+
+    wide = (np.arange(32 * 40).reshape(32, 40) * 32).astype(np.uint16)
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    with pytest.raises(DatasetError) as excinfo:
+        open_image_as(tmp_path / "wide.png", "L")
+    _one_line_error(excinfo, "wide.png", "I;16", "0..40928", "8-bit")
+    with pytest.raises(DatasetError):
+        predict_images(torch.nn.Identity(), tmp_path / "wide.png", tmp_path / "out", image_size=32,
+                       class_names=["background", "scratch"])
+    fits = (np.arange(32 * 40).reshape(32, 40) % 256).astype(np.uint16)
+    Image.fromarray(fits).save(tmp_path / "fits.png")
+    grey = open_image_as(tmp_path / "fits.png")  # grey stays grey
+    assert grey.mode == "L" and np.array_equal(np.asarray(grey), fits)
+    assert open_image_as(tmp_path / "fits.png", "RGB").mode == "RGB"
+
+
 def test_voc_broken_datasets(tmp_path: Path) -> None:
     root = make_voc(tmp_path / "a")
     (root / "SegmentationClass" / "img003.png").unlink()

@@ -92,6 +92,40 @@ def test_export_portable_json_bundle_and_infer(subnet_checkpoint, tmp_path):
     assert mask.shape == (45, 70) and mask.max() < len(CLASSES)
 
 
+
+def test_a_squash_trained_checkpoint_bundles_squashed(subnet_checkpoint, tmp_path):
+    """A network trained on images squashed to its input (keep_aspect false): `export --bundle`
+    and `bundle --checkpoint` record it, and infer.py's mask has the image's size; an
+    aspect-kept checkpoint's manifest has no such field."""
+    from PIL import Image
+
+    from autonad_edge.export.bundle import read_bundle
+
+    torch.manual_seed(0)
+    net = SegmentationNet.from_arch(_mlp_arch(), SPACE, len(CLASSES))
+    squashed = save_subnet(tmp_path / "squash.pt", net, SPACE, CLASSES, image_size=(40, 56), max_side=None,
+                           squash=True)
+    out = tmp_path / "model.onnx"
+    bundle = tmp_path / "bundle"
+    result = runner.invoke(app, ["export", "--checkpoint", str(squashed), "--out", str(out), "--bundle", str(bundle)])
+    assert result.exit_code == 0, result.output
+    manifest = read_bundle(bundle)
+    assert manifest["squash"] is True and manifest["max_side"] is None and manifest["input"]["shape"] == [1, 3, 40, 56]
+    image = tmp_path / "part.png"
+    Image.fromarray((np.random.default_rng(0).random((90, 33, 3)) * 255).astype(np.uint8)).save(image)
+    run = subprocess.run([sys.executable, str(bundle / "infer.py"), str(image)], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    mask = np.asarray(Image.open(tmp_path / "part_mask.png"))
+    assert mask.shape == (90, 33) and mask.max() < len(CLASSES)
+    for checkpoint, squash in ((squashed, True), (subnet_checkpoint, None)):
+        written = tmp_path / f"bundle_{checkpoint.stem}"
+        result = runner.invoke(app, ["bundle", "--onnx", str(out), "--checkpoint", str(checkpoint),
+                                     "--out", str(written)])
+        assert result.exit_code == 0, result.output
+        assert read_bundle(written).get("squash") is squash, checkpoint
+
+
 def test_export_tensorrt_from_supernet_and_build_engine_on_local(supernet_checkpoint, tmp_path):
     arch = _mlp_arch()
     arch_path = tmp_path / "arch.json"

@@ -95,6 +95,23 @@ def test_predict_logits_returns_the_original_size():
     assert torch.equal(native, tiled_logits(model, image, tile=64))
 
 
+def test_predict_logits_squashes_to_the_training_size_as_one_window():
+    """A model trained on squashed images: one forward at exactly squash_hw, the logits
+    resized back to the image's own size (tile and max_side do not apply)."""
+    import torch.nn.functional as F
+
+    image = torch.randn(3, 50, 90, generator=torch.Generator().manual_seed(2))
+    model = _conv_net(3)
+    shapes = []
+    model.register_forward_pre_hook(lambda module, args: shapes.append(tuple(args[0].shape)))
+    logits = predict_logits(model, image, tile=16, max_side=40, squash_hw=(32, 48))
+    assert shapes == [(1, 3, 32, 48)] and logits.shape == (3, 50, 90)
+    squashed = F.interpolate(image[None], size=(32, 48), mode="bilinear", align_corners=False, antialias=True)
+    with torch.no_grad():
+        expected = F.interpolate(model(squashed), size=(50, 90), mode="bilinear", align_corners=False)[0]
+    torch.testing.assert_close(logits, expected, rtol=0, atol=1e-6)
+
+
 def _mixed_items(seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
     generator = torch.Generator().manual_seed(seed)
     items = []
@@ -220,3 +237,39 @@ def test_infer_py_tiles_a_large_non_square_image(tmp_path):
     assert run.returncode == 0, run.stderr
     mask = np.asarray(Image.open(out))
     assert mask.shape == (150, 410) and (mask[:, :60] == 1).all() and (mask[:60, -60:] == 2).all()
+
+
+def test_infer_py_squashes_for_a_squash_trained_model(tmp_path):
+    """A bundle whose model was trained on images squashed to its input (``squash``: true): the
+    model is fed exactly its input size, once, and the mask has the original image's size."""
+    from PIL import Image
+
+    bundle = _bundle(tmp_path, squash=True)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["squash"] is True and "aspect not kept" in manifest["input"]["resize"]
+    kept = json.loads((_bundle(tmp_path / "kept", squash=False) / "manifest.json").read_text())
+    assert "squash" not in kept and "aspect kept" in kept["input"]["resize"]
+
+    infer = _load_infer(bundle)
+    ort_run = infer.onnxruntime_runner(bundle / "model.portable.onnx", "image")
+    shapes = []
+
+    def run(x: np.ndarray) -> np.ndarray:
+        shapes.append(x.shape)
+        return ort_run(x)
+
+    pixels = _part(150, 410)
+    mask = infer.segment(run, Image.fromarray(pixels), manifest["input"], None, squash=True)
+    assert shapes == [(1, 3, S, S)], "one window at the model's input size"
+    assert mask.shape == (150, 410) and (mask[:, :50] == 1).all() and (mask[:, -50:] == 2).all()
+    shapes.clear()
+    infer.segment(run, Image.fromarray(pixels), manifest["input"], None)
+    assert len(shapes) > 1, "without squash: native-resolution tiles, as before"
+
+    image = tmp_path / "part.png"
+    Image.fromarray(pixels).save(image)
+    out = tmp_path / "part_mask.png"
+    done = subprocess.run([sys.executable, str(bundle / "infer.py"), str(image), "--out", str(out)],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    np.testing.assert_array_equal(np.asarray(Image.open(out)), mask)

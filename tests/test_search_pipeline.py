@@ -167,6 +167,17 @@ def test_report_warns_when_the_two_end_to_end_measurements_disagree():
     assert "1.310 ms" in warning and "3.610 ms" in warning and "2.76x" in warning
 
 
+
+def test_report_says_when_the_images_were_squashed():
+    """A squashing run (keep_aspect false, the paper preset) says so, and that inference
+    squashes the same way; an aspect-kept run at native scale has no scale line."""
+    from autonad_edge.search.report import render_markdown
+
+    squashed = render_markdown({"dataset": {"image_size": "320x320", "max_side": None, "squash": True}})
+    assert "every image squashed to 320x320 (aspect not kept)" in squashed
+    assert "Training scale" not in render_markdown({"dataset": {"image_size": "320x320", "max_side": None}})
+
+
 def test_cpu_preset_trains_with_the_defect_recipe_and_its_own_learning_rates():
     """The default run must learn the defects in minutes: the cpu preset's recipe and
     optimisation settings reach both trainers (and the baselines' benchmarks, via

@@ -24,7 +24,7 @@ from autonad_edge.training.config import RetrainConfig, SupernetConfig, val_pass
 from autonad_edge.training.engine import ResumeError, epoch_batches, epochs_within
 from autonad_edge.training.evaluate import constant_baseline, evaluate
 from autonad_edge.training.hooks import BackgroundHook
-from autonad_edge.training.predict import predict_images
+from autonad_edge.training.predict import predict_image, predict_images
 from autonad_edge.training.retrain import RetrainTrainer
 from autonad_edge.training.schedules import CosineFactor, PolyFactor, resize_schedule
 from autonad_edge.training.supernet_trainer import SupernetTrainer
@@ -291,6 +291,96 @@ def test_predict_writes_masks_and_overlays(tmp_path, trained, data):
     # The red square is found (the model was trained on red blobs).
     wide = np.asarray(Image.open(out / "masks" / "wide.png"))
     assert wide[15:25, 25:45].mean() > 0.5
+
+
+
+class _RecordingNet(torch.nn.Module):
+    """A 1x1 conv (class 1 fires on red) that records the shape of every input it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 2, 1)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.tensor([[0.0, 0, 0], [4, -2, -2]]).view(2, 3, 1, 1))
+            self.conv.bias.copy_(torch.tensor([1.0, 0]))
+        self.shapes: list[tuple[int, ...]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.shapes.append(tuple(x.shape))
+        return self.conv(x)
+
+
+def test_predict_image_squashes_for_a_squash_trained_model():
+    """squash: the network sees the image resized to exactly its training size, once, and the
+    mask comes back at the image's own size; aspect kept: native tiles, as before."""
+    net = _RecordingNet().eval()
+    pixels = np.full((50, 90, 3), 128, np.uint8)
+    pixels[:, 60:] = (230, 40, 40)
+    image = Image.fromarray(pixels)
+    cpu = torch.device("cpu")
+    mask = predict_image(net, image, (32, 48), cpu, squash=True)
+    assert net.shapes == [(1, 3, 32, 48)], "one window at exactly the training size"
+    assert mask.shape == (50, 90) and mask.dtype == np.uint8
+    assert (mask[:, :55] == 0).all() and (mask[:, 65:] == 1).all()
+    assert predict_image(net, image.convert("L"), 40, cpu, squash=True).shape == (50, 90)
+    assert net.shapes[-1] == (1, 3, 40, 40)
+
+    net.shapes.clear()
+    kept = predict_image(net, image, (32, 48), cpu)
+    assert {s[-2:] for s in net.shapes} == {(48, 48)}, "aspect kept: native-resolution tiles of the input side"
+    from autonad_edge.data.transforms import to_image_tensor
+
+    with torch.no_grad():
+        native = net.conv(to_image_tensor(pixels)[None])[0].argmax(0).numpy()
+    np.testing.assert_array_equal(kept, native)
+    with pytest.raises(ValueError, match="one window"):
+        predict_image(net, image, (32, 48), cpu, squash=True, tile=32)
+
+
+def test_a_squash_trained_retraining_is_recorded_and_predicted_squashed(tmp_path, data):
+    """keep_aspect=False (the paper's resize): best.pt and last.pt say so, and predict squashes
+    every image to the training size as one window, masks and overlays at the image's size."""
+    arch = SPACE.sample(random.Random(3))
+    cfg = RetrainConfig(image_size=SIZE, epochs=1, batch_size=8, max_steps_per_epoch=2, augment=False,
+                        device="cpu", keep_aspect=False)
+    RetrainTrainer(cfg, data, tmp_path / "squash", space=SPACE, arch=arch, quiet=True).fit()
+    for name in ("best.pt", "last.pt"):
+        ckpt = load_checkpoint(tmp_path / "squash" / name)
+        assert ckpt["squash"] is True and ckpt["max_side"] is None, name
+    model, info = load_model(tmp_path / "squash" / "best.pt")
+    assert info.squash and info.max_side is None and info.image_size == (SIZE, SIZE)
+    RetrainTrainer(cfg.replace(keep_aspect=True), data, tmp_path / "kept", space=SPACE, arch=arch, quiet=True).fit()
+    kept = load_checkpoint(tmp_path / "kept" / "best.pt")
+    assert "squash" not in kept and kept["max_side"] == cfg.max_side
+    assert load_model(tmp_path / "kept" / "best.pt")[1].squash is False
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    sizes = {"wide.png": (50, 150), "tall.png": (120, 40)}
+    for name, (h, w) in sizes.items():
+        Image.fromarray(rng.integers(90, 160, (h, w, 3), dtype=np.uint8)).save(images / name)
+    shapes = []
+    model.register_forward_pre_hook(lambda module, args: shapes.append(tuple(args[0].shape)))
+    out = tmp_path / "pred"
+    predict_images(model, images, out, image_size=info.image_size, class_names=info.class_names,
+                   max_side=info.max_side, squash=info.squash)
+    assert shapes == [(1, 3, SIZE, SIZE)] * 2, "each image squashed to the training size, one window"
+    for name, (h, w) in sizes.items():
+        stem = name.split(".")[0]
+        assert np.asarray(Image.open(out / "masks" / f"{stem}.png")).shape == (h, w)
+        assert Image.open(out / "overlays" / f"{stem}.png").size == (w, h)
+    report = json.loads((out / "predictions.json").read_text())
+    assert report["squash"] is True and report["tile"] is None and report["max_side"] is None
+    with pytest.raises(ValueError, match="one window"):
+        predict_images(model, images, out, image_size=info.image_size, class_names=info.class_names,
+                       squash=True, tile=32)
+    # The aspect-kept network's predictions.json is as it was: tiles, no squash field.
+    kept_model, kept_info = load_model(tmp_path / "kept" / "best.pt")
+    predict_images(kept_model, images, tmp_path / "pred_kept", image_size=kept_info.image_size,
+                   class_names=kept_info.class_names, max_side=kept_info.max_side, squash=kept_info.squash)
+    report = json.loads((tmp_path / "pred_kept" / "predictions.json").read_text())
+    assert "squash" not in report and report["tile"] == SIZE and report["max_side"] == cfg.max_side
 
 
 def test_schedules():

@@ -124,3 +124,33 @@ def test_errors_are_one_line(run, tmp_path, args, needle):
     assert result.exit_code == 2, result.output
     assert needle in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_predict_squashes_for_a_squash_trained_checkpoint(tmp_path):
+    """A checkpoint trained on images squashed to its (height, width): predict squashes each
+    image to exactly that, one window, and writes masks at the image's size; --tile is refused."""
+    import torch
+
+    from autonad_edge.models.network import SegmentationNet
+    from autonad_edge.training.checkpoint import save_subnet
+
+    space = SearchSpace.tiny()
+    torch.manual_seed(0)
+    net = SegmentationNet.from_arch(space.largest(), space, 2)
+    checkpoint = save_subnet(tmp_path / "best.pt", net, space, ["background", "defect"], (32, 48),
+                             max_side=None, squash=True)
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (70, 30, 3), dtype=np.uint8)).save(images / "tall.png")
+    Image.fromarray(rng.integers(0, 255, (33, 90), dtype=np.uint8)).save(images / "wide.png")
+    out = tmp_path / "pred"
+    result = invoke("predict", "--checkpoint", checkpoint, "--images", images, "--out", out, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert np.asarray(Image.open(out / "masks" / "tall.png")).shape == (70, 30)
+    assert Image.open(out / "overlays" / "wide.png").size == (90, 33)
+    report = json.loads((out / "predictions.json").read_text())
+    assert report["squash"] is True and report["image_size"] == [32, 48] and report["tile"] is None
+    result = invoke("predict", "--checkpoint", checkpoint, "--images", images, "--out", out, "--tile", "16")
+    assert result.exit_code == 2 and "--tile does not apply" in result.output and "32x48" in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output

@@ -102,7 +102,8 @@ def export_command(
             manifest_path = write_bundle(
                 bundle, out, manifest={"arch": info.arch, "classes": info.class_names,
                                        "num_classes": info.num_classes, "checkpoint": str(checkpoint),
-                                       "max_side": getattr(info, "max_side", None)},
+                                       "max_side": getattr(info, "max_side", None),
+                                       "squash": getattr(info, "squash", False)},
                 overwrite=force,
             )
         except BundleError as exc:
@@ -185,7 +186,8 @@ def bundle_command(
         except (CheckpointError, ArchError) as exc:
             fail(str(exc))
         manifest = {"classes": info.class_names, "num_classes": info.num_classes, "checkpoint": str(checkpoint),
-                    "max_side": getattr(info, "max_side", None)}  # infer.py's training scale
+                    # infer.py's training scale: the long-side cap, or squashed to the input size
+                    "max_side": getattr(info, "max_side", None), "squash": getattr(info, "squash", False)}
         if wanted is not None:
             manifest["arch"] = wanted
     try:

@@ -332,7 +332,7 @@ def _eval_data(info, data: Optional[Path], fmt: Optional[str], image_size: Optio
     count = synthetic_count or cfg.get("synthetic_count") or 240
     # At the run's training scale: the long side scaled down to its max_side, aspect kept
     # (a squashing run, keep_aspect false, at its fixed size).
-    keep_aspect = bool(cfg.get("keep_aspect", True))
+    keep_aspect = not info.squash
     return _load_data(fmt, path, size, seed if manifest is None else 0, count, manifest, keep_aspect, info.max_side)
 
 
@@ -437,7 +437,8 @@ def predict_command(
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's)."),
     alpha: float = typer.Option(0.5, help="Overlay opacity of the class colours."),
-    tile: Optional[int] = typer.Option(None, help="Tile side of the sliding window (default: the input size)."),
+    tile: Optional[int] = typer.Option(None, help="Tile side of the sliding window (default: the input size; "
+                                                    "not for a model trained on squashed images)."),
 ) -> None:
     """Segment every image of a folder: class-index mask PNGs and colour overlays."""
     from autonad_edge.data.errors import DatasetError
@@ -450,9 +451,16 @@ def predict_command(
     if the_arch is not None:
         model = model.extract(the_arch).eval()
     size = image_size or (info.image_size[0] if info.image_size else 320)
+    if info.squash:
+        # Trained on images squashed to its (height, width): each image is squashed to exactly
+        # that, as one window, so the network sees the scale its test mIoU was measured at.
+        size = (image_size, image_size) if image_size else (info.image_size or (320, 320))
+        if tile is not None:
+            fail(f"--tile does not apply: {checkpoint} was trained on images squashed to "
+                 f"{size[0]}x{size[1]}, and predict squashes each image the same way, as one window")
     try:
         records = predict_images(model, images, out, image_size=size, class_names=info.class_names, alpha=alpha,
-                                 max_side=info.max_side, tile=tile)
+                                 max_side=info.max_side, tile=tile, squash=info.squash)
     except DatasetError as exc:
         fail(str(exc))
     flagged = sum(1 for r in records if sum(list(r["pixels"].values())[1:]) > 0)

@@ -127,6 +127,28 @@ def open_image(path: Path):  # -> PIL.Image.Image (PIL imported lazily: host-sid
         raise DatasetError(f"unreadable image ({exc})", path) from None
 
 
+# Pillow modes of more than 8 bits a channel: converting them to "L" or "RGB" clips at 255.
+_WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+def open_image_as(path: Path, mode: str | None = None):  # -> PIL.Image.Image
+    """`open_image`, converted to `mode`: "L", "RGB", or None for "L" when the file is grey and
+    "RGB" otherwise. An image of more than 8 bits a channel is refused in one line where its
+    values do not fit 0..255: Pillow would clip them (a 16-bit image saturates to near white)
+    and the network trains on 8-bit pixels."""
+    image = open_image(path)
+    if mode is None:
+        mode = "L" if image.mode in ("L", "1", *_WIDE_MODES) else "RGB"
+    if image.mode in _WIDE_MODES:
+        low, high = image.getextrema()
+        if low < 0 or high > 255:
+            raise DatasetError(
+                f"{image.mode} image with values {low:g}..{high:g}: only 8-bit images are supported; "
+                f"convert it to 8-bit grey or colour first", path
+            )
+    return image if image.mode == mode else image.convert(mode)
+
+
 def mask_values(image, path: Path) -> np.ndarray:
     """Label values of a mask image: palette indices for a palette PNG, grey values otherwise."""
     if image.mode in ("P", "L"):

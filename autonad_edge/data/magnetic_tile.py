@@ -21,6 +21,7 @@ from autonad_edge.data.cache import (
     build_cache,
     label_histogram,
     open_image,
+    open_image_as,
     parallel_map,
     resize_pair,
 )
@@ -90,7 +91,7 @@ def find_mt_pairs(root: str | Path) -> list[MTPair]:
 
 
 def _load_pair(pair: MTPair, size_hw: tuple[int, int] | None, max_side: int | None):
-    image = open_image(pair.image_path).convert("L")
+    image = open_image_as(pair.image_path, "L")
     mask_image = open_image(pair.mask_path)
     native = (image.height, image.width)
     grey = np.asarray(mask_image.convert("L"), dtype=np.uint8)

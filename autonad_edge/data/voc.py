@@ -28,6 +28,7 @@ from autonad_edge.data.cache import (
     label_histogram,
     mask_values,
     open_image,
+    open_image_as,
     parallel_map,
     resize_pair,
 )
@@ -159,7 +160,7 @@ def load_voc(
 
     def load_one(job: tuple[Path, Path]):
         image_path, mask_path = job
-        image = open_image(image_path).convert("RGB")
+        image = open_image_as(image_path, "RGB")
         mask = mask_values(open_image(mask_path), mask_path)
         pixels, mask_resized = resize_pair(image, mask, size_hw, image_path, mask_path, max_side)
         return pixels, mask_resized, (image.height, image.width), label_histogram(mask)

@@ -15,10 +15,12 @@ flavour of the ONNX model needs the SpatialShift plugin, so ONNX Runtime uses th
 
 The image is scaled to the model's training scale (long side down to the manifest's
 ``max_side``, aspect kept; none = native) and segmented in overlapping windows of the model's
-fixed input size, so any size or aspect ratio runs and thin cracks are not squashed. The mask
-PNG is a palette image whose pixel values are the class indices (0 = background), at the input
-image's size. Everything this needs (input size, normalisation, scale, classes, files) comes
-from ``manifest.json`` next to this script.
+fixed input size, so any size or aspect ratio runs and thin cracks are not squashed. A model
+trained on images squashed to its input size (the manifest's ``squash``: true) sees each image
+the way it learnt: resized to exactly the input size, one window, its logits resized back. The
+mask PNG is a palette image whose pixel values are the class indices (0 = background), at the
+input image's size. Everything this needs (input size, normalisation, scale, classes, files)
+comes from ``manifest.json`` next to this script.
 """
 
 from __future__ import annotations
@@ -63,17 +65,26 @@ def training_scale(height: int, width: int, max_side: int | None) -> tuple[int, 
     return max(1, round(height * factor)), max(1, round(width * factor))
 
 
-def preprocess(image, spec: dict, max_side: int | None) -> np.ndarray:
+def preprocess(image, spec: dict, max_side: int | None, squash: bool = False) -> np.ndarray:
     """PIL image -> float32 [3, h, w]: RGB (grey replicated), scaled bilinearly to the training
-    scale (nothing squashed to the model's input: thin cracks keep their width),
+    scale (nothing squashed to the model's input: thin cracks keep their width; with `squash`,
+    a model trained on squashed images, resized to exactly the input, aspect not kept),
     ((pixel / 255) - mean) / std."""
     from PIL import Image
 
     channels = spec["shape"][1]
     if channels != 3:
         raise InferError(f"the model expects {channels} input channels; this example handles 3")
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        low, high = image.getextrema()
+        if low < 0 or high > 255:  # converting would clip: a 16-bit image saturates to white
+            raise InferError(f"{image.mode} image with values {low:g}..{high:g}: the model takes 8-bit "
+                             f"images; convert it to 8-bit grey or colour first")
     rgb = image.convert("RGB")
-    height, width = training_scale(rgb.height, rgb.width, max_side)
+    if squash:  # the scale the model learnt: every image resized to its input size
+        height, width = int(spec["shape"][2]), int(spec["shape"][3])
+    else:
+        height, width = training_scale(rgb.height, rgb.width, max_side)
     if rgb.size != (width, height):
         rgb = rgb.resize((width, height), Image.BILINEAR)
     pixels = np.asarray(rgb, dtype=np.float32) / 255.0
@@ -170,10 +181,11 @@ def argmax_at(logits: np.ndarray, height: int, width: int) -> np.ndarray:
     return mask
 
 
-def segment(run, image, spec: dict, max_side: int | None) -> np.ndarray:
+def segment(run, image, spec: dict, max_side: int | None, squash: bool = False) -> np.ndarray:
     """uint8 [H, W] class mask of a PIL image at its own size: training scale, tiles of the
-    model's input, logits resized back to the image (bilinear), argmax."""
-    x = preprocess(image, spec, max_side)
+    model's input (squash: the image squashed to the input, one tile), logits resized back to
+    the image (bilinear), argmax."""
+    x = preprocess(image, spec, max_side, squash)
     logits = tiled_logits(run, x, (int(spec["shape"][2]), int(spec["shape"][3])))
     return argmax_at(logits, image.height, image.width)
 
@@ -334,8 +346,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             run = onnxruntime_runner(path, spec["name"])
         max_side = manifest.get("max_side")
+        squash = manifest.get("squash") is True  # trained on images squashed to the input size
         out = args.out or args.image.with_name(args.image.stem + "_mask.png")
-        mask = save_mask(segment(run, image, spec, int(max_side) if max_side else None), out)
+        mask = save_mask(segment(run, image, spec, int(max_side) if max_side else None, squash), out)
     except InferError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -193,7 +193,9 @@ def write_bundle(
     ``<engine>.json`` that `build-engine` writes beside it (the engine must have been built
     from one of the bundled models when the record says which). `manifest` supplies or
     overrides manifest fields: ``arch`` (Arch, dict or JSON), ``classes`` (names),
-    ``num_classes``, ``image_size`` ([H, W]), ``mean``, ``std`` and anything else (kept as is);
+    ``num_classes``, ``image_size`` ([H, W]), ``mean``, ``std``, ``max_side`` (the training
+    scale's long-side cap), ``squash`` (True: trained on images squashed to the input size, so
+    infer.py squashes too; recorded only when true) and anything else (kept as is);
     what it leaves out comes from the ONNX metadata `export` writes. `plugin_dir`/`plugin_lib`:
     True = the installed autonad_agent's plugin sources / built library if present, a path, or
     False/None for none. Raises `BundleError` (one line).
@@ -255,6 +257,14 @@ def write_bundle(
         raise BundleError(f"{len(classes)} class names for {num_classes} classes")
     mean = [float(v) for v in extra.pop("mean", IMAGENET_MEAN)]
     std = [float(v) for v in extra.pop("std", IMAGENET_STD)]
+    squash = bool(extra.pop("squash", False))
+    if squash:
+        extra["squash"] = True  # absent for an aspect-kept model: its manifest is as before
+        resize = ("bilinear to exactly shape[2:] (H, W), aspect not kept (the model was trained on images "
+                  "squashed to it), one window; the logits resized back to the image")
+    else:
+        resize = ("bilinear to the training scale (long side down to max_side, aspect kept), "
+                  "then overlapping tiles of shape[2:] (H, W)")
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
@@ -297,8 +307,7 @@ def write_bundle(
                 "normalization": "(pixel / 255 - mean) / std",
                 "mean": mean,
                 "std": std,
-                "resize": "bilinear to the training scale (long side down to max_side, aspect kept), "
-                          "then overlapping tiles of shape[2:] (H, W)",
+                "resize": resize,
             },
             "output": {
                 "name": primary["outputs"][0]["name"] if primary["outputs"] else "logits",

@@ -61,6 +61,9 @@ def _ms(x: float | None) -> str:
 
 
 def _scale_line(data: dict[str, Any]) -> str:
+    if data.get("squash"):
+        return (f"Training scale: every image squashed to {data.get('image_size', '?')} (aspect not kept); "
+                "predict and the bundle's infer.py squash images the same way.")
     if data.get("training_scale"):
         return (f"Training scale, chosen from the masks: {data['training_scale']['summary']}; inference "
                 "scales images the same way.")
@@ -78,7 +81,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"on {target.get('device', '?')}; dataset **{data.get('format', '?')}** "
         f"({data.get('root') or 'embedded synthetic'}), {data.get('num_classes', '?')} classes at "
         f"{data.get('image_size', '?')} (network input: training crops and inference tiles).",
-        *([_scale_line(data)] if data.get("max_side") or data.get("training_scale") else []),
+        *([_scale_line(data)] if data.get("max_side") or data.get("training_scale") or data.get("squash") else []),
         "",
         "## Chosen architecture",
         "",

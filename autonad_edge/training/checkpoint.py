@@ -14,8 +14,10 @@ Two kinds:
 ``kind="subnet"`` (written by `RetrainTrainer` as ``<out>/last.pt`` and ``<out>/best.pt``,
 or by `save_subnet` for any static network)
     model (SegmentationNet state_dict), arch, space, num_classes, class_names, image_size,
-    epoch, step, config, metrics, splits; a resumable ``last.pt`` adds optimizer, scheduler,
-    scaler, rng and best (the best validation record so far).
+    epoch, step, config, metrics, splits, max_side (the training scale's long-side cap); a
+    model trained on images squashed to image_size (keep_aspect false) adds ``squash=True``, so
+    inference squashes too (absent: aspect kept). A resumable ``last.pt`` adds optimizer,
+    scheduler, scaler, rng and best (the best validation record so far).
 
 Every checkpoint also holds ``format`` (= "autonad-edge-checkpoint") and ``version``.
 `load_model(path, arch=None)` turns either kind into a static `SegmentationNet`.
@@ -137,6 +139,9 @@ class CheckpointInfo:
     metrics: dict[str, Any] = field(default_factory=dict)
     splits: dict[str, Any] | None = None  # the split manifest of the run
     max_side: int | None = None  # the training scale's long-side cap (None: native or squashed)
+    # Trained on images squashed to image_size (keep_aspect false): inference resizes every
+    # image to exactly image_size, one window, and the output back to the image's size.
+    squash: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -148,6 +153,7 @@ class CheckpointInfo:
             "class_names": list(self.class_names),
             "image_size": list(self.image_size) if self.image_size else None,
             "max_side": self.max_side,
+            "squash": self.squash,
             "sharing": self.sharing,
             "epoch": self.epoch,
             "step": self.step,
@@ -158,6 +164,12 @@ def _config_max_side(config: dict[str, Any]) -> int | None:
     """The training scale of a checkpoint that does not record it apart (a supernet's): its
     run config's, when that kept the aspect ratio."""
     return config.get("max_side") if config.get("keep_aspect", True) else None
+
+
+def _config_squash(config: dict[str, Any]) -> bool:
+    """Whether a checkpoint that does not record it (a supernet's, or a subnet's from before
+    the field) was trained on squashed images: its run config did not keep the aspect ratio."""
+    return not config.get("keep_aspect", True)
 
 
 def checkpoint_info(data: dict[str, Any], path: str | Path, arch: Arch | None = None) -> CheckpointInfo:
@@ -184,6 +196,7 @@ def checkpoint_info(data: dict[str, Any], path: str | Path, arch: Arch | None = 
             metrics=dict(data.get("metrics") or {}),
             splits=splits,
             max_side=data.get("max_side") if "max_side" in data else _config_max_side(data.get("config") or {}),
+            squash=bool(data["squash"]) if "squash" in data else _config_squash(data.get("config") or {}),
         )
     except KeyError as exc:
         raise CheckpointError(f"{path}: checkpoint is missing the field {exc.args[0]!r}") from None

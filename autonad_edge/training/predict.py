@@ -7,7 +7,9 @@ Every image in the folder (png, jpg, jpeg, bmp, tif, tiff; any size, greyscale o
 normalised, scaled to its training scale (long side down to the run's ``max_side``, aspect kept;
 None = native) and segmented in overlapping tiles of the network's input side
 (`autonad_edge.inference`), so memory stays bounded and thin cracks are not squashed; the logits
-are resized back to the image's own size (bilinear) before the argmax.
+are resized back to the image's own size (bilinear) before the argmax. A model trained on images
+squashed to its input size (the checkpoint's ``squash``, keep_aspect false) is inferred the same
+way: each image resized to exactly ``image_size``, one window, the logits resized back.
 Written: ``masks/<stem>.png`` (8-bit greyscale, pixel = class index), ``overlays/<stem>.png``
 (the image with each defect class tinted in its colour), and ``predictions.json`` (per image:
 size and pixels per class, plus the class colours).
@@ -56,14 +58,9 @@ def list_images(path: str | Path) -> list[Path]:
 
 
 def _load_pixels(path: Path):
-    from autonad_edge.data.cache import open_image
+    from autonad_edge.data.cache import open_image_as
 
-    image = open_image(path)
-    if image.mode in ("L", "1", "I", "I;16", "I;16B", "I;16L", "F"):
-        image = image.convert("L")
-    elif image.mode != "RGB":
-        image = image.convert("RGB")
-    return image
+    return open_image_as(path)  # grey stays grey
 
 
 def overlay(image_rgb: np.ndarray, mask: np.ndarray, colours: Sequence[tuple[int, int, int]],
@@ -83,20 +80,34 @@ def default_tile(image_size: int | Sequence[int]) -> int:
     return int(image_size) if isinstance(image_size, int) else max(int(v) for v in image_size)
 
 
+def _check_squash_tile(squash: bool, tile: int | None) -> None:
+    if squash and tile is not None:
+        raise ValueError("a model trained on squashed images runs each image as one window of its "
+                         "image_size; a tile does not apply")
+
+
 @torch.no_grad()
 def predict_image(model: nn.Module, image, image_size: int | Sequence[int], device: torch.device, *,
                   max_side: int | None = None, tile: int | None = None,
-                  overlap: int | None = None) -> np.ndarray:
+                  overlap: int | None = None, squash: bool = False) -> np.ndarray:
     """The uint8 [H,W] class mask of one PIL image at its own size: inferred at its training
-    scale (`max_side`, None = native) in tiles of `tile` (default: `image_size`'s side)."""
+    scale (`max_side`, None = native) in tiles of `tile` (default: `image_size`'s side).
+    squash: the model was trained on images squashed to `image_size`; the image is resized to
+    exactly that, run as one window, and the logits resized back (`max_side`, `tile` unused)."""
+    from autonad_edge.data.cache import image_size_hw
     from autonad_edge.data.transforms import to_image_tensor
     from autonad_edge.inference import predict_logits
 
+    _check_squash_tile(squash, tile)
     pixels = np.array(image, dtype=np.uint8)
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
-    logits = predict_logits(model, to_image_tensor(pixels), tile=tile or default_tile(image_size),
-                            overlap=overlap, max_side=max_side, device=device)
+    if squash:
+        logits = predict_logits(model, to_image_tensor(pixels), tile=None,
+                                squash_hw=image_size_hw(image_size), device=device)
+    else:
+        logits = predict_logits(model, to_image_tensor(pixels), tile=tile or default_tile(image_size),
+                                overlap=overlap, max_side=max_side, device=device)
     return logits.argmax(dim=0).to(torch.uint8).numpy()
 
 
@@ -111,18 +122,25 @@ def predict_images(
     alpha: float = 0.5,
     max_side: int | None = None,
     tile: int | None = None,
+    squash: bool = False,
 ) -> list[dict[str, Any]]:
     """Segment every image of `images` (a folder or one file); write masks, overlays and
     ``predictions.json`` under `out_dir`. max_side: the run's training scale (None = native);
-    tile: the tile side (default: `image_size`'s). Returns the per-image records."""
+    tile: the tile side (default: `image_size`'s); squash: the model was trained on images
+    squashed to `image_size` (the checkpoint's ``squash``), so each is inferred squashed to it,
+    one window (no tile). Returns the per-image records."""
     from PIL import Image
 
     from autonad_edge.inference import resolve_overlap
 
     if isinstance(image_size, int):
         image_size = (image_size, image_size)
-    tile = tile or default_tile(image_size)
-    overlap = resolve_overlap(tile, None)  # fails on a bad tile before the first image
+    _check_squash_tile(squash, tile)  # fails before the first image
+    if squash:
+        overlap = None
+    else:
+        tile = tile or default_tile(image_size)
+        overlap = resolve_overlap(tile, None)  # fails on a bad tile before the first image
     files = list_images(images)
     if device is None:
         first = next(model.parameters(), None)
@@ -141,7 +159,7 @@ def predict_images(
             name = path.stem if stems.count(path.stem) == 1 else path.name
             image = _load_pixels(path)
             mask = predict_image(model, image, tuple(image_size), device, max_side=max_side,
-                                 tile=tile, overlap=overlap)
+                                 tile=tile, overlap=overlap, squash=squash)
             Image.fromarray(mask, mode="L").save(out_dir / "masks" / f"{name}.png")
             rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
             Image.fromarray(overlay(rgb, mask, colours, alpha)).save(out_dir / "overlays" / f"{name}.png")
@@ -157,7 +175,8 @@ def predict_images(
         model.train(was_training)
     atomic_write_json(out_dir / "predictions.json", {
         "image_size": list(image_size),
-        "max_side": max_side,
+        "max_side": None if squash else max_side,
+        **({"squash": True} if squash else {}),  # absent: aspect kept (the file is as before)
         "tile": tile,
         "tile_overlap": overlap,
         "classes": {c: list(col) for c, col in zip(class_names, colours)},

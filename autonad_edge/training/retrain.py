@@ -88,10 +88,13 @@ class RetrainTrainer(Trainer):
         return {"val_miou": result.miou, "val_mf1": result.mf1, "val_miou_defects": result.defect_miou}
 
     def _subnet_payload(self, model=None, **extra) -> dict[str, Any]:
-        """The evaluated model's subnet checkpoint (or `model`'s)."""
+        """The evaluated model's subnet checkpoint (or `model`'s), with its training scale: an
+        aspect-kept run's long-side cap, or ``squash`` for a run that squashed every image to
+        image_size (inference must squash the same way to see the scale it was trained on)."""
+        scale: dict[str, Any] = ({"max_side": self.config.max_side} if self.config.keep_aspect
+                                 else {"max_side": None, "squash": True})
         return subnet_payload(model or self.eval_model, self.space, list(self.data.class_names),
-                              tuple(self.data.image_size), max_side=self.config.max_side if self.config.keep_aspect else None,
-                              **extra)
+                              tuple(self.data.image_size), **scale, **extra)
 
     def after_epoch(self, epoch: int, record: dict[str, Any]) -> None:
         score = record.get("val_miou")

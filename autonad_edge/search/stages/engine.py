@@ -42,7 +42,7 @@ def engine_stage(ctx: RunContext, exported: ExportResult) -> DeployResult:
     write_bundle(
         out_dir / "bundle", files["portable"].path, engine_path,
         manifest={"arch": ctx.best_arch(), "classes": list(ctx.data.class_names), "image_size": list(ctx.image_hw),
-                  "max_side": cfg.max_side if cfg.keep_aspect else None},
+                  "max_side": cfg.max_side if cfg.keep_aspect else None, "squash": not cfg.keep_aspect},
         extra_onnx=[files["tensorrt"].path], overwrite=True,
     )
     return DeployResult(engine=str(engine_path) if engine_path else None, engine_ms=engine_ms, note=note,

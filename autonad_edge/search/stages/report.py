@@ -75,6 +75,7 @@ def _dataset(ctx: RunContext) -> dict[str, Any]:
         # The long side images are scaled down to (None: native, or squashed to image_size),
         # and, when it was chosen from the masks, the figures it was chosen from.
         "max_side": cfg.max_side if cfg.keep_aspect else None,
+        **({"squash": True} if not cfg.keep_aspect else {}),  # every image squashed to image_size
         "training_scale": ctx.scale.to_dict() if ctx.scale else None,
         "splits_file": "splits.json", "description": json_safe(data.describe()),
     }
