@@ -172,9 +172,9 @@ def predict_logits(
     else:
         scaled = _resize(image, scale_for_inference(size, max_side))
         logits = tiled_logits(forward, scaled, tile, overlap, batch_size, device=device)
-    if tuple(logits.shape[-2:]) != size:
-        logits = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
-    return logits
+    # Back to the image's size; antialiased where that shrinks (a squashed image smaller than
+    # the model's input), as the bundle's infer.py resizes with PIL.
+    return _resize(logits, size)
 
 
 __all__ = ["Tile", "plan_tiles", "predict_logits", "resolve_overlap", "scale_for_inference", "tiled_logits"]

@@ -159,6 +159,21 @@ def test_pareto_front_is_non_dominated(space):
     assert [f.latency_ms for f in front] == sorted(f.latency_ms for f in front)
 
 
+def test_a_failed_evaluation_neither_shadows_the_front_nor_ranks_first(space):
+    import dataclasses
+    import math
+
+    search = EvolutionarySearch(space, EvolutionConfig(population=8, generations=1, parents=4),
+                                callbacks(Counting()))
+    search.run()
+    cands = sorted(search.cache.values(), key=lambda c: c.latency_ms)
+    broken = dataclasses.replace(cands[0], miou=math.nan)  # the fastest, its evaluation failed
+    rest = cands[1:]
+    # `x > nan` is always false: the NaN would have been the whole front.
+    assert pareto_front([broken, *rest]) == pareto_front(rest) and pareto_front(rest)
+    assert search.score(broken) == -math.inf
+
+
 def test_latency_ties_are_decided_on_accuracy(space):
     """Two finalists 2 % apart in latency: within a 5 % tolerance the more accurate one wins,
     although the faster one scores higher; with no tolerance the score decides."""

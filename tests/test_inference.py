@@ -273,3 +273,27 @@ def test_infer_py_squashes_for_a_squash_trained_model(tmp_path):
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     np.testing.assert_array_equal(np.asarray(Image.open(out)), mask)
+
+
+def test_infer_py_says_what_is_wrong_in_one_line(tmp_path, capsys):
+    from PIL import Image
+
+    bundle = _bundle(tmp_path)
+    infer = _load_infer(bundle)
+    image = tmp_path / "part.png"
+    Image.fromarray(_part(20, 27)).save(image)
+    cases = {
+        "no bundle there": ["--bundle", str(tmp_path / "nowhere")],
+        "an output format it cannot write": ["--out", str(tmp_path / "mask.xyz")],
+        "an output that is a folder": ["--out", str(tmp_path)],
+    }
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "manifest.json").write_text("{not json")
+    cases["a torn manifest"] = ["--bundle", str(tmp_path / "broken")]
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "manifest.json").write_text("{}")
+    cases["a manifest of something else"] = ["--bundle", str(tmp_path / "other")]
+    for why, args in cases.items():
+        assert infer.main([str(image), *args]) == 2, why
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, (why, err)

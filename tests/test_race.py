@@ -64,6 +64,15 @@ def test_the_winner_fits_best_for_its_latency():
         race_winner([])
 
 
+def test_an_entrant_whose_training_diverged_cannot_win():
+    # A NaN loss used to make the median, and so every score, NaN: the fastest entrant won.
+    cands = candidates([1.0, 2.0, 3.0])
+    runs = [RaceRun(cands[0], (float("nan"),), 0.0), RaceRun(cands[1], (1.0,), 0.0), RaceRun(cands[2], (2.0,), 0.0)]
+    entries = score_entries(runs, latency_weight=0.25, reference_ms=2.0)  # median of the finite: 1.5
+    assert entries[0].score == float("-inf")
+    assert entries[1].score == pytest.approx(-1.0 / 1.5 - 0.25) and race_winner(entries) is entries[1]
+
+
 def test_the_evidence_counts_the_epochs_the_winner_fitted_better():
     cands = candidates([1.0, 2.0])
     winner, other = RaceRun(cands[1], (1.0, 2.0, 1.0, 0.0), 0.0), RaceRun(cands[0], (2.0, 1.0, 2.0, 1.0), 0.0)

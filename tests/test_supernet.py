@@ -212,3 +212,17 @@ def test_supernet_trains_and_set_active(default_space):
     assert losses[-1] < losses[0]
     with pytest.raises(ValueError, match="sharing"):
         HybridSupernet(space, 3, "partial")
+
+
+def test_a_decoder_that_pool_branches_do_not_split_into_fours_builds_and_extracts():
+    # 64 decoder channels over 3 pyramid-pooling branches is 21 a branch: four channels a group
+    # would be 5 groups, which GroupNorm refuses for 21 channels.
+    import dataclasses
+
+    space = dataclasses.replace(SearchSpace.tiny(), decoder_channels=64, num_pool_branches=3)
+    torch.manual_seed(2)
+    net = perturbed(HybridSupernet(space, NUM_CLASSES, "cross"), seed=2)
+    x = torch.randn(1, 3, 64, 48)
+    arch = space.sample(random.Random(3))
+    with torch.no_grad():
+        assert (net.extract(arch).eval()(x) - net(x, arch)).abs().max().item() <= 1e-5

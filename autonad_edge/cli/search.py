@@ -34,7 +34,7 @@ def search(
     latency_weight: float = typer.Option(None, "--lambda", help=f"Score = mIoU - lambda * latency / reference latency (unit-free) (default: {_d('latency_weight')})."),
     latency_budget_ms: float = typer.Option(None, help="Hard latency budget in ms on the target."),
     latency_stat: str = typer.Option(None, help=f"Latency statistic the search predicts and scores: min (interference-free, the steadiest) or median, mean, p90 (default: {_d('latency_stat')})."),
-    latency_tolerance: float = typer.Option(None, help=f"Finalists whose measured latencies are within this share of the best-scoring one's are compared on accuracy (default: {_d('latency_tolerance')})."),
+    latency_tolerance: float = typer.Option(None, help=f"Each finalist's measured latency is known to +- this share; those whose ranges overlap the best-scoring one's are compared on accuracy (default: {_d('latency_tolerance')})."),
     params_budget: int = typer.Option(None, help="Hard parameter budget."),
     race_entrants: int = typer.Option(None, help=f"When the search cannot tell its candidates apart by accuracy, retrain this many briefly and choose again; below 2 = off (default: {_d('race_entrants')})."),
     sharing: str = typer.Option(None, help=f"Supernet weight sharing: cross (the paper's), entangled, classical (default: {_d('sharing')})."),

@@ -236,7 +236,11 @@ def load_plugin(trt, explicit: str | None):
 
 
 def tensorrt_runner(engine_path: Path, shape: list[int], plugin_lib: str | None, needs_plugin: bool):
-    import tensorrt as trt
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise InferError("the TensorRT backend needs TensorRT's Python package (tensorrt); "
+                         "use --backend onnxruntime") from None
 
     try:
         import pycuda.autoinit  # noqa: F401 - creates a CUDA context
@@ -350,6 +354,16 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or args.image.with_name(args.image.stem + "_mask.png")
         mask = save_mask(segment(run, image, spec, int(max_side) if max_side else None, squash), out)
     except InferError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except json.JSONDecodeError as exc:
+        print(f"error: {args.bundle / 'manifest.json'} is not valid JSON ({exc})", file=sys.stderr)
+        return 2
+    except KeyError as exc:
+        print(f"error: {args.bundle / 'manifest.json'} lacks the field {exc}: not a bundle this script reads",
+              file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as exc:  # a missing file, an unwritable --out, a bad plugin library
         print(f"error: {exc}", file=sys.stderr)
         return 2
     classes = manifest.get("classes") or [str(i) for i in range(int(manifest["num_classes"]))]

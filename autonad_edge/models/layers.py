@@ -36,8 +36,13 @@ class LayerNorm2d(nn.Module):
 
 
 def decoder_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm of four channels a group: batch-independent, like every norm here."""
-    return nn.GroupNorm(max(1, channels // 4), channels)
+    """GroupNorm of four channels a group: batch-independent, like every norm here. Where four
+    does not divide `channels` (a pyramid-pooling branch's share of the decoder: 64 over 3
+    branches is 21), the most groups of at least four channels that divide them."""
+    groups = max(1, channels // 4)
+    while channels % groups:
+        groups -= 1
+    return nn.GroupNorm(groups, channels)
 
 
 @functools.lru_cache(maxsize=256)

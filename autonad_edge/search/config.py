@@ -46,9 +46,10 @@ class PipelineConfig:
     # The report gives the end-to-end median and min either way.
     latency_stat: str = "min"
     latency_budget_ms: float | None = None
-    # Finalists whose end-to-end latencies are within this share of the best-scoring one's
-    # are compared on accuracy alone: a real device cannot tell them apart (benchmarks/
-    # RESULTS.md: repeated measurements of one subnet spread by a few per cent).
+    # Each finalist's end-to-end latency is known to +- this share; those whose ranges overlap
+    # the best-scoring one's (up to about twice the share apart) are compared on accuracy
+    # alone: a real device cannot tell them apart (benchmarks/RESULTS.md: repeated
+    # measurements of one subnet spread by a few per cent).
     latency_tolerance: float = 0.05
     params_budget: int | None = None
     prior_method: str = "softmax"

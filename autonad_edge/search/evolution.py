@@ -23,6 +23,7 @@ same random state, so it ends exactly where an uninterrupted run would.
 from __future__ import annotations
 
 import json
+import math
 import random
 import statistics
 from dataclasses import asdict, dataclass, field
@@ -140,7 +141,8 @@ def pareto_front(candidates: list[Candidate], use_measured: bool = False) -> lis
         return c.measured_ms if use_measured and c.measured_ms is not None else c.latency_ms
 
     front = []
-    for c in sorted(candidates, key=lambda c: (lat(c), -c.miou)):
+    # A NaN mIoU compares false with everything: left out, it cannot shadow the front.
+    for c in sorted((c for c in candidates if math.isfinite(c.miou)), key=lambda c: (lat(c), -c.miou)):
         if not front or c.miou > front[-1].miou:
             front.append(c)
     return front
@@ -177,6 +179,8 @@ class EvolutionarySearch:
         return self._params[arch.hash]
 
     def score(self, c: Candidate, use_measured: bool = False) -> float:
+        if not math.isfinite(c.miou):  # an evaluation that failed ranks last, not at random
+            return -math.inf
         lat = c.measured_ms if use_measured and c.measured_ms is not None else c.latency_ms
         return c.miou - self.config.latency_weight * lat / (self.reference_ms or 1.0)
 

@@ -33,6 +33,7 @@ This module is torch-free; `search.stages.race` runs it.
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import asdict, dataclass
 from typing import Sequence
@@ -99,12 +100,16 @@ def evidence(winner: RaceRun, other: RaceRun) -> str:
 
 
 def score_entries(runs: Sequence[RaceRun], latency_weight: float, reference_ms: float) -> list[RaceEntry]:
-    """The entrants' records with their race scores (the loss relative to the median entrant's)."""
-    median = statistics.median(r.train_loss for r in runs) if runs else 1.0
+    """The entrants' records with their race scores (the loss relative to the median entrant's).
+    An entrant whose training diverged (a loss that is not finite) scores -inf: a NaN would make
+    every score NaN through the median, and the fastest entrant win whatever it learnt."""
+    finite = [r.train_loss for r in runs if math.isfinite(r.train_loss)]
+    median = statistics.median(finite) if finite else 1.0
     entries = []
     for r in runs:
         ms = final_ms(r.candidate)
-        score = -r.train_loss / (median or 1.0) - latency_weight * ms / (reference_ms or 1.0)
+        score = (-r.train_loss / (median or 1.0) - latency_weight * ms / (reference_ms or 1.0)
+                 if math.isfinite(r.train_loss) else -math.inf)
         entries.append(RaceEntry(r.candidate.arch.hash, r.candidate.arch.summary(), ms, r.candidate.miou,
                                  r.train_loss, r.raced_miou, score))
     return entries

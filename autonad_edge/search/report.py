@@ -160,7 +160,8 @@ def _accuracy_lines(report: dict[str, Any]) -> list[str]:
         overlap = regions.get("min_overlap")
         lines += ["", f"Per class, {per_class_split} split. Defects found: ground-truth regions with at least "
                   f"{_pct(overlap) if overlap is not None else '-'} % of their pixels predicted as their class; "
-                  "region precision: predicted regions that hit a defect of their class.", "",
+                  f"region precision: predicted regions with at least "
+                  f"{_pct(overlap) if overlap is not None else '-'} % of their pixels a defect of their class.", "",
                   "| class | IoU (%) | F1 (%) | defects found | region precision |", "| --- | --- | --- | --- | --- |"]
         for name, v in per_class.items():
             r = by_class.get(name)
@@ -169,8 +170,10 @@ def _accuracy_lines(report: dict[str, Any]) -> list[str]:
             lines.append(f"| {name} | {_pct(v.get('iou'))} | {_pct(v.get('f1'))} | {found} | {precise} |")
     pictures = report.get("pictures")
     if pictures:
-        lines += ["", f"What it predicts, the worst and the best {len(pictures['rows']) // 2} {pictures['split']} images "
-                  "(image | ground truth | prediction):", "", f"![predictions]({Path(pictures['path']).name})"]
+        kinds = [row.get("row") for row in pictures["rows"]]
+        lines += ["", f"What it predicts, the worst {kinds.count('worst')} and the best {kinds.count('best')} "
+                  f"{pictures['split']} images (image | ground truth | prediction):", "",
+                  f"![predictions]({Path(pictures['path']).name})"]
     return lines
 
 
