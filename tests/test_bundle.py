@@ -174,3 +174,129 @@ def test_bundle_command(tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and result.output.strip().count("\n") == 0 and "not empty" in result.output
     assert CliRunner().invoke(app, [*args, "--force"]).exit_code == 0
+
+
+def test_force_replaces_only_a_bundle_or_an_empty_directory(tmp_path):
+    """--force / overwrite deletes the old tree: it replaces a bundle or an empty directory, and
+    refuses (naming it, keeping every file) a directory that holds anything else, e.g. a run's
+    checkpoints, or a file."""
+    from typer.testing import CliRunner
+
+    from autonad_edge.cli import app
+
+    model = _seg_model(tmp_path / "p.onnx")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "best.pt").write_bytes(b"weights")
+    with pytest.raises(BundleError, match="holds no bundle") as info:
+        write_bundle(run_dir, model, overwrite=True)
+    assert str(run_dir) in str(info.value) and "\n" not in str(info.value)
+    result = CliRunner().invoke(app, ["bundle", "--onnx", str(model), "--out", str(run_dir), "--force"])
+    assert result.exit_code == 2 and result.output.strip().count("\n") == 0 and "holds no bundle" in result.output
+    assert sorted(p.name for p in run_dir.iterdir()) == ["best.pt"]
+    # A bundle's manifest of something else does not count.
+    (run_dir / "manifest.json").write_text(json.dumps({"format": "someone-else"}))
+    with pytest.raises(BundleError, match="holds no bundle"):
+        write_bundle(run_dir, model, overwrite=True)
+    assert (run_dir / "best.pt").read_bytes() == b"weights"
+    a_file = tmp_path / "a_file"
+    a_file.write_text("mine")
+    with pytest.raises(BundleError, match="not a directory"):
+        write_bundle(a_file, model, overwrite=True)
+    assert a_file.read_text() == "mine"
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    write_bundle(empty, model)
+    assert read_bundle(empty)["num_classes"] == CLASSES
+    write_bundle(empty, model, overwrite=True, manifest={"classes": ["a", "b", "c"]})
+    assert read_bundle(empty)["classes"] == ["a", "b", "c"]
+
+
+def test_bundle_is_readable_by_others_and_out_may_be_the_cwd(tmp_path, monkeypatch):
+    """The staging directory (mkdtemp: 0700) is renamed into place, so it gets the mode mkdir
+    would give; `--out .` names the working directory."""
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    model = _seg_model(tmp_path / "p.onnx")
+    write_bundle(tmp_path / "bundle", model)
+    assert stat.S_IMODE((tmp_path / "bundle").stat().st_mode) == 0o777 & ~mask
+    assert stat.S_IMODE((tmp_path / "bundle" / "manifest.json").stat().st_mode) == 0o666 & ~mask
+
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert write_bundle(".", model) == Path("manifest.json")
+    # The directory was replaced by the new bundle (this process's working directory is the
+    # old, now removed, one): read it by its absolute path.
+    assert read_bundle(here)["num_classes"] == CLASSES
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "here", "p.onnx"]
+
+
+def test_a_model_alone_carries_its_class_names_and_training_scale(tmp_path):
+    """Without a checkpoint, the class names, max_side and squash `export` records in the
+    model's metadata reach the manifest; values given to write_bundle win; unreadable
+    metadata is a one-line BundleError."""
+    model = _seg_model(tmp_path / "p.onnx")
+    proto = onnx.load(str(model))
+    for key, value in {"autonad.class_names": json.dumps(["ok", "crack", "dent"]), "autonad.max_side": "640",
+                       "autonad.squash": "false"}.items():
+        proto.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+    onnx.save(proto, str(model))
+    m = read_bundle(write_bundle(tmp_path / "b1", model).parent)
+    assert m["classes"] == ["ok", "crack", "dent"] and m["max_side"] == 640 and "squash" not in m
+    m = read_bundle(write_bundle(tmp_path / "b2", model, manifest={"classes": ["a", "b", "c"], "max_side": None,
+                                                                   "squash": True}).parent)
+    assert m["classes"] == ["a", "b", "c"] and m["max_side"] is None and m["squash"] is True
+
+    for key, value, match in (("autonad.class_names", "[oops", "autonad.class_names"),
+                              ("autonad.squash", "yes", "autonad.squash")):
+        bad = onnx.load(str(model))
+        next(p for p in bad.metadata_props if p.key == key).value = value
+        onnx.save(bad, str(tmp_path / "bad.onnx"))
+        with pytest.raises(BundleError, match=match) as info:
+            write_bundle(tmp_path / "b3", tmp_path / "bad.onnx")
+        assert "\n" not in str(info.value) and not (tmp_path / "b3").exists()
+
+
+def test_engine_record_must_be_readable_and_of_this_engine(tmp_path):
+    """A record left beside a rebuilt engine (its engine_sha256 is another engine's) would vouch
+    for the wrong engine, plugin flag included: refused, as is a record that is not JSON; both
+    in one line, from write_bundle and the CLI."""
+    from typer.testing import CliRunner
+
+    from autonad_edge.cli import app
+
+    trt = _seg_model(tmp_path / "t.onnx", "tensorrt")
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"\x00rebuilt-engine")
+    stale = {"onnx_sha256": sha256_file(trt), "engine_sha256": "0" * 64,
+             "fields": {"uses_spatial_shift_plugin": "false"}}
+    engine_record_path(engine).write_text(json.dumps(stale))
+    with pytest.raises(BundleError, match="another engine") as info:
+        write_bundle(tmp_path / "b1", trt, engine_path=engine)
+    assert "\n" not in str(info.value) and not (tmp_path / "b1").exists()
+    # The sha256 the agent reported counts too when the record has none of its own.
+    engine_record_path(engine).write_text(json.dumps({**stale, "engine_sha256": None,
+                                                      "fields": {"engine_sha256": "1" * 64}}))
+    with pytest.raises(BundleError, match="another engine"):
+        write_bundle(tmp_path / "b1", trt, engine_path=engine)
+
+    fresh = {**stale, "engine_sha256": sha256_file(engine),
+             "fields": {"uses_spatial_shift_plugin": "true", "output_check": "skipped: no onnxruntime"}}
+    engine_record_path(engine).write_text(json.dumps(fresh))
+    m = read_bundle(write_bundle(tmp_path / "b1", trt, engine_path=engine).parent)
+    assert m["engine"]["uses_spatial_shift_plugin"] == "true"
+    assert m["engine"]["output_check"] == "skipped: no onnxruntime", "the agent's verdict shows in the manifest"
+
+    engine_record_path(engine).write_text('{"onnx_sha256": "trunc')
+    with pytest.raises(BundleError, match="not a readable engine build record") as info:
+        write_bundle(tmp_path / "b2", trt, engine_path=engine)
+    assert "\n" not in str(info.value)
+    result = CliRunner().invoke(app, ["bundle", "--onnx", str(trt), "--engine", str(engine),
+                                      "--out", str(tmp_path / "b2")])
+    assert result.exit_code == 2 and result.output.strip().count("\n") == 0
+    assert "not a readable engine build record" in result.output and not (tmp_path / "b2").exists()

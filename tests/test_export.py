@@ -3,6 +3,7 @@ plugin nodes, graph simplification, dynamic batch, and `export_module` on sub-mo
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
 
@@ -267,6 +268,24 @@ def test_simplify_removes_dead_code_and_folds_constants():
         session = _ort(out)
         xv = np.ones((2, 3), np.float32)
         assert session.run(None, {"x": xv})[0].tolist() == [[3.0, 5.0, 7.0]] * 2
+
+
+def test_network_metadata_carries_the_checkpoints_classes_and_training_scale():
+    """What only the checkpoint knows (class names, the training scale's max_side, squash) goes
+    into the model's metadata when given, so a bundle of the model alone preprocesses as
+    training did; not given, the model is as before (the export caches key on its bytes)."""
+    from autonad_edge.export import ExportError
+
+    net = SegmentationNet.from_arch(TINY_ARCHS[0], TINY, num_classes=3).eval()
+    meta = {p.key: p.value for p in export_network(net, (32, 48), class_names=["bg", "crack", "dent"],
+                                                   max_side=512, squash=False).metadata_props}
+    assert json.loads(meta["autonad.class_names"]) == ["bg", "crack", "dent"]
+    assert meta["autonad.max_side"] == "512" and meta["autonad.squash"] == "false"
+    assert meta["autonad.num_classes"] == "3" and meta["autonad.image_size"] == "32x48"
+    plain = {p.key for p in export_network(net, (32, 48)).metadata_props}
+    assert not plain & {"autonad.class_names", "autonad.max_side", "autonad.squash"}
+    with pytest.raises(ExportError, match="2 class names for a network of 3 classes"):
+        export_network(net, (32, 48), class_names=["bg", "crack"])
 
 
 def test_bad_arguments():

@@ -124,6 +124,60 @@ def test_a_squash_trained_checkpoint_bundles_squashed(subnet_checkpoint, tmp_pat
                                      "--out", str(written)])
         assert result.exit_code == 0, result.output
         assert read_bundle(written).get("squash") is squash, checkpoint
+    # Without the checkpoint, the model's own metadata says it was trained squashed.
+    result = runner.invoke(app, ["bundle", "--onnx", str(out), "--out", str(tmp_path / "bundle_alone")])
+    assert result.exit_code == 0, result.output
+    manifest = read_bundle(tmp_path / "bundle_alone")
+    assert manifest["squash"] is True and manifest["classes"] == CLASSES
+
+
+def test_bundle_without_checkpoint_keeps_class_names_and_training_scale(tmp_path):
+    """`export` writes the checkpoint's class names and training scale into the model's
+    metadata, so `bundle --onnx` alone gives infer.py the scale and names training used (not
+    native scale and class1, class2); --arch without --checkpoint is refused, not ignored."""
+    from autonad_edge.export.bundle import read_bundle
+
+    torch.manual_seed(0)
+    net = SegmentationNet.from_arch(_mlp_arch(), SPACE, len(CLASSES))
+    checkpoint = save_subnet(tmp_path / "best.pt", net, SPACE, CLASSES, image_size=(40, 56), max_side=96)
+    out = tmp_path / "model.onnx"
+    result = runner.invoke(app, ["export", "--checkpoint", str(checkpoint), "--out", str(out), "--no-verify"])
+    assert result.exit_code == 0, result.output
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert json.loads(meta["autonad.class_names"]) == CLASSES
+    assert meta["autonad.max_side"] == "96" and meta["autonad.squash"] == "false"
+    result = runner.invoke(app, ["bundle", "--onnx", str(out), "--out", str(tmp_path / "bundle")])
+    assert result.exit_code == 0, result.output
+    manifest = read_bundle(tmp_path / "bundle")
+    assert manifest["classes"] == CLASSES and manifest["max_side"] == 96 and "squash" not in manifest
+
+    arch_path = tmp_path / "arch.json"
+    arch_path.write_text(_mlp_arch().to_json())
+    result = runner.invoke(app, ["bundle", "--onnx", str(out), "--arch", str(arch_path),
+                                 "--out", str(tmp_path / "bundle2")])
+    assert result.exit_code == 2 and "--arch needs the supernet --checkpoint" in _one_line_error(result)
+    assert not (tmp_path / "bundle2").exists()
+
+
+def test_export_bundle_refusals_come_before_the_export(subnet_checkpoint, tmp_path):
+    """--out inside --bundle (the bundle would replace it) is refused, with or without --force,
+    and --force does not replace a directory that holds no bundle: one line each, nothing
+    exported, nothing deleted."""
+    deploy = tmp_path / "deploy"
+    for extra in ([], ["--force"]):
+        result = runner.invoke(app, ["export", "--checkpoint", str(subnet_checkpoint), "--out",
+                                     str(deploy / "model.onnx"), "--bundle", str(deploy), *extra])
+        assert result.exit_code == 2 and "is inside --bundle" in _one_line_error(result)
+        assert not deploy.exists()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "last.pt").write_bytes(b"weights")
+    result = runner.invoke(app, ["export", "--checkpoint", str(subnet_checkpoint), "--out", str(tmp_path / "m.onnx"),
+                                 "--bundle", str(run_dir), "--force"])
+    assert result.exit_code == 2
+    line = _one_line_error(result)
+    assert "holds no bundle" in line and str(run_dir) in line
+    assert not (tmp_path / "m.onnx").exists() and sorted(p.name for p in run_dir.iterdir()) == ["last.pt"]
 
 
 def test_export_tensorrt_from_supernet_and_build_engine_on_local(supernet_checkpoint, tmp_path):
@@ -190,8 +244,11 @@ class _FakeClient:
 
     address = "10.0.0.7:50051"
 
-    def __init__(self, fail_with=None):
+    def __init__(self, fail_with=None, output_check="ok (relative error 1.2e-07, tolerance 0.001)",
+                 while_building=None):
         self.fail_with = fail_with
+        self.output_check = output_check  # the agent's verdict; None: an agent that sends none
+        self.while_building = while_building  # called during the (remote, long) build
         self.requests = []
 
     def device_info(self):
@@ -208,9 +265,13 @@ class _FakeClient:
         self.requests.append((backend, precision))
         if self.fail_with is not None:
             raise self.fail_with
+        if self.while_building is not None:
+            self.while_building()
         fields = {"onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest(), "device": "Orin",
                   "runtime_version": "10.3.0", "precision": precision, "latency_ms_median": "1.250000",
                   "uses_spatial_shift_plugin": "true"}
+        if self.output_check is not None:
+            fields["output_check"] = self.output_check
         return Engine(b"\x01engine-bytes", fields, None)
 
 
@@ -274,3 +335,79 @@ def test_build_engine_rejected_by_the_agent(monkeypatch, tmp_path):
     line = _one_line_error(result)
     assert "could not build the engine" in line and "build-plugin" in line and "kept" in line
     assert not (tmp_path / "model.engine").exists()
+
+
+def test_engine_output_check_verdicts():
+    """The decision on the agent's `output_check`, from its manifest fields alone: ok passes,
+    a mismatch raises, a skipped (or unreported) check is a one-line warning."""
+    from autonad_edge.export.engine import EngineBuildError, output_check_warning
+
+    assert output_check_warning({"output_check": "ok (relative error 3.1e-05, tolerance 0.01)"}) is None
+    for verdict in ("mismatch (relative error 0.42, tolerance 0.001)",
+                    "mismatch: output 'logits' missing or of another shape in the engine"):
+        with pytest.raises(EngineBuildError, match="differ from ONNX Runtime") as info:
+            output_check_warning({"output_check": verdict})
+        assert verdict in str(info.value) and not info.value.unavailable
+    warning = output_check_warning({"output_check": "skipped: ONNX Runtime could not run the model\n(Fail: x)"})
+    assert "not checked" in warning and "skipped: ONNX Runtime" in warning and "\n" not in warning
+    assert "did not check" in output_check_warning({})
+
+
+def test_build_engine_mismatch_writes_nothing_and_skipped_check_warns(monkeypatch, tmp_path):
+    """An engine whose outputs the agent found to differ from ONNX Runtime is refused (exit 3,
+    one line, no engine or record written); one whose check was skipped is written, with the
+    verdict in its record and a one-line warning."""
+    model = _static_model(tmp_path / "model.onnx")
+    engine = tmp_path / "model.engine"
+    _fake_target(monkeypatch, _FakeClient(output_check="mismatch (relative error 0.42, tolerance 0.001)"))
+    result = runner.invoke(app, ["build-engine", "--target", "jetson", "--onnx", str(model), "--out", str(engine)])
+    assert result.exit_code == 3
+    line = _one_line_error(result)
+    assert "differ from ONNX Runtime" in line and "relative error 0.42" in line and "no engine written" in line
+    assert not engine.exists() and not (tmp_path / "model.engine.json").exists()
+
+    skipped = "skipped: ONNX Runtime could not run the model (RuntimeError: no CPU kernel)"
+    _fake_target(monkeypatch, _FakeClient(output_check=skipped))
+    result = runner.invoke(app, ["build-engine", "--target", "jetson", "--onnx", str(model), "--out", str(engine)])
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and skipped in warnings[0] and "not checked" in warnings[0]
+    record = json.loads((tmp_path / "model.engine.json").read_text())
+    assert record["output_check"] == record["fields"]["output_check"] == skipped
+    # The search pipeline's bundle step reads the record: the verdict reaches the manifest.
+    from autonad_edge.export.bundle import read_bundle, write_bundle
+
+    write_bundle(tmp_path / "bundle", model, engine)
+    assert read_bundle(tmp_path / "bundle")["engine"]["output_check"] == skipped
+
+
+def test_build_engine_checks_out_before_contacting_the_target(monkeypatch, tmp_path):
+    """--out that is the ONNX model, a directory, or under a file is refused in one line before
+    any agent is asked (no build request); a write that fails after the build is one line too."""
+    client = _FakeClient()
+    _fake_target(monkeypatch, client)
+    model = _static_model(tmp_path / "model.onnx")
+    original = model.read_bytes()
+    a_dir = tmp_path / "engines"
+    a_dir.mkdir()
+    (tmp_path / "afile").write_text("x")
+    for out, why in ((model, "would overwrite the ONNX model"), (tmp_path / "." / "model.onnx", "would overwrite"),
+                     (a_dir, "is a directory"), (tmp_path / "afile" / "model.engine", "not a directory")):
+        result = runner.invoke(app, ["build-engine", "--target", "jetson", "--onnx", str(model), "--out", str(out)])
+        assert result.exit_code == 2, (out, result.output)
+        line = _one_line_error(result)
+        assert line.startswith("error: --out") and why in line, line
+    # The record <out>.json must not be the model either.
+    model_json = _static_model(tmp_path / "model.json")
+    result = runner.invoke(app, ["build-engine", "--target", "jetson", "--onnx", str(model_json),
+                                 "--out", str(tmp_path / "model")])
+    assert result.exit_code == 2 and "record model.json would overwrite" in _one_line_error(result)
+    assert client.requests == [] and model.read_bytes() == original
+
+    # The folder appears at --out while the target builds: the write fails, in one line.
+    engine = tmp_path / "late.engine"
+    _fake_target(monkeypatch, _FakeClient(while_building=engine.mkdir))
+    result = runner.invoke(app, ["build-engine", "--target", "jetson", "--onnx", str(model), "--out", str(engine)])
+    assert result.exit_code == 3
+    assert "cannot write the engine to" in _one_line_error(result)
+    assert engine.is_dir() and not any(engine.iterdir()) and not (tmp_path / "late.engine.json").exists()

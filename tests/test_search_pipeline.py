@@ -82,6 +82,12 @@ def test_search_produces_every_artefact(finished_run):
     assert f"Training scale, chosen from the masks: as loaded (thinnest class {scale['thinnest']}" in md
     assert report["accuracy"]["test"]["defect_level"]["min_overlap"] > 0
     assert "chosen" in output and "measured on 'local'" in output
+    # The exported models carry what a bundle made from them alone needs.
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(run / "export" / "model.portable.onnx")).metadata_props}
+    assert json.loads(meta["autonad.class_names"]) == report["dataset"]["classes"]
+    assert meta["autonad.squash"] == "false"
 
 
 def test_a_search_that_cannot_see_accuracy_races_its_candidates(finished_run):

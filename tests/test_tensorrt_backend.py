@@ -608,6 +608,20 @@ def test_fake_engine_mismatch_is_reported(fake: FakeWorld) -> None:
     assert float(artifact.manifest["ort_max_abs_err"]) == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("fake", [{"engine_noise": 0.0}, {"engine_noise": 1.0}], indirect=True)
+def test_host_decides_on_the_agents_output_check(fake: FakeWorld) -> None:
+    """The host's `build_engine` decision reads the verdict this backend writes: a matching
+    engine passes without a warning, a mismatching one is refused (never written or bundled)."""
+    from autonad_edge.export.engine import EngineBuildError, output_check_warning
+
+    artifact = trt_backend.TensorRTBackend().build_engine(small_cnn().SerializeToString(), Precision.FP32)
+    if fake.engine_noise == 0.0:
+        assert output_check_warning(artifact.manifest) is None
+    else:
+        with pytest.raises(EngineBuildError, match="differ from ONNX Runtime.*mismatch"):
+            output_check_warning(artifact.manifest)
+
+
 def test_fake_rejections(fake: FakeWorld) -> None:
     backend = trt_backend.TensorRTBackend()
     with pytest.raises(ModelRejected, match=r"TensorRT plugin is unavailable.*autonad-agent build-plugin"):

@@ -49,7 +49,7 @@ def export_command(
     opset: int = typer.Option(18, help="ONNX opset (17 or newer)."),
     verify: bool = typer.Option(True, help="portable: compare ONNX Runtime with torch on a random input."),
     bundle: Path = typer.Option(None, help="Also write a deployment bundle (model, manifest, plugin, infer.py) here."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing, non-empty --bundle directory."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing bundle at --bundle (only a bundle)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
     """Export a checkpoint to ONNX and report its op counts."""
@@ -66,6 +66,16 @@ def export_command(
         fail(f"--opset must be 17 or newer, got {opset}")
     if image_size != (0, 0) and min(image_size) < 1:
         fail(f"--image-size must be two positive integers, got {image_size[0]} {image_size[1]}")
+    if bundle is not None:  # refused before the (slow) export, not after it
+        from autonad_edge.export.bundle import BundleError, check_bundle_dir
+
+        if out.resolve().is_relative_to(bundle.resolve()):
+            fail(f"--out {out} is inside --bundle {bundle}, which the bundle replaces; "
+                 "write the ONNX elsewhere (the bundle gets its own copy)")
+        try:
+            check_bundle_dir(bundle, force)
+        except BundleError as exc:
+            fail(str(exc))
     try:
         from autonad_edge.training.checkpoint import CheckpointError, load_model
     except ImportError as exc:  # the training package is another issue's; keep export importable
@@ -76,7 +86,11 @@ def export_command(
         fail(str(exc))
     size = tuple(image_size) if image_size != (0, 0) else (info.image_size or DEFAULT_IMAGE_SIZE)
     try:
-        onnx_model = export_network(model, size, flavor, dynamic_batch, opset=opset)
+        # The checkpoint's class names and training scale travel in the model's metadata, so
+        # `bundle` without --checkpoint preprocesses and names classes as training did.
+        onnx_model = export_network(model, size, flavor, dynamic_batch, opset=opset,
+                                    class_names=info.class_names, max_side=getattr(info, "max_side", None),
+                                    squash=getattr(info, "squash", False))
         onnx.checker.check_model(onnx_model, full_check=True)
     except ExportError as exc:
         fail(str(exc))
@@ -96,7 +110,7 @@ def export_command(
 
     manifest_path = None
     if bundle is not None:
-        from autonad_edge.export.bundle import BundleError, write_bundle
+        from autonad_edge.export.bundle import write_bundle
 
         try:
             manifest_path = write_bundle(
@@ -144,10 +158,14 @@ def build_engine_command(
     connect_timeout: float = typer.Option(5.0, help="Seconds to wait for each agent."),
 ) -> None:
     """Have the target's agent build a TensorRT engine (exit 3 if it cannot; no file written)."""
-    from autonad_edge.export.engine import EngineBuildError, build_engine
+    from autonad_edge.export.engine import EngineBuildError, build_engine, check_engine_out
 
     if not onnx_path.is_file():
         fail(f"{onnx_path}: no such ONNX file")
+    try:  # before the target is contacted: a build takes minutes
+        check_engine_out(onnx_path, out)
+    except EngineBuildError as exc:
+        fail(f"--out {exc}")
     try:
         result = build_engine(target, onnx_path, out, fp16=fp16, targets_path=targets,
                               connect_timeout_s=connect_timeout)
@@ -159,19 +177,26 @@ def build_engine_command(
     )
     typer.echo(f"wrote {out} ({result.size / 1e6:.1f} MB, sha256 {result.sha256[:16]}, from {result.agent}"
                f"{'; ' + extra if extra else ''}); record {result.record_path}")
+    if result.warning:
+        typer.echo(f"warning: {result.warning}", err=True)
 
 
 def bundle_command(
     onnx_paths: list[Path] = typer.Option(..., "--onnx", help="ONNX model(s) from `export`; repeat for both flavours."),
     out: Path = typer.Option(..., help="Bundle directory to write."),
     engine: Path = typer.Option(None, help="TensorRT engine from `build-engine` (its <engine>.json record is read)."),
-    checkpoint: Path = typer.Option(None, help="Checkpoint the models came from: class names (else from the models)."),
+    checkpoint: Path = typer.Option(
+        None, help="Checkpoint the models came from: class names and training scale (else from the models)."),
     arch: Path = typer.Option(None, help="Architecture JSON, with a supernet --checkpoint."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing, non-empty bundle directory."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing bundle at --out (only a bundle)."),
 ) -> None:
     """Write a deployment bundle: models, engine, manifest, plugin sources, infer.py."""
     from autonad_edge.export.bundle import BundleError, read_bundle, write_bundle
 
+    if arch is not None and checkpoint is None:
+        # --arch picks a subnet of a supernet checkpoint; an exported model records its own.
+        fail("--arch needs the supernet --checkpoint it selects from; without one the models' own "
+             "architecture (their autonad.arch metadata) is used")
     manifest = {}
     if checkpoint is not None:
         from autonad_edge.space import ArchError

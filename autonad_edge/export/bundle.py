@@ -8,8 +8,10 @@
       plugin/lib/            the built plugin library, when this install has one
       infer.py, README.md    a stand-alone inference example (TensorRT engine or ONNX Runtime)
 
-The bundle is assembled in a temporary sibling directory and renamed into place, so a reader
-never sees half a bundle; ``manifest.json`` is written last. No torch needed.
+The bundle is assembled in a temporary sibling directory, synced to disk and renamed into
+place, so a reader never sees half a bundle; ``manifest.json`` is written last. Replacing an
+existing directory takes overwrite (--force) and is refused unless it is empty or a bundle.
+No torch needed.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import onnx
 
 from autonad_agent.plugin_identity import SPATIAL_SHIFT_PLUGIN
 from autonad_edge.errors import AutonadError
+from autonad_edge.io import _umask
 
 BUNDLE_FORMAT = "autonad-edge-bundle"
 BUNDLE_VERSION = 1
@@ -39,6 +42,9 @@ TEMPLATE_FILES = ("infer.py", "README.md")
 # bundle code does not import torch.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# What mkdir() would give; mkdtemp's 0700 staging directory, renamed into place, would hide the
+# bundle from everyone but its writer.
+_DIR_MODE = 0o777 & ~_umask()
 
 
 class BundleError(AutonadError, ValueError):
@@ -144,19 +150,82 @@ def _arch_identity(arch: dict[str, Any] | None) -> tuple[str | None, str | None]
         return None, None
 
 
+def _class_names(text: str) -> list[str]:
+    names = json.loads(text)
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError("not a JSON list of names")
+    return names
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"{value} is not a positive size")
+    return value
+
+
+def _true_or_false(text: str) -> bool:
+    if text not in ("true", "false"):
+        raise ValueError(f"{text!r} is not true or false")
+    return text == "true"
+
+
+# What `export` records of the checkpoint in the model's metadata (export_network), and the
+# manifest field each becomes.
+_CHECKPOINT_METADATA = (("autonad.class_names", "classes", _class_names),
+                        ("autonad.max_side", "max_side", _positive_int),
+                        ("autonad.squash", "squash", _true_or_false))
+
+
+def _checkpoint_metadata(meta: Mapping[str, str], src: Path) -> dict[str, Any]:
+    """The class names, training scale (max_side) and squash recorded in a model's metadata,
+    for a bundle written without its checkpoint; only those present."""
+    out: dict[str, Any] = {}
+    for key, field, parse in _CHECKPOINT_METADATA:
+        if key in meta:
+            try:
+                out[field] = parse(meta[key])
+            except ValueError as exc:  # json.JSONDecodeError is one
+                raise BundleError(f"{src}: unreadable {key} metadata ({exc})") from None
+    return out
+
+
+def _read_engine_record(engine_path: Path) -> dict[str, Any] | None:
+    """The ``<engine>.json`` build record beside `engine_path`, if there is one."""
+    path = engine_record_path(engine_path)
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path}: not a readable engine build record ({' '.join(str(exc).split())})") from None
+    if not isinstance(record, dict):
+        raise BundleError(f"{path}: not a readable engine build record (not a JSON object)")
+    return record
+
+
 def _engine_entry(engine_path: Path, record: Mapping[str, Any] | None, models: list[dict[str, Any]]) -> dict[str, Any]:
-    if record is None and engine_record_path(engine_path).is_file():
-        record = json.loads(engine_record_path(engine_path).read_text(encoding="utf-8"))
+    record_source = "the engine record given" if record is not None else str(engine_record_path(engine_path))
+    if record is None:
+        record = _read_engine_record(engine_path)
     record = dict(record or {})
     fields = dict(record.pop("fields", {}) or {})
+    sha256 = sha256_file(engine_path)
+    # A record left beside a rebuilt engine would vouch for another engine (its plugin flag
+    # decides whether infer.py loads the plugin).
+    recorded = record.get("engine_sha256") or fields.get("engine_sha256")
+    if recorded and recorded != sha256:
+        raise BundleError(f"{record_source} is for another engine (engine_sha256 {str(recorded)[:16]}..., "
+                          f"{engine_path} has {sha256[:16]}...): rebuild the engine or give its own record")
     entry: dict[str, Any] = {
         "file": ENGINE_NAME,
-        "sha256": sha256_file(engine_path),
+        "sha256": sha256,
         "bytes": engine_path.stat().st_size,
         **{k: v for k, v in record.items() if k not in ("file", "sha256", "bytes", "engine_sha256")},
         "agent_manifest": fields,
     }
-    for key in ("precision", "device", "runtime_version", "uses_spatial_shift_plugin", "compute_capability"):
+    for key in ("precision", "device", "runtime_version", "uses_spatial_shift_plugin", "compute_capability",
+                "output_check"):
         if key in fields and key not in entry:
             entry[key] = fields[key]
     built_from = record.get("onnx_sha256") or fields.get("onnx_sha256")
@@ -196,11 +265,11 @@ def write_bundle(
     ``num_classes``, ``image_size`` ([H, W]), ``mean``, ``std``, ``max_side`` (the training
     scale's long-side cap), ``squash`` (True: trained on images squashed to the input size, so
     infer.py squashes too; recorded only when true) and anything else (kept as is);
-    what it leaves out comes from the ONNX metadata `export` writes. `plugin_dir`/`plugin_lib`:
-    True = the installed autonad_agent's plugin sources / built library if present, a path, or
-    False/None for none. Raises `BundleError` (one line).
+    what it leaves out comes from the ONNX metadata `export` writes (arch, classes, max_side,
+    squash, ...). `plugin_dir`/`plugin_lib`: True = the installed autonad_agent's plugin sources
+    / built library if present, a path, or False/None for none. `overwrite` replaces an existing
+    bundle (see `check_bundle_dir`). Raises `BundleError` (one line).
     """
-    out_dir = Path(out_dir)
     extra: dict[str, Any] = dict(manifest or {})
     sources = [Path(onnx_path), *(Path(p) for p in extra_onnx)]
     for src in sources:
@@ -208,9 +277,10 @@ def write_bundle(
             raise BundleError(f"{src}: no such ONNX file")
     if engine_path is not None and not Path(engine_path).is_file():
         raise BundleError(f"{engine_path}: no such engine file")
-    if out_dir.exists() and not overwrite:
-        if not out_dir.is_dir() or any(out_dir.iterdir()):
-            raise BundleError(f"{out_dir} exists and is not empty (overwrite it with --force / overwrite=True)")
+    check_bundle_dir(out_dir, overwrite)
+    requested = Path(out_dir)
+    # Resolved: the staging directory is its sibling, and "." has no name to derive one from.
+    out_dir = requested.resolve()
 
     described = []
     flavors_seen: set[str] = set()
@@ -225,6 +295,12 @@ def write_bundle(
         described.append((src, info))
     primary_meta = described[0][1]["_metadata"]
     primary = described[0][1]
+    # Without a checkpoint, what `export` recorded of it: class names and the training scale.
+    # (A given max_side or squash wins, None included: a checkpoint's None means native scale.)
+    for key, value in _checkpoint_metadata(primary_meta, sources[0]).items():
+        given = (extra.get("classes") or extra.get("class_names")) if key == "classes" else key in extra
+        if not given:
+            extra[key] = value
 
     arch = _arch_dict(extra.pop("arch", None) or primary_meta.get("autonad.arch"))
     arch_hash, arch_summary = _arch_identity(arch)
@@ -269,6 +345,7 @@ def write_bundle(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
+        os.chmod(staging, _DIR_MODE)
         models = []
         for src, info in described:
             name = f"model.{info['flavor']}.onnx"
@@ -321,11 +398,13 @@ def write_bundle(
             **extra,
         }
         (staging / MANIFEST_NAME).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        _fsync_tree(staging)  # on disk before the rename: a crash leaves the old bundle or the whole new one
         _replace_dir(staging, out_dir)
+        _fsync_path(out_dir.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return out_dir / MANIFEST_NAME
+    return requested / MANIFEST_NAME
 
 
 def _copy_plugin(staging: Path, plugin_dir, plugin_lib) -> dict[str, Any] | None:
@@ -354,6 +433,57 @@ def _copy_plugin(staging: Path, plugin_dir, plugin_lib) -> dict[str, Any] | None
         entry["library"] = f"plugin/lib/{PLUGIN_LIBRARY_NAME}"
         entry["library_sha256"] = sha256_file(lib)
     return entry
+
+
+def _fsync_path(path: Path) -> None:
+    """fsync a file or directory; best effort (some filesystems cannot sync a directory)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file under `root`, then the directories, deepest first."""
+    for folder, _dirs, files in os.walk(root, topdown=False):
+        for name in files:
+            if not os.path.islink(os.path.join(folder, name)):
+                _fsync_path(Path(folder, name))
+        _fsync_path(Path(folder))
+
+
+def _is_bundle(directory: Path) -> bool:
+    """Whether `directory` holds a bundle: a manifest.json as `write_bundle` writes it."""
+    try:
+        manifest = json.loads((directory / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == BUNDLE_FORMAT
+
+
+def check_bundle_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
+    """Refuse a bundle directory `write_bundle` must not write: anything but a directory, a
+    non-empty one without `overwrite`, and, even with it, one that is not a bundle (overwrite
+    deletes the old tree: it must not take a run's checkpoints or the user's files with it).
+    Raises `BundleError` (one line)."""
+    out_dir = Path(out_dir)
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise BundleError(f"{out_dir} exists and is not a directory")
+    if not any(out_dir.iterdir()):
+        return
+    if not overwrite:
+        raise BundleError(f"{out_dir} exists and is not empty (overwrite it with --force / overwrite=True)")
+    if not _is_bundle(out_dir):
+        raise BundleError(f"{out_dir} is not empty and holds no bundle (no bundle {MANIFEST_NAME}): "
+                          "--force / overwrite=True replaces only a bundle; choose another directory")
 
 
 def _replace_dir(staging: Path, out_dir: Path) -> None:

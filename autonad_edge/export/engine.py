@@ -3,8 +3,9 @@ version that built it): the host sends the ONNX model to the target's latency ag
 (`autonad_edge.latency`), which builds with the SpatialShift plugin, checks the engine
 against ONNX Runtime and streams it back with a manifest.
 
-A target that cannot build (no TensorRT, no plugin, a model it rejects) is reported as an
-`EngineBuildError` carrying the agent's reason; no engine file is written then.
+A target that cannot build (no TensorRT, no plugin, a model it rejects), an engine whose
+outputs the agent found to differ from ONNX Runtime, or an `out` that cannot be written is
+reported as an `EngineBuildError` carrying the reason; no engine file is written then.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import onnx
 
@@ -39,6 +40,8 @@ class EngineResult:
     size: int
     agent: str
     record: dict[str, Any] = field(default_factory=dict)
+    # Set when the agent did not confirm the engine's outputs (its check was skipped): one line.
+    warning: str | None = None
 
     @property
     def latency_ms(self) -> float | None:
@@ -68,6 +71,44 @@ def _tensorrt_backend(info) -> Any:
     return None
 
 
+def output_check_warning(fields: Mapping[str, str]) -> str | None:
+    """The agent's verdict on the engine's outputs against ONNX Runtime (its manifest's
+    ``output_check``: "ok (...)", "mismatch..." or "skipped: ..."). None when they matched; a
+    one-line warning when nothing was checked (skipped, or an agent that does not report it):
+    the engine may still be right. Raises `EngineBuildError` on a mismatch: such an engine
+    computes something else than the model, so it must not be written or bundled."""
+    verdict = " ".join(str(fields.get("output_check") or "").split())
+    if verdict.startswith("ok"):
+        return None
+    if verdict.startswith("mismatch"):
+        raise EngineBuildError(f"the engine's outputs differ from ONNX Runtime's ({verdict})")
+    if not verdict:
+        return "the agent did not check the engine's outputs against ONNX Runtime"
+    return f"the engine's outputs were not checked against ONNX Runtime ({verdict})"
+
+
+def check_engine_out(onnx_path: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Refuse an engine path that cannot take the engine before any target is contacted (a
+    build takes minutes): the ONNX model itself, a directory, a parent that is not a writable
+    directory. Raises `EngineBuildError` (one line)."""
+    onnx_path, out = Path(onnx_path), Path(out)
+    for path in (out, engine_record_path(out)):
+        if path.resolve() == onnx_path.resolve():
+            what = "the engine" if path == out else f"the engine's record {path.name}"
+            raise EngineBuildError(f"{out}: {what} would overwrite the ONNX model {onnx_path}; "
+                                   "give the engine its own file name")
+        if path.is_dir():
+            raise EngineBuildError(f"{out}: {path} is a directory; give the engine file's name")
+    # The nearest existing ancestor: the write creates the missing folders below it.
+    parent = out.resolve().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise EngineBuildError(f"{out}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise EngineBuildError(f"{out}: cannot write in {parent} (permission denied)")
+
+
 def build_engine(
     target: str,
     onnx_path: str | os.PathLike,
@@ -78,12 +119,16 @@ def build_engine(
     connect_timeout_s: float = 5.0,
 ) -> EngineResult:
     """Ask `target`'s agent(s) to build a TensorRT engine from `onnx_path`; write it to `out`
-    (atomically) and its build record to ``<out>.json``. Raises `EngineBuildError`."""
+    (atomically) and its build record to ``<out>.json``. The agent's check of the engine's
+    outputs against ONNX Runtime decides: a mismatch raises and writes nothing, a skipped check
+    is kept in the record (``output_check``) and in `EngineResult.warning`. Raises
+    `EngineBuildError`."""
     from autonad_edge.io import atomic_write_bytes, atomic_write_json
     from autonad_edge.latency.client import AgentError
     from autonad_edge.latency.targets import TargetError, open_target
 
     onnx_path, out = Path(onnx_path), Path(out)
+    check_engine_out(onnx_path, out)
     try:
         onnx_bytes = onnx_path.read_bytes()
     except OSError as exc:
@@ -134,6 +179,10 @@ def build_engine(
     fields = dict(engine.manifest)
     if fields.get("onnx_sha256", onnx_sha256) != onnx_sha256:
         raise EngineBuildError(f"target {target!r} answered for another model (onnx sha256 mismatch); {kept}")
+    try:
+        warning = output_check_warning(fields)
+    except EngineBuildError as exc:
+        raise EngineBuildError(f"target {target!r}: {exc}; no engine written, {kept}") from None
     sha256 = hashlib.sha256(engine.engine).hexdigest()
     record = {
         "target": target,
@@ -145,12 +194,23 @@ def build_engine(
         "precision": precision,
         "fingerprint": dict(engine.fingerprint.fields) if engine.fingerprint is not None else None,
         "fingerprint_hash": engine.fingerprint.hash if engine.fingerprint is not None else None,
+        # The agent's verdict, at the top where a reader (and the bundle's manifest) sees it.
+        "output_check": fields.get("output_check") or "not reported by the agent",
         "fields": fields,
     }
-    atomic_write_bytes(out, engine.engine)
     record_path = engine_record_path(out)
-    atomic_write_json(record_path, record)
-    return EngineResult(out, record_path, sha256, len(engine.engine), client.address, record)
+    try:
+        atomic_write_bytes(out, engine.engine)
+    except OSError as exc:
+        raise EngineBuildError(f"cannot write the engine to {out}: {exc.strerror or exc}; {kept}") from None
+    try:
+        atomic_write_json(record_path, record)
+    except OSError as exc:
+        # An engine without its record would be bundled without its plugin flag and origin.
+        out.unlink(missing_ok=True)
+        raise EngineBuildError(f"cannot write the engine record {record_path}: {exc.strerror or exc}; "
+                               f"no engine written; {kept}") from None
+    return EngineResult(out, record_path, sha256, len(engine.engine), client.address, record, warning)
 
 
 def _strip_prefix(reason: str) -> str:

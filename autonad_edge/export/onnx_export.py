@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import threading
 import warnings
@@ -391,14 +392,27 @@ def export_network(
     batch: int = 1,
     opset: int = OPSET,
     simplify: str | bool = "auto",
+    class_names: Sequence[str] | None = None,
+    max_side: int | None = None,
+    squash: bool | None = None,
 ) -> onnx.ModelProto:
     """Export a static `SegmentationNet`: input ``image`` float32 [N, 3, H, W] (normalised),
     output ``logits`` [N, classes, H, W]. The architecture (JSON), class count and image size
     go into the model's metadata (``autonad.arch``, ``autonad.num_classes``,
-    ``autonad.image_size``)."""
+    ``autonad.image_size``), and so do, when given (they live in the checkpoint, not the
+    network), the class names (``autonad.class_names``, JSON), the training scale's long-side
+    cap (``autonad.max_side``; absent: native scale) and whether the network was trained on
+    images squashed to its input (``autonad.squash``, true/false): a bundle made from the model
+    alone then preprocesses as training did."""
     h, w = (int(v) for v in image_size)
     if h < 1 or w < 1:
         raise ValueError(f"image size must be positive, got {h}x{w}")
+    num_classes = getattr(model, "num_classes", None)
+    # (ExportError, not ValueError: these come from a checkpoint, and `export` reports them in one line.)
+    if class_names is not None and num_classes is not None and len(class_names) != int(num_classes):
+        raise ExportError(f"{len(class_names)} class names for a network of {int(num_classes)} classes")
+    if max_side is not None and int(max_side) < 1:
+        raise ExportError(f"the training scale's max_side must be positive, got {max_side}")
     param = next(iter(model.parameters()), None)
     in_chans = getattr(getattr(model, "stages", [None])[0], "embed", None)
     channels = in_chans.in_channels if isinstance(in_chans, nn.Conv2d) else 3
@@ -416,8 +430,14 @@ def export_network(
     if arch is not None and hasattr(arch, "to_json"):
         meta["autonad.arch"] = arch.to_json(indent=None)
         meta["autonad.arch_hash"] = arch.hash
-    if getattr(model, "num_classes", None) is not None:
-        meta["autonad.num_classes"] = str(int(model.num_classes))
+    if num_classes is not None:
+        meta["autonad.num_classes"] = str(int(num_classes))
+    if class_names is not None:
+        meta["autonad.class_names"] = json.dumps([str(n) for n in class_names])
+    if max_side is not None:
+        meta["autonad.max_side"] = str(int(max_side))
+    if squash is not None:
+        meta["autonad.squash"] = "true" if squash else "false"
     set_metadata(onnx_model, meta)
     return onnx_model
 

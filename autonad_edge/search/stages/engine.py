@@ -33,7 +33,7 @@ def engine_stage(ctx: RunContext, exported: ExportResult) -> DeployResult:
                                   fp16=ctx.estimator.key.precision == "fp16", targets_path=cfg.targets_path)
             engine_path = out_dir / "model.engine"
             engine_ms = result.latency_ms
-            note = "built on the target's agent"
+            note = "built on the target's agent" + (f" ({result.warning})" if result.warning else "")
         except EngineBuildError as exc:
             note = f"engine build failed: {exc}; the ONNX models are kept"
     else:

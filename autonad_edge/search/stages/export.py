@@ -58,9 +58,12 @@ def deployed_flavor(backend: str) -> str:
 def export_stage(ctx: RunContext, retrained: RetrainResult) -> ExportResult:
     out_dir = ctx.out / "export"
     model, _ = load_model(retrained.checkpoint)
+    cfg = ctx.cfg
     files = {}
     for flavor in FLAVORS:
-        onnx_model = export_network(model, ctx.image_hw, flavor)
+        # The models carry what a bundle made from them alone needs: class names, training scale.
+        onnx_model = export_network(model, ctx.image_hw, flavor, class_names=list(ctx.data.class_names),
+                                    max_side=cfg.max_side if cfg.keep_aspect else None, squash=not cfg.keep_aspect)
         path = out_dir / f"model.{flavor}.onnx"
         sha = save_model(onnx_model, path)
         files[flavor] = ExportedFile(str(path), sha, sum(op_counts(onnx_model).values()))
