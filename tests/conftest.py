@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -60,6 +61,27 @@ def run_without_torch():
     def run(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-c", _BLOCK_TORCH + textwrap.dedent(code)],
                               capture_output=True, text=True, timeout=timeout)
+
+    return run
+
+
+@pytest.fixture
+def run_infer_py():
+    """Run a bundle's standalone ``infer.py`` on `image` (extra CLI `args`) in a fresh
+    interpreter, as a user on the device would; returns (CompletedProcess, the mask written:
+    uint8 [H, W], or None when it failed). The mask goes to `out` (default: infer.py's
+    ``<image>_mask.png``)."""
+
+    def run(bundle, image, *args, out=None, cwd=None):
+        import numpy as np
+        from PIL import Image
+
+        command = [sys.executable, str(Path(bundle) / "infer.py"), str(image), *map(str, args)]
+        if out is not None:
+            command += ["--out", str(out)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=cwd)
+        written = Path(out) if out is not None else Path(image).with_name(Path(image).stem + "_mask.png")
+        return done, (np.asarray(Image.open(written)) if done.returncode == 0 else None)
 
     return run
 

@@ -54,37 +54,34 @@ def test_eviction_keeps_the_bound_and_drops_the_least_recently_used(tmp_path):
     assert cache.get(keys[1]) is None  # the least recently used went first
 
 
-def test_a_version_change_misses(monkeypatch):
-    before = export_key("sig", "portable")
-    assert export_key("sig", "tensorrt") != before
+def _torch_upgraded(monkeypatch):
     import torch
 
-    ec.exporter_fingerprint.cache_clear()
     monkeypatch.setattr(torch, "__version__", "9.9.9")
-    try:
-        assert export_key("sig", "portable") != before
-    finally:
-        monkeypatch.undo()
-        ec.exporter_fingerprint.cache_clear()
-    assert export_key("sig", "portable") == before
 
 
-def test_a_plugin_version_change_misses(monkeypatch):
+def _plugin_upgraded(monkeypatch):
     # A tensorrt-flavour export names the plugin's version in its nodes: an export cached under
     # the old version would not load on an agent built with the new one.
     import dataclasses
 
     import autonad_agent.plugin_identity as identity
 
-    before = export_key("sig", "tensorrt")
-    ec.exporter_fingerprint.cache_clear()
     monkeypatch.setattr(identity, "SPATIAL_SHIFT_PLUGIN", dataclasses.replace(identity.SPATIAL_SHIFT_PLUGIN, version="2"))
+
+
+@pytest.mark.parametrize("change", [_torch_upgraded, _plugin_upgraded], ids=["torch", "plugin"])
+def test_a_version_change_misses(monkeypatch, change):
+    before = {flavor: export_key("sig", flavor) for flavor in ("portable", "tensorrt")}
+    assert before["portable"] != before["tensorrt"]
+    ec.exporter_fingerprint.cache_clear()
+    change(monkeypatch)
     try:
-        assert export_key("sig", "tensorrt") != before
+        assert all(export_key("sig", flavor) != key for flavor, key in before.items())
     finally:
         monkeypatch.undo()
         ec.exporter_fingerprint.cache_clear()
-    assert export_key("sig", "tensorrt") == before
+    assert {flavor: export_key("sig", flavor) for flavor in before} == before
 
 
 def test_workers_export_the_same_bytes_and_a_second_run_exports_nothing(tmp_path):

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
-import sys
 
 import numpy as np
 import onnx
@@ -62,7 +60,7 @@ def _one_line_error(result) -> str:
     return text
 
 
-def test_export_portable_json_bundle_and_infer(subnet_checkpoint, tmp_path):
+def test_export_portable_json_bundle_and_infer(subnet_checkpoint, tmp_path, run_infer_py):
     out = tmp_path / "model.onnx"
     bundle = tmp_path / "bundle"
     result = runner.invoke(app, ["export", "--checkpoint", str(subnet_checkpoint), "--out", str(out),
@@ -85,15 +83,13 @@ def test_export_portable_json_bundle_and_infer(subnet_checkpoint, tmp_path):
 
     image = tmp_path / "part.jpg"
     Image.fromarray((np.random.default_rng(0).random((45, 70, 3)) * 255).astype(np.uint8)).save(image)
-    run = subprocess.run([sys.executable, str(bundle / "infer.py"), str(image)], capture_output=True,
-                         text=True, timeout=120)
+    run, mask = run_infer_py(bundle, image)
     assert run.returncode == 0, run.stderr
-    mask = np.asarray(Image.open(tmp_path / "part_mask.png"))
     assert mask.shape == (45, 70) and mask.max() < len(CLASSES)
 
 
 
-def test_a_squash_trained_checkpoint_bundles_squashed(subnet_checkpoint, tmp_path):
+def test_a_squash_trained_checkpoint_bundles_squashed(subnet_checkpoint, tmp_path, run_infer_py):
     """A network trained on images squashed to its input (keep_aspect false): `export --bundle`
     and `bundle --checkpoint` record it, and infer.py's mask has the image's size; an
     aspect-kept checkpoint's manifest has no such field."""
@@ -113,10 +109,8 @@ def test_a_squash_trained_checkpoint_bundles_squashed(subnet_checkpoint, tmp_pat
     assert manifest["squash"] is True and manifest["max_side"] is None and manifest["input"]["shape"] == [1, 3, 40, 56]
     image = tmp_path / "part.png"
     Image.fromarray((np.random.default_rng(0).random((90, 33, 3)) * 255).astype(np.uint8)).save(image)
-    run = subprocess.run([sys.executable, str(bundle / "infer.py"), str(image)], capture_output=True,
-                         text=True, timeout=120)
+    run, mask = run_infer_py(bundle, image)
     assert run.returncode == 0, run.stderr
-    mask = np.asarray(Image.open(tmp_path / "part_mask.png"))
     assert mask.shape == (90, 33) and mask.max() < len(CLASSES)
     for checkpoint, squash in ((squashed, True), (subnet_checkpoint, None)):
         written = tmp_path / f"bundle_{checkpoint.stem}"

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -213,7 +211,7 @@ def test_infer_py_pads_an_image_smaller_than_the_input(tmp_path):
     np.testing.assert_array_equal(mask, _expected_mask(pixels, manifest))
 
 
-def test_infer_py_tiles_a_large_non_square_image(tmp_path):
+def test_infer_py_tiles_a_large_non_square_image(tmp_path, run_infer_py):
     from PIL import Image
 
     bundle = _bundle(tmp_path)
@@ -222,24 +220,20 @@ def test_infer_py_tiles_a_large_non_square_image(tmp_path):
     image = tmp_path / "part.png"
     Image.fromarray(pixels).save(image)
     out = tmp_path / "part_mask.png"
-    run = subprocess.run([sys.executable, str(bundle / "infer.py"), str(image), "--out", str(out)],
-                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    run, mask = run_infer_py(bundle, image, out=out, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
-    mask = np.asarray(Image.open(out))
     assert mask.shape == (150, 410), "the mask has the input image's size"
     np.testing.assert_array_equal(mask, _expected_mask(pixels, manifest))
     assert (mask[75, 90:320] == 1).all(), "the 1-px crack survives at native scale"
     # With a training scale the image is inferred smaller; the mask keeps the input size.
     scaled = _bundle(tmp_path / "scaled", max_side=100)
     assert json.loads((scaled / "manifest.json").read_text())["max_side"] == 100
-    run = subprocess.run([sys.executable, str(scaled / "infer.py"), str(image), "--out", str(out)],
-                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    run, mask = run_infer_py(scaled, image, out=out, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
-    mask = np.asarray(Image.open(out))
     assert mask.shape == (150, 410) and (mask[:, :60] == 1).all() and (mask[:60, -60:] == 2).all()
 
 
-def test_infer_py_squashes_for_a_squash_trained_model(tmp_path):
+def test_infer_py_squashes_for_a_squash_trained_model(tmp_path, run_infer_py):
     """A bundle whose model was trained on images squashed to its input (``squash``: true): the
     model is fed exactly its input size, once, and the mask has the original image's size."""
     from PIL import Image
@@ -269,10 +263,9 @@ def test_infer_py_squashes_for_a_squash_trained_model(tmp_path):
     image = tmp_path / "part.png"
     Image.fromarray(pixels).save(image)
     out = tmp_path / "part_mask.png"
-    done = subprocess.run([sys.executable, str(bundle / "infer.py"), str(image), "--out", str(out)],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    done, written = run_infer_py(bundle, image, out=out, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    np.testing.assert_array_equal(np.asarray(Image.open(out)), mask)
+    np.testing.assert_array_equal(written, mask)
 
 
 def test_infer_py_says_what_is_wrong_in_one_line(tmp_path, capsys):

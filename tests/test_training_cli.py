@@ -32,6 +32,15 @@ def run(tmp_path_factory):
     return root
 
 
+def _random_images(folder, shapes: dict):
+    """A folder of random 8-bit images, file name -> shape ([H, W] grey or [H, W, 3] colour)."""
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name, shape in shapes.items():
+        Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(folder / name)
+    return folder
+
+
 def test_supernet_train_writes_a_run(run):
     sup = run / "sup"
     for name in ("supernet.pt", "splits.json", "train_log.jsonl", "config.json", "summary.json"):
@@ -83,11 +92,7 @@ def test_retrain_scratch_and_inherited_then_evaluate_and_predict(run, tmp_path):
     report = json.loads(result.stdout)
     assert report["kind"] == "subnet" and report["split"] == "test" and report["image_size"] == [32, 32]
 
-    images = tmp_path / "images"
-    images.mkdir()
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(images / "a.png")
-    Image.fromarray(rng.integers(0, 255, (33, 33), dtype=np.uint8)).save(images / "b.jpg")
+    images = _random_images(tmp_path / "images", {"a.png": (40, 56, 3), "b.jpg": (33, 33)})
     out = tmp_path / "pred"
     result = invoke("predict", "--checkpoint", inherited / "best.pt", "--images", images, "--out", out)
     assert result.exit_code == 0, result.output
@@ -139,11 +144,7 @@ def test_predict_squashes_for_a_squash_trained_checkpoint(tmp_path):
     net = SegmentationNet.from_arch(space.largest(), space, 2)
     checkpoint = save_subnet(tmp_path / "best.pt", net, space, ["background", "defect"], (32, 48),
                              max_side=None, squash=True)
-    images = tmp_path / "images"
-    images.mkdir()
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (70, 30, 3), dtype=np.uint8)).save(images / "tall.png")
-    Image.fromarray(rng.integers(0, 255, (33, 90), dtype=np.uint8)).save(images / "wide.png")
+    images = _random_images(tmp_path / "images", {"tall.png": (70, 30, 3), "wide.png": (33, 90)})
     out = tmp_path / "pred"
     result = invoke("predict", "--checkpoint", checkpoint, "--images", images, "--out", out, "--device", "cpu")
     assert result.exit_code == 0, result.output
