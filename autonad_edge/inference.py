@@ -101,6 +101,17 @@ def _batches(tiles: list[Tile], batch_size: int) -> list[list[Tile]]:
 
 
 @torch.no_grad()
+def forward_at_tile(forward: Forward, x: Tensor, tile: int) -> Tensor:
+    """`forward` of a batch [B,3,h,w] whose sides may be shorter than `tile`, as the exported
+    network (a fixed tile-sized input) sees it: zero-padded at the bottom and right (zero is the
+    normalised mean colour), the output cropped back. The bundle's infer.py pads the same way,
+    so what is evaluated here is what is deployed."""
+    h, w = x.shape[-2:]
+    if h >= tile and w >= tile:
+        return forward(x)
+    return forward(F.pad(x, (0, max(0, tile - w), 0, max(0, tile - h))))[..., :h, :w]
+
+
 def tiled_logits(
     forward: Forward,
     image: Tensor,
@@ -123,7 +134,7 @@ def tiled_logits(
     out: Tensor | None = None
     for batch in _batches(tiles, max(1, int(batch_size))):
         x = torch.stack([image[:, y0:y1, x0:x1] for y0, x0, y1, x1 in (t.window for t in batch)])
-        logits = forward(x.to(device)).float().cpu()
+        logits = forward_at_tile(forward, x.to(device), tile).float().cpu()
         if out is None:
             out = torch.empty(logits.shape[1], height, width, dtype=torch.float32)
         for t, tile_logits in zip(batch, logits):
@@ -177,4 +188,5 @@ def predict_logits(
     return _resize(logits, size)
 
 
-__all__ = ["Tile", "plan_tiles", "predict_logits", "resolve_overlap", "scale_for_inference", "tiled_logits"]
+__all__ = ["Tile", "forward_at_tile", "plan_tiles", "predict_logits", "resolve_overlap", "scale_for_inference",
+           "tiled_logits"]

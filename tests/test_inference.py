@@ -74,14 +74,19 @@ def test_tiled_logits_match_the_whole_image():
     local = _conv_net(3, layers=2)
     torch.testing.assert_close(tiled_logits(local, image[None], tile=96, overlap=8), local(image[None])[0],
                                rtol=0, atol=1e-5)
-    # An image that fits: one forward of the whole image, with or without a tile size.
+    # An image smaller than the tile: one window, zero-padded to the tile as the exported
+    # network's fixed input sees it (the bundle's infer.py pads the same way); without a tile,
+    # one forward of the whole image.
+    import torch.nn.functional as F
+
     space = SearchSpace.tiny()
     net = SegmentationNet.from_arch(space.largest(), space, 3).eval()
     small = image[:, :40, :56]
     with torch.no_grad():
-        expected = net(small[None])[0]
-    assert torch.equal(tiled_logits(net, small, tile=64), expected)
-    assert torch.equal(tiled_logits(net, small, tile=None), expected)
+        padded = net(F.pad(small, (0, 8, 0, 24))[None])[0, :, :40, :56]
+        whole = net(small[None])[0]
+    assert torch.equal(tiled_logits(net, small, tile=64), padded)
+    assert torch.equal(tiled_logits(net, small, tile=None), whole)
 
 
 def test_predict_logits_returns_the_original_size():
@@ -209,6 +214,43 @@ def test_infer_py_pads_an_image_smaller_than_the_input(tmp_path):
     run = infer.onnxruntime_runner(bundle / "model.portable.onnx", "image")
     mask = infer.segment(run, Image.fromarray(pixels), manifest["input"], None)
     np.testing.assert_array_equal(mask, _expected_mask(pixels, manifest))
+
+
+def test_a_small_image_is_scored_as_the_bundle_runs_it(tmp_path):
+    """A window shorter than the network's input: the package pads it as infer.py must (the
+    ONNX input is fixed), so the report's figures are the deployed model's. Two 3x3 convs, the
+    first with a bias, see the padding at the border (their own zero padding differs from a
+    padded input's first-layer output), so a difference would show."""
+    rng = np.random.default_rng(4)
+    w1, w2 = (rng.standard_normal((CLASSES, 3, 3, 3)).astype(np.float32) for _ in range(2))
+    b1 = rng.standard_normal(CLASSES).astype(np.float32)
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, S, S])
+    logits = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, CLASSES, S, S])
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "w1", "b1"], ["hidden"], pads=[1, 1, 1, 1]),
+         helper.make_node("Conv", ["hidden", "w2"], ["logits"], pads=[1, 1, 1, 1])], "seg", [image], [logits],
+        initializer=[numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(b1, "b1"),
+                     numpy_helper.from_array(w2, "w2")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.metadata_props.append(onnx.StringStringEntryProto(key="autonad.flavor", value="portable"))
+    onnx.save(model, str(tmp_path / "conv.onnx"))
+    bundle = tmp_path / "bundle"
+    write_bundle(bundle, tmp_path / "conv.onnx", plugin_dir=False, plugin_lib=False,
+                 manifest={"classes": ["a", "b", "c"]})
+    infer = _load_infer(bundle)
+    run = infer.onnxruntime_runner(bundle / "model.portable.onnx", "image")
+    conv = nn.Sequential(nn.Conv2d(3, CLASSES, 3, padding=1), nn.Conv2d(CLASSES, CLASSES, 3, padding=1, bias=False))
+    with torch.no_grad():
+        conv[0].weight.copy_(torch.from_numpy(w1))
+        conv[0].bias.copy_(torch.from_numpy(b1))
+        conv[1].weight.copy_(torch.from_numpy(w2))
+    x = rng.standard_normal((3, 20, 27)).astype(np.float32)
+    deployed = infer.tiled_logits(run, x, (S, S))
+    with torch.no_grad():
+        ours = tiled_logits(conv, torch.from_numpy(x), tile=S).numpy()
+        unpadded = conv(torch.from_numpy(x)[None])[0].numpy()
+    np.testing.assert_allclose(ours, deployed, rtol=1e-5, atol=1e-4)
+    assert np.abs(unpadded - deployed).max() > 1e-3  # the padding shows at the border
 
 
 def test_infer_py_tiles_a_large_non_square_image(tmp_path, run_infer_py):

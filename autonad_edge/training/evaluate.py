@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from autonad_edge.inference import resolve_overlap, tiled_logits
+from autonad_edge.inference import forward_at_tile, resolve_overlap, tiled_logits
 from autonad_edge.metrics import ConfusionMatrix, RegionCounter, SegmentationMetrics, metrics_from_matrix
 from autonad_edge.space import Arch, ArchError
 
@@ -181,7 +181,8 @@ def iter_logits(
                 yield logits.unsqueeze(0).float().cpu(), mask.unsqueeze(0)
                 continue
             images = torch.stack([image for image, _ in group]).to(device, non_blocking=True)
-            yield forward(images).float().cpu(), torch.stack([mask for _, mask in group])
+            logits = forward(images) if tile_size is None else forward_at_tile(forward, images, int(tile_size))
+            yield logits.float().cpu(), torch.stack([mask for _, mask in group])
     finally:
         model.train(was_training)
 
