@@ -17,6 +17,22 @@ def _umask() -> int:
 
 
 _FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp's 0600 would hide reports from others
+DIR_MODE = 0o777 & ~_umask()  # what mkdir() would give; for a mkdtemp (0700) directory renamed into place
+
+
+def fsync_path(path: str | os.PathLike) -> None:
+    """fsync a file or a directory (a directory: to persist a rename in it); best effort, as
+    some filesystems cannot sync a directory."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -37,17 +53,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
-    # Persist the rename itself.
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+    fsync_path(path.parent)  # persist the rename itself
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -89,8 +89,8 @@ def export_command(
         # The checkpoint's class names and training scale travel in the model's metadata, so
         # `bundle` without --checkpoint preprocesses and names classes as training did.
         onnx_model = export_network(model, size, flavor, dynamic_batch, opset=opset,
-                                    class_names=info.class_names, max_side=getattr(info, "max_side", None),
-                                    squash=getattr(info, "squash", False))
+                                    class_names=info.class_names, max_side=info.max_side,
+                                    squash=info.squash)
         onnx.checker.check_model(onnx_model, full_check=True)
     except ExportError as exc:
         fail(str(exc))
@@ -116,8 +116,8 @@ def export_command(
             manifest_path = write_bundle(
                 bundle, out, manifest={"arch": info.arch, "classes": info.class_names,
                                        "num_classes": info.num_classes, "checkpoint": str(checkpoint),
-                                       "max_side": getattr(info, "max_side", None),
-                                       "squash": getattr(info, "squash", False)},
+                                       "max_side": info.max_side,
+                                       "squash": info.squash},
                 overwrite=force,
             )
         except BundleError as exc:
@@ -212,7 +212,7 @@ def bundle_command(
             fail(str(exc))
         manifest = {"classes": info.class_names, "num_classes": info.num_classes, "checkpoint": str(checkpoint),
                     # infer.py's training scale: the long-side cap, or squashed to the input size
-                    "max_side": getattr(info, "max_side", None), "squash": getattr(info, "squash", False)}
+                    "max_side": info.max_side, "squash": info.squash}
         if wanted is not None:
             manifest["arch"] = wanted
     try:

@@ -29,7 +29,7 @@ import onnx
 
 from autonad_agent.plugin_identity import SPATIAL_SHIFT_PLUGIN
 from autonad_edge.errors import AutonadError
-from autonad_edge.io import _umask
+from autonad_edge.io import DIR_MODE, fsync_path
 
 BUNDLE_FORMAT = "autonad-edge-bundle"
 BUNDLE_VERSION = 1
@@ -42,9 +42,6 @@ TEMPLATE_FILES = ("infer.py", "README.md")
 # bundle code does not import torch.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# What mkdir() would give; mkdtemp's 0700 staging directory, renamed into place, would hide the
-# bundle from everyone but its writer.
-_DIR_MODE = 0o777 & ~_umask()
 
 
 class BundleError(AutonadError, ValueError):
@@ -345,7 +342,7 @@ def write_bundle(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
-        os.chmod(staging, _DIR_MODE)
+        os.chmod(staging, DIR_MODE)  # mkdtemp's 0700 would hide the bundle from all but its writer
         models = []
         for src, info in described:
             name = f"model.{info['flavor']}.onnx"
@@ -400,7 +397,7 @@ def write_bundle(
         (staging / MANIFEST_NAME).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
         _fsync_tree(staging)  # on disk before the rename: a crash leaves the old bundle or the whole new one
         _replace_dir(staging, out_dir)
-        _fsync_path(out_dir.parent)
+        fsync_path(out_dir.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -435,27 +432,13 @@ def _copy_plugin(staging: Path, plugin_dir, plugin_lib) -> dict[str, Any] | None
     return entry
 
 
-def _fsync_path(path: Path) -> None:
-    """fsync a file or directory; best effort (some filesystems cannot sync a directory)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(root: Path) -> None:
     """fsync every file under `root`, then the directories, deepest first."""
     for folder, _dirs, files in os.walk(root, topdown=False):
         for name in files:
             if not os.path.islink(os.path.join(folder, name)):
-                _fsync_path(Path(folder, name))
-        _fsync_path(Path(folder))
+                fsync_path(Path(folder, name))
+        fsync_path(Path(folder))
 
 
 def _is_bundle(directory: Path) -> bool:
