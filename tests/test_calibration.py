@@ -259,3 +259,23 @@ def test_kept_pixels_split_into_alternate_images():
     first, second = kept.half(0), kept.half(1)
     assert (first.size, second.size) == (30, 20)
     assert set(first.pixels()[1].tolist()) == {0} and set(second.pixels()[1].tolist()) == {1}
+
+
+def test_a_class_val_does_not_hold_is_not_silenced():
+    """Val without class 2 and a network with false alarms of it: the usual mIoU scores class 2
+    at 0 while it is predicted anywhere and leaves it out once it never is, so silencing it
+    looked like a large gain (its offset went to -2, folded into the deployed network). The
+    calibration scores only the classes val holds and leaves class 2's offset alone."""
+    g = torch.Generator().manual_seed(3)
+    val = []
+    for _ in range(4):
+        target = (torch.rand(12, 12, generator=g) < 0.3).long()  # classes 0 and 1 only
+        logits = torch.zeros(3, 12, 12)
+        logits[1] = 3.0 * (target == 1) - 1.0 + 0.5 * torch.randn(12, 12, generator=g)
+        logits[2] = -4.0
+        logits[2, :2, :2] = 2.0  # a few false alarms of class 2 on background
+        val.append((logits, target))
+    calibration = calibrate(LogitNet(3), val, per_class=True, check_holdout=False)
+    assert calibration.unscored_classes == (2,) and "class 2 not in val" in calibration.summary()
+    assert calibration.logit_offsets(3)[2] == 0.0
+    assert Calibration.from_dict(calibration.to_dict()) == calibration

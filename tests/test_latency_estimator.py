@@ -325,3 +325,16 @@ def test_cli_estimate_with_the_min_statistic(lab, tmp_path):
     assert 0 < by_stat["min"]["sum_ms"] <= by_stat["median"]["sum_ms"]
     result = runner.invoke(group, ["estimate", *common, "--stat", "mode"])
     assert result.exit_code == 2 and "--stat 'mode': choose one of median, min, mean, p90" in result.output
+
+
+def test_profiling_progress_is_plain_lines_on_stderr_off_a_terminal(lab, tmp_path, capsys):
+    """`latency profile` and the pipeline drew a rich bar on stdout even into a log file (its
+    last frame, cut off); off a terminal it is a plain line at every tenth of the units, on
+    stderr."""
+    with LatencyTable(tmp_path / "fresh.sqlite") as table:
+        report = profile(lab["space"], lab["pool"], table, SIZE, CLASSES, policy=lenient_policy(), progress=True)
+    out, err = capsys.readouterr()
+    assert out == "" and report.measured > 0
+    lines = err.splitlines()
+    assert lines and lines[-1].startswith(f"profiling {report.measured}/{report.measured} blocks: ")
+    assert all(line.startswith("profiling ") for line in lines) and len(lines) <= 11, lines

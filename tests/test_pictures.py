@@ -61,3 +61,23 @@ def test_grid_has_a_row_per_pick_and_ranks_by_defect_iou(tmp_path):
     assert rows[1]["defect_iou"] == 1.0 and rows[0]["defect_iou"] < 1.0
     grid = Image.open(tmp_path / "grid.png")
     assert grid.mode == "RGB" and grid.height > 2 * PANEL_HEIGHT
+
+
+def test_the_best_rows_show_images_with_defects_when_there_are_any(tmp_path):
+    """Clean images predicted clean score 1 like perfect finds; on a set with defect-free images
+    (Magnetic-tile's MT_Free) the best rows were blank images. They are drawn from the images
+    that hold a defect."""
+    assert pick_worst_and_best([1.0, 1.0, 0.9, 0.2], 1, [False, False, True, True]) == [3, 2]
+    assert pick_worst_and_best([1.0, 1.0, 0.2], 1, [False, False, False]) == [2, 1]  # none: any image
+    items, pixels = [], []
+    for i in range(4):
+        image, mask = -torch.ones(3, 16, 16), torch.zeros(16, 16, dtype=torch.long)
+        if i >= 2:  # images 2 and 3 hold a defect, found with a false alarm
+            mask[4:8, 4:8] = 1
+            image[0, 4:8, 4:8] = 1.0
+            image[0, 10:12, 10:10 + i] = 1.0
+        items.append((image, mask))
+        pixels.append(np.full((16, 16), 128, dtype=np.uint8))
+    rows = prediction_grid(Channel0(), Raw(items, pixels), tmp_path / "grid.png", class_names=["bg", "dent"],
+                           count=1)
+    assert [r["id"] for r in rows] == ["img3", "img2"]

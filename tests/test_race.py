@@ -78,3 +78,42 @@ def test_the_evidence_counts_the_epochs_the_winner_fitted_better():
     winner, other = RaceRun(cands[1], (1.0, 2.0, 1.0, 0.0), 0.0), RaceRun(cands[0], (2.0, 1.0, 2.0, 1.0), 0.0)
     assert evidence(winner, other) == ("training loss 1.0000 against 1.5000 (-33.3 %), "
                                        "lower in 3 of 4 epochs of the second half")
+
+
+def test_the_search_plot_stars_the_race_winner(tmp_path, monkeypatch):
+    """The race may choose another subnet than the search; the plot the search drew starred the
+    search's choice while the report named the race's. It is redrawn with the race's winner."""
+    import json
+    from types import SimpleNamespace
+
+    import autonad_edge.search.stages.race as race_stage_module
+    from autonad_edge.search.stages.search import SearchResult
+
+    cands = candidates([1.0, 2.0, 3.0, 4.0])
+    search_json = tmp_path / "search.json"
+    search_json.write_text(json.dumps({"candidates": [c.to_dict() for c in cands]}))
+    search = SearchResult(best=cands[1], evaluated=4, pareto=4, reference_ms=2.0, signal={"latency_decided": True},
+                          search_json=str(search_json), pareto_png=str(tmp_path / "pareto.png"))
+    cfg = SimpleNamespace(race_entrants=4, latency_budget_ms=None, race_share=0.5, retrain_epochs=8,
+                          race_min_steps=1, latency_weight=0.0, target="local")
+    ctx = SimpleNamespace(cfg=cfg, out=tmp_path, log=lambda line: None, data=None, space=None,
+                          estimator=SimpleNamespace(measure_together=lambda archs: [1.0] * len(archs)))
+    monkeypatch.setattr(race_stage_module, "_steps_per_epoch", lambda ctx: 10)
+    losses = {c.arch.hash: loss for c, loss in zip(cands, (0.9, 0.8, 0.3, 0.7))}  # index 2 learns fastest
+    monkeypatch.setattr(race_stage_module, "train_entrant",
+                        lambda cfg, data, space, out, c, epochs: RaceRun(c, (losses[c.arch.hash],), 0.5, 10))
+    starred = []
+    monkeypatch.setattr(race_stage_module, "plot_pareto",
+                        lambda cands, chosen, path, **kw: starred.append((chosen.arch.hash, str(path), kw["chosen_by"])))
+    result = race_stage_module.race_stage(ctx, search)
+    assert result.winner.arch.hash == cands[2].arch.hash
+    assert starred == [(cands[2].arch.hash, search.pareto_png, "by the race")]
+    assert json.loads((tmp_path / "best_arch.json").read_text())["stages"] == cands[2].arch.to_dict()["stages"]
+    # A rerun (the race resumed) keeps the entrants it measured: a second measurement that
+    # would now put one over the budget is not taken.
+    ctx.estimator = SimpleNamespace(measure_together=lambda archs: pytest.fail("measured again"))
+    assert race_stage_module.race_stage(ctx, search).winner.arch.hash == cands[2].arch.hash
+    # A rerun that does not race writes the search's choice back over the race's.
+    cfg.race_entrants = 1
+    assert race_stage_module.race_stage(ctx, search).winner.arch.hash == cands[1].arch.hash
+    assert json.loads((tmp_path / "best_arch.json").read_text())["stages"] == cands[1].arch.to_dict()["stages"]

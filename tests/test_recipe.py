@@ -371,3 +371,25 @@ def test_epochs_scale_with_the_data_set_size():
     assert scale_epochs(40, 274, 168) == round(40 * 168 / 274)
     assert scale_epochs(40, 10, 168) == 160  # capped at 4x
     assert scale_epochs(40, 100_000, 168) == 20  # floored at 0.5x
+
+
+def test_the_plan_times_its_steps_on_the_device_the_trainers_use(monkeypatch):
+    """The probes ran on the CPU whatever the run trained on: on a GPU host a time budget was
+    planned from CPU steps. Each probe now resolves the trainer's `device` (here 'cpu:probe',
+    answered with the CPU) and moves its network there."""
+    import autonad_edge.search.budget as budget
+    from autonad_edge.search.budget import measure_costs
+    from autonad_edge.training.config import RetrainConfig
+
+    asked, moved = [], []
+    monkeypatch.setattr(budget, "resolve_device", lambda spec: (asked.append(spec), torch.device("cpu"))[1])
+    real_layout = budget.to_training_layout
+    monkeypatch.setattr(budget, "to_training_layout",
+                        lambda net, device, channels_last: (moved.append(device), real_layout(net, device, channels_last))[1])
+    data = load_dataset(None, fmt="synthetic", image_size=32, synthetic_count=8, seed=0)
+    supernet = SupernetConfig(space="tiny", image_size=32, batch_size=2, device="cpu:probe-supernet")
+    retrain = RetrainConfig(image_size=32, batch_size=2, device="cpu:probe-retrain")
+    measure_costs(supernet, retrain, SearchSpace.named("tiny"), data, units_to_time=0, subnets_to_time=0,
+                  unit_timing_s=0.0, steps=1)
+    assert asked == ["cpu:probe-supernet", "cpu:probe-retrain"]
+    assert moved == [torch.device("cpu"), torch.device("cpu")]

@@ -335,3 +335,62 @@ def test_an_interrupted_stage_keeps_its_seconds_and_the_rerun_counts_them(tmp_pa
 
     beating.run("latency", Trained, long_stage, log=quiet, clock=RunClock(now=lambda: now[0]))
     assert json.loads(path.read_text())["latency"]["status"] == "done"
+
+
+def test_the_supernet_reports_the_epochs_it_ran_not_the_plans():
+    """Its time limit may cut or extend the planned epochs: the stage note says so, and the
+    report's budgets give the epochs run (they gave the plan's)."""
+    from autonad_edge.latency.background import BackgroundStats
+    from autonad_edge.search.stages.supernet import SupernetResult
+
+    stats = BackgroundStats(1, 0, 3, 1, 2, 0, 0, 0, 0.5, 1.5)
+    cut = SupernetResult(checkpoint="s.pt", summary={"epochs": 5, "planned_epochs": 8}, background_latency=stats)
+    assert cut.epochs == 5 and cut.stage_note().startswith("5 epochs: they ran slower than planned")
+    assert "block timing: 2 units" in cut.stage_note()
+    kept = SupernetResult(checkpoint="s.pt", summary={"epochs": 3, "planned_epochs": 3}, background_latency=stats)
+    assert kept.stage_note().startswith("3 epochs; block timing")
+
+
+def test_search_progress_goes_to_stderr_as_lines_off_a_terminal(capsys):
+    """stdout is for results (`search > out.txt`); the generation bar wrote its last frame there
+    and nothing until then. Off a terminal it is one line a generation on stderr."""
+    from types import SimpleNamespace
+
+    from autonad_edge.search.stages.search import _GenerationProgress
+
+    best = SimpleNamespace(miou=0.25, latency_ms=1.5)
+    with _GenerationProgress(2, quiet=False) as progress:
+        progress.evaluated(best)
+        progress.generation(1, [best])
+        progress.generation(2, [best])
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == ["search generation 1/2: 1 evaluated; best mIoU 25.0% at 1.50 ms",
+                                "search generation 2/2: 1 evaluated; best mIoU 25.0% at 1.50 ms"]
+    with _GenerationProgress(2, quiet=True) as progress:
+        progress.generation(1, [best])
+    assert capsys.readouterr() == ("", "")
+
+
+def test_a_resumed_run_on_a_changed_device_says_what_changed():
+    """A reboot that resets the CPU governor (or another thread count) changes the target's
+    fingerprint; a run whose latency stage is done would search with two devices' latencies."""
+    from types import SimpleNamespace
+
+    from autonad_edge.latency.fingerprint import Fingerprint
+    from autonad_edge.search.stages.latency import LatencyResult, device_change
+
+    before = Fingerprint({"cpu_model": "EPYC", "cpu_governor": "performance", "threads": "2"})
+    after = Fingerprint({"cpu_model": "EPYC", "cpu_governor": "schedutil", "threads": "2"})
+    result = LatencyResult(profile="", correction={}, prior="", heatmap="", fingerprint=before.hash,
+                           fingerprint_summary=before.summary(), fingerprint_json=before.to_json())
+
+    def ctx(fingerprint):
+        key = SimpleNamespace(fingerprint=fingerprint, summary=fingerprint.summary)
+        return SimpleNamespace(cfg=SimpleNamespace(target="local"), estimator=SimpleNamespace(key=key))
+
+    assert device_change(result, ctx(before)) is None
+    why = device_change(result, ctx(after))
+    assert "cpu_governor performance -> schedutil" in why and "another --out" in why and "\n" not in why
+    old_run = LatencyResult.from_dict({**result.to_dict(), "fingerprint_json": None})
+    assert before.hash in device_change(old_run, ctx(after))

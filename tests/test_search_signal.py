@@ -50,3 +50,14 @@ def test_image_matrices_sum_to_the_split_matrix():
     np.testing.assert_array_equal(matrices.sum(axis=0), evaluate(Half(), items).metrics.matrix)
     shifted = image_matrices(Half(), items, background_offset=100.0)
     assert shifted[:, :, 1].sum() == 0  # a huge background offset predicts background only
+
+
+def test_too_few_candidates_or_images_say_so_instead_of_a_verdict():
+    """One candidate, or one val image (no noise to estimate), gave "within the noise, so the
+    choice was made on latency" with a noise and spread of 0."""
+    one_image = np.array([[[90, 2], [3, 5]]])
+    lone = SearchSignal.measure(one_image, [0.5], 0.5)
+    assert lone.summary() == "1 candidate scored on val: nothing to compare"
+    blind = SearchSignal.measure(one_image, [0.4, 0.5, 0.7], 0.5)
+    assert blind.latency_decided and "cannot be estimated" in blind.summary()
+    assert "made on latency" not in blind.summary() and "saw accuracy" not in blind.summary()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -396,13 +397,28 @@ def profile(
 
 
 def _with_progress_bar(pool, table, todo, key, policy, chunk, exporter, report) -> ProfileReport:
+    """A rich bar on an interactive stderr; elsewhere (a log file, CI) a plain line at every
+    tenth of the units. Both on stderr: stdout is for results."""
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    from autonad_edge.training.progress import fancy_output_allowed
+
+    if not fancy_output_allowed():
+        step = max(1, -(-len(todo) // 10))
+
+        def line(done: int, total: int, unit: Unit, result) -> None:
+            if done % step == 0 or done == total:
+                what = f"{result.median_ms:.3f} ms" if not isinstance(result, BaseException) else "failed"
+                print(f"profiling {done}/{total} blocks: {unit.describe()}: {what}", file=sys.stderr, flush=True)
+
+        return measure_units(pool, table, todo, key=key, policy=policy, chunk=chunk, progress=line,
+                             exporter=exporter, report=report)
     columns = (
         TextColumn("[bold]profiling[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.description}"),
     )
-    with Progress(*columns, transient=False) as bar:
+    with Progress(*columns, transient=False, console=Console(stderr=True)) as bar:
         task = bar.add_task("", total=len(todo))
 
         def advance(done: int, total: int, unit: Unit, result) -> None:

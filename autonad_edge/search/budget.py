@@ -12,6 +12,7 @@ would fit.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import random
@@ -29,6 +30,7 @@ from autonad_edge.models.network import SegmentationNet
 from autonad_edge.models.supernet import HybridSupernet
 from autonad_edge.training.calibration import calibrate
 from autonad_edge.training.config import RETRAIN_EVALS, SUPERNET_EVALS, eval_every_for, val_passes
+from autonad_edge.training.distributed import resolve_device
 from autonad_edge.training.ema import WeightAverage
 from autonad_edge.training.engine import steps_per_epoch
 from autonad_edge.training.evaluate import evaluate
@@ -213,31 +215,55 @@ def _probe_batches(config, data, seed: int):
     return next_batch, SegmentationLoss(config.loss, data.ignore_index), len(crops)
 
 
-def _seconds_per_step(step, steps: int) -> float:
-    """Mean wall time of `steps` calls after one untimed warm-up call."""
+def probe_device(config) -> torch.device:
+    """Where a trainer with `config` trains (`config.device`: auto picks CUDA when there is
+    one), so the plan prices the steps the run will take, not a CPU's."""
+    return resolve_device(config.device)
+
+
+def _autocast(device: torch.device, config):
+    """The trainers' mixed precision (float16 autocast on CUDA when `config.amp`), or nothing."""
+    if device.type == "cuda" and getattr(config, "amp", False):
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _seconds_per_step(step, steps: int, device: torch.device = torch.device("cpu")) -> float:
+    """Mean wall time of `steps` calls after one untimed warm-up call (a GPU's queued work
+    included)."""
     step()
+    _synchronize(device)
     start = time.perf_counter()
     for _ in range(steps):
         step()
+    _synchronize(device)
     return (time.perf_counter() - start) / steps
 
 
 def _train_step_s(net, next_batch, loss_fn, steps: int, config) -> float:
     """A training step as `RetrainTrainer` takes it (a fresh batch, layout, optimiser kernel,
     weight average), in seconds."""
-    net = to_training_layout(net, "cpu", config.channels_last).train()
-    opt = build_adam(net.parameters(), lr=1e-6)
+    device = probe_device(config)
+    net = to_training_layout(net, device, config.channels_last).train()
+    opt = build_adam(net.parameters(), lr=1e-6, device=device)
     average = WeightAverage(net, config.ema_decay) if config.ema_decay else None
 
     def step():
-        images, masks = next_batch()
+        images, masks = (t.to(device, non_blocking=True) for t in next_batch())
         opt.zero_grad(set_to_none=True)
-        loss_fn(net(images), masks).backward()
+        with _autocast(device, config):
+            loss = loss_fn(net(images), masks)
+        loss.backward()
         opt.step()
         if average is not None:
             average.update(net)
 
-    return _seconds_per_step(step, steps)
+    return _seconds_per_step(step, steps, device)
 
 
 def measure_train_step(net, config, data, *, steps: int = 3, seed: int = 0) -> float:
@@ -289,19 +315,22 @@ def measure_costs(supernet_config, retrain_config, space, data, *, units_to_time
     rng = random.Random(seed)
     next_batch, loss_fn, n = _probe_batches(supernet_config, data, seed)
     supernet = HybridSupernet(space, data.num_classes, supernet_config.sharing)
-    supernet = to_training_layout(supernet, "cpu", supernet_config.channels_last).train()
-    sup_opt = build_adam(supernet.parameters(), lr=1e-6, decoupled=True)
+    device = probe_device(supernet_config)
+    supernet = to_training_layout(supernet, device, supernet_config.channels_last).train()
+    sup_opt = build_adam(supernet.parameters(), lr=1e-6, decoupled=True, device=device)
     n_sub = 2 + supernet_config.sandwich_random if supernet_config.sandwich else 1
 
     def supernet_step():
-        images, masks = next_batch()
+        images, masks = (t.to(device, non_blocking=True) for t in next_batch())
         sup_opt.zero_grad(set_to_none=True)
         for _ in range(n_sub):
             supernet.set_active(space.sample(rng))
-            loss_fn(supernet(images), masks).backward()
+            with _autocast(device, supernet_config):
+                loss = loss_fn(supernet(images), masks)
+            loss.backward()
         sup_opt.step()
 
-    sup_s = _seconds_per_step(supernet_step, steps)
+    sup_s = _seconds_per_step(supernet_step, steps, device)
     arch = space.sample(rng)
     retrain_batch, retrain_loss, _ = _probe_batches(retrain_config, data, seed)
     re_s = _train_step_s(SegmentationNet.from_arch(arch, space, data.num_classes), retrain_batch, retrain_loss, steps,
@@ -311,14 +340,15 @@ def measure_costs(supernet_config, retrain_config, space, data, *, units_to_time
     tile = int(supernet_config.image_size)
     picks, val_scale = val_probe(data.val, tile)
     probe = Subset(data.val, picks)
-    calibrate(supernet, Subset(data.val, picks[-1:]), arch, num_classes=data.num_classes, tile_size=tile)
+    on = {"device": device, "amp": device.type == "cuda" and supernet_config.amp}
+    calibrate(supernet, Subset(data.val, picks[-1:]), arch, num_classes=data.num_classes, tile_size=tile, **on)
     start = time.perf_counter()
-    calibrate(supernet, probe, arch, num_classes=data.num_classes, tile_size=tile)
+    calibrate(supernet, probe, arch, num_classes=data.num_classes, tile_size=tile, **on)
     val_eval_s = (time.perf_counter() - start) * val_scale
     # The supernet's progress evaluation, as `SupernetTrainer.evaluate_val` runs it.
     start = time.perf_counter()
     for subnet in (space.largest(), space.smallest()):
-        evaluate(supernet, probe, subnet, num_classes=data.num_classes, tile_size=tile)
+        evaluate(supernet, probe, subnet, num_classes=data.num_classes, tile_size=tile, **on)
     supernet_val_s = (time.perf_counter() - start) * val_scale
     return StageCosts(
         supernet_step_s=sup_s, retrain_step_s=re_s, val_eval_s=val_eval_s,

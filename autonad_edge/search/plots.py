@@ -14,8 +14,10 @@ def plot_pareto(
     path: str | Path,
     title: str = "Search: mIoU vs latency",
     baselines: dict[str, tuple[float, float]] | None = None,
+    chosen_by: str = "",
 ) -> Path:
-    """Write a PNG. `baselines` maps a name to (latency ms, mIoU) of hand-designed models."""
+    """Write a PNG. `baselines` maps a name to (latency ms, mIoU) of hand-designed models;
+    `chosen_by` says in the legend what chose `chosen` when the search did not (the race)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -42,7 +44,7 @@ def plot_pareto(
     if chosen is not None:
         lat = chosen.measured_ms if chosen.measured_ms is not None else chosen.latency_ms
         ax.scatter([lat], [100 * chosen.miou], marker="*", s=260, color="gold", edgecolor="black",
-                   zorder=5, label=f"chosen {chosen.arch.hash[:8]}")
+                   zorder=5, label=f"chosen {chosen.arch.hash[:8]}" + (f" ({chosen_by})" if chosen_by else ""))
     for name, (lat, miou) in (baselines or {}).items():
         ax.scatter([lat], [100 * miou], marker="s", s=50, color="tab:blue", zorder=4)
         ax.annotate(name, (lat, 100 * miou), textcoords="offset points", xytext=(5, 4), fontsize=8)

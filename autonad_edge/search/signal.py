@@ -62,10 +62,16 @@ class SearchSignal:
 
     @property
     def latency_decided(self) -> bool:
-        """The candidates' accuracies differ by no more than the noise: latency chose."""
-        return self.spread <= SEPARATION * self.noise
+        """The candidates' accuracies differ by no more than the noise (or the noise cannot be
+        told from fewer than two val images): the ranking by accuracy is not to be trusted."""
+        return self.images < 2 or self.spread <= SEPARATION * self.noise
 
     def summary(self) -> str:
+        if self.candidates < 2:
+            return f"{self.candidates} candidate scored on val: nothing to compare"
+        if self.images < 2:
+            return (f"val holds {self.images} image: the noise of its mIoU cannot be estimated, so the "
+                    f"search's ranking by accuracy is not trusted")
         head = (f"val mIoU noise ±{100 * self.noise:.1f} points ({self.images} images, bootstrap), "
                 f"spread of {self.candidates} candidates {100 * self.spread:.1f} points")
         if self.latency_decided:

@@ -85,6 +85,8 @@ class Calibration:
     # What the class offsets gained over the background offset alone on the val half they were
     # not chosen on (mean of both halves); <= 0 declines them. None: not checked.
     holdout_gain: float | None = None
+    # Defect classes with no pixel in the split: not scored and their offsets left at 0 (`val_miou`).
+    unscored_classes: tuple[int, ...] = ()
 
     @property
     def gain(self) -> float:
@@ -110,8 +112,10 @@ class Calibration:
             chosen = "class logits " + " ".join(f"{v:+g}" for v in self.class_offsets)
         declined = (f"; class offsets declined: {100 * self.holdout_gain:+.2f} points on held-out val images"
                     if self.declined_class_offsets else "")
+        unscored = (f"; class {', '.join(str(c) for c in self.unscored_classes)} not in {self.split}: not calibrated"
+                    if self.unscored_classes else "")
         return (f"{chosen} (chosen on {self.split}: mIoU {100 * self.miou_before:.2f}% -> "
-                f"{100 * self.miou_after:.2f}%{declined})")
+                f"{100 * self.miou_after:.2f}%{declined}{unscored})")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -123,7 +127,23 @@ class Calibration:
                    float(d.get("mf1_after", float("nan"))),
                    tuple(float(v) for v in d.get("class_offsets") or ()),
                    float(d.get("miou_background_only", float("nan"))),
-                   None if d.get("holdout_gain") is None else float(d["holdout_gain"]))
+                   None if d.get("holdout_gain") is None else float(d["holdout_gain"]),
+                   tuple(int(c) for c in d.get("unscored_classes") or ()))
+
+
+def val_miou(matrix: np.ndarray) -> float:
+    """What calibration maximises: the mean IoU of the classes the split holds pixels of. A class
+    absent from val has IoU 0 as soon as it is predicted anywhere and none (not counted) when it
+    never is, so the usual mIoU gains by silencing it: the deployed network would never call a
+    defect that val merely lacks (a rare class carved into train only). Its false alarms still
+    cost the background's IoU."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    held = matrix.sum(axis=1) > 0
+    if not held.any():
+        return float(metrics_from_matrix(matrix).miou)
+    tp = np.diag(matrix)
+    union = matrix.sum(axis=0) + matrix.sum(axis=1) - tp
+    return float(np.mean(tp[held] / union[held]))
 
 
 def choose_offset(offsets: Sequence[float], scores: Sequence[float]) -> float:
@@ -164,11 +184,13 @@ def calibrate(
     kept = _KeptPixels(num_classes, floor) if refine else None
     counts = _threshold_counts(model, dataset, arch, offsets, num_classes, ignore_index, dist, eval_options, kept)
     stacked = _matrices(counts, len(offsets))
-    scores = tuple(float(metrics_from_matrix(m).miou) for m in stacked)
+    scores = tuple(val_miou(m) for m in stacked)
     chosen = choose_offset(offsets, scores)
     best = offsets.index(chosen)
+    held = stacked[0].sum(axis=1) > 0
+    unscored = tuple(c for c in range(1, num_classes) if not held[c]) if held.any() else ()
     calibration = Calibration(chosen, scores[offsets.index(0.0)], scores[best], split, offsets, scores,
-                              float(metrics_from_matrix(stacked[best]).mf1))
+                              float(metrics_from_matrix(stacked[best]).mf1), unscored_classes=unscored)
     if kept is None:
         return calibration
     class_offsets, refined = _refine(kept, chosen, offsets)
@@ -176,7 +198,7 @@ def calibrate(
     gain = _holdout_gain(kept, offsets) if check_holdout and moved else None
     if gain is not None and gain <= 0:
         return replace(calibration, miou_background_only=calibration.miou_after, holdout_gain=gain)
-    return replace(calibration, miou_after=float(refined.miou), mf1_after=float(refined.mf1),
+    return replace(calibration, miou_after=val_miou(refined.matrix), mf1_after=float(refined.mf1),
                    class_offsets=class_offsets, miou_background_only=calibration.miou_after, holdout_gain=gain)
 
 
@@ -189,7 +211,7 @@ def _refine(kept: "_KeptPixels", background_offset: float, offsets: Sequence[flo
     for start in (background_offset - step for step in START_STEPS_BELOW if background_offset - step >= min(offsets)):
         other_offsets, other = _refine_per_class(kept, start)
         other_metrics = metrics_from_matrix(other)
-        if other_metrics.miou > refined.miou + MIN_CLASS_GAIN:  # gain as much as a move must
+        if val_miou(other) > val_miou(refined.matrix) + MIN_CLASS_GAIN:  # gain as much as a move must
             class_offsets, refined = other_offsets, other_metrics
     return class_offsets, refined
 
@@ -283,7 +305,7 @@ class _KeptPixels:
     def miou(self, shift: Sequence[float]) -> float:
         """Val mIoU of deciding with `shift` added to the logits."""
         logits, target = self.pixels()
-        return float(metrics_from_matrix(self.matrix(logits, target, torch.tensor(shift, dtype=torch.float32))).miou)
+        return val_miou(self.matrix(logits, target, torch.tensor(shift, dtype=torch.float32)))
 
     def matrix(self, logits: torch.Tensor, target: torch.Tensor, shift: torch.Tensor) -> np.ndarray:
         """The (weighted) confusion matrix of deciding with `shift` added to the logits."""
@@ -304,12 +326,14 @@ def _refine_per_class(kept: _KeptPixels, background_offset: float) -> tuple[tupl
 
     def score(values: list[float]) -> tuple[float, np.ndarray]:
         matrix = kept.matrix(logits, target, torch.tensor(values, dtype=torch.float32))
-        return float(metrics_from_matrix(matrix).miou), matrix
+        return val_miou(matrix), matrix
 
     best, best_matrix = score(current)
+    # A defect class val has no pixel of keeps its offset: nothing here can tell its threshold.
+    held = [cls for cls in range(c) if cls == 0 or bool((target == cls).any())]
     for _ in range(CLASS_PASSES):
         moved = False
-        for cls in range(c):
+        for cls in held:
             for step in CLASS_STEPS:
                 trial = list(current)
                 trial[cls] = float(start[cls] + step)

@@ -10,6 +10,7 @@ classes it holds or is predicted to hold. The report links the grid::
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Sequence
 
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
+from autonad_edge.io import atomic_write_bytes
 from autonad_edge.metrics import metrics_from_matrix
 from autonad_edge.training.evaluate import image_matrices, iter_logits
 from autonad_edge.training.predict import class_colours, overlay
@@ -39,12 +41,16 @@ def image_scores(matrices: np.ndarray) -> list[float]:
     return scores
 
 
-def pick_worst_and_best(scores: Sequence[float], count: int) -> list[int]:
-    """Indices of the `count` lowest then the `count` highest scores (no index twice)."""
+def pick_worst_and_best(scores: Sequence[float], count: int, has_defect: Sequence[bool] | None = None) -> list[int]:
+    """Indices of the `count` lowest then the `count` highest scores (no index twice). The best
+    rows are drawn from the images whose truth holds a defect when there are any (`has_defect`):
+    a clean image predicted clean scores 1 too, and a row of blank images shows nothing learned."""
     order = sorted(range(len(scores)), key=lambda i: (scores[i], i))
     worst = order[:count]
-    best = [i for i in reversed(order) if i not in worst][:count]
-    return worst + best
+    candidates = [i for i in reversed(order) if i not in worst]
+    if has_defect is not None and any(has_defect[i] for i in candidates):
+        candidates = [i for i in candidates if has_defect[i]]
+    return worst + candidates[:count]
 
 
 def _rgb(pixels: np.ndarray) -> np.ndarray:
@@ -66,7 +72,7 @@ def prediction_grid(model: nn.Module, dataset: Dataset, out_path: str | Path, *,
     matrices = image_matrices(model, dataset, num_classes=num_classes, background_offset=background_offset,
                               **options)
     scores = image_scores(matrices)
-    picks = pick_worst_and_best(scores, count)
+    picks = pick_worst_and_best(scores, count, [bool(np.asarray(m)[1:].sum()) for m in matrices])
     colours = class_colours(num_classes)
     shift = torch.zeros(1, num_classes, 1, 1)
     shift[0, 0] = float(background_offset)
@@ -110,7 +116,9 @@ def prediction_grid(model: nn.Module, dataset: Dataset, out_path: str | Path, *,
         y += row.height + GAP
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(out_path)
+    png = io.BytesIO()
+    grid.save(png, format="PNG")
+    atomic_write_bytes(out_path, png.getvalue())  # the report links it and records its sha256
     return records
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from autonad_edge.io import json_safe
+from autonad_edge.latency.fingerprint import Fingerprint
 from autonad_edge.latency.prior import build_prior, plot_prior, save_prior
 from autonad_edge.latency.profiler import profile
 from autonad_edge.search.stages.context import RunContext
@@ -22,6 +23,27 @@ class LatencyResult(StageResult):
     heatmap: str
     fingerprint: str
     fingerprint_summary: str
+    # The whole fingerprint (`Fingerprint.to_json`), so a resumed run can say what changed;
+    # None in runs from before it was kept.
+    fingerprint_json: str | None = None
+
+
+def device_change(result: LatencyResult, ctx: RunContext) -> str | None:
+    """Why the target no longer is the device this run's latencies were measured on (None when
+    it is): a resumed run would mix two devices' latencies in one search (its cached latencies
+    and prior from the first, new candidates' from the second). A reboot that resets a CPU
+    governor or a Jetson power mode, another thread count or another agent behind the same
+    target name all change the fingerprint."""
+    now = ctx.estimator.key.fingerprint
+    if now.hash == result.fingerprint:
+        return None
+    if result.fingerprint_json:
+        changed = Fingerprint.from_json(result.fingerprint_json).differences(now)
+        what = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())
+    else:
+        what = f"{result.fingerprint_summary} -> {ctx.estimator.key.summary()}"
+    return (f"target {ctx.cfg.target!r} is not the device this run measured its latencies on ({what}): "
+            "restore it, or start the run again in another --out")
 
 
 def latency_stage(ctx: RunContext) -> LatencyResult:
@@ -39,5 +61,5 @@ def latency_stage(ctx: RunContext) -> LatencyResult:
     return LatencyResult(
         profile=report.summary(), correction=json_safe(correction.to_dict()), prior=str(out_dir / "prior.json"),
         heatmap=str(out_dir / "prior.png"), fingerprint=est.key.fingerprint.hash,
-        fingerprint_summary=est.key.summary(),
+        fingerprint_summary=est.key.summary(), fingerprint_json=est.key.fingerprint.to_json(),
     )

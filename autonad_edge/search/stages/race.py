@@ -20,12 +20,14 @@ from autonad_edge.io import atomic_write_json
 from autonad_edge.search.evolution import Candidate, final_ms
 from autonad_edge.search.race import RaceEntry, RaceRun, evidence, pick_entrants, race_winner, score_entries
 from autonad_edge.search.stages.context import RunContext
-from autonad_edge.search.stages.search import SearchResult
+from autonad_edge.search.plots import plot_pareto
+from autonad_edge.search.stages.search import SearchResult, pareto_title
 from autonad_edge.search.stages.store import StageResult
 from autonad_edge.training.engine import steps_per_epoch
 from autonad_edge.training.retrain import retrain
 
 RESULT_FILE = "race.json"
+ENTRANTS_FILE = "entrants.json"
 
 
 @dataclass(frozen=True)
@@ -62,9 +64,9 @@ def race_epochs(cfg, entrants: int) -> int:
 def race_stage(ctx: RunContext, search: SearchResult) -> RaceResult:
     cfg = ctx.cfg
     if cfg.race_entrants < 2:
-        return RaceResult.passed_on(search, "no race (race_entrants < 2): the search's choice")
+        return _pass_on(ctx, search, "no race (race_entrants < 2): the search's choice")
     if not search.signal.get("latency_decided", True):
-        return RaceResult.passed_on(search, "no race: the search told its candidates apart by accuracy")
+        return _pass_on(ctx, search, "no race: the search told its candidates apart by accuracy")
     saved = json.loads(Path(search.search_json).read_text(encoding="utf-8"))
     candidates = [Candidate.from_dict(d) for d in saved["candidates"]]
     if cfg.latency_budget_ms is not None:
@@ -73,16 +75,13 @@ def race_stage(ctx: RunContext, search: SearchResult) -> RaceResult:
     epochs = race_epochs(cfg, len(entrants))
     planned = epochs * _steps_per_epoch(ctx)
     if planned < cfg.race_min_steps:  # checked before any entrant is measured
-        return RaceResult.passed_on(search, f"no race: {planned} steps an entrant, fewer than the "
-                                            f"{cfg.race_min_steps} that tell learners apart")
-    # The race's score compares the entrants' latencies: measured together, afresh (the
-    # search measured some of them, minutes ago and among others).
-    for c, ms in zip(entrants, ctx.estimator.measure_together([c.arch for c in entrants]), strict=True):
-        c.measured_ms = float(ms)
+        return _pass_on(ctx, search, f"no race: {planned} steps an entrant, fewer than the "
+                                     f"{cfg.race_min_steps} that tell learners apart")
+    entrants = _measured_entrants(ctx, entrants)
     if cfg.latency_budget_ms is not None:  # estimated within the budget, measured over it
         entrants = [c for c in entrants if final_ms(c) <= cfg.latency_budget_ms or c.arch.hash == search.best.arch.hash]
     if len(entrants) < 2:
-        return RaceResult.passed_on(search, "no race: fewer than two candidates to race")
+        return _pass_on(ctx, search, "no race: fewer than two candidates to race")
     epochs = race_epochs(cfg, len(entrants))  # the share split among those left after the budget
     ctx.log(f"[race] the search could not see accuracy: training {len(entrants)} candidates from scratch "
             f"for {epochs} epochs each")
@@ -101,11 +100,36 @@ def race_stage(ctx: RunContext, search: SearchResult) -> RaceResult:
         sorted(entries, key=lambda e: -e.score)[1].hash
     why = evidence(by_hash[winner.arch.hash], by_hash[other])
     atomic_write_json(ctx.out / "best_arch.json", winner.arch.to_dict())
+    if winner.arch.hash != search.best.arch.hash:  # the search's plot starred its own choice
+        plot_pareto([Candidate.from_dict(d) for d in saved["candidates"]], winner, search.pareto_png,
+                    title=pareto_title(cfg), chosen_by="by the race")
     note = (f"raced {len(entries)} candidates for {steps} steps each, by training loss: "
             + ("kept the search's choice" if winner.arch.hash == search.best.arch.hash
                else f"chose {winner.arch.summary()} over the search's {search.best.arch.summary()}"))
     ctx.log(f"[race] {note}; {why}")
     return RaceResult(winner=winner, entries=tuple(entries), epochs=epochs, steps=steps, note=note, evidence=why)
+
+
+def _pass_on(ctx: RunContext, search: SearchResult, note: str) -> RaceResult:
+    """The search's choice, written back as the run's: a race an earlier process left may have
+    written its winner to ``best_arch.json`` before the rerun decided not to race."""
+    atomic_write_json(ctx.out / "best_arch.json", search.best.arch.to_dict())
+    return RaceResult.passed_on(search, note)
+
+
+def _measured_entrants(ctx: RunContext, entrants: list[Candidate]) -> list[Candidate]:
+    """The entrants with their latencies measured together, afresh (the search measured some
+    of them, minutes ago and among others), once: kept in ``race/entrants.json`` so a resumed
+    race keeps its entrants and their epochs (a second measurement could drop one over a
+    latency budget and re-split the epochs under the entrants already trained)."""
+    path = ctx.out / "race" / ENTRANTS_FILE
+    if path.exists():
+        return [Candidate.from_dict(d) for d in json.loads(path.read_text(encoding="utf-8"))]
+    for c, ms in zip(entrants, ctx.estimator.measure_together([c.arch for c in entrants]), strict=True):
+        c.measured_ms = float(ms)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, [c.to_dict() for c in entrants])
+    return entrants
 
 
 def _steps_per_epoch(ctx: RunContext) -> int:

@@ -46,7 +46,7 @@ def report_stage(ctx: RunContext, results: RunResults, stages: StageLog, names: 
         "dataset": _dataset(ctx),
         "target": _target(ctx),
         "search_space": ctx.space.to_dict(),
-        "budgets": _budgets(ctx, results.search, results.retrain),
+        "budgets": _budgets(ctx, results.supernet, results.search, results.retrain),
         "chosen": _chosen(ctx),
         "accuracy": _accuracy(results.race, results.retrain),
         "search_signal": results.search.signal,
@@ -90,13 +90,13 @@ def _target(ctx: RunContext) -> dict[str, Any]:
     }
 
 
-def _budgets(ctx: RunContext, search: SearchResult, retrain: RetrainResult) -> dict[str, Any]:
+def _budgets(ctx: RunContext, supernet: SupernetResult, search: SearchResult, retrain: RetrainResult) -> dict[str, Any]:
     cfg, plan_path = ctx.cfg, ctx.out / "plan.json"
     return {
         "preset": cfg.preset, "sharing": cfg.sharing, "latency_weight (lambda)": cfg.latency_weight,
         "latency_budget_ms": cfg.latency_budget_ms, "params_budget": cfg.params_budget,
         "population": cfg.population, "generations": cfg.generations, "parents": cfg.parents,
-        "supernet_epochs": cfg.supernet_epochs,
+        "supernet_epochs": supernet.epochs if supernet.epochs is not None else cfg.supernet_epochs,
         "retrain_epochs": retrain.epochs if retrain.epochs is not None else cfg.retrain_epochs,
         "evaluated_candidates": search.evaluated, "time_budget_min": cfg.time_budget,
         "plan": json.loads(plan_path.read_text(encoding="utf-8")).get("plan") if plan_path.exists() else None,

@@ -27,15 +27,18 @@ class RetrainResult(StageResult):
     planned_epochs: int | None = None  # the plan's; the time limit may have cut or extended them
 
     def stage_note(self) -> str:
-        if self.epochs is None:
-            return ""
-        if self.planned_epochs and self.planned_epochs > self.epochs:
-            return (f"{self.epochs} epochs: they ran slower than planned, and the time budget cut the plan's "
-                    f"{self.planned_epochs}")
-        if self.planned_epochs and self.planned_epochs < self.epochs:
-            return (f"{self.epochs} epochs: they ran faster than planned, and the time budget extended the plan's "
-                    f"{self.planned_epochs}")
-        return f"{self.epochs} epochs"
+        return epochs_note(self.epochs, self.planned_epochs)
+
+
+def epochs_note(epochs: int | None, planned: int | None) -> str:
+    """The epochs a trainer ran, and why when its time limit made them differ from the plan's."""
+    if epochs is None:
+        return ""
+    if planned and planned > epochs:
+        return f"{epochs} epochs: they ran slower than planned, and the time budget cut the plan's {planned}"
+    if planned and planned < epochs:
+        return f"{epochs} epochs: they ran faster than planned, and the time budget extended the plan's {planned}"
+    return f"{epochs} epochs"
 
 
 def retrain_stage(ctx: RunContext) -> RetrainResult:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from autonad_edge.io import atomic_write_json
@@ -20,6 +22,7 @@ from autonad_edge.search.stages.context import RunContext
 from autonad_edge.search.stages.store import StageResult
 from autonad_edge.training.calibration import calibrate
 from autonad_edge.training.evaluate import image_matrices
+from autonad_edge.training.progress import fancy_output_allowed
 
 
 @dataclass(frozen=True)
@@ -72,11 +75,15 @@ def search_stage(ctx: RunContext) -> SearchResult:
     })
     atomic_write_json(out_dir / "pareto.json", [c.to_dict() for c in front])
     atomic_write_json(ctx.out / "best_arch.json", best.arch.to_dict())
-    plot_pareto(candidates, best, out_dir / "pareto.png", title=f"Search on {cfg.target}: validation mIoU vs latency")
+    plot_pareto(candidates, best, out_dir / "pareto.png", title=pareto_title(cfg))
     return SearchResult(
         best=best, evaluated=len(candidates), pareto=len(front), reference_ms=search.reference_ms,
         signal=signal.to_dict(), search_json=str(out_dir / "search.json"), pareto_png=str(out_dir / "pareto.png"),
     )
+
+
+def pareto_title(cfg) -> str:
+    return f"Search on {cfg.target}: validation mIoU vs latency"
 
 
 def _eval_options(ctx: RunContext) -> dict[str, Any]:
@@ -113,7 +120,8 @@ def _signal(ctx: RunContext, best: Candidate, candidates: list[Candidate]) -> Se
 
 
 class _GenerationProgress:
-    """A rich progress bar over generations (plain lines when quiet or not a terminal)."""
+    """The search's progress on stderr: a rich bar on an interactive terminal, else one plain
+    line a generation; nothing when quiet."""
 
     def __init__(self, generations: int, quiet: bool) -> None:
         self.generations, self.quiet = generations, quiet
@@ -122,10 +130,10 @@ class _GenerationProgress:
         self._evaluated = 0
 
     def __enter__(self):
-        if not self.quiet:
+        if fancy_output_allowed(self.quiet):
             self._progress = Progress(
                 TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                TimeElapsedColumn(),
+                TimeElapsedColumn(), console=Console(stderr=True),
             )
             self._progress.__enter__()
             self._task = self._progress.add_task("search", total=self.generations, info="")
@@ -141,9 +149,11 @@ class _GenerationProgress:
             self._progress.update(self._task, info=f"{self._evaluated} evaluated, last mIoU {100 * cand.miou:.1f}%")
 
     def generation(self, gen: int, ranked) -> None:
-        if self._progress is not None and ranked:
-            best = ranked[0]
-            self._progress.update(
-                self._task, completed=gen,
-                info=f"{self._evaluated} evaluated; best mIoU {100 * best.miou:.1f}% at {best.latency_ms:.2f} ms",
-            )
+        if self.quiet or not ranked:
+            return
+        best = ranked[0]
+        info = f"{self._evaluated} evaluated; best mIoU {100 * best.miou:.1f}% at {best.latency_ms:.2f} ms"
+        if self._progress is not None:
+            self._progress.update(self._task, completed=gen, info=info)
+        else:
+            print(f"search generation {gen}/{self.generations}: {info}", file=sys.stderr, flush=True)

@@ -10,6 +10,7 @@ from autonad_edge.io import json_safe
 from autonad_edge.latency.background import BackgroundProfiler, BackgroundStats
 from autonad_edge.search.planning import supernet_time_limit
 from autonad_edge.search.stages.context import RunContext
+from autonad_edge.search.stages.retrain import epochs_note
 from autonad_edge.search.stages.store import StageResult
 from autonad_edge.training.supernet_trainer import train_supernet
 
@@ -25,8 +26,18 @@ class SupernetResult(StageResult):
         return cls(checkpoint=d["checkpoint"], summary=d["summary"],
                    background_latency=BackgroundStats.from_dict(d["background_latency"]))
 
+    @property
+    def epochs(self) -> int | None:
+        """The epochs the supernet trained (its time limit may cut or extend the plan's)."""
+        return self.summary.get("epochs")
+
+    @property
+    def planned_epochs(self) -> int | None:
+        return self.summary.get("planned_epochs")
+
     def stage_note(self) -> str:
-        return self.background_latency.summary()
+        return "; ".join(n for n in (epochs_note(self.epochs, self.planned_epochs),
+                                     self.background_latency.summary()) if n)
 
 
 def supernet_stage(ctx: RunContext) -> SupernetResult:
