@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -393,3 +393,22 @@ def test_the_plan_times_its_steps_on_the_device_the_trainers_use(monkeypatch):
                   unit_timing_s=0.0, steps=1)
     assert asked == ["cpu:probe-supernet", "cpu:probe-retrain"]
     assert moved == [torch.device("cpu"), torch.device("cpu")]
+
+
+def test_a_rerun_keeps_its_plan_but_options_given_now_win(tmp_path):
+    """A rerun read the plan back over the options given on its command line: `--generations 8`
+    to extend a finished search was recorded in config.json and the report while 5 ran."""
+    from autonad_edge.search.planning import plan_run
+
+    (tmp_path / "plan.json").write_text(json.dumps({"epochs": {"generations": 5, "retrain_epochs": 70},
+                                                     "plan_s": 3.0}))
+    @dataclass(frozen=True)
+    class Cfg:
+        generations: int
+        retrain_epochs: int
+
+    earlier = []
+    ctx = SimpleNamespace(cfg=Cfg(8, 30), out=tmp_path, given=frozenset({"generations"}),
+                          clock=SimpleNamespace(add_earlier=earlier.append))
+    planned = plan_run(ctx)
+    assert (planned.generations, planned.retrain_epochs) == (8, 70) and earlier == [3.0]

@@ -42,7 +42,9 @@ def plan_run(ctx: RunContext) -> PipelineConfig:
     if path.exists():
         saved = json.loads(path.read_text(encoding="utf-8"))
         ctx.clock.add_earlier(saved.get("plan_s", 0.0))
-        return replace(cfg, **saved["epochs"])
+        # Values given on this command line win over the plan here too (e.g. more generations
+        # for a search a rerun extends), as config.json and the report record them.
+        return replace(cfg, **{k: v for k, v in saved["epochs"].items() if k not in ctx.given})
     if cfg.time_budget:  # 0 turns a preset's budget off
         epochs, record = _budget_plan(ctx)
     else:
