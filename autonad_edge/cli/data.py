@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from autonad_edge.data.errors import DatasetError
+from autonad_edge.training.config import RunConfig  # light: dataclasses only
 
 EXIT_DATA_ERROR = 2
 
@@ -29,7 +30,9 @@ def inspect_command(
         typer.Option("--format", "-f", help="mt | voc (default: detect from the layout)."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
-    image_size: Annotated[int, typer.Option(help="Size the images are loaded at.")] = 320,
+    image_size: Annotated[int, typer.Option(
+        help="The network's input size (recorded in the split; the synthetic images' size). Dataset images "
+             f"load as a run trains them: aspect kept, long side at most {RunConfig.max_side} px.")] = 320,
     seed: Annotated[int, typer.Option(help="Split seed (for layouts without split lists).")] = 0,
 ) -> None:
     """Validate a dataset and report classes, split/class counts, sizes and pixel frequencies."""
@@ -39,7 +42,9 @@ def inspect_command(
     if fmt is not None and fmt.lower() not in ("mt", "voc", "synthetic"):
         raise _fail(f"unknown --format {fmt!r}: use mt or voc")
     try:
-        data = load_dataset(path, fmt=(fmt or "auto"), image_size=image_size, seed=seed)
+        # At a run's cap, not native: a few hundred multi-megapixel photos would take tens of GB.
+        data = load_dataset(path, fmt=(fmt or "auto"), image_size=image_size, seed=seed,
+                            max_side=RunConfig.max_side)
     except (DatasetError, ValueError) as exc:
         raise _fail(str(exc)) from None
     info = data.describe()

@@ -6,8 +6,9 @@ Attributes are imported lazily (PEP 562), so `autonad_edge.data.synthetic`, `.sp
 `autonad_edge.metrics` work with numpy alone; torch is imported only when a torch-side name
 (`load_dataset`, `SegmentationData`, the transforms) is first used.
 
-Modules: `synthetic` (generator), `magnetic_tile` and `voc` (readers/writer), `cache` (the
-decode-once in-memory store), `splits` (stratified splits + manifest), `transforms`
+Modules: `synthetic` (generator), `magnetic_tile` and `voc` (readers/writer), `files` (which
+files are images, and which one an id's), `labels` (masks must hold class indices), `cache` (the
+decode-once in-memory store and image opening), `splits` (stratified splits + manifest), `transforms`
 (normalisation + augmentation), `dataset` (torch Datasets and `load_dataset`), `inspect`
 (the `data inspect` report).
 """

@@ -8,6 +8,7 @@ and a 2-core machine spends its time in the model rather than in JPEG decoding.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,6 +20,11 @@ import numpy as np
 from autonad_edge.data.errors import DatasetError
 
 IGNORE_INDEX = 255
+# Said wherever a mask label is refused: the usual cause is a mask saved as a picture.
+CLASS_INDEX_HINT = (
+    "mask values must be class indices (0 = background, 1..N defects), not an anti-aliased or "
+    "blurred drawing"
+)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -96,7 +102,7 @@ class ImageCache:
             where = self.sources[row] or self.ids[row]
             raise DatasetError(
                 f"mask label {label} out of range: {self.num_classes} classes "
-                f"(0..{self.num_classes - 1}) and {IGNORE_INDEX} = ignore",
+                f"(0..{self.num_classes - 1}) and {IGNORE_INDEX} = ignore; {CLASS_INDEX_HINT}",
                 where,
             )
 
@@ -112,19 +118,47 @@ def parallel_map(func: Callable[[T], R], items: Sequence[T]) -> list[R]:
 
 
 def open_image(path: Path):  # -> PIL.Image.Image (PIL imported lazily: host-side only)
-    """Open and fully decode an image file; any failure becomes a one-line DatasetError."""
-    from PIL import Image, UnidentifiedImageError
+    """Open and fully decode an image file, oriented as a viewer shows it; any failure becomes
+    a one-line DatasetError.
+
+    The EXIF orientation is applied (`ImageOps.exif_transpose`): a camera stores a turned
+    photo's pixels unturned with an Orientation tag, and annotation tools draw the mask on the
+    view they display. Masks go through the same call, so every file is read as the user saw
+    it: a PNG mask has no tag (unchanged), one that has a tag is shown turned, like its image.
+    `predict` (through `open_image_as`) and the bundle's infer.py orient the same way.
+
+    Pillow's limit is kept (it refuses images of more than 2 * Image.MAX_IMAGE_PIXELS, 179 Mpx
+    by default, as decompression bombs), deliberately not raised for line-scan images: beyond
+    it, predict and infer.py would hold several float32 planes of that size per class, so such
+    an image is refused in one line saying to cut it into tiles.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         # No `with`: closing an image discards its decoded data; Pillow closes the file itself
         # once `load()` has read a single-frame image.
         image = Image.open(path)
         image.load()
+        ImageOps.exif_transpose(image, in_place=True)
         return image
     except FileNotFoundError:
         raise DatasetError("file not found", path) from None
+    except Image.DecompressionBombError as exc:
+        raise DatasetError(too_large_message(exc), path) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise DatasetError(f"unreadable image ({exc})", path) from None
+
+
+def too_large_message(exc: Exception) -> str:
+    """What to say about an image Pillow refused as a decompression bomb: its size and limit."""
+    from PIL import Image
+
+    # Pillow's message is "Image size (N pixels) exceeds limit of M pixels, ...".
+    match = re.search(r"\((\d+) pixels\)", str(exc))
+    size = f"{int(match.group(1)):,} pixels" if match else "too many pixels"
+    limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+    return (f"image too large to open: {size}, above Pillow's limit of {limit:,} (a guard against "
+            "decompression bombs); cut it into tiles first")
 
 
 # Pillow modes of more than 8 bits a channel: converting them to "L" or "RGB" clips at 255.

@@ -124,6 +124,8 @@ class SegmentationData:
         synthetic_count: int | None = None,
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
+        keep_aspect: bool = True,
+        max_side: int | None = None,
     ) -> None:
         self.cache = cache
         self.splits = {name: list(splits.get(name, [])) for name in SPLIT_NAMES}
@@ -135,6 +137,7 @@ class SegmentationData:
         self.image_size = image_size
         self.synthetic_count = synthetic_count
         self.mean, self.std = mean, std
+        self.keep_aspect, self.max_side = keep_aspect, max_side  # how the cache was scaled
         self._datasets = {
             name: SegmentationDataset(
                 cache, [cache.index_of[i] for i in self.splits[name]], name, mean, std
@@ -211,6 +214,8 @@ class SegmentationData:
         images_by_class: each image once, under its class (MT: folder; else dominant defect,
         "background" if it has none). images_containing: images with >= 1 pixel of the class.
         pixel_frequency: share of labelled (non-ignored) pixels per class, at native resolution.
+        loaded_size: the cached images' sizes (keep_aspect: the long side scaled down to
+        max_side, None = native; else squashed to image_size).
         """
         cache, names = self.cache, self.class_names
         pixels = cache.class_pixel_counts()  # [N, C + 1], last = ignored
@@ -227,6 +232,7 @@ class SegmentationData:
         totals = pixels.sum(axis=0)
         labelled = max(int(totals[:-1].sum()), 1)
         heights, widths = cache.native_sizes[:, 0], cache.native_sizes[:, 1]
+        loaded = np.array([image.shape[:2] for image in cache.images], dtype=np.int64)
         return {
             "format": self.format,
             "root": self.root,
@@ -234,6 +240,8 @@ class SegmentationData:
             "class_names": names,
             "ignore_index": self.ignore_index,
             "image_size": list(self.image_size),
+            "keep_aspect": self.keep_aspect,
+            "max_side": self.max_side,
             "num_images": len(cache),
             "seed": self.seed,
             "ratios": list(self.ratios),
@@ -242,6 +250,10 @@ class SegmentationData:
             "native_size": {
                 "height": {"min": int(heights.min()), "max": int(heights.max())},
                 "width": {"min": int(widths.min()), "max": int(widths.max())},
+            },
+            "loaded_size": {
+                "height": {"min": int(loaded[:, 0].min()), "max": int(loaded[:, 0].max())},
+                "width": {"min": int(loaded[:, 1].min()), "max": int(loaded[:, 1].max())},
             },
             "pixel_frequency": {n: float(c) / labelled for n, c in zip(names, totals[:-1])},
             "ignored_pixel_fraction": float(totals[-1]) / max(int(totals.sum()), 1),
@@ -387,4 +399,6 @@ def load_dataset(
         split_source=split_source or "manifest",
         image_size=size_hw,
         synthetic_count=synthetic_count_used,
+        keep_aspect=keep_aspect,
+        max_side=max_side if keep_aspect else None,
     )

@@ -10,13 +10,20 @@ SPLITS = ("train", "val", "test")
 def format_description(info: dict[str, Any]) -> str:
     """Render a `describe()` dict as an aligned plain-text report."""
     names = info["class_names"]
-    size = info["native_size"]
+    size, loaded = info["native_size"], info["loaded_size"]
+    if not info["keep_aspect"]:
+        scale = f"squashed to {info['image_size'][0]}x{info['image_size'][1]} (HxW)"
+    elif info["max_side"]:
+        scale = f"long side at most {info['max_side']} px, aspect kept"
+    else:
+        scale = "native size"
     lines = [
         f"dataset   {info['root'] or '(generated in memory)'}",
-        f"format    {info['format']}   images {info['num_images']}   "
-        f"loaded at {info['image_size'][0]}x{info['image_size'][1]} (HxW)",
+        f"format    {info['format']}   images {info['num_images']}",
         f"native    height {size['height']['min']}..{size['height']['max']}   "
         f"width {size['width']['min']}..{size['width']['max']}",
+        f"loaded    height {loaded['height']['min']}..{loaded['height']['max']}   "
+        f"width {loaded['width']['min']}..{loaded['width']['max']}   ({scale})",
         f"splits    {info['split_source']}, seed {info['seed']}, ratios "
         + "/".join(f"{r:g}" for r in info["ratios"]),
         f"classes   {info['num_classes']} (+ {info['ignore_index']} = ignore)",

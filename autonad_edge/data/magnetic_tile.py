@@ -1,12 +1,16 @@
 """The magnetic-tile (MT) defect dataset in its original layout (numpy + PIL).
 
-    ROOT/MT_<Class>/Imgs/<id>.jpg   greyscale photo, any size
+    ROOT/MT_<Class>/Imgs/<id>.jpg   photo, any size (.jpeg/.bmp/.tif/.tiff also accepted,
+                                    suffixes in any case); grey in the original set, and
+                                    loaded in its own mode: a colour photo stays colour, as
+                                    `predict` and the bundle's infer.py feed it
     ROOT/MT_<Class>/Imgs/<id>.png   greyscale mask of the same size, near-binary
 
 A mask pixel >= 128 is defect and takes the class of its folder; below is background. Only
 the five defect folders are read; MT_Free (defect-free tiles, no masks) is ignored, any other
 MT_* folder is an error (it usually means a half-converted copy). Sample ids are
-`MT_<Class>/<id>`, unique across folders.
+`MT_<Class>/<id>`, unique across folders; two photos of one id (`e0.jpg` and `e0.jpeg`) are
+refused. Dotfiles (macOS `._e0.jpg`) are skipped.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from autonad_edge.data.cache import (
     resize_pair,
 )
 from autonad_edge.data.errors import DatasetError
+from autonad_edge.data.files import IMAGE_SUFFIXES, files_by_stem, single_file
 
 MT_CLASSES: tuple[str, ...] = ("background", "blowhole", "break", "crack", "fray", "uneven")
 MT_FOLDERS: dict[str, int] = {
@@ -37,6 +42,9 @@ MT_FOLDERS: dict[str, int] = {
 }
 MT_IGNORED_FOLDERS = frozenset({"mt_free"})
 MASK_THRESHOLD = 128
+MASK_SUFFIXES = (".png",)
+# In this layout a PNG is the mask, so a photo is any other image file.
+PHOTO_SUFFIXES = tuple(suffix for suffix in IMAGE_SUFFIXES if suffix not in MASK_SUFFIXES)
 
 
 @dataclass(frozen=True)
@@ -71,18 +79,16 @@ def find_mt_pairs(root: str | Path) -> list[MTPair]:
         images_dir = folder / "Imgs"
         if not images_dir.is_dir():
             raise DatasetError("missing Imgs/ folder", folder)
-        files = {f.name: f for f in images_dir.iterdir() if f.is_file()}
-        stems_with_image = {Path(n).stem for n in files if n.lower().endswith((".jpg", ".jpeg"))}
-        for name in sorted(files):
-            path = files[name]
-            suffix = path.suffix.lower()
-            if suffix in (".jpg", ".jpeg"):
-                mask_path = images_dir / f"{path.stem}.png"
-                if mask_path.name not in files:
-                    raise DatasetError(f"missing mask {mask_path.name}", path)
-                pairs.append(MTPair(f"{folder.name}/{path.stem}", path, mask_path, MT_FOLDERS[key]))
-            elif suffix == ".png" and path.stem not in stems_with_image:
-                raise DatasetError(f"mask without an image ({path.stem}.jpg missing)", path)
+        photos = files_by_stem(images_dir, PHOTO_SUFFIXES)
+        masks = files_by_stem(images_dir, MASK_SUFFIXES)
+        for stem in sorted(set(photos) | set(masks)):
+            path = single_file(photos, stem)
+            mask_path = single_file(masks, stem)
+            if path is None:
+                raise DatasetError(f"mask without an image ({stem}.jpg missing)", mask_path)
+            if mask_path is None:
+                raise DatasetError(f"missing mask {stem}.png", path)
+            pairs.append(MTPair(f"{folder.name}/{stem}", path, mask_path, MT_FOLDERS[key]))
     if not pairs:
         raise DatasetError(
             "empty dataset: no MT_<Class>/Imgs/<id>.jpg + <id>.png pairs found", root
@@ -91,7 +97,7 @@ def find_mt_pairs(root: str | Path) -> list[MTPair]:
 
 
 def _load_pair(pair: MTPair, size_hw: tuple[int, int] | None, max_side: int | None):
-    image = open_image_as(pair.image_path, "L")
+    image = open_image_as(pair.image_path)  # its own mode, as predict and infer.py read it
     mask_image = open_image(pair.mask_path)
     native = (image.height, image.width)
     grey = np.asarray(mask_image.convert("L"), dtype=np.uint8)
@@ -104,8 +110,9 @@ def load_mt(
     root: str | Path, size_hw: tuple[int, int] | None, ids: list[str] | None = None,
     max_side: int | None = None,
 ) -> ImageCache:
-    """Decode and resize the MT dataset (or only `ids`) into an ImageCache (1 channel); see
-    `resize_pair` for `size_hw` (None: keep the aspect ratio) and `max_side`.
+    """Decode and resize the MT dataset (or only `ids`) into an ImageCache (1 channel for a
+    grey photo, 3 for a colour one); see `resize_pair` for `size_hw` (None: keep the aspect
+    ratio) and `max_side`.
 
     Splits are stratified by the folder class.
     """

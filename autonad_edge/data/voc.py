@@ -1,16 +1,22 @@
 """Pascal-VOC segmentation layout: read (any dataset converted to it) and write (numpy + PIL).
 
-    ROOT/JPEGImages/<id>.jpg                  image (.jpeg/.png/.bmp also accepted)
+    ROOT/JPEGImages/<id>.jpg                  image (.jpeg/.png/.bmp/.tif/.tiff also accepted,
+                                              suffixes in any case; one image per id)
     ROOT/SegmentationClass/<id>.png           palette PNG (palette indices are the labels) or
                                               greyscale PNG (grey values are the labels)
-    ROOT/ImageSets/Segmentation/train.txt     one id per line; val.txt and test.txt optional
+    ROOT/ImageSets/Segmentation/train.txt     one id per line (the whole line, so an id may
+                                              hold spaces; `<id>.jpg` also names <id>); val.txt
+                                              and test.txt optional
     ROOT/classes.txt                          optional, one class name per line (background
                                               first); else background, class1..classN-1 with
-                                              N = the largest label found + 1
+                                              N = the largest label found + 1 (at most 32,
+                                              see `labels.py`)
 
-Label 255 means "ignore". A missing val.txt or test.txt is carved out of train.txt (seeded and
-stratified by dominant class, see `splits.py` and `dataset.py`; the split manifest records it),
-so that no figure is called "test" that was used to choose a model.
+Text files may start with a UTF-8 byte-order mark (Windows Notepad writes one). Label 255
+means "ignore"; masks whose only defect label is 255 (binary 0/255 masks) are refused. A
+missing val.txt or test.txt is carved out of train.txt (seeded and stratified by dominant
+class, see `splits.py` and `dataset.py`; the split manifest records it), so that no figure is
+called "test" that was used to choose a model.
 """
 
 from __future__ import annotations
@@ -33,12 +39,14 @@ from autonad_edge.data.cache import (
     resize_pair,
 )
 from autonad_edge.data.errors import DatasetError
+from autonad_edge.data.files import IMAGE_SUFFIXES, files_by_stem, single_file, strip_image_suffix
+from autonad_edge.data.labels import check_defects_labelled, class_names_from_labels
 
 IMAGE_DIR = "JPEGImages"
 MASK_DIR = "SegmentationClass"
 SPLIT_DIR = Path("ImageSets") / "Segmentation"
 CLASSES_FILE = "classes.txt"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+MASK_SUFFIXES = (".png",)
 
 def voc_palette() -> list[int]:
     """The standard VOC colour map, so written masks look like VOC's in an image viewer."""
@@ -66,12 +74,18 @@ def is_voc_root(root: Path) -> bool:
     return (root / IMAGE_DIR).is_dir() and (root / MASK_DIR).is_dir()
 
 
-def _read_id_list(path: Path) -> list[str]:
+def _read_lines(path: Path, what: str) -> list[str]:
+    """The stripped, non-empty lines of a text file; utf-8-sig drops a byte-order mark, which
+    would otherwise become part of the first id or class name."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"unreadable split list ({exc})", path) from None
-    ids = [line.split()[0] for line in lines if line.strip()]
+        raise DatasetError(f"unreadable {what} ({exc})", path) from None
+    return [line.strip() for line in lines if line.strip()]
+
+
+def _read_id_list(path: Path) -> list[str]:
+    ids = [strip_image_suffix(line) for line in _read_lines(path, "split list")]
     seen: set[str] = set()
     for sample_id in ids:
         if sample_id in seen:
@@ -91,11 +105,7 @@ def read_voc_index(root: str | Path) -> VocIndex:
     class_names = None
     classes_path = root / CLASSES_FILE
     if classes_path.is_file():
-        try:
-            lines = classes_path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise DatasetError(f"unreadable class list ({exc})", classes_path) from None
-        class_names = [line.strip() for line in lines if line.strip()]
+        class_names = _read_lines(classes_path, "class list")
         if not class_names:
             raise DatasetError("empty class list", classes_path)
         if len(set(class_names)) != len(class_names):
@@ -125,11 +135,14 @@ def read_voc_index(root: str | Path) -> VocIndex:
     return VocIndex(root, class_names, splits)
 
 
-def _image_path(root: Path, sample_id: str, names: set[str]) -> Path:
-    for suffix in IMAGE_SUFFIXES:
-        if f"{sample_id}{suffix}" in names:
-            return root / IMAGE_DIR / f"{sample_id}{suffix}"
-    raise DatasetError(f"missing image for id {sample_id!r}", root / IMAGE_DIR / f"{sample_id}.jpg")
+def _image_path(root: Path, sample_id: str, images: dict[str, list[Path]]) -> Path:
+    path = single_file(images, sample_id)
+    if path is None:
+        raise DatasetError(
+            f"missing image for id {sample_id!r} (looked for {sample_id} with "
+            f"{'/'.join(IMAGE_SUFFIXES)}, any case)", root / IMAGE_DIR,
+        )
+    return path
 
 
 def load_voc(
@@ -148,14 +161,14 @@ def load_voc(
     root = Path(root)
     if not ids:
         raise DatasetError("empty dataset: no ids to load", root)
-    image_names = {p.name for p in (root / IMAGE_DIR).iterdir()}
-    mask_names = {p.name for p in (root / MASK_DIR).iterdir()}
+    images = files_by_stem(root / IMAGE_DIR, IMAGE_SUFFIXES)
+    masks = files_by_stem(root / MASK_DIR, MASK_SUFFIXES)
     jobs = []
     for sample_id in ids:
-        image_path = _image_path(root, sample_id, image_names)
-        mask_path = root / MASK_DIR / f"{sample_id}.png"
-        if mask_path.name not in mask_names:
-            raise DatasetError(f"missing mask {MASK_DIR}/{mask_path.name}", image_path)
+        image_path = _image_path(root, sample_id, images)
+        mask_path = single_file(masks, sample_id)
+        if mask_path is None:
+            raise DatasetError(f"missing mask {MASK_DIR}/{sample_id}.png", image_path)
         jobs.append((image_path, mask_path))
 
     def load_one(job: tuple[Path, Path]):
@@ -166,21 +179,19 @@ def load_voc(
         return pixels, mask_resized, (image.height, image.width), label_histogram(mask)
 
     samples = parallel_map(load_one, jobs)
+    sources = [str(mask_path) for _, mask_path in jobs]
     if class_names is None:
         # No classes.txt: as many classes as the largest label seen (ignore excluded) + 1.
-        histogram = np.sum([s[3] for s in samples], axis=0)
-        histogram[IGNORE_INDEX] = 0
-        used = np.flatnonzero(histogram)
-        # Label 0 is background by the VOC convention; the others have no names.
-        class_names = ["background"] + [f"class{i}" for i in range(1, int(used.max()) + 1 if used.size else 1)]
+        class_names = class_names_from_labels(np.stack([s[3] for s in samples]), sources)
     cache = build_cache(
         ids=list(ids),
         samples=samples,
         class_names=class_names,
         strata=None,
-        sources=[str(mask_path) for _, mask_path in jobs],
+        sources=sources,
     )
     cache.check_labels()
+    check_defects_labelled(cache.label_counts, cache.num_classes, root / MASK_DIR)
     return cache
 
 

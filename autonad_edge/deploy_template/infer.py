@@ -13,14 +13,15 @@ bundle has one and ``tensorrt`` imports, else the portable ONNX model with ONNX 
 engine only runs on the device (GPU model, TensorRT version) it was built on; the TensorRT
 flavour of the ONNX model needs the SpatialShift plugin, so ONNX Runtime uses the portable one.
 
-The image is scaled to the model's training scale (long side down to the manifest's
-``max_side``, aspect kept; none = native) and segmented in overlapping windows of the model's
-fixed input size, so any size or aspect ratio runs and thin cracks are not squashed. A model
-trained on images squashed to its input size (the manifest's ``squash``: true) sees each image
-the way it learnt: resized to exactly the input size, one window, its logits resized back. The
-mask PNG is a palette image whose pixel values are the class indices (0 = background), at the
-input image's size. Everything this needs (input size, normalisation, scale, classes, files)
-comes from ``manifest.json`` next to this script.
+The image is turned as its EXIF orientation says (as training read it), scaled to the model's
+training scale (long side down to the manifest's ``max_side``, aspect kept; none = native) and
+segmented in overlapping windows of the model's fixed input size, so any size or aspect ratio
+runs and thin cracks are not squashed. A model trained on images squashed to its input size
+(the manifest's ``squash``: true) sees each image the way it learnt: resized to exactly the
+input size, one window, its logits resized back. The mask PNG is a palette image whose pixel
+values are the class indices (0 = background), at the input image's size. Everything this
+needs (input size, normalisation, scale, classes, files) comes from ``manifest.json`` next to
+this script.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import ctypes
 import hashlib
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -46,14 +48,25 @@ class InferError(RuntimeError):
 
 # ---------------------------------------------------------------------------- pre/post-processing
 def load_image(path: Path):
-    from PIL import Image
+    """The image as a viewer shows it: turned as its EXIF orientation says (cameras store a
+    turned photo unturned with a tag; the model was trained on the view its masks were drawn
+    on, autonad_edge.data.cache.open_image). Pillow's decompression-bomb limit (179 Mpx by
+    default) is kept: the logits of a larger image would not fit a device's memory."""
+    from PIL import Image, ImageOps
 
     try:
         image = Image.open(path)
         image.load()
-    except (OSError, ValueError) as exc:
+        # The returning form (not in_place): it works on the older Pillow of a device image.
+        return ImageOps.exif_transpose(image)
+    except Image.DecompressionBombError as exc:
+        match = re.search(r"\((\d+) pixels\)", str(exc))  # Pillow: "Image size (N pixels) exceeds ..."
+        size = f"{int(match.group(1)):,} pixels" if match else "too many pixels"
+        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        raise InferError(f"{path}: image too large to open: {size}, above Pillow's limit of {limit:,} "
+                         "(a guard against decompression bombs); cut it into tiles first") from None
+    except (OSError, ValueError, SyntaxError) as exc:
         raise InferError(f"cannot read image {path}: {exc}") from None
-    return image
 
 
 def training_scale(height: int, width: int, max_side: int | None) -> tuple[int, int]:

@@ -3,9 +3,10 @@
     model, info = load_model("runs/retrain/best.pt")
     predict_images(model, "photos/", "out/", image_size=info.image_size, class_names=info.class_names)
 
-Every image in the folder (png, jpg, jpeg, bmp, tif, tiff; any size, greyscale or colour) is
-normalised, scaled to its training scale (long side down to the run's ``max_side``, aspect kept;
-None = native) and segmented in overlapping tiles of the network's input side
+Every image in the folder (png, jpg, jpeg, bmp, tif, tiff in any case, dotfiles such as macOS's
+``._a.jpg`` skipped; any size, greyscale or colour, turned as its EXIF orientation says, as
+training reads it) is normalised, scaled to its training scale (long side down to the run's
+``max_side``, aspect kept; None = native) and segmented in overlapping tiles of the network's input side
 (`autonad_edge.inference`), so memory stays bounded and thin cracks are not squashed; the logits
 are resized back to the image's own size (bilinear) before the argmax. A model trained on images
 squashed to its input size (the checkpoint's ``squash``, keep_aspect false) is inferred the same
@@ -13,11 +14,18 @@ way: each image resized to exactly ``image_size``, one window, the logits resize
 Written: ``masks/<stem>.png`` (8-bit greyscale, pixel = class index), ``overlays/<stem>.png``
 (the image with each defect class tinted in its colour), and ``predictions.json`` (per image:
 size and pixels per class, plus the class colours).
+
+A file that cannot be read (torn, not an image, 16-bit, too large) is reported in one line and
+skipped; the others are segmented, ``predictions.json`` lists them and the skipped files (it is
+written also when a run stops part-way), and `predict_images` then raises `UnreadableImages`
+(a DatasetError: the CLI prints it in one line and exits non-zero).
 """
 
 from __future__ import annotations
 
 import colorsys
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,9 +34,22 @@ import torch
 from torch import nn
 
 from autonad_edge.data.errors import DatasetError
+from autonad_edge.data.files import IMAGE_SUFFIXES, has_suffix, is_hidden
 from autonad_edge.io import atomic_write_json
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = IMAGE_SUFFIXES  # what training reads
+
+
+class UnreadableImages(DatasetError):
+    """Some images could not be read; the others were segmented (`records`), and `skipped`
+    lists the rest ({"image", "error"}), as predictions.json does."""
+
+    def __init__(self, message: str, path: Path, records: list[dict[str, Any]],
+                 skipped: list[dict[str, str]]) -> None:
+        super().__init__(message, path)
+        self.records, self.skipped = records, skipped
+
+
 _BASE_COLOURS = [
     (0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
     (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128),
@@ -45,22 +66,26 @@ def class_colours(num_classes: int) -> list[tuple[int, int, int]]:
 
 
 def list_images(path: str | Path) -> list[Path]:
-    """The image files of a folder (sorted, not recursive), or `path` itself if it is one."""
+    """The image files of a folder (sorted, not recursive, dotfiles skipped), or `path` itself
+    if it is one."""
     path = Path(path)
     if path.is_file():
         return [path]
     if not path.is_dir():
         raise DatasetError("no such image folder", path)
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = sorted(p for p in path.iterdir()
+                   if not is_hidden(p) and has_suffix(p, IMAGE_EXTENSIONS) and p.is_file())
     if not files:
         raise DatasetError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in the folder", path)
     return files
 
 
-def _load_pixels(path: Path):
+def read_image(path: Path):  # -> PIL.Image.Image
+    """An image file as training reads it: its own mode (grey stays grey, colour stays colour),
+    turned as its EXIF orientation says; a DatasetError when it cannot be read."""
     from autonad_edge.data.cache import open_image_as
 
-    return open_image_as(path)  # grey stays grey
+    return open_image_as(path)
 
 
 def overlay(image_rgb: np.ndarray, mask: np.ndarray, colours: Sequence[tuple[int, int, int]],
@@ -123,12 +148,14 @@ def predict_images(
     max_side: int | None = None,
     tile: int | None = None,
     squash: bool = False,
+    log: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Segment every image of `images` (a folder or one file); write masks, overlays and
     ``predictions.json`` under `out_dir`. max_side: the run's training scale (None = native);
     tile: the tile side (default: `image_size`'s); squash: the model was trained on images
     squashed to `image_size` (the checkpoint's ``squash``), so each is inferred squashed to it,
-    one window (no tile). Returns the per-image records."""
+    one window (no tile). log: where a skipped file's line goes (default: stderr). Returns the
+    per-image records; raises `UnreadableImages` after the others when a file was unreadable."""
     from PIL import Image
 
     from autonad_edge.inference import resolve_overlap
@@ -151,13 +178,20 @@ def predict_images(
     (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
     colours = class_colours(len(class_names))
     stems = [p.stem for p in files]
+    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     was_training = model.training
     model.eval()
-    records = []
+    records: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
     try:
         for path in files:
             name = path.stem if stems.count(path.stem) == 1 else path.name
-            image = _load_pixels(path)
+            try:
+                image = read_image(path)
+            except DatasetError as exc:  # one bad file must not cost the folder's other results
+                skipped.append({"image": str(path), "error": str(exc)})
+                log(f"skipped {exc}")
+                continue
             mask = predict_image(model, image, tuple(image_size), device, max_side=max_side,
                                  tile=tile, overlap=overlap, squash=squash)
             Image.fromarray(mask, mode="L").save(out_dir / "masks" / f"{name}.png")
@@ -173,16 +207,25 @@ def predict_images(
             })
     finally:
         model.train(was_training)
-    atomic_write_json(out_dir / "predictions.json", {
-        "image_size": list(image_size),
-        "max_side": None if squash else max_side,
-        **({"squash": True} if squash else {}),  # absent: aspect kept (the file is as before)
-        "tile": tile,
-        "tile_overlap": overlap,
-        "classes": {c: list(col) for c, col in zip(class_names, colours)},
-        "images": records,
-    })
+        # Also when a later image (or Ctrl-C) stops the run: the masks written stay listed.
+        atomic_write_json(out_dir / "predictions.json", {
+            "image_size": list(image_size),
+            "max_side": None if squash else max_side,
+            **({"squash": True} if squash else {}),  # absent: aspect kept (the file is as before)
+            "tile": tile,
+            "tile_overlap": overlap,
+            "classes": {c: list(col) for c, col in zip(class_names, colours)},
+            "images": records,
+            "skipped": skipped,
+        })
+    if skipped:
+        raise UnreadableImages(
+            f"{len(skipped)} of {len(files)} images could not be read and were skipped (first: "
+            f"{skipped[0]['error']}); the other {len(records)} were segmented, all are listed in "
+            f"{out_dir / 'predictions.json'}", Path(images), records, skipped,
+        )
     return records
 
 
-__all__ = ["IMAGE_EXTENSIONS", "class_colours", "list_images", "overlay", "predict_image", "predict_images"]
+__all__ = ["IMAGE_EXTENSIONS", "UnreadableImages", "class_colours", "list_images", "overlay", "predict_image",
+           "predict_images", "read_image"]
