@@ -50,6 +50,7 @@ def search(
     preset. Writes report.md/report.json, best_arch.json, the Pareto plot, the latency prior
     heatmap, ONNX models and (on TensorRT targets) an engine under --out.
     """
+    from autonad_edge.errors import AutonadError
     from autonad_edge.search.pipeline import PipelineConfig, PipelineError, run_search
 
     try:
@@ -69,7 +70,7 @@ def search(
     out = Path(config.out)
     try:
         report = run_search(config, log=lambda msg: typer.echo(msg, err=True))
-    except PipelineError as exc:
+    except AutonadError as exc:  # the pipeline's own, and a stage's (e.g. a checkpoint that cannot resume)
         fail(str(exc))
     except KeyboardInterrupt:
         fail(f"interrupted; rerun the same command to resume from {out}", code=130)

@@ -9,6 +9,8 @@ the resolved config of a run is saved as ``<out>/config.json`` and `load()` read
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,20 @@ from autonad_edge.training.config import (
 )
 
 PRESET_FIELDS = tuple(f.name for f in fields(Preset))
+# The smallest network input side: the data's crops and tiles need 8x8 (`data.cache.image_size_hw`,
+# `data.crops.CropConfig`); the supernets run at 8 (and below).
+MIN_IMAGE_SIDE = 8
+# What `training.distributed.resolve_device` accepts (whether this host has the GPU is the
+# pipeline's check: a saved config stays loadable on another host).
+DEVICE_SPEC = re.compile(r"auto|cpu|cuda(:\d+)?", re.IGNORECASE)
+# Settings `autonad-edge search` takes as options, named so in messages (the others by field).
+CLI_OPTIONS = {
+    "out", "data", "format", "target", "local_threads", "table", "export_cache", "preset", "sharing",
+    "latency_stat", "latency_budget_ms", "latency_tolerance", "params_budget", "seed", "device", "space",
+    "image_size", "supernet_epochs", "retrain_epochs", "batch_size", "population", "generations",
+    "max_side", "min_defect_width", "time_budget", "race_entrants",
+}
+OPTION_NAMES = {"latency_weight": "--lambda", "targets_path": "--targets"}
 
 
 class PipelineError(AutonadError, RuntimeError):
@@ -111,7 +127,51 @@ class PipelineConfig:
         unset = [name for name in PRESET_FIELDS if getattr(self, name) is None]
         explicit = self.explicit if self.explicit is not None else \
             tuple(name for name in PRESET_FIELDS if name not in unset)
-        return replace(self, **{name: getattr(preset, name) for name in unset}, explicit=tuple(explicit))
+        resolved = replace(self, **{name: getattr(preset, name) for name in unset}, explicit=tuple(explicit))
+        resolved._check()
+        return resolved
+
+    def _check(self) -> None:
+        """Refuse a bad value in one line naming it, before a file is written or a minute spent
+        (each would otherwise fail late, in a stage, or with a traceback)."""
+        # Imported here: the CLI builds its help from this module and starts without torch.
+        from autonad_edge.data.dataset import FORMATS
+        from autonad_edge.models.hybrid_block import SHARING_MODES
+        from autonad_edge.training.config import CLASS_WEIGHTINGS, LOSSES, SCHEDULES
+
+        choices = {
+            "format": (*FORMATS, "auto"), "sharing": SHARING_MODES, "timing": ("quick", "full"),
+            "retrain_init": ("scratch", "inherited"), "class_weighting": CLASS_WEIGHTINGS, "loss": LOSSES,
+            "retrain_schedule": SCHEDULES, "prior_method": ("softmax", "fastest"),
+        }
+        for name, allowed in choices.items():
+            value = getattr(self, name)
+            if (value.lower() if name == "format" and isinstance(value, str) else value) not in allowed:
+                raise PipelineError(f"{_option(name)}: unknown value {value!r}; choose one of {', '.join(allowed)}")
+        if not isinstance(self.device, str) or not DEVICE_SPEC.fullmatch(self.device):
+            raise PipelineError(f"--device: unknown device {self.device!r}; use auto, cpu, cuda or cuda:N")
+        for f in fields(self):  # NaN and infinity pass every comparison below the wrong way
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise PipelineError(f"{_option(f.name)} must be a finite number, got {value}")
+        sides = list(self.image_size) if isinstance(self.image_size, (list, tuple)) else [self.image_size] * 2
+        if len(sides) != 2 or not all(_is_int(side) and side >= MIN_IMAGE_SIDE for side in sides):
+            raise PipelineError(f"--image-size must be a whole number of pixels >= {MIN_IMAGE_SIDE} "
+                                f"(the smallest crop the data and the network take), got {self.image_size!r}")
+        for name in ("batch_size", "population", "generations", "parents", "supernet_epochs", "retrain_epochs",
+                     "synthetic_count"):
+            _require(self, name, 1, integer=True)
+        for name in ("max_steps_per_epoch", "local_threads", "reference_images", "params_budget"):
+            _require(self, name, 1, integer=True, optional=True)
+        _require(self, "seed", 0, integer=True)
+        _require(self, "max_side", MIN_IMAGE_SIDE, integer=True, optional=True)
+        _require(self, "time_budget", 0, optional=True, note=" minutes (0 = the preset's epochs)")
+        _require(self, "min_defect_width", 0, optional=True, note=" (0 = off)")
+        _require(self, "latency_weight", 0)
+        _require(self, "latency_budget_ms", 0, optional=True, above=True)
+        _require(self, "prior_temperature", 0, optional=True, above=True)
+        if not (_is_number(self.latency_tolerance) and 0 <= self.latency_tolerance < 1):
+            raise PipelineError(f"--latency-tolerance must be a share in [0, 1), got {self.latency_tolerance!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -123,23 +183,30 @@ class PipelineConfig:
             values = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise PipelineError(f"config {path}: {exc}") from None
-        known = {f.name for f in fields(cls)}
-        if isinstance(values, dict):
-            # Older configs gave the retraining's warm-up in epochs; a share replaces it.
-            values.pop("retrain_warmup_epochs", None)
-        unknown = sorted(set(values) - known)
-        if not isinstance(values, dict) or unknown:
+        if not isinstance(values, dict):
+            raise PipelineError(f"config {path}: not a search config (a JSON {type(values).__name__}, not an object)")
+        # Older configs gave the retraining's warm-up in epochs; a share replaces it.
+        values.pop("retrain_warmup_epochs", None)
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
             raise PipelineError(f"config {path}: not a search config (unknown fields: {', '.join(unknown)})")
         if values.get("explicit") is not None:
+            if not isinstance(values["explicit"], list) or not all(isinstance(v, str) for v in values["explicit"]):
+                raise PipelineError(f"config {path}: explicit must be a list of setting names")
             values["explicit"] = tuple(values["explicit"])
         return cls(**values)
 
     def with_options(self, **options: Any) -> "PipelineConfig":
         """This config with the options given (not None) on top; given preset fields become explicit."""
         given = {k: v for k, v in options.items() if v is not None}
+        base = self
+        if given.get("preset", self.preset) != self.preset and self.explicit is not None:
+            # A saved (resolved) config holds every field of its preset: those it did not set
+            # explicitly follow the new preset, or the preset given would be silently ignored.
+            base = replace(self, **{name: None for name in PRESET_FIELDS if name not in self.explicit})
         explicit = None if self.explicit is None else \
             tuple(sorted({*self.explicit, *(k for k in given if k in PRESET_FIELDS)}))
-        return replace(self, **given, explicit=explicit)
+        return replace(base, **given, explicit=explicit)
 
     @property
     def image_hw(self) -> tuple[int, int]:
@@ -178,6 +245,33 @@ class PipelineConfig:
         """The data and loss settings both trainings share (`RunConfig` fields)."""
         return {"loss": self.loss, "defect_crop_share": self.defect_crop_share,
                 "keep_aspect": self.keep_aspect, "max_side": self.max_side}
+
+
+def _option(name: str) -> str:
+    """How a message names a setting: its option, or its config field where it has none."""
+    if name in OPTION_NAMES:
+        return OPTION_NAMES[name]
+    return "--" + name.replace("_", "-") if name in CLI_OPTIONS else name
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _require(cfg: PipelineConfig, name: str, low: float, *, integer: bool = False, optional: bool = False,
+             above: bool = False, note: str = "") -> None:
+    """`name` must be a number (a whole one with `integer`) >= `low` (> with `above`); None
+    passes when `optional`. The message says which: a value of another type shows as itself."""
+    value = getattr(cfg, name)
+    if value is None and optional:
+        return
+    if not (_is_int(value) if integer else _is_number(value)) or value < low or (above and value == low):
+        kind = "a whole number " if integer else ""
+        raise PipelineError(f"{_option(name)} must be {kind}{'>' if above else '>='} {low:g}{note}, got {value!r}")
 
 
 def default_text(name: str) -> str:

@@ -355,20 +355,43 @@ class EvolutionarySearch:
     def load_state(self) -> bool:
         if self.state_path is None or not self.state_path.exists():
             return False
-        state = json.loads(self.state_path.read_text(encoding="utf-8"))
+        path = self.state_path
+
+        def unreadable(why: object) -> SearchError:  # a hand edit, a torn copy
+            return SearchError(f"{path}: unreadable ({' '.join(str(why).split())}); "
+                               "delete it to redo the search, or use another --out")
+
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(state, dict):
+                raise ValueError(f"a JSON {type(state).__name__}, not an object")
+            saved_space = SearchSpace.from_dict(state["space"]) if state.get("space") is not None else None
+            saved_config = state.get("config", {})
+            if not isinstance(saved_config, dict):
+                raise ValueError("its config is not an object")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise unreadable(exc) from None
+        # Its candidates and their scores belong to that space (the settings below do not name it).
+        if saved_space is not None and saved_space != self.space:
+            raise SearchError(f"{path}: the search ran in another search space; start it in a new --out")
         # Everything but the number of generations must match: a finished search may be extended.
-        saved = {k: v for k, v in state.get("config", {}).items() if k != "generations"}
+        saved = {k: v for k, v in saved_config.items() if k != "generations"}
         current = {k: v for k, v in json.loads(json.dumps(asdict(self.config))).items() if k != "generations"}
         if saved != current:
             raise SearchError(
                 f"{self.state_path} was written by a search with other settings; "
                 "use a new output directory or the same settings"
             )
-        self.generation = state["generation"]
-        self.reference_ms = state["reference_ms"]
-        self.population = state["population"]
-        self.rng.setstate(_rng_state_from_json(state["rng"]))
-        self.cache = {c["hash"]: Candidate.from_dict(c) for c in state["candidates"]}
-        self._latency = {k: float(v) for k, v in state["latency_ms"].items()}
-        self._params = {k: int(v) for k, v in state["params"].items()}
+        try:
+            generation, reference_ms = int(state["generation"]), state["reference_ms"]
+            population = list(state["population"])
+            rng = _rng_state_from_json(state["rng"])
+            cache = {c["hash"]: Candidate.from_dict(c) for c in state["candidates"]}
+            latency = {k: float(v) for k, v in state["latency_ms"].items()}
+            params = {k: int(v) for k, v in state["params"].items()}
+            self.rng.setstate(rng)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise unreadable(f"{type(exc).__name__} {exc}") from None
+        self.generation, self.reference_ms, self.population = generation, reference_ms, population
+        self.cache, self._latency, self._params = cache, latency, params
         return True

@@ -16,15 +16,17 @@ training and search stages also resume from their own checkpoints part-way throu
 7. ``engine``   -- on a TensorRT target, the engine built by the agent, with its latency;
 8. ``report``   -- ``report.md`` and ``report.json``.
 
-Before any training the dataset is loaded (a broken one fails with what is wrong) and the
-target is contacted (an unreachable one fails in seconds with the address tried).
+Before any training the options are checked, the dataset is loaded (a broken one fails with
+what is wrong) and the target is contacted (an unreachable one fails in seconds with the address
+tried); only then is ``config.json`` written, and the split (``splits.json``) after it. One run
+at a time holds a directory (a lock on ``<out>/.lock``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-from dataclasses import asdict, replace
+import os
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,10 +41,10 @@ from autonad_edge.latency.targets import TargetError, open_target
 from autonad_edge.search.config import PipelineConfig, PipelineError
 from autonad_edge.search.planning import plan_run
 from autonad_edge.search.presets import PRESETS, Preset, measurement_policy
-from autonad_edge.search.stages.context import RunClock, RunContext
+from autonad_edge.search.stages.context import RunClock, RunContext, read_run_json, unreadable
 from autonad_edge.search.stages.engine import DeployResult, engine_stage
 from autonad_edge.search.stages.export import ExportResult, export_stage
-from autonad_edge.search.stages.latency import LatencyResult, latency_stage
+from autonad_edge.search.stages.latency import LatencyResult, device_change, latency_stage
 from autonad_edge.search.stages.race import RaceResult, race_stage
 from autonad_edge.search.stages.report import RunResults, report_stage
 from autonad_edge.search.stages.retrain import RetrainResult, retrain_stage
@@ -50,6 +52,11 @@ from autonad_edge.search.stages.search import SearchResult, search_stage
 from autonad_edge.search.stages.store import StageLog
 from autonad_edge.search.stages.supernet import SupernetResult, supernet_stage
 from autonad_edge.space import ArchError, SearchSpace
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock (the toolkit's hosts and targets are POSIX)
+    fcntl = None
 
 STAGES = ("supernet", "latency", "search", "race", "retrain", "export", "engine", "report")
 # Settings a rerun may change without making it another run.
@@ -62,35 +69,50 @@ __all__ = ["PRESETS", "STAGES", "PipelineConfig", "PipelineError", "Preset", "Se
 class SearchPipeline:
     def __init__(self, config: PipelineConfig, log: Callable[[str], None] = print) -> None:
         self.cfg = config.resolved()
+        _check_device(self.cfg.device)
         # The budgets set explicitly (not from the preset): a plan never overrides them.
         self.given = frozenset(self.cfg.explicit)
         self.out = Path(self.cfg.out)
         self.log = log
         self.clock = RunClock()
         self.scale: TrainingScale | None = None  # the training scale, when chosen from the masks
+        self.worked = False  # whether an earlier run of `out` did work (stages, a plan) this one resumes
+        self.new_split = True  # whether the data was split afresh (not as splits.json says)
 
     def elapsed_s(self) -> float:
         """Seconds this run has worked so far, in this process and the ones it resumes."""
         return self.clock.elapsed_s()
 
     def run(self) -> dict[str, Any]:
-        cfg = self.cfg
         self.clock = RunClock()
         self.out.mkdir(parents=True, exist_ok=True)
+        with _exclusive(self.out):
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        stages = StageLog.open(self.out / "stages.json")
+        _check_plan_readable(self.out / "plan.json")
+        # A config.json alone is from a run that stopped before any work (a bad option, an
+        # unreachable target): it does not hold this directory, and is replaced.
+        self.worked = bool(stages.records) or (self.out / "plan.json").exists()
         # The training scale may be chosen from the data (`_load_data`): checked once known.
-        _check_config_unchanged(self.out, cfg, write=False, unknown=frozenset({"max_side"}))
+        same = _check_config_unchanged(self.out, cfg, write=False, unknown=frozenset({"max_side"}),
+                                       worked=self.worked)
         if cfg.export_cache:
             use_export_cache(f"{cfg.table}.exports" if cfg.export_cache == "table" else cfg.export_cache)
         try:
             space = SearchSpace.resolve(cfg.space)
         except (ArchError, ValueError) as exc:
             raise PipelineError(f"search space {cfg.space}: {exc}") from None
-        stages = StageLog.open(self.out / "stages.json")
         if not stages.done("latency"):
             export_pool.start(wait=False)  # workers warm up while the data loads
-        data = self._load_data()
+        # The split is reused where config.json says it was made with these settings (one
+        # without it is from a run that stopped before it was written, or from before it existed).
+        reuse = same if (self.out / "config.json").exists() else self.worked
+        data = self._load_data(reuse_split=reuse, write_split=False)
         cfg = self.cfg
-        _check_config_unchanged(self.out, cfg)
+        _check_params_budget(space, data.num_classes, cfg.params_budget)
         with contextlib.ExitStack() as stack:
             table = stack.enter_context(LatencyTable(cfg.table))
             try:
@@ -98,8 +120,16 @@ class SearchPipeline:
                                                        local_threads=cfg.local_threads))
             except TargetError as exc:
                 raise PipelineError(str(exc)) from None
+            # The run is valid: its settings are recorded first, then the split made with them.
+            _check_config_unchanged(self.out, cfg, worked=self.worked)
+            if self.new_split:
+                data.save_manifest(self.out / "splits.json")
             ctx = RunContext(cfg, self.given, self.out, space, data, table, pool, self.clock, self.log,
                              scale=self.scale)
+            if stages.done("latency"):
+                changed = device_change(stages.load("latency", LatencyResult), ctx)
+                if changed:
+                    raise PipelineError(changed)
             ctx.cfg = plan_run(ctx)
             results = self._run_stages(ctx, stages)
             report = report_stage(ctx, results, stages, STAGES)
@@ -123,16 +153,20 @@ class SearchPipeline:
         engine = run("engine", DeployResult, lambda: engine_stage(ctx, exported))
         return RunResults(supernet, latency, search, race, retrained, exported, engine)
 
-    def _load_data(self) -> SegmentationData:
+    def _load_data(self, reuse_split: bool = True, write_split: bool = True) -> SegmentationData:
+        """The data at its training scale, split as ``splits.json`` says when `reuse_split` (and
+        there is one), else afresh (`new_split`), and then recorded there with `write_split`
+        (`run` records it itself, after config.json)."""
         cfg, splits = self.cfg, self.out / "splits.json"
-        manifest = _saved_split(splits) if splits.exists() else None
+        manifest = _saved_split(splits) if reuse_split and splits.exists() else None
+        self.new_split = manifest is None
         rule = self._scale_rule()
         # The rule measures the masks at the preset's cap, whatever a loaded config recorded.
         max_side = PRESETS[cfg.preset].max_side if rule else cfg.max_side
         data = self._load(manifest, max_side)
         if len(data.train) == 0 or len(data.val) == 0:
             raise PipelineError("dataset: the train and val splits need at least one image each")
-        if manifest is None:
+        if self.new_split and write_split:
             data.save_manifest(splits)
         if rule:
             self.scale = training_scale(data.train, data.num_classes, min_width=cfg.min_defect_width,
@@ -149,7 +183,7 @@ class SearchPipeline:
             return load_dataset(cfg.data, cfg.format, image_size=cfg.image_size, seed=cfg.seed,
                                 synthetic_count=cfg.synthetic_count, manifest=manifest,
                                 keep_aspect=cfg.keep_aspect, max_side=max_side)
-        except DatasetError as exc:
+        except (DatasetError, ValueError) as exc:  # the loader's own checks of its arguments too
             raise PipelineError(f"dataset: {exc}") from None
 
     def _scale_rule(self) -> bool:
@@ -157,11 +191,9 @@ class SearchPipeline:
         unless --max-side was given, the images are squashed, or the run directory was started
         before the rule existed (its config has no such field, and keeps its scale)."""
         cfg, saved = self.cfg, self.out / "config.json"
-        if cfg.min_defect_width is not None and cfg.min_defect_width < 0:
-            raise PipelineError(f"--min-defect-width must be >= 0 (0 = off), got {cfg.min_defect_width:g}")
         if not cfg.min_defect_width or not cfg.keep_aspect or "max_side" in self.given:
             return False
-        return not saved.exists() or "min_defect_width" in json.loads(saved.read_text(encoding="utf-8"))
+        return not saved.exists() or "min_defect_width" in _read_config(saved)
 
 
 def _saved_split(path: Path) -> dict[str, Any]:
@@ -174,23 +206,98 @@ def _saved_split(path: Path) -> dict[str, Any]:
         raise PipelineError(f"dataset: {exc}; delete it to split the data again, or use another --out") from None
 
 
-def _check_config_unchanged(out: Path, cfg: PipelineConfig, write: bool = True, unknown: frozenset[str] = frozenset()) -> None:
-    """A rerun into the same directory must be the same run, or its stages don't fit.
-    `unknown`: fields not known yet (checked on a second call); `write`: record the config."""
+def _read_config(path: Path) -> dict[str, Any]:
+    return read_run_json(path, "record this run's settings anew")
+
+
+def _check_config_unchanged(out: Path, cfg: PipelineConfig, write: bool = True, unknown: frozenset[str] = frozenset(),
+                            worked: bool = True) -> bool:
+    """Whether ``<out>/config.json`` records this run's settings; `unknown`: fields not known
+    yet (checked on a second call); `write`: record this run's. A rerun into a directory that
+    holds work (`worked`) must be the same run, or its stages don't fit: other settings are
+    refused. Without work, the saved config is from a run that stopped before any (a bad option,
+    an unreachable target): it does not count, and this run's replaces it."""
     path = out / "config.json"
-    current = asdict(cfg)
-    if path.exists():
-        saved = json.loads(path.read_text(encoding="utf-8"))
+    current, recorded, changed = asdict(cfg), path.exists(), []
+    if recorded:
+        saved = _read_config(path)
         # A field the saved config lacks was not recorded yet when it was written (it came
         # from the preset): only the recorded ones can tell.
         changed = sorted(k for k in current if k not in VOLATILE | unknown and k in saved and saved[k] != current[k])
-        if changed:
+        if changed and worked:
             raise PipelineError(
                 f"{out} holds a run with other settings ({', '.join(changed)}); "
                 "use another --out or the same settings to resume"
             )
     if write:
         atomic_write_json(path, current)
+    return recorded and not changed
+
+
+def _check_plan_readable(path: Path) -> None:
+    """A damaged ``plan.json`` is refused now, in one line, not by the planner after the data."""
+    if not path.exists():
+        return
+    plan = read_run_json(path, "plan the run again")
+    epochs, names = plan.get("epochs"), {f.name for f in fields(PipelineConfig)}
+    if not isinstance(epochs, dict) or not all(k in names and isinstance(v, (int, float)) for k, v in epochs.items()):
+        raise unreadable(path, "plan the run again", "its epochs are not a record of settings and numbers")
+    if not isinstance(plan.get("plan") or {}, dict):
+        raise unreadable(path, "plan the run again", "its plan is not a record")
+
+
+def _check_device(spec: str) -> None:
+    """A training device this host lacks is refused now, not when the supernet starts."""
+    import torch
+
+    from autonad_edge.training.distributed import resolve_device
+
+    try:
+        device = resolve_device(spec)
+    except (ValueError, RuntimeError) as exc:
+        raise PipelineError(f"--device: {exc}") from None
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise PipelineError(f"--device {spec}: this host has {torch.cuda.device_count()} CUDA GPU(s)")
+
+
+def _check_params_budget(space: SearchSpace, num_classes: int, budget: int | None) -> None:
+    """A parameter budget no subnet meets is refused before the supernet trains (the search
+    checks it too, minutes later): counted as the search counts, on the meta device."""
+    if budget is None:
+        return
+    from autonad_edge.models.complexity import count_params
+
+    smallest = min(count_params(space.smallest(op=op, edge=edge), space, num_classes)
+                   for op in space.operators for edge in space.edge_ops)
+    if smallest > budget:
+        raise PipelineError(f"--params-budget {budget:,} is infeasible: the smallest subnet of this space "
+                            f"has {smallest:,} parameters")
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path):
+    """Hold ``<out>/.lock`` for the run: two runs into one directory would interleave their
+    stages.json, checkpoints and logs. The kernel drops the lock when the process ends, however."""
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            locked = True
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            raise PipelineError(f"{out} is in use by another autonad-edge run (pid {holder}); "
+                                "wait for it or use another --out") from None
+        except OSError:  # a filesystem without locks (some network mounts): the run goes on unguarded
+            locked = False
+        if locked:  # the pid the refusal of another run names
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        yield
+    finally:
+        os.close(fd)  # closing drops the lock
 
 
 def run_search(config: PipelineConfig, log: Callable[[str], None] = print) -> dict[str, Any]:

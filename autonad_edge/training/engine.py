@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 
 from autonad_edge.errors import AutonadError
 from autonad_edge.io import atomic_write_json
-from autonad_edge.space import Arch, SearchSpace
+from autonad_edge.space import Arch, ArchError, SearchSpace
 from autonad_edge.training.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -63,7 +63,15 @@ LOG_FILE = "train_log.jsonl"
 
 
 class ResumeError(AutonadError, ValueError):
-    """A resume that would not continue the same run (different config, split or world size)."""
+    """A resume that would not continue the same run (different config, space, split or world size)."""
+
+
+def _saved_space(saved: str | dict) -> SearchSpace | None:
+    """The search space a checkpoint recorded (its JSON); None when it cannot be read back."""
+    try:
+        return SearchSpace.from_dict(saved) if isinstance(saved, dict) else SearchSpace.from_json(saved)
+    except (ArchError, ValueError, TypeError, KeyError):
+        return None
 
 
 def epoch_batches(n: int, batch_size: int, generator: torch.Generator, rank: int = 0,
@@ -297,6 +305,9 @@ class Trainer:
         ckpt = load_checkpoint(self.checkpoint_path, map_location=self.device)
         if ckpt["kind"] != self.kind:
             raise ResumeError(f"{self.checkpoint_path}: a {ckpt['kind']} checkpoint, not a {self.kind} one")
+        # Another space's weights may even have the same shapes: compared, not left to load_state_dict.
+        if ckpt.get("space") is not None and _saved_space(ckpt["space"]) != self.space:
+            raise ResumeError(f"{self.checkpoint_path}: trained in another search space; start it in a new --out")
         conflicts = config_conflicts(ckpt.get("config") or {}, self.config.to_dict())
         if conflicts:
             saved = ckpt["config"]
@@ -314,14 +325,19 @@ class Trainer:
                 f"with the run's {SPLITS_FILE}"
             )
         self.load_extra(ckpt)
-        if self.ema is not None and "train_model" in ckpt:
-            self.module.load_state_dict(ckpt["train_model"])
-            self.ema.module.load_state_dict(ckpt["model"])
-            self.ema.updates = int(ckpt.get("ema_updates", 0))
-        else:
-            self.module.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])  # a shortened schedule stays shortened
+        try:
+            if self.ema is not None and "train_model" in ckpt:
+                self.module.load_state_dict(ckpt["train_model"])
+                self.ema.module.load_state_dict(ckpt["model"])
+                self.ema.updates = int(ckpt.get("ema_updates", 0))
+            else:
+                self.module.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])  # a shortened schedule stays shortened
+        except (RuntimeError, ValueError, KeyError) as exc:  # load_state_dict's are many lines long
+            first = " ".join(str(exc).split())[:200]
+            raise ResumeError(f"{self.checkpoint_path}: its state does not fit this network ({first}); "
+                              "start it in a new --out") from None
         self.epochs = int(ckpt.get("epochs", self.config.epochs))
         if self.use_amp and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])

@@ -15,10 +15,28 @@ from autonad_edge.data.dataset import SegmentationData
 from autonad_edge.data.scale import TrainingScale
 from autonad_edge.latency.estimator import LatencyEstimator
 from autonad_edge.latency.table import LatencyTable
-from autonad_edge.search.config import PipelineConfig
+from autonad_edge.search.config import PipelineConfig, PipelineError
 from autonad_edge.search.presets import measurement_policy
 from autonad_edge.space import Arch, SearchSpace
 from autonad_edge.training.checkpoint import load_supernet
+
+
+def read_run_json(path: Path, redo: str) -> dict[str, Any]:
+    """The JSON object a run keeps in `path`; a damaged one (a hand edit, a torn copy) is refused
+    in one line saying how to get past it (`redo`: what deleting it does)."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # a bad encoding is a ValueError too
+        raise unreadable(path, redo, exc) from None
+    if not isinstance(value, dict):
+        raise unreadable(path, redo, f"a JSON {type(value).__name__}, not an object")
+    return value
+
+
+def unreadable(path: Path, redo: str, why: object) -> PipelineError:
+    """The one-line error of a damaged run file `path`."""
+    why = " ".join(str(why).split())
+    return PipelineError(f"{path}: unreadable ({why}); delete it to {redo}, or use another --out")
 
 
 @dataclass

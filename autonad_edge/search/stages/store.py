@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 from autonad_edge.io import atomic_write_json
-from autonad_edge.search.stages.context import RunClock
+from autonad_edge.search.stages.context import RunClock, read_run_json, unreadable
 
 R = TypeVar("R", bound="StageResult")
 
@@ -56,9 +55,15 @@ class StageLog:
     # (no exception to catch) loses at most this much of the run's clock.
     heartbeat_s: float = 10.0
 
+    # What deleting a damaged stages.json does: the stages run again (training resumes from its checkpoints).
+    REDO = "run the stages again"
+
     @classmethod
     def open(cls, path: Path) -> "StageLog":
-        records = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        records = read_run_json(path, cls.REDO) if path.exists() else {}
+        bad = next((name for name, record in records.items() if not isinstance(record, dict)), None)
+        if bad is not None:
+            raise unreadable(path, cls.REDO, f"its {bad} record is not a JSON object")
         return cls(path, records)
 
     def done(self, name: str) -> bool:
@@ -72,7 +77,10 @@ class StageLog:
         return self.records.get(name, {}).get("note", "")
 
     def load(self, name: str, result_type: type[R]) -> R:
-        return result_type.from_dict(self.records[name]["result"])
+        try:
+            return result_type.from_dict(self.records[name]["result"])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a hand edit, a torn copy
+            raise unreadable(self.path, self.REDO, f"the {name} result: {type(exc).__name__} {exc}") from None
 
     def finish(self, name: str, wall_s: float, result: StageResult) -> None:
         self.records[name] = {"status": "done", "wall_s": wall_s, "result": result.to_dict(),
