@@ -171,3 +171,41 @@ def test_a_checkpoint_without_its_own_scale_takes_its_run_configs():
     assert checkpoint_info({**payload, "config": {"max_side": 215}}, "b.pt").max_side == 215
     assert checkpoint_info({**payload, "config": {"max_side": 215, "keep_aspect": False}}, "c.pt").max_side is None
     assert checkpoint_info({**payload, "max_side": None, "config": {"max_side": 215}}, "d.pt").max_side is None
+
+
+def strips_voc(root, n: int = 8):
+    """A VOC set of 40 x 1200 line-scan strips, each with a 1-px crack along it."""
+    rng = np.random.default_rng(1)
+    masks = np.stack([bars(40, 1200, (1, 10 + 2 * k, 1)) for k in range(n)])
+    images = rng.integers(0, 255, size=(n, 40, 1200), dtype=np.uint8)
+    ids = [f"strip{k}" for k in range(n)]
+    return write_voc(root, ids, images, masks, ["background", "crack"],
+                     {"train": ids[:4], "val": ids[4:6], "test": ids[6:]}), ids
+
+
+def test_a_load_cap_that_thins_the_defects_gives_way_to_native_size(tmp_path, monkeypatch):
+    """The rule measured the masks at the preset's 1024-px cap: a 1-px crack in a 1200-px strip,
+    loaded at 1024 x 34, kept its line but not its pixels, and the run trained and deployed at
+    the cap while saying "3 px kept". Now the masks are measured at native size when the cap
+    thinned the thinnest class and the set fits in memory; when it does not, a warning says so."""
+    import autonad_edge.search.pipeline as pipeline_module
+    from autonad_edge.search.pipeline import PipelineConfig, SearchPipeline
+
+    root, _ = strips_voc(tmp_path / "voc")
+    out = tmp_path / "run"
+    pipeline, data = load_run_data_of(PipelineConfig(out=str(out), data=str(root), format="voc", image_size=64,
+                                                     quiet=True), out)
+    assert pipeline.cfg.max_side is None and pipeline.scale.max_side is None and pipeline.scale.loaded_at is None
+    assert data.train.raw(0)[1].shape == (40, 1200) and data.test.raw(0)[1].shape == (40, 1200)
+    assert pipeline.scale.summary().startswith("native size (thinnest class crack: median region width 1.0 px")
+    assert json.loads((out / "config.json").read_text())["max_side"] is None
+
+    monkeypatch.setattr(pipeline_module, "native_load_limit", lambda: 1000)  # bytes: nothing fits
+    lines = []
+    capped = SearchPipeline(PipelineConfig(out=str(tmp_path / "capped"), data=str(root), format="voc",
+                                           image_size=64, quiet=True), log=lines.append)
+    data = capped._load_data()
+    assert data.train.raw(0)[1].shape == (34, 1024) and capped.cfg.max_side == 1024
+    assert capped.scale.loaded_at == 1024 and "as loaded (long side at most 1024 px)" in capped.scale.summary()
+    warning = next(line for line in lines if "warning" in line)
+    assert "the 1024-px load cap leaves crack a median width of 1.0 px" in warning and "--max-side" in warning

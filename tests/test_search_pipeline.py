@@ -75,11 +75,11 @@ def test_search_produces_every_artefact(finished_run):
     assert "![predictions](predictions.png)" in md and "defects found" in md
     assert f"- search space `{run.parent / 'micro.json'}`\n" in md  # the --space given (a JSON file)
     # The training scale was chosen from the masks (--min-defect-width): the synthetic images
-    # are no larger than the network input, so they stay as loaded, and the report says why.
+    # are no larger than the network input, so they stay at native size, and the report says why.
     scale = report["dataset"]["training_scale"]
     assert report["dataset"]["max_side"] == 256 and scale["max_side"] is None and scale["min_width"] == 3.0
     assert scale["thinnest"] in report["dataset"]["classes"][1:]
-    assert f"Training scale, chosen from the masks: as loaded (thinnest class {scale['thinnest']}" in md
+    assert f"Training scale, chosen from the masks: native size (thinnest class {scale['thinnest']}" in md
     assert report["accuracy"]["test"]["defect_level"]["min_overlap"] > 0
     assert "chosen" in output and "measured on 'local'" in output
     # The exported models carry what a bundle made from them alone needs.

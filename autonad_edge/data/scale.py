@@ -33,18 +33,25 @@ class TrainingScale:
     median_long_side: int  # of the images measured
     median_widths: dict[str, float] = field(default_factory=dict)  # per defect class, as loaded
     scaled_widths: dict[str, float] = field(default_factory=dict)  # the same at max_side
+    loaded_at: int | None = None  # the long-side cap the masks were loaded at (None: native size)
 
     @property
     def thinnest(self) -> str | None:
         return min(self.median_widths, key=self.median_widths.get) if self.median_widths else None
 
+    @property
+    def too_thin(self) -> bool:
+        """The thinnest class is below `min_width` even as loaded: nothing here can keep it."""
+        return bool(self.scaled_widths) and min(self.scaled_widths.values()) < self.min_width
+
     def summary(self) -> str:
         thinnest = self.thinnest
+        loaded = "native size" if self.loaded_at is None else f"as loaded (long side at most {self.loaded_at} px)"
         if thinnest is None:
-            return "as loaded (no defect regions to measure)"
+            return f"{loaded} (no defect regions to measure)"
         width = self.median_widths[thinnest]
         if self.max_side is None:
-            return (f"as loaded (thinnest class {thinnest}: median region width "
+            return (f"{loaded} (thinnest class {thinnest}: median region width "
                     f"{width:.1f} px, {self.min_width:g} px kept)")
         thinnest = min(self.scaled_widths, key=self.scaled_widths.get)
         return (f"long side {self.max_side} px, from a median of {self.median_long_side} "
@@ -69,10 +76,11 @@ def region_widths(mask: np.ndarray, label: int) -> np.ndarray:
 
 
 def training_scale(split, num_classes: int, *, min_width: float, floor: int,
-                   class_names: Sequence[str] | None = None) -> TrainingScale:
+                   class_names: Sequence[str] | None = None, loaded_at: int | None = None) -> TrainingScale:
     """The scale for a split (anything with ``len`` and ``raw(i) -> (image, mask)``): class 0 is
     background; labels outside ``1..num_classes-1`` (ignore) are not regions. An image whose
-    long side ``L`` exceeds the chosen side ``S`` shrinks by ``S / L``, a smaller one not at all."""
+    long side ``L`` exceeds the chosen side ``S`` shrinks by ``S / L``, a smaller one not at all.
+    `loaded_at`: the long-side cap the split was loaded at (None: native size), for the record."""
     if not min_width > 0:
         raise ValueError(f"min_width must be positive, got {min_width}")
     names = list(class_names) if class_names is not None else [f"class{c}" for c in range(num_classes)]
@@ -96,7 +104,7 @@ def training_scale(split, num_classes: int, *, min_width: float, floor: int,
 
     largest = max(long_sides, default=0)
     if not measured or largest <= floor or thinnest_at(largest - 1) < min_width:
-        return TrainingScale(None, min_width, median_side, medians, dict(medians))
+        return TrainingScale(None, min_width, median_side, medians, dict(medians), loaded_at)
     # The thinnest median grows with the side: bisect for the smallest side that keeps min_width.
     low, high = max(1, floor), largest - 1  # thinnest_at(high) >= min_width
     while low < high:
@@ -106,7 +114,7 @@ def training_scale(split, num_classes: int, *, min_width: float, floor: int,
         else:
             low = mid + 1
     scaled = {names[c]: float(np.median(w * np.minimum(1.0, high / s))) for c, (w, s) in measured.items()}
-    return TrainingScale(high, min_width, median_side, medians, scaled)
+    return TrainingScale(high, min_width, median_side, medians, scaled, loaded_at)
 
 
 __all__ = ["TrainingScale", "region_widths", "training_scale"]

@@ -169,13 +169,32 @@ class SearchPipeline:
         if self.new_split and write_split:
             data.save_manifest(splits)
         if rule:
-            self.scale = training_scale(data.train, data.num_classes, min_width=cfg.min_defect_width,
-                                        floor=max(cfg.image_hw), class_names=data.class_names)
+            self.scale = self._measure_scale(data, max_side)
+            if self.scale.too_thin and max_side is not None and capped_at_load(data):
+                # The load cap thinned what the rule measures (a 1-px crack in a 4000 x 200
+                # line-scan strip is 0.26 px at a long side of 1024): measure at native size,
+                # where the set fits in memory, and train there or at the scale that allows.
+                needed = native_cache_bytes(data)
+                if needed <= native_load_limit():
+                    data, max_side = self._load(data.manifest(), None), None
+                    self.scale = self._measure_scale(data, None)
+                else:
+                    self.log(f"[data] warning: the {max_side}-px load cap leaves {self.scale.thinnest} a median "
+                             f"width of {self.scale.scaled_widths[self.scale.thinnest]:.1f} px, below the "
+                             f"{cfg.min_defect_width:g} px the rule keeps; at native size the set would take "
+                             f"{needed / 2**30:.1f} GiB of memory: give --max-side to choose the scale")
             self.log(f"[data] training scale: {self.scale.summary()}")
             self.cfg = replace(cfg, max_side=self.scale.max_side or max_side)
             if self.scale.max_side is not None:
                 data = self._load(data.manifest(), self.scale.max_side)
         return data
+
+    def _measure_scale(self, data: SegmentationData, max_side: int | None) -> TrainingScale:
+        """The rule's scale, from `data` as loaded with the long-side cap `max_side`."""
+        cfg = self.cfg
+        return training_scale(data.train, data.num_classes, min_width=cfg.min_defect_width,
+                              floor=max(cfg.image_hw), class_names=data.class_names,
+                              loaded_at=max_side if max_side is not None and capped_at_load(data) else None)
 
     def _load(self, manifest: dict[str, Any] | None, max_side: int | None) -> SegmentationData:
         cfg = self.cfg
@@ -194,6 +213,27 @@ class SearchPipeline:
         if not cfg.min_defect_width or not cfg.keep_aspect or "max_side" in self.given:
             return False
         return not saved.exists() or "min_defect_width" in _read_config(saved)
+
+
+def capped_at_load(data: SegmentationData) -> bool:
+    """Whether any image was loaded smaller than its file (the load's long-side cap)."""
+    cache = data.cache
+    return any(image.shape[:2] != tuple(native) for image, native in zip(cache.images, cache.native_sizes))
+
+
+def native_cache_bytes(data: SegmentationData) -> int:
+    """The memory the data set would take loaded at native size: each image's pixels and mask."""
+    cache = data.cache
+    return int(sum(int(h) * int(w) * (image.shape[2] + 1) for image, (h, w) in zip(cache.images, cache.native_sizes)))
+
+
+def native_load_limit() -> int:
+    """The most memory a native-size load may take: a quarter of this host's, at most 8 GiB."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        total = 8 * 2**30
+    return min(total // 4, 8 * 2**30)
 
 
 def _saved_split(path: Path) -> dict[str, Any]:
