@@ -98,3 +98,21 @@ def session_export_cache(tmp_path_factory):
     os.environ["AUTONAD_SESSION_EXPORT_CACHE"] = str(path)  # for tests that switch it and back
     use_export_cache(path)
     yield path
+
+
+@pytest.fixture
+def stop_at_plan(monkeypatch):
+    """Runs of the search pipeline stop where they would plan their epochs (`Planned`, in
+    pipeline_stops.py); returns the run contexts that got there."""
+    from autonad_edge.search import pipeline
+    from pipeline_stops import Planned
+
+    reached = []
+
+    def plan(ctx):
+        reached.append(ctx)
+        raise Planned
+
+    monkeypatch.setattr(pipeline, "plan_run", plan)
+    monkeypatch.setenv("AUTONAD_EXPORT_WORKERS", "0")  # no export processes for runs that stop early
+    return reached

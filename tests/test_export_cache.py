@@ -54,6 +54,22 @@ def test_eviction_keeps_the_bound_and_drops_the_least_recently_used(tmp_path):
     assert cache.get(keys[1]) is None  # the least recently used went first
 
 
+def test_eviction_removes_the_temp_files_of_killed_writers(tmp_path):
+    """A writer killed mid-write leaves `.<key>.onnxc.*.tmp`, which no entry listing counted and
+    nothing removed; eviction removes those older than an hour and leaves a fresh one (a write
+    in progress) alone."""
+    cache = ExportCache(tmp_path, max_bytes=2_000)
+    shard = tmp_path / "ab"
+    shard.mkdir()
+    old, fresh = shard / ".abcd.onnxc.x1.tmp", shard / ".abce.onnxc.x2.tmp"
+    old.write_bytes(bytes(10_000))
+    fresh.write_bytes(bytes(10))
+    os.utime(old, (1000, 1000))
+    for i in range(4):
+        cache.put(f"{i:064x}", bytes(900))  # over the bound: eviction runs
+    assert not old.exists() and fresh.exists()
+
+
 def _torch_upgraded(monkeypatch):
     import torch
 

@@ -15,33 +15,9 @@ from autonad_edge.data import load_dataset
 from autonad_edge.search import pipeline
 from autonad_edge.search.config import PipelineConfig, PipelineError
 from autonad_edge.search.presets import PRESETS
+from pipeline_stops import Planned, tiny
 
 runner = CliRunner()
-
-
-class Planned(Exception):
-    """Raised where the run would plan its epochs: it got past every check."""
-
-
-@pytest.fixture
-def stop_at_plan(monkeypatch):
-    """The run contexts that reached the plan (each run stops there with `Planned`)."""
-    reached = []
-
-    def plan(ctx):
-        reached.append(ctx)
-        raise Planned
-
-    monkeypatch.setattr(pipeline, "plan_run", plan)
-    monkeypatch.setenv("AUTONAD_EXPORT_WORKERS", "0")  # no export processes for runs that stop early
-    return reached
-
-
-def tiny(tmp_path, **changes) -> PipelineConfig:
-    """A run of a few small synthetic images into ``tmp_path/run``."""
-    settings = dict(out=str(tmp_path / "run"), table=str(tmp_path / "latency.sqlite"), preset="tiny",
-                    quiet=True, synthetic_count=24, image_size=32)
-    return PipelineConfig(**{**settings, **changes})
 
 
 def one_line_error(result) -> str:
@@ -220,3 +196,25 @@ def test_a_stages_own_library_error_ends_the_command_in_one_line(monkeypatch):
     monkeypatch.setattr(pipeline, "run_search", run_search)
     line = one_line_error(runner.invoke(app, ["search", "--preset", "tiny"]))
     assert line.endswith("trained in another search space; start it in a new --out")
+
+
+def test_the_data_layout_gives_the_format_when_none_is_given(tmp_path, monkeypatch):
+    """`search --data <Magnetic-tile folder>` without --format read it as a VOC-layout set and
+    failed with "missing JPEGImages/"; `data inspect` detected it. The search detects it too."""
+    (tmp_path / "mt" / "MT_Crack" / "Imgs").mkdir(parents=True)
+    (tmp_path / "voc" / "JPEGImages").mkdir(parents=True)
+    (tmp_path / "voc" / "SegmentationClass").mkdir()
+    given = []
+
+    def run_search(config, log):
+        given.append(config.format)
+        raise PipelineError("stopped before the run")
+
+    monkeypatch.setattr(pipeline, "run_search", run_search)
+    for layout in ("mt", "voc"):
+        runner.invoke(app, ["search", "--preset", "tiny", "--data", str(tmp_path / layout)])
+    runner.invoke(app, ["search", "--preset", "tiny", "--data", str(tmp_path / "voc"), "--format", "synthetic"])
+    assert given == ["mt", "voc", "synthetic"]
+    (tmp_path / "neither").mkdir()
+    line = one_line_error(runner.invoke(app, ["search", "--preset", "tiny", "--data", str(tmp_path / "neither")]))
+    assert "cannot tell the dataset format" in line

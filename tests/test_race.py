@@ -87,12 +87,14 @@ def test_the_search_plot_stars_the_race_winner(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
     import autonad_edge.search.stages.race as race_stage_module
+    from autonad_edge.search.signal import SearchSignal
     from autonad_edge.search.stages.search import SearchResult
 
     cands = candidates([1.0, 2.0, 3.0, 4.0])
     search_json = tmp_path / "search.json"
     search_json.write_text(json.dumps({"candidates": [c.to_dict() for c in cands]}))
-    search = SearchResult(best=cands[1], evaluated=4, pareto=4, reference_ms=2.0, signal={"latency_decided": True},
+    blind = SearchSignal(noise=0.02, spread=0.01, best_gap=0.0, candidates=4, images=10)  # latency decided
+    search = SearchResult(best=cands[1], evaluated=4, pareto=4, reference_ms=2.0, signal=blind,
                           search_json=str(search_json), pareto_png=str(tmp_path / "pareto.png"))
     cfg = SimpleNamespace(race_entrants=4, latency_budget_ms=None, race_share=0.5, retrain_epochs=8,
                           race_min_steps=1, latency_weight=0.0, target="local")

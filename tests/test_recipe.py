@@ -375,24 +375,34 @@ def test_epochs_scale_with_the_data_set_size():
 
 def test_the_plan_times_its_steps_on_the_device_the_trainers_use(monkeypatch):
     """The probes ran on the CPU whatever the run trained on: on a GPU host a time budget was
-    planned from CPU steps. Each probe now resolves the trainer's `device` (here 'cpu:probe',
-    answered with the CPU) and moves its network there."""
+    planned from CPU steps. Each training probe now resolves the trainer's `device` (answered
+    here with "cpu:0") and moves its network there; the search's val score stays on the CPU,
+    where the search runs it."""
     import autonad_edge.search.budget as budget
     from autonad_edge.search.budget import measure_costs
     from autonad_edge.training.config import RetrainConfig
 
     asked, moved = [], []
-    monkeypatch.setattr(budget, "resolve_device", lambda spec: (asked.append(spec), torch.device("cpu"))[1])
+    trainer_device = torch.device("cpu", 0)  # the CPU, told apart from the search's plain "cpu"
+    monkeypatch.setattr(budget, "resolve_device", lambda spec: (asked.append(spec), trainer_device)[1])
     real_layout = budget.to_training_layout
     monkeypatch.setattr(budget, "to_training_layout",
                         lambda net, device, channels_last: (moved.append(device), real_layout(net, device, channels_last))[1])
+    scored = []  # the search's val score runs on the CPU (RunContext.supernet), the trainer's on its device
+    real_calibrate, real_evaluate = budget.calibrate, budget.evaluate
+    monkeypatch.setattr(budget, "calibrate", lambda *a, **kw: (scored.append(("search", kw["device"])),
+                                                                real_calibrate(*a, **kw))[1])
+    monkeypatch.setattr(budget, "evaluate", lambda *a, **kw: (scored.append(("supernet", kw["device"])),
+                                                              real_evaluate(*a, **kw))[1])
     data = load_dataset(None, fmt="synthetic", image_size=32, synthetic_count=8, seed=0)
     supernet = SupernetConfig(space="tiny", image_size=32, batch_size=2, device="cpu:probe-supernet")
     retrain = RetrainConfig(image_size=32, batch_size=2, device="cpu:probe-retrain")
     measure_costs(supernet, retrain, SearchSpace.named("tiny"), data, units_to_time=0, subnets_to_time=0,
                   unit_timing_s=0.0, steps=1)
     assert asked == ["cpu:probe-supernet", "cpu:probe-retrain"]
-    assert moved == [torch.device("cpu"), torch.device("cpu")]
+    assert moved == [trainer_device, trainer_device]
+    assert {where for where, _ in scored} == {"search", "supernet"}
+    assert all(device == (torch.device("cpu") if where == "search" else trainer_device) for where, device in scored)
 
 
 def test_a_rerun_keeps_its_plan_but_options_given_now_win(tmp_path):

@@ -13,7 +13,7 @@ import torch
 
 from autonad_edge.data import load_dataset
 from autonad_edge.search import pipeline
-from autonad_edge.search.config import PipelineConfig, PipelineError
+from autonad_edge.search.config import PipelineError
 from autonad_edge.search.evolution import EvolutionarySearch, EvolutionConfig, SearchCallbacks, SearchError
 from autonad_edge.search.stages.context import RunClock
 from autonad_edge.search.stages.store import StageLog
@@ -22,27 +22,9 @@ from autonad_edge.training.checkpoint import load_checkpoint
 from autonad_edge.training.config import SupernetConfig
 from autonad_edge.training.engine import ResumeError
 from autonad_edge.training.supernet_trainer import SupernetTrainer
+from pipeline_stops import Planned, tiny
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-class Planned(Exception):
-    """Raised where the run would plan its epochs: it got past every check."""
-
-
-@pytest.fixture
-def stop_at_plan(monkeypatch):
-    def plan(ctx):
-        raise Planned
-
-    monkeypatch.setattr(pipeline, "plan_run", plan)
-    monkeypatch.setenv("AUTONAD_EXPORT_WORKERS", "0")  # no export processes for runs that stop early
-
-
-def tiny(tmp_path, **changes) -> PipelineConfig:
-    settings = dict(out=str(tmp_path / "run"), table=str(tmp_path / "latency.sqlite"), preset="tiny",
-                    quiet=True, synthetic_count=24, image_size=32)
-    return PipelineConfig(**{**settings, **changes})
 
 
 def quiet(msg: str) -> None:
@@ -157,8 +139,6 @@ def test_a_damaged_search_state_is_refused_in_one_line(tmp_path, text, why):
 @pytest.mark.parametrize("name, text, redo", [
     ("stages.json", "{\"supernet\": {\"status\": \"do", "run the stages again"),
     ("stages.json", "{\"supernet\": \"done\"}", "run the stages again"),
-    ("config.json", "{\"seed\": 3,", "record this run's settings anew"),
-    ("config.json", "[]", "record this run's settings anew"),
     ("plan.json", "\xff{", "plan the run again"),
     ("plan.json", "{\"epochs\": {\"supernet_epochs\": \"many\"}}", "plan the run again"),
 ])
@@ -173,6 +153,26 @@ def test_a_damaged_run_file_is_refused_in_one_line_before_the_data_loads(tmp_pat
     message = str(caught.value)
     assert message.startswith(f"{run / name}: unreadable (") and "\n" not in message
     assert message.endswith(f"; delete it to {redo}, or use another --out")
+
+
+@pytest.mark.parametrize("text", ["{\"seed\": 3,", "[]"])
+def test_a_damaged_config_is_refused_beside_work_and_replaced_without(tmp_path, stop_at_plan, text):
+    """Deleting a damaged config.json beside finished stages would let other settings reuse
+    them: it is to be restored. Without work, it is from a run that stopped before any, and
+    this run's replaces it."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(text)
+    with pytest.raises(Planned):
+        pipeline.run_search(tiny(tmp_path), log=quiet)
+    assert json.loads((run / "config.json").read_text())["preset"] == "tiny"
+    (run / "config.json").write_text(text)
+    (run / "stages.json").write_text(json.dumps({"supernet": {"status": "running", "wall_s": 3.0}}))
+    with pytest.raises(PipelineError) as caught:
+        pipeline.run_search(tiny(tmp_path), log=quiet)
+    message = str(caught.value)
+    assert message.startswith(f"{run / 'config.json'}: unreadable (") and "delete" not in message
+    assert message.endswith("restore it (this run's finished work was made with its settings), or use another --out")
 
 
 def test_a_damaged_stage_result_is_refused_in_one_line(tmp_path):

@@ -197,8 +197,19 @@ def test_a_load_cap_that_thins_the_defects_gives_way_to_native_size(tmp_path, mo
                                                      quiet=True), out)
     assert pipeline.cfg.max_side is None and pipeline.scale.max_side is None and pipeline.scale.loaded_at is None
     assert data.train.raw(0)[1].shape == (40, 1200) and data.test.raw(0)[1].shape == (40, 1200)
-    assert pipeline.scale.summary().startswith("native size (thinnest class crack: median region width 1.0 px")
+    assert pipeline.scale.summary() == ("native size (thinnest class crack: median region width 1.0 px, "
+                                        "under the 3 px the rule keeps: not scaled down)")
     assert json.loads((out / "config.json").read_text())["max_side"] is None
+
+    # A run directory that trained at the cap (from before this measurement) resumes at it.
+    before = tmp_path / "before"
+    before.mkdir()
+    (before / "config.json").write_text(json.dumps({**json.loads((out / "config.json").read_text()),
+                                                    "out": str(before), "max_side": 1024}))
+    resumed = SearchPipeline(PipelineConfig(out=str(before), data=str(root), format="voc", image_size=64,
+                                            quiet=True), log=lambda line: None)
+    resumed.worked = True  # its stages.json records work
+    assert resumed._load_data().train.raw(0)[1].shape == (34, 1024) and resumed.cfg.max_side == 1024
 
     monkeypatch.setattr(pipeline_module, "native_load_limit", lambda: 1000)  # bytes: nothing fits
     lines = []
@@ -209,3 +220,23 @@ def test_a_load_cap_that_thins_the_defects_gives_way_to_native_size(tmp_path, mo
     assert capped.scale.loaded_at == 1024 and "as loaded (long side at most 1024 px)" in capped.scale.summary()
     warning = next(line for line in lines if "warning" in line)
     assert "the 1024-px load cap leaves crack a median width of 1.0 px" in warning and "--max-side" in warning
+
+
+def test_a_class_val_lacks_is_named_before_the_run(tmp_path):
+    """Val carved by dominant class can miss a rare class: the run says so up front (the search
+    cannot score it, calibration leaves its threshold alone)."""
+    from autonad_edge.search.pipeline import PipelineConfig, SearchPipeline
+
+    rng = np.random.default_rng(0)
+    masks = np.stack([bars(64, 96, (1, 10, 6)) if k != 1 else bars(64, 96, (1, 10, 6), (2, 40, 6))
+                      for k in range(6)])  # rust on im1 only, a train image
+    images = rng.integers(0, 255, size=(6, 64, 96, 3), dtype=np.uint8)
+    ids = [f"im{k}" for k in range(6)]
+    root = write_voc(tmp_path / "voc", ids, images, masks, ["background", "dent", "rust"],
+                     {"train": ids[:4], "val": ids[4:5], "test": ids[5:]})
+    lines = []
+    pipeline = SearchPipeline(PipelineConfig(out=str(tmp_path / "run"), data=str(root), format="voc",
+                                             image_size=64, quiet=True), log=lines.append)
+    data = pipeline._load_data()
+    assert data.classes_missing_from("val") == ["rust"] and data.classes_missing_from("train") == []
+    assert any(line.startswith("[data] warning: val has no pixel of rust:") for line in lines)

@@ -75,7 +75,8 @@ def test_binary_0_255_masks_are_refused(tmp_path: Path, classes) -> None:
         _save_mask(root, f"img{k:03d}", mask)
     with pytest.raises(DatasetError) as excinfo:
         load_dataset(root, fmt="voc", image_size=16)
-    _one_line(excinfo, "SegmentationClass", "every defect pixel is 255 (= ignore)", "binary 0/255", "1..N")
+    _one_line(excinfo, "SegmentationClass/img000.png", "every defect pixel of the set is 255 (= ignore)",
+              "binary 0/255", "1..N")
 
 
 def test_antialiased_masks_without_classes_file_are_refused(tmp_path: Path) -> None:
@@ -155,6 +156,11 @@ def test_exif_orientation_6_loads_with_the_mask_of_the_displayed_view(tmp_path: 
     pixels, labels = data.cache.images[row], data.cache.masks[row]
     assert pixels.shape[:2] == labels.shape == (40, 32)
     assert pixels[labels == 1].mean() > 200 and pixels[labels == 0].mean() < 80
+    # A mask drawn on the stored pixels (a script that ignored the tag) is refused saying why.
+    _save_mask(root, "img000", np.zeros((32, 40), np.uint8))
+    with pytest.raises(DatasetError) as excinfo:
+        load_dataset(root, fmt="voc", image_size=16)
+    _one_line(excinfo, "img000.jpg", "image is 32x40 but its mask img000.png is 40x32", "EXIF orientation")
 
 
 # ------------------------------------------------------------------------------------------
@@ -215,6 +221,11 @@ def test_split_lists_with_bom_spaces_and_file_names(tmp_path: Path) -> None:
     data = load_dataset(root, fmt="voc", image_size=16)
     assert data.train.ids[:3] == ["img000", "img001", "img 002"]
     assert data.class_names == ["background", "dent", "rust"]
+    # A list with a second column (read as its first field before): the error says what to fix.
+    (lists / "train.txt").write_text("img000 1\nimg001 0\n")
+    with pytest.raises(DatasetError) as excinfo:
+        load_dataset(root, fmt="voc", image_size=16)
+    _one_line(excinfo, "missing image for id 'img000 1'", "'img000' is an image: remove what follows it")
 
 
 # ------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ def search(
     targets: Path = typer.Option(None, help="Targets TOML (default: $AUTONAD_TARGETS, ./targets.toml, then ~/.config/autonad/targets.toml)."),
     local_threads: int = typer.Option(None, help="ONNX Runtime threads of the 'local' agent (default: $AUTONAD_LOCAL_THREADS, else all CPUs; 1 is steadier on a busy host)."),
     data: Path = typer.Option(None, help="Dataset root; omit for the embedded synthetic defect set."),
-    format: str = typer.Option(None, "--format", help=f"Dataset format: synthetic, mt (Magnetic-tile) or voc (default: {_d('format')})."),
+    format: str = typer.Option(None, "--format", help=f"Dataset format: synthetic, mt (Magnetic-tile) or voc (default: detected from --data; without it, {_d('format')})."),
     out: Path = typer.Option(None, help=f"Output directory; rerun the same command to resume (default: {_d('out')})."),
     preset: str = typer.Option(None, help=f"Budgets: tiny (seconds), cpu (minutes on a laptop), paper (the paper's settings, GPU) (default: {_d('preset')})."),
     space: str = typer.Option(None, help=f"Search space: tiny, small, default, paper or a JSON file (default: {_d('space')})."),
@@ -57,6 +57,13 @@ def search(
         base = PipelineConfig.load(config_file) if config_file else PipelineConfig()
     except PipelineError as exc:
         fail(str(exc))
+    if data and not format and not config_file:  # the layout tells: MT_<Class>/ folders or JPEGImages/
+        from autonad_edge.data.dataset import detect_format
+
+        try:
+            format = detect_format(data)
+        except AutonadError as exc:
+            fail(str(exc))
     config = base.with_options(
         out=str(out) if out else None, data=str(data) if data else None, format=format, target=target,
         targets_path=str(targets) if targets else None, local_threads=local_threads,

@@ -139,7 +139,10 @@ def open_image(path: Path):  # -> PIL.Image.Image (PIL imported lazily: host-sid
         # once `load()` has read a single-frame image.
         image = Image.open(path)
         image.load()
+        orientation = image.getexif().get(0x0112, 1)  # EXIF Orientation
         ImageOps.exif_transpose(image, in_place=True)
+        if orientation in (5, 6, 7, 8):  # a quarter turn: a mask of the stored pixels is W x H the other way
+            image.info["exif_turned"] = True
         return image
     except FileNotFoundError:
         raise DatasetError("file not found", path) from None
@@ -271,9 +274,12 @@ def resize_pair(
     from PIL import Image
 
     if (image.height, image.width) != mask.shape:
+        turned = (image.width, image.height) == mask.shape and image.info.get("exif_turned")
         raise DatasetError(
             f"image is {image.width}x{image.height} but its mask {mask_path.name} is "
-            f"{mask.shape[1]}x{mask.shape[0]} (width x height)",
+            f"{mask.shape[1]}x{mask.shape[0]} (width x height)"
+            + ("; the photo's EXIF orientation turns it as a viewer shows it: draw the mask on that view"
+               if turned else ""),
             image_path,
         )
     height, width = size_hw if size_hw is not None else training_scale_hw(image.height, image.width, max_side)

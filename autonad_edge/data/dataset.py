@@ -208,6 +208,14 @@ class SegmentationData:
     def save_manifest(self, path: str | Path) -> Path:
         return save_manifest(self.manifest(), path)
 
+    def classes_missing_from(self, split: str) -> list[str]:
+        """The defect classes train holds and `split` has no pixel of. Val without a class can
+        neither calibrate its threshold nor score it (calibration leaves it alone)."""
+        pixels = self.cache.class_pixel_counts()[:, : self.num_classes]
+        in_train = pixels[self._datasets["train"].indices].sum(axis=0) > 0
+        in_split = pixels[self._datasets[split].indices].sum(axis=0) > 0
+        return [self.class_names[c] for c in range(1, self.num_classes) if in_train[c] and not in_split[c]]
+
     def describe(self) -> dict[str, Any]:
         """Classes, counts per split and class, native image sizes and pixel frequencies.
 

@@ -16,7 +16,6 @@ refused in one line:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -50,12 +49,14 @@ def class_names_from_labels(label_counts: np.ndarray, sources: Sequence[str | No
     return ["background"] + [f"class{i}" for i in range(1, largest + 1)]
 
 
-def check_defects_labelled(label_counts: np.ndarray, num_classes: int, where: str | Path) -> None:
-    """Refuse masks whose only non-background label is 255 (ignore): binary 0/255 masks."""
+def check_defects_labelled(label_counts: np.ndarray, num_classes: int, sources: Sequence[str | None]) -> None:
+    """Refuse masks whose only non-background label is 255 (ignore): binary 0/255 masks. The
+    error names the first mask that holds 255 (`sources`: each row's mask file)."""
     totals = label_counts.sum(axis=0)
     if totals[IGNORE_INDEX] > 0 and not totals[1:num_classes].any():
+        row = int(np.flatnonzero(label_counts[:, IGNORE_INDEX])[0])
         raise DatasetError(
-            f"every defect pixel is {IGNORE_INDEX} (= ignore): binary 0/{IGNORE_INDEX} masks? "
+            f"every defect pixel of the set is {IGNORE_INDEX} (= ignore): binary 0/{IGNORE_INDEX} masks? "
             f"save defects as 1..N (class indices; {IGNORE_INDEX} only where the label is unknown)",
-            where,
+            sources[row],
         )

@@ -51,8 +51,9 @@ class TrainingScale:
             return f"{loaded} (no defect regions to measure)"
         width = self.median_widths[thinnest]
         if self.max_side is None:
-            return (f"{loaded} (thinnest class {thinnest}: median region width "
-                    f"{width:.1f} px, {self.min_width:g} px kept)")
+            kept = (f"under the {self.min_width:g} px the rule keeps: not scaled down" if width < self.min_width
+                    else f"{self.min_width:g} px kept")
+            return f"{loaded} (thinnest class {thinnest}: median region width {width:.1f} px, {kept})"
         thinnest = min(self.scaled_widths, key=self.scaled_widths.get)
         return (f"long side {self.max_side} px, from a median of {self.median_long_side} "
                 f"(thinnest class {thinnest}: median region width {self.median_widths[thinnest]:.1f} -> "

@@ -138,9 +138,12 @@ def read_voc_index(root: str | Path) -> VocIndex:
 def _image_path(root: Path, sample_id: str, images: dict[str, list[Path]]) -> Path:
     path = single_file(images, sample_id)
     if path is None:
+        first = sample_id.split()[0] if sample_id.split() else ""
+        hint = (f"; a split line is the whole id, and {first!r} is an image: remove what follows it"
+                if first != sample_id and first in images else "")
         raise DatasetError(
             f"missing image for id {sample_id!r} (looked for {sample_id} with "
-            f"{'/'.join(IMAGE_SUFFIXES)}, any case)", root / IMAGE_DIR,
+            f"{'/'.join(IMAGE_SUFFIXES)}, any case){hint}", root / IMAGE_DIR,
         )
     return path
 
@@ -191,7 +194,7 @@ def load_voc(
         sources=sources,
     )
     cache.check_labels()
-    check_defects_labelled(cache.label_counts, cache.num_classes, root / MASK_DIR)
+    check_defects_labelled(cache.label_counts, cache.num_classes, sources)
     return cache
 
 

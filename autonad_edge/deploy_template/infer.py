@@ -57,8 +57,10 @@ def load_image(path: Path):
     try:
         image = Image.open(path)
         image.load()
-        # The returning form (not in_place): it works on the older Pillow of a device image.
-        return ImageOps.exif_transpose(image)
+        # The returning form (not in_place) works on the older Pillow of a device image; one
+        # older than 6.0 has none, and its images are used as stored.
+        turn = getattr(ImageOps, "exif_transpose", None)
+        return turn(image) if turn is not None else image
     except Image.DecompressionBombError as exc:
         match = re.search(r"\((\d+) pixels\)", str(exc))  # Pillow: "Image size (N pixels) exceeds ..."
         size = f"{int(match.group(1)):,} pixels" if match else "too many pixels"

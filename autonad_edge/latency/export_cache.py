@@ -22,6 +22,7 @@ import hashlib
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 
 from autonad_edge.io import atomic_write_bytes
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 
 ENV_VAR = "AUTONAD_EXPORT_CACHE"  # a directory, or "off"
 DEFAULT_MAX_BYTES = 2 * 1024**3
+# A temp file older than this is a killed writer's (a write takes milliseconds): eviction removes it.
+STALE_TEMP_S = 3600
 _MAGIC = b"autonad-export-v1\n"
 _DIGEST_LEN = 64  # hex SHA-256
 _SUFFIX = ".onnxc"
@@ -166,7 +169,15 @@ class ExportCache:
             self._size = max(0, self._size - size)
 
     def _evict(self) -> None:
-        """Delete least recently used entries until the cache is at 90 % of its bound."""
+        """Delete least recently used entries until the cache is at 90 % of its bound, and the
+        temp files of writers killed mid-write (outside the entries, so never counted)."""
+        stale = time.time() - STALE_TEMP_S
+        for path in self.root.glob("*/.*.tmp"):
+            try:
+                if path.stat().st_mtime < stale:
+                    path.unlink(missing_ok=True)
+            except OSError:
+                pass
         stats = []
         for path in self.entries():
             try:

@@ -340,15 +340,22 @@ def measure_costs(supernet_config, retrain_config, space, data, *, units_to_time
     tile = int(supernet_config.image_size)
     picks, val_scale = val_probe(data.val, tile)
     probe = Subset(data.val, picks)
-    on = {"device": device, "amp": device.type == "cuda" and supernet_config.amp}
-    calibrate(supernet, Subset(data.val, picks[-1:]), arch, num_classes=data.num_classes, tile_size=tile, **on)
+    # The search scores its candidates on the CPU (`RunContext.supernet`), whatever the trainers
+    # use: its val pass is timed there (and prices the retraining's evaluations too, cautiously).
+    search_side = {"device": torch.device("cpu")}
+    supernet.cpu()
+    calibrate(supernet, Subset(data.val, picks[-1:]), arch, num_classes=data.num_classes, tile_size=tile,
+              **search_side)
     start = time.perf_counter()
-    calibrate(supernet, probe, arch, num_classes=data.num_classes, tile_size=tile, **on)
+    calibrate(supernet, probe, arch, num_classes=data.num_classes, tile_size=tile, **search_side)
     val_eval_s = (time.perf_counter() - start) * val_scale
-    # The supernet's progress evaluation, as `SupernetTrainer.evaluate_val` runs it.
+    # The supernet's progress evaluation, as `SupernetTrainer.evaluate_val` runs it (its device).
+    supernet.to(device)
+    on = {"device": device, "amp": device.type == "cuda" and supernet_config.amp}
     start = time.perf_counter()
     for subnet in (space.largest(), space.smallest()):
         evaluate(supernet, probe, subnet, num_classes=data.num_classes, tile_size=tile, **on)
+    _synchronize(device)
     supernet_val_s = (time.perf_counter() - start) * val_scale
     return StageCosts(
         supernet_step_s=sup_s, retrain_step_s=re_s, val_eval_s=val_eval_s,

@@ -166,14 +166,20 @@ class SearchPipeline:
         data = self._load(manifest, max_side)
         if len(data.train) == 0 or len(data.val) == 0:
             raise PipelineError("dataset: the train and val splits need at least one image each")
+        missing = data.classes_missing_from("val")
+        if missing:
+            self.log(f"[data] warning: val has no pixel of {', '.join(missing)}: the search cannot score "
+                     "and the calibration cannot tune them; list images that hold them in val.txt")
         if self.new_split and write_split:
             data.save_manifest(splits)
         if rule:
             self.scale = self._measure_scale(data, max_side)
-            if self.scale.too_thin and max_side is not None and capped_at_load(data):
-                # The load cap thinned what the rule measures (a 1-px crack in a 4000 x 200
-                # line-scan strip is 0.26 px at a long side of 1024): measure at native size,
-                # where the set fits in memory, and train there or at the scale that allows.
+            if self.scale.too_thin and max_side is not None and capped_at_load(data) and not self._recorded_a_cap():
+                # The load's cap shrank images whose thinnest class is below the width the rule
+                # keeps, and may be why: a 1-px crack along a 4000 x 200 line-scan strip stays a
+                # 1-px line in the mask at a long side of 1024 but keeps a quarter of its
+                # contrast in the image. Measured at native size where the set fits in memory,
+                # it trains there or at the scale the masks allow.
                 needed = native_cache_bytes(data)
                 if needed <= native_load_limit():
                     data, max_side = self._load(data.manifest(), None), None
@@ -209,10 +215,17 @@ class SearchPipeline:
         """Whether the training scale is chosen from the masks (`data.scale`): the preset's rule,
         unless --max-side was given, the images are squashed, or the run directory was started
         before the rule existed (its config has no such field, and keeps its scale)."""
-        cfg, saved = self.cfg, self.out / "config.json"
+        cfg = self.cfg
         if not cfg.min_defect_width or not cfg.keep_aspect or "max_side" in self.given:
             return False
-        return not saved.exists() or "min_defect_width" in _read_config(saved)
+        saved = _saved_config(self.out / "config.json", self.worked)
+        return saved is None or "min_defect_width" in saved
+
+    def _recorded_a_cap(self) -> bool:
+        """Whether this directory holds a run that trained at a long-side cap: a resume keeps it
+        (one from before the native-size measurement, or whose set did not fit in memory)."""
+        saved = _saved_config(self.out / "config.json", self.worked) if self.worked else None
+        return saved is not None and saved.get("max_side") is not None
 
 
 def capped_at_load(data: SegmentationData) -> bool:
@@ -228,11 +241,19 @@ def native_cache_bytes(data: SegmentationData) -> int:
 
 
 def native_load_limit() -> int:
-    """The most memory a native-size load may take: a quarter of this host's, at most 8 GiB."""
+    """The most memory a native-size load may take: a quarter of what this process may use (the
+    host's, or a container's cgroup limit when lower), at most 8 GiB."""
     try:
         total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         total = 8 * 2**30
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit_file).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
     return min(total // 4, 8 * 2**30)
 
 
@@ -246,8 +267,19 @@ def _saved_split(path: Path) -> dict[str, Any]:
         raise PipelineError(f"dataset: {exc}; delete it to split the data again, or use another --out") from None
 
 
-def _read_config(path: Path) -> dict[str, Any]:
-    return read_run_json(path, "record this run's settings anew")
+def _saved_config(path: Path, worked: bool) -> dict[str, Any] | None:
+    """The settings ``config.json`` recorded; None without one, or for a damaged one in a
+    directory without work (this run's replaces it). With work, a damaged one is refused: its
+    stages were made with its settings, and deleting it would let other settings reuse them."""
+    if not path.exists():
+        return None
+    if worked:
+        return read_run_json(path, "", remedy="restore it (this run's finished work was made with its settings), "
+                                              "or use another --out")
+    try:
+        return read_run_json(path, "")
+    except PipelineError:
+        return None
 
 
 def _check_config_unchanged(out: Path, cfg: PipelineConfig, write: bool = True, unknown: frozenset[str] = frozenset(),
@@ -258,9 +290,10 @@ def _check_config_unchanged(out: Path, cfg: PipelineConfig, write: bool = True, 
     refused. Without work, the saved config is from a run that stopped before any (a bad option,
     an unreachable target): it does not count, and this run's replaces it."""
     path = out / "config.json"
-    current, recorded, changed = asdict(cfg), path.exists(), []
+    current, changed = asdict(cfg), []
+    saved = _saved_config(path, worked)
+    recorded = saved is not None
     if recorded:
-        saved = _read_config(path)
         # A field the saved config lacks was not recorded yet when it was written (it came
         # from the preset): only the recorded ones can tell.
         changed = sorted(k for k in current if k not in VOLATILE | unknown and k in saved and saved[k] != current[k])
@@ -321,7 +354,10 @@ def _exclusive(out: Path):
     if fcntl is None:
         yield
         return
-    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise PipelineError(f"{out}: cannot write the run's lock file ({exc.strerror}); use a writable --out") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -12,7 +12,6 @@ probe lengthen them rather than leave the budget unused.
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from dataclasses import asdict, replace
@@ -28,7 +27,7 @@ from autonad_edge.search.budget import (
     retrain_epochs_left, retrain_time_limit_s, scale_epochs,
 )
 from autonad_edge.search.config import PipelineConfig, PipelineError
-from autonad_edge.search.stages.context import RunContext
+from autonad_edge.search.stages.context import RunContext, read_run_json
 from autonad_edge.search.stages.race import race_epochs
 from autonad_edge.space import Arch
 from autonad_edge.training.engine import LOG_FILE
@@ -40,7 +39,7 @@ def plan_run(ctx: RunContext) -> PipelineConfig:
     ``plan.json`` on a rerun)."""
     cfg, path = ctx.cfg, ctx.out / "plan.json"
     if path.exists():
-        saved = json.loads(path.read_text(encoding="utf-8"))
+        saved = read_run_json(path, "plan the run again")
         ctx.clock.add_earlier(saved.get("plan_s", 0.0))
         # Values given on this command line win over the plan here too (e.g. more generations
         # for a search a rerun extends), as config.json and the report record them.
@@ -156,7 +155,7 @@ def retrain_time_limit(ctx: RunContext) -> float | None:
 def _saved_plan(ctx: RunContext) -> dict[str, Any]:
     """The run's ``plan.json`` ({} before it is written)."""
     path = ctx.out / "plan.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    return read_run_json(path, "plan the run again") if path.exists() else {}
 
 
 def _epochs_spent_s(stage_dir: Path, checkpoint: str) -> float:

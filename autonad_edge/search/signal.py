@@ -82,5 +82,10 @@ class SearchSignal:
     def to_dict(self) -> dict:
         return {**asdict(self), "latency_decided": self.latency_decided, "summary": self.summary()}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "SearchSignal":
+        """The record `to_dict` wrote (its verdict and summary are derived, not read back)."""
+        return cls(float(d["noise"]), float(d["spread"]), float(d["best_gap"]), int(d["candidates"]), int(d["images"]))
+
 
 __all__ = ["SEPARATION", "SearchSignal", "bootstrap_std"]

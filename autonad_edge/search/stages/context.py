@@ -21,22 +21,23 @@ from autonad_edge.space import Arch, SearchSpace
 from autonad_edge.training.checkpoint import load_supernet
 
 
-def read_run_json(path: Path, redo: str) -> dict[str, Any]:
+def read_run_json(path: Path, redo: str, remedy: str | None = None) -> dict[str, Any]:
     """The JSON object a run keeps in `path`; a damaged one (a hand edit, a torn copy) is refused
-    in one line saying how to get past it (`redo`: what deleting it does)."""
+    in one line saying how to get past it (`redo`: what deleting it does; `remedy`: what to do
+    instead, where deleting it would be unsafe)."""
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:  # a bad encoding is a ValueError too
-        raise unreadable(path, redo, exc) from None
+        raise unreadable(path, redo, exc, remedy) from None
     if not isinstance(value, dict):
-        raise unreadable(path, redo, f"a JSON {type(value).__name__}, not an object")
+        raise unreadable(path, redo, f"a JSON {type(value).__name__}, not an object", remedy)
     return value
 
 
-def unreadable(path: Path, redo: str, why: object) -> PipelineError:
+def unreadable(path: Path, redo: str, why: object, remedy: str | None = None) -> PipelineError:
     """The one-line error of a damaged run file `path`."""
     why = " ".join(str(why).split())
-    return PipelineError(f"{path}: unreadable ({why}); delete it to {redo}, or use another --out")
+    return PipelineError(f"{path}: unreadable ({why}); {remedy or f'delete it to {redo}, or use another --out'}")
 
 
 @dataclass

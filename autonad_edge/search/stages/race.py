@@ -19,7 +19,7 @@ from autonad_edge.data.crops import CropConfig
 from autonad_edge.io import atomic_write_json
 from autonad_edge.search.evolution import Candidate, final_ms
 from autonad_edge.search.race import RaceEntry, RaceRun, evidence, pick_entrants, race_winner, score_entries
-from autonad_edge.search.stages.context import RunContext
+from autonad_edge.search.stages.context import RunContext, read_run_json, unreadable
 from autonad_edge.search.plots import plot_pareto
 from autonad_edge.search.stages.search import SearchResult, pareto_title
 from autonad_edge.search.stages.store import StageResult
@@ -65,9 +65,9 @@ def race_stage(ctx: RunContext, search: SearchResult) -> RaceResult:
     cfg = ctx.cfg
     if cfg.race_entrants < 2:
         return _pass_on(ctx, search, "no race (race_entrants < 2): the search's choice")
-    if not search.signal.get("latency_decided", True):
+    if not search.signal.latency_decided:
         return _pass_on(ctx, search, "no race: the search told its candidates apart by accuracy")
-    saved = json.loads(Path(search.search_json).read_text(encoding="utf-8"))
+    saved = read_run_json(Path(search.search_json), "search again (and delete the search's stage in stages.json)")
     candidates = [Candidate.from_dict(d) for d in saved["candidates"]]
     if cfg.latency_budget_ms is not None:
         candidates = [c for c in candidates if final_ms(c) <= cfg.latency_budget_ms]
@@ -124,7 +124,10 @@ def _measured_entrants(ctx: RunContext, entrants: list[Candidate]) -> list[Candi
     latency budget and re-split the epochs under the entrants already trained)."""
     path = ctx.out / "race" / ENTRANTS_FILE
     if path.exists():
-        return [Candidate.from_dict(d) for d in json.loads(path.read_text(encoding="utf-8"))]
+        try:
+            return [Candidate.from_dict(d) for d in json.loads(path.read_text(encoding="utf-8"))]
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            raise unreadable(path, "measure the entrants again", f"{type(exc).__name__}: {exc}") from None
     for c, ms in zip(entrants, ctx.estimator.measure_together([c.arch for c in entrants]), strict=True):
         c.measured_ms = float(ms)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -49,7 +49,7 @@ def report_stage(ctx: RunContext, results: RunResults, stages: StageLog, names: 
         "budgets": _budgets(ctx, results.supernet, results.search, results.retrain),
         "chosen": _chosen(ctx),
         "accuracy": _accuracy(results.race, results.retrain),
-        "search_signal": results.search.signal,
+        "search_signal": results.search.signal.to_dict(),
         "race": results.race.to_dict(),
         "pictures": results.retrain.pictures,
         "latency": _latency(ctx, results),
@@ -95,7 +95,8 @@ def _budgets(ctx: RunContext, supernet: SupernetResult, search: SearchResult, re
     return {
         "preset": cfg.preset, "sharing": cfg.sharing, "latency_weight (lambda)": cfg.latency_weight,
         "latency_budget_ms": cfg.latency_budget_ms, "params_budget": cfg.params_budget,
-        "population": cfg.population, "generations": cfg.generations, "parents": cfg.parents,
+        "population": search.population or cfg.population, "generations": search.generations or cfg.generations,
+        "parents": cfg.parents,
         "supernet_epochs": supernet.epochs if supernet.epochs is not None else cfg.supernet_epochs,
         "retrain_epochs": retrain.epochs if retrain.epochs is not None else cfg.retrain_epochs,
         "evaluated_candidates": search.evaluated, "time_budget_min": cfg.time_budget,

@@ -31,13 +31,16 @@ class SearchResult(StageResult):
     evaluated: int
     pareto: int
     reference_ms: float
-    signal: dict[str, Any]  # search.signal.SearchSignal
+    signal: SearchSignal  # could the search see accuracy
     search_json: str
     pareto_png: str
+    # The search's size as it ran (a rerun's options may differ); None in runs from before.
+    population: int | None = None
+    generations: int | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SearchResult":
-        return cls(**{**d, "best": Candidate.from_dict(d["best"])})
+        return cls(**{**d, "best": Candidate.from_dict(d["best"]), "signal": SearchSignal.from_dict(d["signal"])})
 
 
 def search_stage(ctx: RunContext) -> SearchResult:
@@ -78,7 +81,8 @@ def search_stage(ctx: RunContext) -> SearchResult:
     plot_pareto(candidates, best, out_dir / "pareto.png", title=pareto_title(cfg))
     return SearchResult(
         best=best, evaluated=len(candidates), pareto=len(front), reference_ms=search.reference_ms,
-        signal=signal.to_dict(), search_json=str(out_dir / "search.json"), pareto_png=str(out_dir / "pareto.png"),
+        signal=signal, search_json=str(out_dir / "search.json"), pareto_png=str(out_dir / "pareto.png"),
+        population=evo_cfg.population, generations=evo_cfg.generations,
     )
 
 
