@@ -177,6 +177,17 @@ def test_budget_plan_arithmetic_on_given_costs():
         plan_budget(COSTS, 300, population=16, generations=5, parents=5)
 
 
+def test_a_shrunk_search_keeps_more_members_than_parents():
+    """A tight budget shrank the population to the floor of 8, below the paper preset's 10
+    parents: every generation after the first bred no child. The floor is now two above the
+    parents, and a population given smaller than that is not grown."""
+    tight = replace(COSTS, val_eval_s=60.0)
+    plan = plan_budget(tight, 3600, population=100, generations=50, parents=10)
+    assert plan.population == 12 and plan.population - 10 >= 2
+    assert plan_budget(tight, 3600, population=16, generations=5, parents=5).population == 8
+    assert plan_budget(tight, 3600, population=6, generations=5, parents=5).population == 6
+
+
 def test_a_refused_budget_suggests_the_smallest_one_the_plan_accepts():
     """The figure is found with `plan_budget` itself, in whole minutes above the refused budget:
     worked out from the refused budget's margin and search share (and without the retraining's

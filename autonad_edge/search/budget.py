@@ -171,6 +171,8 @@ def _fitting_plan(costs: StageCosts, budget_s: float, *, population: int, genera
     fixed = costs.latency_s + costs.export_s + margin * budget_s
     search_cap = search_share * budget_s
     pop, gens = population, generations
+    # A population no larger than its parents breeds no child: the search would stop evolving.
+    min_population = min(population, max(min_population, parents + 2))
     while evaluations(pop, gens, parents) * costs.val_eval_s > search_cap and gens > min_generations:
         gens -= 1
     while evaluations(pop, gens, parents) * costs.val_eval_s > search_cap and pop > min_population:
