@@ -27,6 +27,8 @@ from autonad_edge.data.synthetic import (
 from autonad_edge.data.transforms import AugmentationConfig, to_mask_tensor
 from autonad_edge.data.voc import voc_palette
 
+from assertions import one_line
+
 MT_FOLDERS = ["MT_Blowhole", "MT_Break", "MT_Crack", "MT_Fray", "MT_Uneven"]
 
 
@@ -178,37 +180,29 @@ def test_voc_greyscale_masks_without_classes_file_and_derived_val(tmp_path: Path
 # Broken datasets
 
 
-def _one_line_error(excinfo: pytest.ExceptionInfo, *fragments: str) -> str:
-    message = str(excinfo.value)
-    assert "\n" not in message
-    for fragment in fragments:
-        assert fragment in message, message
-    return message
-
-
 def test_mt_missing_mask(mt_root: Path) -> None:
     (mt_root / "MT_Crack" / "Imgs" / "exp_2.png").unlink()
     with pytest.raises(DatasetError) as excinfo:
         load_dataset(mt_root, fmt="mt", image_size=16)
-    _one_line_error(excinfo, "exp_2.jpg", "missing mask exp_2.png")
+    one_line(excinfo, "exp_2.jpg", "missing mask exp_2.png")
 
 
 def test_mt_size_mismatch(mt_root: Path) -> None:
     _save_grey(mt_root / "MT_Fray" / "Imgs" / "exp_1.png", np.zeros((30, 44)))
     with pytest.raises(DatasetError) as excinfo:
         load_dataset(mt_root, fmt="mt", image_size=16)
-    _one_line_error(excinfo, "MT_Fray/Imgs/exp_1.jpg", "44x36", "44x30")
+    one_line(excinfo, "MT_Fray/Imgs/exp_1.jpg", "44x36", "44x30")
 
 
 def test_mt_unreadable_and_empty(tmp_path: Path, mt_root: Path) -> None:
     (mt_root / "MT_Break" / "Imgs" / "exp_0.jpg").write_bytes(b"not a jpeg at all")
     with pytest.raises(DatasetError) as excinfo:
         load_dataset(mt_root, fmt="mt", image_size=16)
-    _one_line_error(excinfo, "MT_Break/Imgs/exp_0.jpg", "unreadable image")
+    one_line(excinfo, "MT_Break/Imgs/exp_0.jpg", "unreadable image")
     (tmp_path / "empty" / "MT_Crack" / "Imgs").mkdir(parents=True)
     with pytest.raises(DatasetError) as excinfo:
         load_dataset(tmp_path / "empty", fmt="mt")
-    _one_line_error(excinfo, "empty dataset")
+    one_line(excinfo, "empty dataset")
 
 
 def test_images_of_more_than_8_bits_load_only_when_their_values_fit(tmp_path: Path) -> None:
@@ -221,7 +215,7 @@ def test_images_of_more_than_8_bits_load_only_when_their_values_fit(tmp_path: Pa
     Image.fromarray(wide).save(tmp_path / "wide.png")
     with pytest.raises(DatasetError) as excinfo:
         open_image_as(tmp_path / "wide.png", "L")
-    _one_line_error(excinfo, "wide.png", "I;16", "0..40928", "8-bit")
+    one_line(excinfo, "wide.png", "I;16", "0..40928", "8-bit")
     with pytest.raises(DatasetError):
         predict_images(torch.nn.Identity(), tmp_path / "wide.png", tmp_path / "out", image_size=32,
                        class_names=["background", "scratch"])
@@ -237,7 +231,7 @@ def test_voc_broken_datasets(tmp_path: Path) -> None:
     (root / "SegmentationClass" / "img003.png").unlink()
     with pytest.raises(DatasetError) as excinfo:
         load_dataset(root, fmt="voc", image_size=16)
-    _one_line_error(excinfo, "img003.jpg", "missing mask SegmentationClass/img003.png")
+    one_line(excinfo, "img003.jpg", "missing mask SegmentationClass/img003.png")
 
     root = make_voc(tmp_path / "b")
     bad = np.zeros((32, 40), np.uint8)
@@ -245,19 +239,19 @@ def test_voc_broken_datasets(tmp_path: Path) -> None:
     Image.fromarray(bad).save(root / "SegmentationClass" / "img005.png")
     with pytest.raises(DatasetError) as excinfo:
         load_dataset(root, fmt="voc", image_size=16)
-    _one_line_error(excinfo, "img005.png", "label 7 out of range")
+    one_line(excinfo, "img005.png", "label 7 out of range")
 
     root = make_voc(tmp_path / "c")
     Image.fromarray(np.zeros((20, 40), np.uint8)).save(root / "SegmentationClass" / "img001.png")
     with pytest.raises(DatasetError) as excinfo:
         load_dataset(root, fmt="voc", image_size=16)
-    _one_line_error(excinfo, "img001.jpg", "40x32", "40x20")
+    one_line(excinfo, "img001.jpg", "40x32", "40x20")
 
     root = make_voc(tmp_path / "d")
     (root / "ImageSets" / "Segmentation" / "train.txt").write_text("\n")
     with pytest.raises(DatasetError) as excinfo:
         load_dataset(root, fmt="voc", image_size=16)
-    _one_line_error(excinfo, "train.txt", "empty dataset")
+    one_line(excinfo, "train.txt", "empty dataset")
 
 
 # ------------------------------------------------------------------------------------------

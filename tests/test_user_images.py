@@ -19,6 +19,8 @@ import autonad_edge
 from autonad_edge.data import DatasetError, load_dataset
 from autonad_edge.training.predict import read_image
 
+from assertions import one_line
+
 ORIENTATION = 0x0112  # the EXIF tag
 
 
@@ -38,14 +40,6 @@ def load_infer_module():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def _one_line(excinfo: pytest.ExceptionInfo, *fragments: str) -> str:
-    message = str(excinfo.value)
-    assert "\n" not in message
-    for fragment in fragments:
-        assert fragment in message, message
-    return message
 
 
 def _save_mask(root: Path, sample_id: str, mask: np.ndarray) -> None:
@@ -75,7 +69,7 @@ def test_binary_0_255_masks_are_refused(tmp_path: Path, classes) -> None:
         _save_mask(root, f"img{k:03d}", mask)
     with pytest.raises(DatasetError) as excinfo:
         load_dataset(root, fmt="voc", image_size=16)
-    _one_line(excinfo, "SegmentationClass/img000.png", "every defect pixel of the set is 255 (= ignore)",
+    one_line(excinfo, "SegmentationClass/img000.png", "every defect pixel of the set is 255 (= ignore)",
               "binary 0/255", "1..N")
 
 
@@ -87,7 +81,7 @@ def test_antialiased_masks_without_classes_file_are_refused(tmp_path: Path) -> N
     _save_mask(root, "img003", np.asarray(drawing.filter(ImageFilter.GaussianBlur(2))))
     with pytest.raises(DatasetError) as excinfo:
         load_dataset(root, fmt="voc", image_size=16)
-    _one_line(excinfo, "img003.png", "class indices", "anti-aliased", "classes.txt")
+    one_line(excinfo, "img003.png", "class indices", "anti-aliased", "classes.txt")
 
 
 def test_a_genuine_set_of_20_classes_of_thin_lines_loads_without_classes_file(tmp_path: Path) -> None:
@@ -109,7 +103,7 @@ def test_out_of_range_labels_say_masks_must_hold_class_indices(tmp_path: Path) -
     _save_mask(root, "img005", mask)
     with pytest.raises(DatasetError) as excinfo:
         load_dataset(root, fmt="voc", image_size=16)
-    _one_line(excinfo, "img005.png", "label 7 out of range", "class indices", "anti-aliased")
+    one_line(excinfo, "img005.png", "label 7 out of range", "class indices", "anti-aliased")
 
 
 # ------------------------------------------------------------------------------------------
@@ -160,7 +154,7 @@ def test_exif_orientation_6_loads_with_the_mask_of_the_displayed_view(tmp_path: 
     _save_mask(root, "img000", np.zeros((32, 40), np.uint8))
     with pytest.raises(DatasetError) as excinfo:
         load_dataset(root, fmt="voc", image_size=16)
-    _one_line(excinfo, "img000.jpg", "image is 32x40 but its mask img000.png is 40x32", "EXIF orientation")
+    one_line(excinfo, "img000.jpg", "image is 32x40 but its mask img000.png is 40x32", "EXIF orientation")
 
 
 # ------------------------------------------------------------------------------------------
@@ -186,7 +180,7 @@ def test_voc_id_with_two_images_is_refused_naming_both(tmp_path: Path) -> None:
     Image.open(root / "JPEGImages" / "img004.jpg").save(root / "JPEGImages" / "img004.png")
     with pytest.raises(DatasetError) as excinfo:
         load_dataset(root, fmt="voc", image_size=16)
-    _one_line(excinfo, "JPEGImages", "img004.jpg and img004.png", "'img004'")
+    one_line(excinfo, "JPEGImages", "img004.jpg and img004.png", "'img004'")
 
 
 def test_mt_suffixes_in_any_case_and_macos_dotfiles(tmp_path: Path) -> None:
@@ -206,7 +200,7 @@ def test_mt_two_photos_of_one_id_are_refused_naming_both(tmp_path: Path) -> None
     shutil.copy(folder / "exp_3.jpg", folder / "exp_3.jpeg")
     with pytest.raises(DatasetError) as excinfo:
         load_dataset(root, fmt="mt", image_size=16)
-    _one_line(excinfo, "MT_Fray/Imgs", "exp_3.jpeg and exp_3.jpg", "'exp_3'")
+    one_line(excinfo, "MT_Fray/Imgs", "exp_3.jpeg and exp_3.jpg", "'exp_3'")
 
 
 def test_split_lists_with_bom_spaces_and_file_names(tmp_path: Path) -> None:
@@ -225,7 +219,7 @@ def test_split_lists_with_bom_spaces_and_file_names(tmp_path: Path) -> None:
     (lists / "train.txt").write_text("img000 1\nimg001 0\n")
     with pytest.raises(DatasetError) as excinfo:
         load_dataset(root, fmt="voc", image_size=16)
-    _one_line(excinfo, "missing image for id 'img000 1'", "'img000' is an image: remove what follows it")
+    one_line(excinfo, "missing image for id 'img000 1'", "'img000' is an image: remove what follows it")
 
 
 # ------------------------------------------------------------------------------------------
@@ -237,7 +231,7 @@ def test_image_above_pillows_limit_is_one_line_naming_file_and_size(tmp_path: Pa
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 600)  # Pillow refuses above twice this
     with pytest.raises(DatasetError) as excinfo:
         load_dataset(root, fmt="voc", image_size=16)
-    _one_line(excinfo, "img000.jpg", "too large", "1,280 pixels", "1,200", "tiles")
+    one_line(excinfo, "img000.jpg", "too large", "1,280 pixels", "1,200", "tiles")
 
 
 def test_inspect_loads_at_the_runs_cap_and_says_so(tmp_path: Path) -> None:
