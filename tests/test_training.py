@@ -440,6 +440,28 @@ def test_a_time_limit_cuts_the_epochs_and_ends_the_schedule_with_them(tmp_path, 
     assert sum("val_miou" in r for r in read_log(tmp_path / "roomy")) == val_passes(7, 2) == 4
 
 
+def test_a_resumed_run_is_judged_from_its_first_epoch_on_the_pace_its_log_holds(tmp_path, data):
+    """A run stopped after 4 of 10 epochs and resumed with its time spent (a limit of 0 s)
+    waited for 3 epochs of its own before judging, so every resume overran by them (7 epochs
+    here); it is judged after its first epoch now, and ends with the one more that evaluates."""
+    arch = SPACE.sample(random.Random(5))
+    cfg = RetrainConfig(image_size=SIZE, epochs=10, batch_size=8, lr=2e-3, augment=False, device="cpu",
+                        max_steps_per_epoch=1, eval_every=2, calibrate=False)
+    first = RetrainTrainer(cfg, data, tmp_path / "run", space=SPACE, arch=arch, quiet=True, time_limit_s=1e9)
+
+    def stop_after_four(epoch, record):
+        if epoch == 4:
+            raise KeyboardInterrupt
+
+    first.add_epoch_hook(stop_after_four)
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 4
+    resumed = RetrainTrainer(cfg, data, tmp_path / "run", space=SPACE, arch=arch, quiet=True, resume=True,
+                             time_limit_s=0.0).fit()
+    assert resumed["epochs"] == 6 and [r["epoch"] for r in read_log(tmp_path / "run")] == list(range(1, 7))
+
+
 def test_the_epochs_that_fit_count_the_val_passes_the_schedule_will_run():
     # 3 epochs done, val every 2nd and the last: the rest takes 10, 20, 26, 36 s for 4, 5, 6, 7
     # epochs in all (6 s of training each; 4 s for the passes after epochs 4, 6 and the last).

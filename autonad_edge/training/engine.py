@@ -480,7 +480,10 @@ class Trainer:
         halfway through and the run ended 18 s past its 10 minutes (session 18); another's ran
         at 2.0 s where ten probe steps said 2.3, and it ended 45 s early (session 19)."""
         start_epoch, run_start = self._pace_from
-        if self.time_limit_s is None or done >= self.epochs or done - start_epoch < self.PACE_EPOCHS:
+        # A resumed run is judged from its first epoch here, on the pace its log holds: waiting
+        # for this process's own first epochs let every resume overrun a spent limit by them.
+        paced = done - start_epoch >= self.PACE_EPOCHS or (start_epoch > 0 and len(self.history) >= self.PACE_EPOCHS)
+        if self.time_limit_s is None or done >= self.epochs or not paced:
             return
         # Training and val passes paced apart: the passes land on every eval_every-th epoch, so
         # a window of whole epochs holds them unevenly (every other epoch: one or two in three,
