@@ -115,10 +115,10 @@ def _format_summary(summary: dict[str, Any]) -> str:
     if last.get("loss") is not None:
         parts.append(f"loss {last['loss']:.4f}")
     if last.get("val_miou") is not None:
-        parts.append(f"val mIoU {last['val_miou']:.4f}")
+        parts.append(f"val mIoU {100 * last['val_miou']:.1f}%")
     best = summary.get("best") or {}
     if best.get("val_miou") is not None:
-        parts.append(f"best val mIoU {best['val_miou']:.4f} (epoch {best['epoch']}) in {summary.get('best_checkpoint')}")
+        parts.append(f"best val mIoU {100 * best['val_miou']:.1f}% (epoch {best['epoch']}) in {summary.get('best_checkpoint')}")
     return ", ".join(parts)
 
 

@@ -148,7 +148,7 @@ class Progress:
             f"{record['time']:.1f}s",
         ]
         if record.get("val_miou") is not None:
-            parts.append(f"val mIoU {record['val_miou']:.4f}")
+            parts.append(f"val mIoU {100 * record['val_miou']:.1f}%")  # as the report gives it
         parts.append(self.eta_text(remaining_epochs))
         line = "  ".join(parts)
         if self._progress is not None:
