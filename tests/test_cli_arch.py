@@ -38,6 +38,16 @@ def test_bad_arch_is_one_clear_line(tmp_path):
     assert missing.exit_code == 2 and "cannot read" in missing.output
 
 
+def test_an_arch_of_another_named_space_says_which(tmp_path):
+    """`arch show runs/search/best_arch.json` failed ("stages[0].width: 16 not in [32, 64]"): the
+    default search runs the tiny space. The error now names the space it is in."""
+    path = tmp_path / "best_arch.json"
+    path.write_text(SearchSpace.tiny().smallest().to_json())
+    result = runner.invoke(app, ["arch", "show", str(path)])
+    assert result.exit_code == 2 and result.output.strip().endswith("it is in the tiny space: pass --space tiny")
+    assert runner.invoke(app, ["arch", "show", str(path), "--space", "tiny"]).exit_code == 0
+
+
 def test_space_json_round_trips(tmp_path):
     out = tmp_path / "space.json"
     assert runner.invoke(app, ["arch", "space", "--space", "tiny", "--out", str(out)]).exit_code == 0
