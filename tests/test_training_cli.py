@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from autonad_edge.cli import app
 from autonad_edge.space import SearchSpace
+from autonad_edge.training.checkpoint import load_checkpoint
 
 runner = CliRunner()
 
@@ -79,10 +80,12 @@ def test_retrain_scratch_and_inherited_then_evaluate_and_predict(run, tmp_path):
     assert (scratch / "best.pt").is_file() and (scratch / "last.pt").is_file()
 
     inherited = tmp_path / "inherited"
-    result = invoke("retrain", "--arch", run / "arch.json", "--init", "inherited", "--supernet",
+    # --supernet alone inherits (it was silently unused without --init inherited).
+    result = invoke("retrain", "--arch", run / "arch.json", "--supernet",
                     run / "sup" / "supernet.pt", "--epochs", "1", "--device", "cpu", "--quiet",
                     "--out", inherited)
     assert result.exit_code == 0, result.output
+    assert load_checkpoint(inherited / "last.pt")["init"] == "inherited"
     # The supernet's split and image size are reused, so val/test stay unseen.
     sup_splits = json.loads((run / "sup" / "splits.json").read_text())
     assert json.loads((inherited / "splits.json").read_text())["splits"] == sup_splits["splits"]

@@ -220,8 +220,8 @@ def _supernet_group() -> None:
 
 def retrain_command(
     arch: Path = typer.Option(..., "--arch", help="Architecture JSON to retrain."),
-    init: Optional[str] = typer.Option(None, help="scratch (fresh weights) or inherited (from --supernet). [default: scratch]"),
-    supernet: Optional[Path] = typer.Option(None, help="Supernet checkpoint for --init inherited."),
+    init: Optional[str] = typer.Option(None, help="scratch (fresh weights) or inherited (from --supernet). [default: inherited with --supernet, else scratch]"),
+    supernet: Optional[Path] = typer.Option(None, help="Supernet checkpoint: the weights, space and split to inherit."),
     data: DataOpt = None,
     fmt: FmtOpt = None,
     image_size: ImageSizeOpt = None,
@@ -265,6 +265,8 @@ def retrain_command(
     _check_choice("class-weighting", class_weighting, CLASS_WEIGHTINGS)
     if init == "inherited" and supernet is None:
         fail("--init inherited needs --supernet CHECKPOINT")
+    if supernet is not None and init is None:
+        init = "inherited"  # a supernet given is one to inherit from (it was silently unused)
     explicit = dict(
         data=str(data) if data else None, format=fmt, image_size=image_size, synthetic_count=synthetic_count,
         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, poly_power=poly_power,
