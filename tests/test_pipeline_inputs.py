@@ -29,6 +29,9 @@ def one_line_error(result) -> str:
 
 @pytest.mark.parametrize("changes, named", [
     ({"format": "vocx"}, "--format: unknown value 'vocx'"),
+    ({"preset": "paper", "max_side": 512}, "--max-side sets the training scale of images kept in their aspect"),
+    ({"preset": "paper", "min_defect_width": 2.0}, "--min-defect-width sets the training scale"),
+    ({"target": "jetson", "local_threads": 2}, "--local-threads sets the built-in 'local' target's threads"),
     ({"sharing": "foo"}, "--sharing: unknown value 'foo'"),
     ({"device": "gpu"}, "--device: unknown device 'gpu'"),
     ({"image_size": 4}, "--image-size must be a whole number of pixels >= 8"),
