@@ -202,3 +202,18 @@ def test_latency_ties_are_decided_on_accuracy(space):
     # 10 % apart is no tie at 5 %.
     latency[slow.hash] = 11.5
     assert final(0.05).arch.hash == fast.hash
+
+
+def test_the_budget_counts_the_evaluations_the_search_makes(space):
+    """The time budget priced one breeding round too many (a default run's 16 x 5 with 5
+    parents: 71 evaluations for the 60 it makes), shrinking searches it had room for. A
+    population no larger than its parents bred nothing after the first generation; it keeps
+    two fewer parents now (5 with 5 parents: 3 parents, 2 children a generation)."""
+    from autonad_edge.search.budget import evaluations
+
+    assert evaluations(5, 3, 5) == 5 + 2 * 2
+    for population, generations, parents in ((8, 3, 3), (16, 5, 5), (6, 1, 2), (5, 3, 5)):
+        counter = Counting()
+        EvolutionarySearch(space, EvolutionConfig(population=population, generations=generations, parents=parents),
+                           callbacks(counter)).run()
+        assert len(counter.evaluated) == evaluations(population, generations, parents)

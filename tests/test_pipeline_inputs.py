@@ -29,9 +29,6 @@ def one_line_error(result) -> str:
 
 @pytest.mark.parametrize("changes, named", [
     ({"format": "vocx"}, "--format: unknown value 'vocx'"),
-    ({"preset": "paper", "max_side": 512}, "--max-side sets the training scale of images kept in their aspect"),
-    ({"preset": "paper", "min_defect_width": 2.0}, "--min-defect-width sets the training scale"),
-    ({"target": "jetson", "local_threads": 2}, "--local-threads sets the built-in 'local' target's threads"),
     ({"sharing": "foo"}, "--sharing: unknown value 'foo'"),
     ({"device": "gpu"}, "--device: unknown device 'gpu'"),
     ({"image_size": 4}, "--image-size must be a whole number of pixels >= 8"),
@@ -57,6 +54,21 @@ def test_a_bad_value_is_refused_in_one_line_when_the_config_resolves(changes, na
         PipelineConfig(**changes).resolved()
     message = str(caught.value)
     assert message.startswith(named) and "\n" not in message
+
+
+def test_options_that_do_nothing_are_said_not_refused():
+    """--max-side with a preset that squashes images, --local-threads with another target: they
+    were silently ignored; refusing them would block run directories that recorded them, so
+    the run says so."""
+    squashed = PipelineConfig(preset="paper", max_side=512, min_defect_width=2.0).resolved()
+    assert squashed.ignored_options() == [
+        "--max-side has no effect: images are squashed to --image-size (keep_aspect off)",
+        "--min-defect-width has no effect: images are squashed to --image-size (keep_aspect off)"]
+    remote = PipelineConfig(target="jetson", local_threads=2).resolved()
+    assert remote.ignored_options() == ["--local-threads has no effect: it sets the built-in 'local' target's "
+                                        "threads, and the target is 'jetson'"]
+    assert PipelineConfig(local_threads=2).resolved().ignored_options() == []
+    assert PipelineConfig(preset="paper").resolved().ignored_options() == []
 
 
 def test_the_smallest_values_that_work_are_accepted():

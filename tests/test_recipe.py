@@ -158,8 +158,9 @@ COSTS = StageCosts(supernet_step_s=0.8, retrain_step_s=0.3, val_eval_s=10.0, sup
 
 def test_budget_plan_arithmetic_on_given_costs():
     plan = plan_budget(COSTS, 3600, population=16, generations=5, parents=5)
-    # Search capped at 15 % of the budget (540 s) at 10 s an evaluation: 16 + g * 11 <= 54.
-    assert (plan.population, plan.generations) == (16, 3) and plan.search_s == evaluations(16, 3, 5) * 10.0
+    # Search capped at 15 % of the budget (540 s) at 10 s an evaluation: 16 + (g - 1) * 11 <= 54.
+    assert (plan.population, plan.generations) == (16, 4) and plan.search_s == evaluations(16, 4, 5) * 10.0
+    assert evaluations(16, 5, 5) == 60 and evaluations(16, 1, 5) == 16  # as the search counts them
     assert plan.fixed_s == pytest.approx(190 + 30 + 0.07 * 3600)
     re_epoch = 35 * 0.3  # retraining's val passes are a fixed count, not per epoch
     re_evals = 11 * 10.0

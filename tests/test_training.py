@@ -462,6 +462,58 @@ def test_a_resumed_run_is_judged_from_its_first_epoch_on_the_pace_its_log_holds(
     assert resumed["epochs"] == 6 and [r["epoch"] for r in read_log(tmp_path / "run")] == list(range(1, 7))
 
 
+def _judging_trainer(monkeypatch, planned: int, limit_s: float, epoch_times) -> RetrainTrainer:
+    """A trainer's time-limit judgement alone (its state set by hand): `planned` epochs, a
+    limit of `limit_s`, and a log of epochs that took `epoch_times`."""
+    import autonad_edge.training.engine as engine
+    from autonad_edge.training.distributed import DistContext
+
+    monkeypatch.setattr(engine, "resize_schedule", lambda scheduler, steps: None)
+    trainer = object.__new__(RetrainTrainer)
+    trainer.config = types.SimpleNamespace(epochs=planned, eval_every=0)
+    trainer._dist, trainer.steps_per_epoch, trainer.scheduler, trainer.title = DistContext(), 10, None, "retrain"
+    trainer.epochs, trainer._epoch_hooks_s, trainer.time_limit_s = planned, 0.0, limit_s
+    trainer.history = [{"epoch": i + 1, "train_time": t, "time": t} for i, t in enumerate(epoch_times)]
+    return trainer
+
+
+QUIET_PROGRESS = types.SimpleNamespace(message=lambda text: None, set_total_epochs=lambda n: None)
+
+
+def test_one_slow_epoch_does_not_cut_the_run(monkeypatch):
+    """The pace was the mean of the last three epochs: one slowed to 18 s by a passing load among
+    4.5 s ones cut a default run from 60 epochs to 35, for good, and it ended 3 minutes inside
+    its budget. The median is the pace now."""
+    trainer = _judging_trainer(monkeypatch, 60, 275.0, [4.5, 18.0, 4.5])
+    trainer._pace_from = (0, time.perf_counter() - 27.0)
+    trainer._fit_to_time_limit(3, QUIET_PROGRESS)
+    assert trainer.epochs >= 58
+    slow = _judging_trainer(monkeypatch, 60, 275.0, [4.5, 18.0, 18.0])  # a slowdown that lasts
+    slow._pace_from = (0, time.perf_counter() - 40.5)
+    slow._fit_to_time_limit(3, QUIET_PROGRESS)
+    assert slow.epochs < 20
+
+
+def test_a_resumed_run_is_not_cut_by_a_slow_spell_before_its_stop(monkeypatch):
+    """Judged from its first epoch after a resume, a run took the log's last epochs as its pace:
+    40 planned at 2 s, stopped after 10 whose last two ran at 6 s (a busy host), resumed at 2 s
+    with the 52 s its plan left (26 epochs at 2 s): the log's pace cut it to 21 epochs, for
+    good. Until it has a pace of its own, the faster of the two judges."""
+    before = [2.0] * 8 + [6.0, 6.0]
+    trainer = _judging_trainer(monkeypatch, 40, 80.0 - sum(before), before)
+    for done in range(11, 17):
+        trainer.history.append({"epoch": done, "train_time": 2.0, "time": 2.0})
+        trainer._pace_from = (10, time.perf_counter() - 2.0 * (done - 10))
+        trainer._fit_to_time_limit(done, QUIET_PROGRESS)
+    assert trainer.epochs >= 35  # 36 fit at 2 s an epoch; the judgement keeps one epoch's margin
+    # A limit already spent still ends the run at once: after the first epoch and one more.
+    trainer.epochs, trainer.time_limit_s = 40, 0.0
+    trainer.history = trainer.history[:11]
+    trainer._pace_from = (10, time.perf_counter() - 2.0)
+    trainer._fit_to_time_limit(11, QUIET_PROGRESS)
+    assert trainer.epochs == 12
+
+
 def test_the_epochs_that_fit_count_the_val_passes_the_schedule_will_run():
     # 3 epochs done, val every 2nd and the last: the rest takes 10, 20, 26, 36 s for 4, 5, 6, 7
     # epochs in all (6 s of training each; 4 s for the passes after epochs 4, 6 and the last).

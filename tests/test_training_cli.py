@@ -89,6 +89,13 @@ def test_retrain_scratch_and_inherited_then_evaluate_and_predict(run, tmp_path):
     # The supernet's split and image size are reused, so val/test stay unseen.
     sup_splits = json.loads((run / "sup" / "splits.json").read_text())
     assert json.loads((inherited / "splits.json").read_text())["splits"] == sup_splits["splits"]
+    # From scratch beside it (a fair baseline): the supernet's split and space, fresh weights.
+    fresh = tmp_path / "fresh"
+    result = invoke("retrain", "--arch", run / "arch.json", "--init", "scratch", "--supernet",
+                    run / "sup" / "supernet.pt", "--epochs", "1", "--device", "cpu", "--quiet", "--out", fresh)
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(fresh / "last.pt")["init"] == "scratch"
+    assert json.loads((fresh / "splits.json").read_text())["splits"] == sup_splits["splits"]
 
     result = invoke("evaluate", "--checkpoint", inherited / "best.pt", "--json")
     assert result.exit_code == 0, result.output

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from autonad_edge.cli.common import SPACE_HELP, fail, load_space
+from autonad_edge.cli.common import SPACE_HELP, fail, load_space, space_hint
 
 arch_app = typer.Typer(help="Sample, show and validate architectures of the search space.", no_args_is_help=True)
 
@@ -49,7 +49,7 @@ def show(
     try:
         arch = load_arch(str(path), the_space)
     except ArchError as exc:
-        fail(f"{path}: {exc}{_space_hint(path, space)}")
+        fail(f"{path}: {exc}{space_hint(path, space)}")
     params = stage_params(arch, the_space, num_classes)
     flops = count_flops(arch, the_space, num_classes, image_size)
     total = sum(params.values())
@@ -76,22 +76,6 @@ def show(
     console.print(
         f"parameters {total:,} ({total / 1e6:.2f} M)   FLOPs {flops / 1e9:.2f} G at {image_size[0]}x{image_size[1]}"
     )
-
-
-def _space_hint(path: Path, given: str) -> str:
-    """Where an architecture that is not in the `given` space fits a named one (the default
-    search runs the tiny space, so its best_arch.json is not in --space default)."""
-    from autonad_edge.space import ArchError, SearchSpace, load_arch
-
-    for name in ("tiny", "small", "default", "paper"):
-        if name == given:
-            continue
-        try:
-            load_arch(str(path), SearchSpace.named(name))
-        except ArchError:
-            continue
-        return f"; it is in the {name} space: pass --space {name}"
-    return ""
 
 
 @arch_app.command("space")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NoReturn
 
 import typer
@@ -30,3 +31,22 @@ def load_space(spec: str):
         return SearchSpace.resolve(spec)
     except (ArchError, ValueError) as exc:
         fail(str(exc))
+
+
+def space_hint(path: Path, given: str) -> str:
+    """Where an architecture that is not in the `given` space fits named ones (the default
+    search runs the tiny space, so its best_arch.json is not in --space default); "" if none."""
+    from autonad_edge.space import ArchError, SearchSpace, load_arch
+
+    fits = []
+    for name in ("tiny", "small", "default", "paper"):
+        if name == given:
+            continue
+        try:
+            load_arch(str(path), SearchSpace.named(name))
+        except ArchError:
+            continue
+        fits.append(name)
+    if not fits:
+        return ""
+    return f"; it is in the {' and '.join(fits)} space{'s' if len(fits) > 1 else ''}: pass --space {' or --space '.join(fits)}"

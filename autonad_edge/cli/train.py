@@ -20,7 +20,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from autonad_edge.cli.common import SPACE_HELP, fail, load_space
+from autonad_edge.cli.common import SPACE_HELP, fail, load_space, space_hint
 from autonad_edge.training.config import CLASS_WEIGHTINGS
 
 FORMATS = ("synthetic", "mt", "voc")
@@ -265,7 +265,7 @@ def retrain_command(
     _check_choice("class-weighting", class_weighting, CLASS_WEIGHTINGS)
     if init == "inherited" and supernet is None:
         fail("--init inherited needs --supernet CHECKPOINT")
-    if supernet is not None and init is None:
+    if supernet is not None and init is None and not (resume and (out / RetrainTrainer.checkpoint_name).exists()):
         init = "inherited"  # a supernet given is one to inherit from (it was silently unused)
     explicit = dict(
         data=str(data) if data else None, format=fmt, image_size=image_size, synthetic_count=synthetic_count,
@@ -279,7 +279,7 @@ def retrain_command(
     _check_device(config.device)
 
     sup_ckpt = None
-    if config.init == "inherited" and ckpt is None:
+    if config.supernet and ckpt is None:  # its space and split, and with --init inherited its weights
         try:
             sup_ckpt = load_checkpoint(config.supernet)
         except _user_errors() as exc:
@@ -297,7 +297,7 @@ def retrain_command(
     try:
         the_arch = load_arch(str(arch), the_space)
     except ArchError as exc:
-        fail(f"{arch}: {exc}")
+        fail(f"{arch}: {exc}{space_hint(arch, space or 'default')}")
 
     try:
         manifest, config = retrain_split(config, out, splits=splits, resume=resume, supernet_checkpoint=sup_ckpt,

@@ -28,6 +28,7 @@ from autonad_edge.errors import AutonadError
 from autonad_edge.inference import plan_tiles, resolve_overlap
 from autonad_edge.models.network import SegmentationNet
 from autonad_edge.models.supernet import HybridSupernet
+from autonad_edge.search.evolution import breeding_parents
 from autonad_edge.training.calibration import calibrate
 from autonad_edge.training.config import RETRAIN_EVALS, SUPERNET_EVALS, eval_every_for, val_passes
 from autonad_edge.training.distributed import resolve_device
@@ -95,8 +96,9 @@ class BudgetPlan:
 
 
 def evaluations(population: int, generations: int, parents: int) -> int:
-    """Subnets the evolutionary search evaluates: the first population, then the children."""
-    return population + generations * max(population - parents, 0)
+    """Subnets the evolutionary search evaluates: the first population (its first generation),
+    then the children of each later one (a default run's 16 x 5 with 5 parents: 60, not 71)."""
+    return population + max(generations - 1, 0) * max(population - breeding_parents(population, parents), 0)
 
 
 def supernet_s(c: StageCosts, epochs: int) -> float:
@@ -171,7 +173,8 @@ def _fitting_plan(costs: StageCosts, budget_s: float, *, population: int, genera
     fixed = costs.latency_s + costs.export_s + margin * budget_s
     search_cap = search_share * budget_s
     pop, gens = population, generations
-    # A population no larger than its parents breeds no child: the search would stop evolving.
+    # The search keeps at most population - 2 parents: shrunk below parents + 2, it would breed
+    # from fewer parents than the preset sets.
     min_population = min(population, max(min_population, parents + 2))
     while evaluations(pop, gens, parents) * costs.val_eval_s > search_cap and gens > min_generations:
         gens -= 1

@@ -164,14 +164,6 @@ class PipelineConfig:
         for name in ("max_steps_per_epoch", "local_threads", "reference_images", "params_budget"):
             _require(self, name, 1, integer=True, optional=True)
         _require(self, "seed", 0, integer=True)
-        if not self.keep_aspect:  # the preset squashes every image to image_size: no scale to set
-            given = [name for name in ("max_side", "min_defect_width") if name in (self.explicit or ())]
-            if given:
-                raise PipelineError(f"{_option(given[0])} sets the training scale of images kept in their aspect "
-                                    f"ratio; the {self.preset} preset squashes every image to --image-size")
-        if self.local_threads is not None and self.target != "local":
-            raise PipelineError(f"--local-threads sets the built-in 'local' target's threads, not {self.target!r}'s "
-                                "(set an agent's threads where it is started)")
         _require(self, "max_side", MIN_IMAGE_SIDE, integer=True, optional=True)
         _require(self, "time_budget", 0, optional=True, note=" minutes (0 = the preset's epochs)")
         _require(self, "min_defect_width", 0, optional=True, note=" (0 = off)")
@@ -180,6 +172,18 @@ class PipelineConfig:
         _require(self, "prior_temperature", 0, optional=True, above=True)
         if not (_is_number(self.latency_tolerance) and 0 <= self.latency_tolerance < 1):
             raise PipelineError(f"--latency-tolerance must be a share in [0, 1), got {self.latency_tolerance!r}")
+
+    def ignored_options(self) -> list[str]:
+        """Options set that do nothing in this config, each said in a line (not refused: a run
+        directory that recorded one must still resume)."""
+        notes = []
+        if not self.keep_aspect:  # every image squashed to image_size: no scale to choose
+            notes += [f"{_option(name)} has no effect: images are squashed to --image-size (keep_aspect off)"
+                      for name in ("max_side", "min_defect_width") if name in (self.explicit or ())]
+        if self.local_threads is not None and self.target != "local":
+            notes.append(f"--local-threads has no effect: it sets the built-in 'local' target's threads, "
+                         f"and the target is {self.target!r}")
+        return notes
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -39,6 +39,13 @@ class SearchError(AutonadError, RuntimeError):
     """A search that cannot run as configured (e.g. an infeasible budget)."""
 
 
+def breeding_parents(population: int, parents: int) -> int:
+    """The parents a generation keeps: at most two fewer than the population, so that every
+    generation breeds (a population of 5 with the cpu preset's 5 parents bred no child, and
+    its later generations only re-ranked the first); at least one."""
+    return max(1, min(parents, population - 2))
+
+
 @dataclass(frozen=True)
 class EvolutionConfig:
     """Paper defaults: population 100, 50 generations, top-10 parents, p_m 0.2, p_c 0.4."""
@@ -285,7 +292,7 @@ class EvolutionarySearch:
             self.generation = 1
             self._after_generation()
         while self.generation < cfg.generations:
-            parents = self.ranked(self.population)[: cfg.parents]
+            parents = self.ranked(self.population)[: breeding_parents(cfg.population, cfg.parents)]
             taken = set(self.cache) | {p.arch.hash for p in parents}
             children = self._children(parents, cfg.population - len(parents), taken)
             self._evaluate(children)

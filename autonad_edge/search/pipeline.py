@@ -91,6 +91,8 @@ class SearchPipeline:
 
     def _run(self) -> dict[str, Any]:
         cfg = self.cfg
+        for note in cfg.ignored_options():
+            self.log(f"[config] note: {note}")
         stages = StageLog.open(self.out / "stages.json")
         _check_plan_readable(self.out / "plan.json")
         # A config.json alone is from a run that stopped before any work (a bad option, an

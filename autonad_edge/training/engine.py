@@ -23,6 +23,7 @@ import hashlib
 import json
 import math
 import random
+import statistics
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -480,18 +481,29 @@ class Trainer:
         halfway through and the run ended 18 s past its 10 minutes (session 18); another's ran
         at 2.0 s where ten probe steps said 2.3, and it ended 45 s early (session 19)."""
         start_epoch, run_start = self._pace_from
-        # A resumed run is judged from its first epoch here, on the pace its log holds: waiting
-        # for this process's own first epochs let every resume overrun a spent limit by them.
-        paced = done - start_epoch >= self.PACE_EPOCHS or (start_epoch > 0 and len(self.history) >= self.PACE_EPOCHS)
-        if self.time_limit_s is None or done >= self.epochs or not paced:
+        if self.time_limit_s is None or done >= self.epochs:
+            return
+        # A resumed run is judged from its first epoch here, also on the pace its log holds:
+        # waiting for this process's own first epochs let every resume overrun a spent limit
+        # by them. Rank 0 alone reads the log: every rank follows its answer.
+        own_epochs = done - start_epoch
+        early = own_epochs < self.PACE_EPOCHS
+        if early and start_epoch > 0:
+            early = not self.dist.broadcast_object(len(self.history) >= self.PACE_EPOCHS)
+        if early:
             return
         # Training and val passes paced apart: the passes land on every eval_every-th epoch, so
         # a window of whole epochs holds them unevenly (every other epoch: one or two in three,
         # and the supernet's limit swung 26 -> 31 -> 28 -> 26 epochs on Magnetic-tile).
         # The recent passes of this process (settings may change on resume), else earlier ones;
         # before the first, none are priced: a later judgement cuts what they overrun.
-        recent = self.history[-self.PACE_EPOCHS:]
-        train_s = sum(float(r["train_time"]) for r in recent) / len(recent)
+        # The median of the recent epochs: one epoch slowed by a passing load (18 s among 5 s
+        # ones on a shared host) no longer cuts the run for good (a mean took it to 35 of 60).
+        train_s = statistics.median(float(r["train_time"]) for r in self.history[-self.PACE_EPOCHS:])
+        if own_epochs < self.PACE_EPOCHS:
+            # Not yet a pace of its own: the faster of the log's and this process's, so a slow
+            # spell before the stop (or another device now) does not cut what cannot be undone.
+            train_s = min(train_s, statistics.median(float(r["train_time"]) for r in self.history[-own_epochs:]))
         passes = [r for r in self.history if "val_miou" in r]
         passes = ([r for r in passes if r["epoch"] > start_epoch] or passes)[-self.PACE_EPOCHS:]
         val_s = sum(float(r["time"]) - float(r["train_time"]) for r in passes) / max(len(passes), 1)
