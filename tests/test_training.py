@@ -142,21 +142,24 @@ class Killed(Exception):
     pass
 
 
+def interrupt_after(trainer, epoch: int) -> None:
+    """Run `trainer` and stop it after `epoch` (its checkpoint written), as a killed process."""
+    def kill(done, record):
+        if done == epoch:
+            raise Killed
+
+    trainer.add_epoch_hook(kill)
+    with pytest.raises(Killed):
+        trainer.fit()
+
+
 def test_resume_is_bit_exact(tmp_path):
     data = toy_data(count=24, size=32, seed=1)  # 14 train images: 2 steps an epoch
     cfg = _supernet_cfg()
     straight = SupernetTrainer(cfg, data, tmp_path / "straight", space=SPACE, quiet=True)
     straight.fit()
 
-    interrupted = SupernetTrainer(cfg, data, tmp_path / "resumed", space=SPACE, quiet=True)
-
-    def kill(epoch, record):
-        if epoch == 1:
-            raise Killed
-
-    interrupted.add_epoch_hook(kill)
-    with pytest.raises(Killed):
-        interrupted.fit()
+    interrupt_after(SupernetTrainer(cfg, data, tmp_path / "resumed", space=SPACE, quiet=True), 1)
     assert load_checkpoint(tmp_path / "resumed" / "supernet.pt")["epoch"] == 1
     resumed = SupernetTrainer(cfg, data, tmp_path / "resumed", space=SPACE, quiet=True, resume=True)
     archs = []
@@ -447,15 +450,8 @@ def test_a_resumed_run_is_judged_from_its_first_epoch_on_the_pace_its_log_holds(
     arch = SPACE.sample(random.Random(5))
     cfg = RetrainConfig(image_size=SIZE, epochs=10, batch_size=8, lr=2e-3, augment=False, device="cpu",
                         max_steps_per_epoch=1, eval_every=2, calibrate=False)
-    first = RetrainTrainer(cfg, data, tmp_path / "run", space=SPACE, arch=arch, quiet=True, time_limit_s=1e9)
-
-    def stop_after_four(epoch, record):
-        if epoch == 4:
-            raise KeyboardInterrupt
-
-    first.add_epoch_hook(stop_after_four)
-    with pytest.raises(KeyboardInterrupt):
-        first.fit()
+    interrupt_after(RetrainTrainer(cfg, data, tmp_path / "run", space=SPACE, arch=arch, quiet=True,
+                                   time_limit_s=1e9), 4)
     assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 4
     resumed = RetrainTrainer(cfg, data, tmp_path / "run", space=SPACE, arch=arch, quiet=True, resume=True,
                              time_limit_s=0.0).fit()
