@@ -401,3 +401,19 @@ def test_a_resumed_run_on_a_changed_device_says_what_changed():
     assert "cpu_governor performance -> schedutil" in why and "another --out" in why and "\n" not in why
     old_run = LatencyResult.from_dict({**result.to_dict(), "fingerprint_json": None})
     assert before.hash in device_change(old_run, ctx(after))
+
+
+def test_the_console_summary_is_read_from_the_report_by_the_library(finished_run):
+    """The command printed its result by digging through the report's dict; the report module
+    now says what to print (`console_summary`), and the command prints it."""
+    from autonad_edge.search.report import console_summary
+
+    run, _, output = finished_run
+    report = json.loads((run / "report.json").read_text())
+    summary = console_summary(report)
+    assert summary.result.startswith(f"chosen {report['chosen']['summary']} (hash {report['chosen']['hash']}): test mIoU")
+    assert summary.result in output and all(f"note: {note}" in output for note in summary.notes)
+    assert any(note.startswith("raced 2 candidates") for note in summary.notes)
+    quiet = dict(report, race={"entries": []}, search_signal={"latency_decided": False},
+                 latency=dict(report["latency"], warning="timings were unstable"))
+    assert console_summary(quiet).notes == () and console_summary(quiet).warnings == ("timings were unstable",)

@@ -52,6 +52,7 @@ def search(
     """
     from autonad_edge.errors import AutonadError
     from autonad_edge.search.pipeline import PipelineConfig, PipelineError, run_search
+    from autonad_edge.search.report import console_summary
 
     try:
         base = PipelineConfig.load(config_file) if config_file else PipelineConfig()
@@ -81,24 +82,12 @@ def search(
         fail(str(exc))
     except KeyboardInterrupt:
         fail(f"interrupted; rerun the same command to resume from {out}", code=130)
-    acc, lat = report["accuracy"], report["latency"]
-    split = "test" if acc.get("test") else "val"
-    figures = acc.get(split) or {}
-    typer.echo(
-        f"chosen {report['chosen']['summary']} (hash {report['chosen']['hash']}): "
-        f"{split} mIoU {100 * (figures.get('miou') or 0):.2f}% "
-        f"(defect classes {100 * (figures.get('miou_defects') or 0):.2f}%), mF1 {100 * (figures.get('mf1') or 0):.2f}%; "
-        f"latency {lat['measured_ms']:.3f} ms median / {lat['measured_min_ms']:.3f} ms min measured on "
-        f"'{report['target']['name']}' (estimated {lat['estimated_ms']:.3f} ms {lat['statistic']})"
-    )
-    signal = report.get("search_signal") or {}
-    if signal.get("latency_decided"):
-        typer.echo(f"note: {signal['summary']}", err=True)
-    race = report.get("race") or {}
-    if race.get("entries"):
-        typer.echo(f"note: {race['note']}; {race['evidence']}", err=True)
-    if lat.get("warning"):
-        typer.echo(f"warning: {lat['warning']}", err=True)
+    summary = console_summary(report)
+    typer.echo(summary.result)
+    for note in summary.notes:
+        typer.echo(f"note: {note}", err=True)
+    for warning in summary.warnings:
+        typer.echo(f"warning: {warning}", err=True)
     typer.echo(f"report: {out / 'report.md'}")
 
 

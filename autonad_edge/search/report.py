@@ -6,6 +6,7 @@ Both are written from one dict, so the Markdown can never disagree with the JSON
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +225,37 @@ def _settings_lines(report: dict[str, Any]) -> list[str]:
     for a in report.get("artefacts", []):
         lines.append(f"| `{a['path']}` | {a['bytes']:,} | `{a['sha256'][:16]}…` |")
     return lines
+
+
+@dataclass(frozen=True)
+class ConsoleSummary:
+    """What a finished search tells its user on the console: the result line (stdout), notes and
+    warnings (stderr). Read from the report here, so a caller prints it without its layout."""
+
+    result: str
+    notes: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+
+def console_summary(report: dict[str, Any]) -> ConsoleSummary:
+    acc, lat = report["accuracy"], report["latency"]
+    split = "test" if acc.get("test") else "val"
+    figures = acc.get(split) or {}
+    result = (
+        f"chosen {report['chosen']['summary']} (hash {report['chosen']['hash']}): "
+        f"{split} mIoU {100 * (figures.get('miou') or 0):.2f}% "
+        f"(defect classes {100 * (figures.get('miou_defects') or 0):.2f}%), mF1 {100 * (figures.get('mf1') or 0):.2f}%; "
+        f"latency {lat['measured_ms']:.3f} ms median / {lat['measured_min_ms']:.3f} ms min measured on "
+        f"'{report['target']['name']}' (estimated {lat['estimated_ms']:.3f} ms {lat['statistic']})"
+    )
+    notes = []
+    signal = report.get("search_signal") or {}
+    if signal.get("latency_decided"):
+        notes.append(signal["summary"])
+    race = report.get("race") or {}
+    if race.get("entries"):
+        notes.append(f"{race['note']}; {race['evidence']}")
+    return ConsoleSummary(result, tuple(notes), (lat["warning"],) if lat.get("warning") else ())
 
 
 def write_report(out_dir: str | Path, report: dict[str, Any]) -> tuple[Path, Path]:
