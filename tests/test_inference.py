@@ -115,6 +115,22 @@ def test_predict_logits_squashes_to_the_training_size_as_one_window():
     torch.testing.assert_close(logits, expected, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("max_side, squash_hw", [(40, None), (None, None), (None, (24, 24))])
+def test_predicted_classes_are_the_argmax_of_the_logits_at_the_original_size(max_side, squash_hw):
+    """`predict` resizes the logits back one class at a time (two planes of the image's size,
+    not one a class): the classes are exactly the full logits' argmax, downscaled, native or
+    squashed."""
+    from autonad_edge.inference import predict_classes
+
+    net = _conv_net(3, classes=5, seed=3)
+    image = torch.randn(3, 61, 97, generator=torch.Generator().manual_seed(4))
+    options = dict(tile=32, max_side=max_side, squash_hw=squash_hw)
+    expected = predict_logits(net, image, **options).argmax(dim=0)
+    classes = predict_classes(net, image, **options)
+    assert classes.shape == (61, 97) and torch.equal(classes, expected)
+    assert len(classes.unique()) > 1
+
+
 def _mixed_items(seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
     generator = torch.Generator().manual_seed(seed)
     items = []

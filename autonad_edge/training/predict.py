@@ -121,19 +121,19 @@ def predict_image(model: nn.Module, image, image_size: int | Sequence[int], devi
     exactly that, run as one window, and the logits resized back (`max_side`, `tile` unused)."""
     from autonad_edge.data.cache import image_size_hw
     from autonad_edge.data.transforms import to_image_tensor
-    from autonad_edge.inference import predict_logits
+    from autonad_edge.inference import predict_classes
 
     _check_squash_tile(squash, tile)
     pixels = np.array(image, dtype=np.uint8)
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
     if squash:
-        logits = predict_logits(model, to_image_tensor(pixels), tile=None,
-                                squash_hw=image_size_hw(image_size), device=device)
+        classes = predict_classes(model, to_image_tensor(pixels), tile=None,
+                                  squash_hw=image_size_hw(image_size), device=device)
     else:
-        logits = predict_logits(model, to_image_tensor(pixels), tile=tile or default_tile(image_size),
-                                overlap=overlap, max_side=max_side, device=device)
-    return logits.argmax(dim=0).to(torch.uint8).numpy()
+        classes = predict_classes(model, to_image_tensor(pixels), tile=tile or default_tile(image_size),
+                                  overlap=overlap, max_side=max_side, device=device)
+    return classes.to(torch.uint8).numpy()
 
 
 def predict_images(
