@@ -458,6 +458,24 @@ def test_a_resumed_run_is_judged_from_its_first_epoch_on_the_pace_its_log_holds(
     assert resumed["epochs"] == 6 and [r["epoch"] for r in read_log(tmp_path / "run")] == list(range(1, 7))
 
 
+def test_a_best_left_by_a_rolled_back_epoch_is_what_the_record_says(tmp_path, data):
+    """best.pt is written before last.pt: stopped between them, a run resumed from an earlier
+    epoch while best.pt held a later one's weights, which on a non-exact device (CUDA) its rerun
+    need not reproduce, and the summary named another epoch. The resumed record follows the
+    file (here best.pt is made to claim epoch 3 at 99 %, as such a rerun could leave it)."""
+    from autonad_edge.training.checkpoint import save_checkpoint
+
+    arch = SPACE.sample(random.Random(5))
+    cfg = RetrainConfig(image_size=SIZE, epochs=4, batch_size=8, lr=2e-3, augment=False, device="cpu",
+                        max_steps_per_epoch=1, eval_every=1, calibrate=False)
+    interrupt_after(RetrainTrainer(cfg, data, tmp_path, space=SPACE, arch=arch, quiet=True), 2)
+    best = load_checkpoint(tmp_path / "best.pt")
+    save_checkpoint(tmp_path / "best.pt", {**best, "epoch": 3, "metrics": {**best["metrics"], "val_miou": 0.99}})
+    summary = RetrainTrainer(cfg, data, tmp_path, space=SPACE, arch=arch, quiet=True, resume=True).fit()
+    assert summary["best"]["epoch"] == 3 and summary["best"]["val_miou"] == 0.99
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 3
+
+
 def _judging_trainer(monkeypatch, planned: int, limit_s: float, epoch_times) -> RetrainTrainer:
     """A trainer's time-limit judgement alone (its state set by hand): `planned` epochs, a
     limit of `limit_s`, and a log of epochs that took `epoch_times`."""

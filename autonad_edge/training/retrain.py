@@ -123,6 +123,22 @@ class RetrainTrainer(Trainer):
         if ckpt.get("arch") and Arch.from_json(ckpt["arch"]) != self.arch:
             raise ArchError(f"{self.checkpoint_path}: the run retrains another architecture")
         self.best = dict(ckpt.get("best") or self.best)
+        self._adopt_a_later_best(int(ckpt.get("epoch") or 0))
+
+    def _adopt_a_later_best(self, resumed_epoch: int) -> None:
+        """``best.pt`` is written before ``last.pt``: a process stopped between the two leaves a
+        best from an epoch the resume rolls back. Where training is not bit-exact (CUDA), the
+        rerun of that epoch may score lower, and the kept weights would be ones no record
+        describes; the record follows the file instead (later epochs must beat it)."""
+        path = self.out_dir / BEST_FILE
+        if not path.exists():
+            return
+        saved = load_checkpoint(path)
+        score = (saved.get("metrics") or {}).get("val_miou")
+        if int(saved.get("epoch") or 0) > resumed_epoch and score is not None and (
+                self.best["val_miou"] is None or score > self.best["val_miou"]):
+            self.best = {"epoch": int(saved["epoch"]), "val_miou": float(score),
+                         "val_mf1": (saved.get("metrics") or {}).get("val_mf1")}
 
     def finish(self) -> dict[str, Any]:
         """Calibrate the kept network (``best.pt``) once: the val-chosen logit offsets are
