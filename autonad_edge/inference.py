@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -174,29 +175,21 @@ def predict_logits(
     scaled to the training scale (`max_side`), tiled (`tiled_logits`), resized back bilinearly.
     squash_hw: the model was trained on images squashed to this (height, width); the image is
     resized to exactly that and run as one window (`tile`, `overlap` and `max_side` unused)."""
-    logits, size = _logits_at_scale(forward, image, tile, overlap, max_side, squash_hw, batch_size, device)
+    logits, size = _logits_at_scale(forward, image, tile, overlap=overlap, max_side=max_side, squash_hw=squash_hw,
+                                    batch_size=batch_size, device=device)
     # Back to the image's size; antialiased where that shrinks (a squashed image smaller than
     # the model's input), as the bundle's infer.py resizes with PIL.
     return _resize(logits, size)
 
 
 @torch.no_grad()
-def predict_classes(
-    forward: Forward,
-    image: Tensor,
-    *,
-    tile: int | None,
-    overlap: int | None = None,
-    max_side: int | None = None,
-    squash_hw: tuple[int, int] | None = None,
-    batch_size: int = 8,
-    device: torch.device | str | None = None,
-) -> Tensor:
+def predict_classes(forward: Forward, image: Tensor, *, tile: int | None, **options: Any) -> Tensor:
     """int64 [H, W] class of each pixel of `image` at its ORIGINAL size: the argmax of
-    `predict_logits` (same arguments), with the logits resized back one class at a time, so an
-    image scaled down for inference holds two planes of its own size, not one a class (a 50-Mpx
-    image with six classes: 0.4 against 1.2 GB), as the bundle's infer.py does."""
-    logits, size = _logits_at_scale(forward, image, tile, overlap, max_side, squash_hw, batch_size, device)
+    `predict_logits` (the same `tile` and options: overlap, max_side, squash_hw, batch_size,
+    device), with the logits resized back one class at a time, so an image scaled down for
+    inference holds two planes of its own size, not one a class (a 50-Mpx image with six
+    classes: 0.4 against 1.2 GB), as the bundle's infer.py does."""
+    logits, size = _logits_at_scale(forward, image, tile, **options)
     if tuple(logits.shape[-2:]) == tuple(size):
         return logits.argmax(dim=0)
     best = _resize(logits[:1], size)[0]
@@ -209,7 +202,8 @@ def predict_classes(
     return classes
 
 
-def _logits_at_scale(forward, image, tile, overlap, max_side, squash_hw, batch_size, device):
+def _logits_at_scale(forward, image, tile, *, overlap=None, max_side=None, squash_hw=None, batch_size=8,
+                     device=None):
     """The logits [C, h, w] at the scale the network learnt, and the image's own (H, W)."""
     image = _as_chw(image)
     size = tuple(image.shape[-2:])
