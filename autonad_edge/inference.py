@@ -187,8 +187,9 @@ def predict_classes(forward: Forward, image: Tensor, *, tile: int | None, **opti
     """int64 [H, W] class of each pixel of `image` at its ORIGINAL size: the argmax of
     `predict_logits` (the same `tile` and options: overlap, max_side, squash_hw, batch_size,
     device), with the logits resized back one class at a time, so an image scaled down for
-    inference holds two planes of its own size, not one a class (a 50-Mpx image with six
-    classes: 0.4 against 1.2 GB), as the bundle's infer.py does."""
+    inference holds two float planes and the class map of its own size, not a plane a class
+    (by arithmetic, a 50-Mpx image with six classes: 0.8 GB against 1.6 GB with the argmax's
+    indices), as the bundle's infer.py does."""
     logits, size = _logits_at_scale(forward, image, tile, **options)
     if tuple(logits.shape[-2:]) == tuple(size):
         return logits.argmax(dim=0)

@@ -491,6 +491,11 @@ class SearchSpace:
     def smallest(self, op: str = "mlp", edge: str = "conv1x1") -> Arch:
         return self._uniform(min, op, edge)
 
+    def smallest_subnets(self) -> list[Arch]:
+        """The smallest subnet of each operator and edge op: among them are the space's fewest
+        parameters and (on most devices) its fastest subnet, which budgets are checked against."""
+        return [self.smallest(op=op, edge=edge) for op in self.operators for edge in self.edge_ops]
+
     def _uniform(self, pick, op: str, edge: str) -> Arch:
         # A space without the requested choice falls back to its own extreme one.
         if op not in self.operators:

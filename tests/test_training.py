@@ -483,6 +483,7 @@ def _judging_trainer(monkeypatch, planned: int, limit_s: float, epoch_times) -> 
     from autonad_edge.training.distributed import DistContext
 
     monkeypatch.setattr(engine, "resize_schedule", lambda scheduler, steps: None)
+    monkeypatch.setattr(engine, "time", types.SimpleNamespace(perf_counter=lambda: NOW))  # a clock that stands still
     trainer = object.__new__(RetrainTrainer)
     trainer.config = types.SimpleNamespace(epochs=planned, eval_every=0)
     trainer._dist, trainer.steps_per_epoch, trainer.scheduler, trainer.title = DistContext(), 10, None, "retrain"
@@ -492,6 +493,7 @@ def _judging_trainer(monkeypatch, planned: int, limit_s: float, epoch_times) -> 
 
 
 QUIET_PROGRESS = types.SimpleNamespace(message=lambda text: None, set_total_epochs=lambda n: None)
+NOW = 1000.0  # the judging trainer's clock: the time spent is what `_pace_from` says, however slow the host
 
 
 def test_one_slow_epoch_does_not_cut_the_run(monkeypatch):
@@ -499,11 +501,11 @@ def test_one_slow_epoch_does_not_cut_the_run(monkeypatch):
     4.5 s ones cut a default run from 60 epochs to 35, for good, and it ended 3 minutes inside
     its budget. The median is the pace now."""
     trainer = _judging_trainer(monkeypatch, 60, 275.0, [4.5, 18.0, 4.5])
-    trainer._pace_from = (0, time.perf_counter() - 27.0)
+    trainer._pace_from = (0, NOW - 27.0)
     trainer._fit_to_time_limit(3, QUIET_PROGRESS)
     assert trainer.epochs >= 58
     slow = _judging_trainer(monkeypatch, 60, 275.0, [4.5, 18.0, 18.0])  # a slowdown that lasts
-    slow._pace_from = (0, time.perf_counter() - 40.5)
+    slow._pace_from = (0, NOW - 40.5)
     slow._fit_to_time_limit(3, QUIET_PROGRESS)
     assert slow.epochs < 20
 
@@ -517,13 +519,13 @@ def test_a_resumed_run_is_not_cut_by_a_slow_spell_before_its_stop(monkeypatch):
     trainer = _judging_trainer(monkeypatch, 40, 80.0 - sum(before), before)
     for done in range(11, 17):
         trainer.history.append({"epoch": done, "train_time": 2.0, "time": 2.0})
-        trainer._pace_from = (10, time.perf_counter() - 2.0 * (done - 10))
+        trainer._pace_from = (10, NOW - 2.0 * (done - 10))
         trainer._fit_to_time_limit(done, QUIET_PROGRESS)
     assert trainer.epochs >= 35  # 36 fit at 2 s an epoch; the judgement keeps one epoch's margin
     # A limit already spent still ends the run at once: after the first epoch and one more.
     trainer.epochs, trainer.time_limit_s = 40, 0.0
     trainer.history = trainer.history[:11]
-    trainer._pace_from = (10, time.perf_counter() - 2.0)
+    trainer._pace_from = (10, NOW - 2.0)
     trainer._fit_to_time_limit(11, QUIET_PROGRESS)
     assert trainer.epochs == 12
 

@@ -204,11 +204,7 @@ class EvolutionarySearch:
         cfg = self.config
         if cfg.latency_budget_ms is None and cfg.params_budget is None:
             return
-        extremes = [
-            self.space.smallest(op=op, edge=edge)
-            for op in self.space.operators
-            for edge in self.space.edge_ops
-        ]
+        extremes = self.space.smallest_subnets()
         if cfg.latency_budget_ms is not None:
             fastest = min(self.latency_of(a) for a in extremes)
             if fastest > cfg.latency_budget_ms:

@@ -342,8 +342,7 @@ def _check_params_budget(space: SearchSpace, num_classes: int, budget: int | Non
         return
     from autonad_edge.models.complexity import count_params
 
-    smallest = min(count_params(space.smallest(op=op, edge=edge), space, num_classes)
-                   for op in space.operators for edge in space.edge_ops)
+    smallest = min(count_params(arch, space, num_classes) for arch in space.smallest_subnets())
     if smallest > budget:
         raise PipelineError(f"--params-budget {budget:,} is infeasible: the smallest subnet of this space "
                             f"has {smallest:,} parameters")

@@ -137,13 +137,9 @@ def val_miou(matrix: np.ndarray) -> float:
     never is, so the usual mIoU gains by silencing it: the deployed network would never call a
     defect that val merely lacks (a rare class carved into train only). Its false alarms still
     cost the background's IoU."""
-    matrix = np.asarray(matrix, dtype=np.float64)
-    held = matrix.sum(axis=1) > 0
-    if not held.any():
-        return float(metrics_from_matrix(matrix).miou)
-    tp = np.diag(matrix)
-    union = matrix.sum(axis=0) + matrix.sum(axis=1) - tp
-    return float(np.mean(tp[held] / union[held]))
+    metrics = metrics_from_matrix(matrix)
+    held = metrics.matrix.sum(axis=1) > 0
+    return float(metrics.iou[held].mean()) if held.any() else float(metrics.miou)
 
 
 def choose_offset(offsets: Sequence[float], scores: Sequence[float]) -> float:
