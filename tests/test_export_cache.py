@@ -228,3 +228,32 @@ def test_export_workers_exit_when_the_run_that_started_them_is_killed(tmp_path):
     for pid in alive:  # leave no stray process behind a failure
         os.kill(pid, signal.SIGKILL)
     assert not alive
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="a Linux scheduling policy")
+def test_work_ahead_runs_at_the_lowest_priority_and_hands_back_its_errors():
+    import threading
+
+    from autonad_edge.latency.export_pool import _at_lowest_priority
+
+    assert _at_lowest_priority(lambda: os.sched_getscheduler(threading.get_native_id())) == os.SCHED_IDLE
+    assert os.sched_getscheduler(threading.get_native_id()) != os.SCHED_IDLE  # the caller keeps its own
+
+    def fails():
+        raise ValueError("no such unit")
+
+    with pytest.raises(ValueError, match="no such unit"):
+        _at_lowest_priority(fails)
+
+
+def test_exporting_ahead_without_workers_leaves_the_work_to_its_time(monkeypatch):
+    """In the training process an export would hold the GIL against training: without worker
+    processes nothing is exported ahead."""
+    from autonad_edge.latency.export_pool import export_ahead
+
+    monkeypatch.setenv("AUTONAD_EXPORT_WORKERS", "0")
+    profiler.EXPORT_CACHE.clear()
+    todo = [edge_unit("conv1x1", 8, 8, (6, 10))]
+    assert profiler.cached_export(todo[0], "portable") is None
+    assert export_ahead(todo, "portable") == 0
+    assert profiler.cached_export(todo[0], "portable") is None

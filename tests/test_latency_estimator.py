@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import threading
 import time
 
 import pytest
@@ -23,7 +24,7 @@ from autonad_edge.latency.estimator import (
     fit_correction,
     stored_key,
 )
-from autonad_edge.latency.profiler import lenient_policy, missing_units, profile, target_key
+from autonad_edge.latency.profiler import export_bytes, lenient_policy, missing_units, profile, target_key
 from autonad_edge.space import SearchSpace, StageSpace
 
 SIZE = 32
@@ -229,14 +230,27 @@ def test_background_profiler_measures_without_blocking_submit(lab, tmp_path):
     rng = random.Random(3)
     archs = [space.sample(rng) for _ in range(30)]
     wanted = {u.signature for a in archs for u in units_of(a, space, CLASSES, SIZE)}
+    inside, release = threading.Event(), threading.Event()
+
+    def held_exporter(unit, flavor):
+        inside.set()
+        release.wait(60)  # the worker stays inside its first export until the test lets it go
+        return export_bytes(unit, flavor)
+
     with LatencyTable(tmp_path / "bg.sqlite") as table:
-        profiler = BackgroundProfiler(pool, table, space, SIZE, CLASSES, mode="continuous", policy=lenient_policy())
+        profiler = BackgroundProfiler(pool, table, space, SIZE, CLASSES, mode="continuous", policy=lenient_policy(),
+                                      exporter=held_exporter)
         with profiler:
-            start = time.perf_counter()
-            for step, arch in enumerate(archs):
-                profiler(step, arch)  # the step-hook form
-            elapsed = time.perf_counter() - start
-            assert elapsed < 0.05, f"submit blocked: {elapsed:.3f} s for {len(archs)} archs"
+            profiler(0, archs[0])  # the step-hook form
+            assert inside.wait(60)
+            # The worker is busy: every later step's submit must still return at once.
+            submitting = threading.Thread(target=lambda: [profiler(step, a) for step, a in enumerate(archs[1:], 1)])
+            submitting.start()
+            submitting.join(30)
+            blocked = submitting.is_alive()
+            release.set()
+            assert not blocked, "submit waited for the worker"
+            assert profiler.stats.submitted == len(archs)
             assert profiler.flush(timeout=120)
             stats = profiler.stats
         assert stats.submitted == 30 and stats.failed == 0 and stats.dropped == 0
@@ -259,6 +273,40 @@ def test_background_profiler_measures_without_blocking_submit(lab, tmp_path):
         deferred.close()
         assert deferred.stats.measured == distinct and deferred.stats.units_seen == distinct
         assert not deferred._thread.is_alive()
+
+
+def test_deferred_profiler_exports_ahead_at_the_lowest_priority_and_times_only_on_flush(lab, tmp_path, monkeypatch):
+    """With export workers, deferred mode exports the units it collects while training would
+    run (nothing timed yet), so the flush finds every export in the caches."""
+    from autonad_edge.latency import export_pool, profiler as profiler_module
+
+    space, pool = lab["space"], lab["pool"]
+    archs = [space.sample(random.Random(5)) for _ in range(4)]
+    units = {u.signature: u for a in archs for u in units_of(a, space, CLASSES, SIZE)}
+    monkeypatch.setenv("AUTONAD_EXPORT_WORKERS", "2")
+    session_cache = profiler_module.disk_export_cache()
+    profiler_module.use_export_cache(tmp_path / "exports")  # empty: every unit must be exported
+    profiler_module.EXPORT_CACHE.clear()
+    try:
+        with LatencyTable(tmp_path / "ahead.sqlite") as table:
+            bg = BackgroundProfiler(pool, table, space, SIZE, CLASSES, mode="deferred", policy=lenient_policy())
+            for arch in archs:
+                bg.submit(arch)
+            deadline = time.monotonic() + 300
+            while bg.stats.exported_ahead < len(units) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            stats = bg.stats
+            assert stats.exported_ahead == len(units) and stats.measured == 0
+            assert all(profiler_module.cached_export(u, "portable") is not None for u in units.values())
+            assert bg.flush(timeout=120)
+            bg.close()
+            assert bg.stats.measured == len(units)
+            assert "exported ahead while training ran" in bg.stats.summary()
+            key = target_key(pool)
+            assert {e.signature for e in table.entries(key.fingerprint)} == set(units)
+    finally:
+        export_pool.shutdown()
+        profiler_module.use_export_cache(session_cache.root if session_cache is not None else None)
 
 
 def test_cli_profile_and_prior(lab, tmp_path):

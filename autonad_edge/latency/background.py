@@ -18,10 +18,12 @@ Two modes:
 - ``continuous``: the worker measures as architectures arrive. Right for a remote target: the
   host only exports (a few seconds of one core per new unit, early in training; then almost
   every unit is known) and the device measures undisturbed.
-- ``deferred``: the worker only collects; units are measured when `flush()` is called (between
-  epochs, when training is paused). Right for an agent on the training machine (``local``):
-  there the agent's timed runs and the training step would compete for the same cores,
-  slowing the step and, worse, inflating the recorded latencies.
+- ``deferred``: units are measured only when `flush()` is called (between epochs, when
+  training is paused). Right for an agent on the training machine (``local``): there the
+  agent's timed runs and the training step would compete for the same cores, slowing the step
+  and, worse, inflating the recorded latencies. Meanwhile the worker exports the collected
+  units ahead (`export_pool.export_ahead`: worker processes at the lowest CPU priority, on
+  whatever core training leaves idle), so a flush mostly times.
 
 ``mode="auto"`` (the default) picks ``deferred`` when every agent of the pool is on a loopback
 address, ``continuous`` otherwise.
@@ -37,6 +39,7 @@ from collections import deque
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
+from autonad_edge.latency import export_pool
 from autonad_edge.latency.blocks import Unit, units_of
 from autonad_edge.latency.profiler import (
     ProfileReport,
@@ -70,18 +73,21 @@ class BackgroundStats:
     pending_units: int
     export_s: float  # exporting the units (part of measure_s)
     measure_s: float  # exporting and timing them: all the block timing cost
+    exported_ahead: int = 0  # units exported at the lowest priority while training ran (deferred)
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, float]) -> "BackgroundStats":
-        return cls(**{f: d[f] for f in cls.__dataclass_fields__})
+        # A run recorded before a field existed reads it as its default.
+        return cls(**{f: d[f] for f in cls.__dataclass_fields__ if f in d})
 
     def summary(self) -> str:
         """The block timing's cost in one line (the supernet stage's note in the report)."""
-        return (f"block timing: {self.measured} units in {self.measure_s:.1f} s (exports {self.export_s:.1f} s), "
-                f"{self.known} already in the table")
+        ahead = f", {self.exported_ahead} exported ahead while training ran" if self.exported_ahead else ""
+        return (f"block timing: {self.measured} units in {self.measure_s:.1f} s (exports {self.export_s:.1f} s)"
+                f"{ahead}, {self.known} already in the table")
 
 
 class BackgroundProfiler:
@@ -122,6 +128,8 @@ class BackgroundProfiler:
         self._report = ProfileReport(self.key)
         self._submitted = self._dropped = self._known = 0
         self._failed: dict[str, str] = {}
+        self._ahead: set[str] = set()  # signatures handed to `export_ahead` (deferred mode)
+        self._exported_ahead = 0
         self._measure_s = 0.0
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="latency-background", daemon=True)
@@ -212,8 +220,6 @@ class BackgroundProfiler:
         device busy while the next ones export."""
         if self.mode != "deferred":
             return self.chunk
-        from autonad_edge.latency import export_pool
-
         return max(self.chunk, export_pool.BUNDLE_SIZE * max(1, export_pool.worker_count()))
 
     @property
@@ -229,7 +235,7 @@ class BackgroundProfiler:
                 submitted=self._submitted, dropped=self._dropped, units_seen=len(self._seen), known=self._known,
                 measured=self._report.measured, failed=len(self._report.failed),
                 pending_archs=len(self._archs), pending_units=len(self._units),
-                export_s=self._report.export_s, measure_s=self._measure_s,
+                export_s=self._report.export_s, measure_s=self._measure_s, exported_ahead=self._exported_ahead,
             )
 
     @property
@@ -271,14 +277,24 @@ class BackgroundProfiler:
             self._known += known
         return new
 
+    def _to_export_ahead(self) -> list[Unit]:
+        """Deferred mode, between flushes: the next units to export ahead of their timing (call
+        with the lock held). Only the real exporter fills the caches a flush reads."""
+        if self.mode != "deferred" or self.exporter is not export_bytes:
+            return []
+        ahead = [u for u in self._units if u.signature not in self._ahead]
+        return ahead[: self._chunk_size()]
+
     def _run(self) -> None:
         self._lower_priority()
         try:
             while True:
                 with self._cond:
                     # New architectures are expanded into units at once (cheap: it keeps the
-                    # backlog count true); units are measured only when allowed.
-                    while not self._stop.is_set() and not (self._archs or (self._may_work() and self._units)):
+                    # backlog count true); units are measured only when allowed, exported
+                    # ahead meanwhile.
+                    while not self._stop.is_set() and not (self._archs or (self._may_work() and self._units)
+                                                           or self._to_export_ahead()):
                         self._cond.wait()
                     if self._stop.is_set():
                         return
@@ -290,6 +306,15 @@ class BackgroundProfiler:
                     self._units.extend(new)
                     take = min(self._chunk_size(), len(self._units)) if self._may_work() else 0
                     batch = [self._units.popleft() for _ in range(take)]
+                    ahead = [] if batch else self._to_export_ahead()
+                    self._ahead.update(u.signature for u in ahead)
+                if ahead:
+                    exported = export_pool.export_ahead(ahead, self.key.flavor)
+                    with self._cond:
+                        self._exported_ahead += exported
+                        self._busy = False
+                        self._cond.notify_all()
+                    continue
                 if batch:
                     t0 = time.perf_counter()
                     measure_units(

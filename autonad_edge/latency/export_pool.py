@@ -80,9 +80,50 @@ def _init_worker() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def _export_in_worker(units: Sequence["Unit"], flavor: str) -> list[bytes | BaseException]:
+def _lowest_priority() -> None:
+    """Put the calling thread at the scheduler's lowest priority (Linux: ``SCHED_IDLE``, which
+    runs only on a core nothing else wants; elsewhere nice 19 where it exists). A thread can
+    always lower its own priority; it cannot raise it back without privilege, so only a thread
+    made for the purpose calls this."""
+    tid = threading.get_native_id()
+    try:
+        os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        return
+    except (AttributeError, OSError):
+        pass
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, 19)
+    except (AttributeError, OSError):
+        pass
+
+
+def _at_lowest_priority(fn: Callable[..., Any], *args: Any) -> Any:
+    """`fn(*args)` on a new thread of this process at the lowest priority; its result, or its
+    exception raised here. The worker's one torch thread computes on the calling thread, so the
+    whole export runs at that priority."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        _lowest_priority()
+        try:
+            outcome.append((True, fn(*args)))
+        except BaseException as exc:  # noqa: BLE001 - handed back to the caller
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=run, name="export-idle")
+    thread.start()
+    thread.join()
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
+
+
+def _export_in_worker(units: Sequence["Unit"], flavor: str, idle: bool = False) -> list[bytes | BaseException]:
     from autonad_edge.latency.profiler import export_bundle_bytes
 
+    if idle:
+        return _at_lowest_priority(export_bundle_bytes, units, flavor)
     return export_bundle_bytes(units, flavor)
 
 
@@ -195,6 +236,40 @@ def export_units(units: Sequence["Unit"], flavor: str, workers: int | None = Non
     return results  # type: ignore[return-value]
 
 
+def export_ahead(units: Sequence["Unit"], flavor: str) -> int:
+    """Export `units` into the caches ahead of need, in the workers at the lowest CPU priority
+    (`_at_lowest_priority`), so the work uses only cores nothing else wants, e.g. what
+    training leaves idle; blocks until done. Returns the units exported. Without worker
+    processes it does nothing: in this process an export would hold the GIL against training
+    (and a low-priority thread holding it would stall the training thread behind it)."""
+    from autonad_edge.latency.profiler import cached_export, remember_export
+
+    todo = [u for u in units if cached_export(u, flavor) is None]
+    workers = worker_count()
+    if not todo or workers < 2 or _disabled:
+        return 0
+    bundles = _bundles(list(range(len(todo))), workers)
+    try:
+        pool = _get_pool(workers)
+        futures = [pool.submit(_export_in_worker, [todo[i] for i in bundle], flavor, True) for bundle in bundles]
+        exported = 0
+        for bundle, future in zip(bundles, futures):
+            try:
+                out = future.result()
+            except BrokenProcessPool:
+                raise
+            except Exception:  # noqa: BLE001 - the unit is exported again, and reported, when needed
+                continue
+            for i, data in zip(bundle, out):
+                if isinstance(data, bytes):
+                    remember_export(todo[i], flavor, data)
+                    exported += 1
+        return exported
+    except (BrokenProcessPool, OSError, RuntimeError) as exc:
+        _give_up(exc)
+        return 0
+
+
 def _bundles(indices: list[int], workers: int) -> list[list[int]]:
     """`indices` cut into contiguous bundles of at most `BUNDLE_SIZE`, at least one per worker
     while there are enough (every worker busy), of nearly equal sizes."""
@@ -233,4 +308,4 @@ def export_networks(archs: Sequence["Arch"], space: "SearchSpace", num_classes: 
     return _run([(_network_in_worker, (arch, space, num_classes, image_size, flavor)) for arch in archs], workers)
 
 
-__all__ = ["ENV_VAR", "export_networks", "export_units", "shutdown", "start", "worker_count"]
+__all__ = ["ENV_VAR", "export_ahead", "export_networks", "export_units", "shutdown", "start", "worker_count"]
