@@ -417,3 +417,21 @@ def test_the_console_summary_is_read_from_the_report_by_the_library(finished_run
     quiet = dict(report, race={"entries": []}, search_signal={"latency_decided": False},
                  latency=dict(report["latency"], warning="timings were unstable"))
     assert console_summary(quiet).notes == () and console_summary(quiet).warnings == ("timings were unstable",)
+
+
+def test_the_library_call_returns_the_runs_typed_results(finished_run):
+    """`run_search` gave the CLI the report's dict to dig through; it returns a typed outcome
+    (each stage's result, the report, the files) that the command prints from."""
+    from autonad_edge.search.pipeline import PipelineConfig, SearchOutcome, run_search
+    from autonad_edge.space import load_arch
+
+    run, _, output = finished_run
+    lines: list[str] = []
+    outcome = run_search(PipelineConfig.load(run / "config.json"), log=lines.append)  # resumes: all done
+    assert isinstance(outcome, SearchOutcome) and outcome.out == run
+    report = json.loads(outcome.report_json.read_text())
+    assert outcome.chosen.hash == report["chosen"]["hash"] == load_arch(run / "best_arch.json").hash
+    assert outcome.deploy_onnx.is_file() and outcome.deploy_onnx.name == "model.portable.onnx"
+    assert outcome.results.retrain.metrics["test"]["miou"] == report["accuracy"]["test"]["miou"]
+    assert outcome.summary().result in output
+    assert not any(line.startswith("supernet epoch") for line in lines)  # nothing trained again

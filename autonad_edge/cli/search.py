@@ -52,7 +52,6 @@ def search(
     """
     from autonad_edge.errors import AutonadError
     from autonad_edge.search.pipeline import PipelineConfig, PipelineError, run_search
-    from autonad_edge.search.report import console_summary
 
     try:
         base = PipelineConfig.load(config_file) if config_file else PipelineConfig()
@@ -75,20 +74,19 @@ def search(
         latency_tolerance=latency_tolerance, device=device, quiet=quiet, time_budget=time_budget, export_cache=export_cache,
         max_side=max_side, min_defect_width=min_defect_width, race_entrants=race_entrants,
     )
-    out = Path(config.out)
     try:
-        report = run_search(config, log=lambda msg: typer.echo(msg, err=True))
+        outcome = run_search(config, log=lambda msg: typer.echo(msg, err=True))
     except AutonadError as exc:  # the pipeline's own, and a stage's (e.g. a checkpoint that cannot resume)
         fail(str(exc))
     except KeyboardInterrupt:
-        fail(f"interrupted; rerun the same command to resume from {out}", code=130)
-    summary = console_summary(report)
+        fail(f"interrupted; rerun the same command to resume from {config.out}", code=130)
+    summary = outcome.summary()
     typer.echo(summary.result)
     for note in summary.notes:
         typer.echo(f"note: {note}", err=True)
     for warning in summary.warnings:
         typer.echo(f"warning: {warning}", err=True)
-    typer.echo(f"report: {out / 'report.md'}")
+    typer.echo(f"report: {outcome.report_md}")
 
 
 def register(app: typer.Typer) -> None:

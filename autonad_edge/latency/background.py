@@ -108,6 +108,7 @@ class BackgroundProfiler:
         chunk: int = 8,
         max_pending: int = 10_000,
         exporter: Callable[[Unit, str], bytes] = export_bytes,
+        export_ahead: bool = True,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -117,6 +118,8 @@ class BackgroundProfiler:
         self.mode = ("deferred" if is_loopback_pool(pool) else "continuous") if mode == "auto" else mode
         self.policy, self.nice, self.chunk, self.max_pending = policy, nice, chunk, max_pending
         self.exporter = exporter
+        # Deferred mode: export collected units before their flush (`export_pool.export_ahead`).
+        self.export_ahead = export_ahead
         self._archs: deque["Arch"] = deque()
         self._units: deque[Unit] = deque()
         self._seen: set[str] = set()
@@ -280,7 +283,7 @@ class BackgroundProfiler:
     def _to_export_ahead(self) -> list[Unit]:
         """Deferred mode, between flushes: the next units to export ahead of their timing (call
         with the lock held). Only the real exporter fills the caches a flush reads."""
-        if self.mode != "deferred" or self.exporter is not export_bytes:
+        if self.mode != "deferred" or not self.export_ahead or self.exporter is not export_bytes:
             return []
         ahead = [u for u in self._units if u.signature not in self._ahead]
         return ahead[: self._chunk_size()]

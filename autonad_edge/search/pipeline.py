@@ -40,6 +40,7 @@ from autonad_edge.latency.table import LatencyTable
 from autonad_edge.latency.targets import TargetError, open_target
 from autonad_edge.search.config import PipelineConfig, PipelineError
 from autonad_edge.search.planning import plan_run
+from autonad_edge.search.outcome import SearchOutcome
 from autonad_edge.search.presets import PRESETS, Preset, measurement_policy
 from autonad_edge.search.stages.context import RunClock, RunContext, read_run_json, unreadable
 from autonad_edge.search.stages.engine import DeployResult, engine_stage
@@ -62,7 +63,7 @@ STAGES = ("supernet", "latency", "search", "race", "retrain", "export", "engine"
 # Settings a rerun may change without making it another run.
 VOLATILE = {"quiet", "device", "generations", "targets_path", "export_cache", "explicit"}
 
-__all__ = ["PRESETS", "STAGES", "PipelineConfig", "PipelineError", "Preset", "SearchPipeline",
+__all__ = ["PRESETS", "STAGES", "PipelineConfig", "PipelineError", "Preset", "SearchOutcome", "SearchPipeline",
            "measurement_policy", "run_search"]
 
 
@@ -83,13 +84,13 @@ class SearchPipeline:
         """Seconds this run has worked so far, in this process and the ones it resumes."""
         return self.clock.elapsed_s()
 
-    def run(self) -> dict[str, Any]:
+    def run(self) -> SearchOutcome:
         self.clock = RunClock()
         self.out.mkdir(parents=True, exist_ok=True)
         with _exclusive(self.out):
             return self._run()
 
-    def _run(self) -> dict[str, Any]:
+    def _run(self) -> SearchOutcome:
         cfg = self.cfg
         for note in cfg.ignored_options():
             self.log(f"[config] note: {note}")
@@ -136,7 +137,7 @@ class SearchPipeline:
             results = self._run_stages(ctx, stages)
             report = report_stage(ctx, results, stages, STAGES)
             self.cfg = ctx.cfg
-        return report
+        return SearchOutcome(self.out, results, report)
 
     def _run_stages(self, ctx: RunContext, stages: StageLog) -> RunResults:
         def run(name, result_type, fn):
@@ -377,6 +378,7 @@ def _exclusive(out: Path):
         os.close(fd)  # closing drops the lock
 
 
-def run_search(config: PipelineConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Library entry point of `autonad-edge search`."""
+def run_search(config: PipelineConfig, log: Callable[[str], None] = print) -> SearchOutcome:
+    """Library entry point of `autonad-edge search`: runs (or resumes) the search `config`
+    describes, logging progress lines to `log`; raises `AutonadError` subclasses, one line each."""
     return SearchPipeline(config, log).run()
