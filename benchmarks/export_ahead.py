@@ -22,6 +22,30 @@ from dataclasses import replace
 from pathlib import Path
 
 
+def children_cpu_s() -> float:
+    """CPU seconds used so far by this process's descendants (export workers, the agent's worker)."""
+    import os
+
+    ticks = os.sysconf("SC_CLK_TCK")
+    stats = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                stats[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks)
+            except (OSError, IndexError, ValueError):
+                pass
+    mine, total, grew = {os.getpid()}, 0.0, True
+    while grew:
+        grew = False
+        for pid, (ppid, _) in stats.items():
+            if ppid in mine and pid not in mine:
+                mine.add(pid)
+                grew = True
+    return sum(stats[pid][1] for pid in mine if pid != os.getpid())
+
+
 def one_trial(cfg, data, space, ahead: bool, scratch: Path, epochs: int) -> dict:
     from autonad_edge.latency import LatencyTable, open_target
     from autonad_edge.latency import profiler as profiler_module
@@ -39,22 +63,28 @@ def one_trial(cfg, data, space, ahead: bool, scratch: Path, epochs: int) -> dict
             open_target(cfg.target, cfg.targets_path, table=table, local_threads=cfg.local_threads) as pool:
         with BackgroundProfiler(pool, table, space, cfg.image_hw, data.num_classes,
                                 policy=measurement_policy(cfg.timing), export_ahead=ahead) as bg:
+            marks: list[float] = []  # descendants' CPU seconds at each flush's end
+
             def timed_flush(epoch, record=None):
                 t0 = time.perf_counter()
                 bg.flush()
                 flushes.append(time.perf_counter() - t0)
+                marks.append(children_cpu_s())
 
             start = time.perf_counter()
             train_supernet(replace(cfg, supernet_epochs=epochs).supernet_config(), data, scratch / "supernet",
                            space=space, quiet=True, step_hooks=[bg], epoch_hooks=[timed_flush])
             stage_s = time.perf_counter() - start
             stats = bg.stats
+            # What other processes used while the later epochs trained (nothing is left to export).
+            later_cpu_s = (marks[-1] - marks[0]) if len(marks) >= 2 else None
     log = [json.loads(line) for line in (scratch / "supernet" / "train_log.jsonl").read_text().splitlines()
            if line.strip()]
     epoch_s = [r["train_time"] for r in log if "train_time" in r]
     return {"export_ahead": ahead, "stage_s": stage_s, "epoch_train_s": epoch_s, "flush_s": flushes,
             "block_timing_s": stats.measure_s, "exports_in_flush_s": stats.export_s,
             "exported_ahead": stats.exported_ahead, "measured": stats.measured,
+            "children_cpu_s_after_first_flush": later_cpu_s,
             "share": stats.measure_s / stage_s}
 
 
@@ -86,7 +116,8 @@ def main() -> None:
         print(f"trial {i + 1}: export_ahead={'on ' if ahead else 'off'} stage {row['stage_s']:.1f} s, epochs "
               f"{', '.join(f'{s:.1f}' for s in row['epoch_train_s'])} s, block timing {row['block_timing_s']:.1f} s "
               f"(exports {row['exports_in_flush_s']:.1f} s), {row['exported_ahead']} exported ahead, "
-              f"share {100 * row['share']:.0f} %", flush=True)
+              f"share {100 * row['share']:.0f} %, other processes' CPU over later epochs "
+              f"{row['children_cpu_s_after_first_flush']}", flush=True)
 
     def summary(ahead: bool) -> dict:
         rows = [r for r in trials if r["export_ahead"] == ahead]
