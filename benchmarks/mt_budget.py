@@ -167,7 +167,7 @@ def main() -> None:
     cfg = PipelineConfig(out=str(out / "search"), data=args.data, format=args.format, target="local",
                          local_threads=args.local_threads, table=str(out / "latency.sqlite"), preset=args.preset,
                          time_budget=args.time_budget, quiet=True)
-    report = run_search(cfg, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    report = run_search(cfg, log=lambda msg: print(msg, file=sys.stderr, flush=True)).report
     # The stages' own wall times (and the planning before them), which a resumed run keeps.
     plan = json.loads((out / "search" / "plan.json").read_text()) if (out / "search" / "plan.json").exists() else {}
     search_s = sum(s["wall_s"] for s in report["stages"]) + float(plan.get("plan_s") or 0.0)

@@ -129,7 +129,7 @@ def main() -> None:
         image_size=args.image_size, supernet_epochs=args.supernet_epochs, retrain_epochs=args.retrain_epochs,
         population=args.population, generations=args.generations, quiet=True,
     )
-    report = run_search(cfg, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    report = run_search(cfg, log=lambda msg: print(msg, file=sys.stderr, flush=True)).report
     search_s = time.perf_counter() - started
     # The run's own config: the training scale it chose from the masks (data.scale) included.
     resolved = PipelineConfig.load(out / "search" / "config.json").resolved()

@@ -275,38 +275,114 @@ def test_background_profiler_measures_without_blocking_submit(lab, tmp_path):
         assert not deferred._thread.is_alive()
 
 
-def test_deferred_profiler_exports_ahead_at_the_lowest_priority_and_times_only_on_flush(lab, tmp_path, monkeypatch):
-    """With export workers, deferred mode exports the units it collects while training would
-    run (nothing timed yet), so the flush finds every export in the caches."""
+def test_deferred_profiler_exports_ahead_and_times_only_on_flush(lab, tmp_path, monkeypatch):
+    """Deferred mode exports the units it collects while training would run (nothing timed
+    yet), each once, so the flush finds every export in the caches. (The exports ahead run at
+    normal priority here: at the lowest, a loaded test host would starve them.)"""
     from autonad_edge.latency import export_pool, profiler as profiler_module
 
     space, pool = lab["space"], lab["pool"]
-    archs = [space.sample(random.Random(5)) for _ in range(4)]
+    rng = random.Random(5)
+    archs = [space.sample(rng) for _ in range(4)]
     units = {u.signature: u for a in archs for u in units_of(a, space, CLASSES, SIZE)}
-    monkeypatch.setenv("AUTONAD_EXPORT_WORKERS", "2")
+    handed: list[str] = []
+
+    def ahead(todo, flavor):
+        handed.extend(u.signature for u in todo)
+        return sum(isinstance(b, bytes) for b in export_pool.export_units(todo, flavor))
+
+    monkeypatch.setenv("AUTONAD_EXPORT_WORKERS", "0")  # the exports in this process
+    monkeypatch.setattr(export_pool, "ahead_available", lambda: True)
+    monkeypatch.setattr(export_pool, "export_ahead", ahead)
+    monkeypatch.setattr(profiler_module, "EXPORT_CACHE", profiler_module._ExportCache())
     session_cache = profiler_module.disk_export_cache()
     profiler_module.use_export_cache(tmp_path / "exports")  # empty: every unit must be exported
-    profiler_module.EXPORT_CACHE.clear()
     try:
-        with LatencyTable(tmp_path / "ahead.sqlite") as table:
-            bg = BackgroundProfiler(pool, table, space, SIZE, CLASSES, mode="deferred", policy=lenient_policy())
+        with LatencyTable(tmp_path / "ahead.sqlite") as table, \
+                BackgroundProfiler(pool, table, space, SIZE, CLASSES, mode="deferred", policy=lenient_policy()) as bg:
             for arch in archs:
                 bg.submit(arch)
-            deadline = time.monotonic() + 300
+            deadline = time.monotonic() + 120
             while bg.stats.exported_ahead < len(units) and time.monotonic() < deadline:
-                time.sleep(0.2)
+                time.sleep(0.05)
             stats = bg.stats
             assert stats.exported_ahead == len(units) and stats.measured == 0
+            assert sorted(handed) == sorted(units)  # each unit handed once
             assert all(profiler_module.cached_export(u, "portable") is not None for u in units.values())
             assert bg.flush(timeout=120)
-            bg.close()
-            assert bg.stats.measured == len(units)
+            bg.submit(archs[0])  # known now: nothing more to export or time
+            assert bg.flush(timeout=60)
+            assert bg.stats.measured == len(units) and sorted(handed) == sorted(units)
             assert "exported ahead while training ran" in bg.stats.summary()
             key = target_key(pool)
             assert {e.signature for e in table.entries(key.fingerprint)} == set(units)
     finally:
+        profiler_module.use_export_cache(session_cache.root if session_cache is not None else None)
+
+
+def test_exports_ahead_in_the_worker_processes_fill_the_caches(tmp_path, monkeypatch):
+    """`export_pool.export_ahead` itself, in two worker processes (at normal priority: a loaded
+    test host would starve the lowest), each unit once; a second call finds them all cached."""
+    from autonad_edge.latency import export_pool, profiler as profiler_module
+
+    space = micro_space()
+    todo = space_units(space, CLASSES, 24)[:6]  # a size no other test exports
+    monkeypatch.setenv("AUTONAD_EXPORT_WORKERS", "2")
+    monkeypatch.setattr(export_pool, "_disabled", False)
+    monkeypatch.setattr(profiler_module, "EXPORT_CACHE", profiler_module._ExportCache())
+    session_cache = profiler_module.disk_export_cache()
+    profiler_module.use_export_cache(tmp_path / "exports")
+    try:
+        assert export_pool.export_ahead(todo, "portable", idle=False) == len(todo)
+        assert all(profiler_module.cached_export(u, "portable") == export_bytes(u, "portable") for u in todo)
+        assert export_pool.export_ahead(todo, "portable", idle=False) == 0
+    finally:
         export_pool.shutdown()
         profiler_module.use_export_cache(session_cache.root if session_cache is not None else None)
+
+
+def test_a_long_round_of_exports_ahead_holds_up_neither_the_backlog_nor_the_flush(lab, tmp_path, monkeypatch):
+    """At the lowest priority a round of exports ahead can last a whole epoch: the worker went
+    on counting new architectures' units only after it (the progress line showed 32 blocks
+    left of 95), and a flush must wait for the round, not export its units a second time."""
+    from autonad_edge.latency import export_pool
+
+    space, pool = lab["space"], lab["pool"]
+    rng = random.Random(11)
+    first = space.sample(rng)
+    later = next(a for a in (space.sample(rng) for _ in range(100))
+                 if {u.signature for u in units_of(a, space, CLASSES, SIZE)}
+                 - {u.signature for u in units_of(first, space, CLASSES, SIZE)})
+    entered, release, rounds = threading.Event(), threading.Event(), []
+
+    def slow_round(units, flavor):
+        rounds.append([u.signature for u in units])
+        entered.set()
+        release.wait(60)
+        return 0  # exported nothing: the flush exports every unit itself
+
+    monkeypatch.setattr(export_pool, "ahead_available", lambda: True)
+    monkeypatch.setattr(export_pool, "export_ahead", slow_round)
+    wanted = {u.signature for a in (first, later) for u in units_of(a, space, CLASSES, SIZE)}
+    with LatencyTable(tmp_path / "slow.sqlite") as table:
+        bg = BackgroundProfiler(pool, table, space, SIZE, CLASSES, mode="deferred", policy=lenient_policy())
+        bg.submit(first)
+        assert entered.wait(60)
+        bg.submit(later)
+        deadline = time.monotonic() + 60
+        while bg.backlog() < len(wanted) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert bg.backlog() == len(wanted)  # counted while the round is still in flight
+        flushed = []
+        flusher = threading.Thread(target=lambda: flushed.append(bg.flush(timeout=120)))
+        flusher.start()
+        time.sleep(0.3)
+        assert bg.stats.measured == 0  # the flush waits for the round before it measures
+        release.set()
+        flusher.join(120)
+        bg.close()
+        assert flushed == [True] and bg.stats.measured == len(wanted) and bg.stats.exported_ahead == 0
+        assert len(rounds) == 1  # no second round was started while one was in flight
 
 
 def test_cli_profile_and_prior(lab, tmp_path):

@@ -31,6 +31,7 @@ address, ``continuous`` otherwise.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -131,8 +132,11 @@ class BackgroundProfiler:
         self._report = ProfileReport(self.key)
         self._submitted = self._dropped = self._known = 0
         self._failed: dict[str, str] = {}
-        self._ahead: set[str] = set()  # signatures handed to `export_ahead` (deferred mode)
+        self._not_ahead: deque[Unit] = deque()  # units not yet handed to `export_ahead` (deferred mode)
         self._exported_ahead = 0
+        # The round of exports ahead in flight, on its own thread: at the lowest priority it may
+        # last a whole epoch, and the worker keeps expanding architectures meanwhile.
+        self._ahead_thread: threading.Thread | None = None
         self._measure_s = 0.0
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="latency-background", daemon=True)
@@ -201,6 +205,9 @@ class BackgroundProfiler:
             self._stop.set()
             self._cond.notify_all()
         self._thread.join(timeout)
+        ahead = self._ahead_thread
+        if ahead is not None:
+            ahead.join(timeout)
 
     def __enter__(self) -> "BackgroundProfiler":
         return self
@@ -281,12 +288,45 @@ class BackgroundProfiler:
         return new
 
     def _to_export_ahead(self) -> list[Unit]:
-        """Deferred mode, between flushes: the next units to export ahead of their timing (call
-        with the lock held). Only the real exporter fills the caches a flush reads."""
+        """Deferred mode, between flushes, no round in flight: the next units to export ahead
+        of their timing (call with the lock held). Only the real exporter fills the caches a
+        flush reads."""
         if self.mode != "deferred" or not self.export_ahead or self.exporter is not export_bytes:
             return []
-        ahead = [u for u in self._units if u.signature not in self._ahead]
-        return ahead[: self._chunk_size()]
+        if not self._not_ahead or (self._ahead_thread is not None and self._ahead_thread.is_alive()):
+            return []
+        if not export_pool.ahead_available():
+            self._not_ahead.clear()
+            return []
+        return list(itertools.islice(self._not_ahead, self._chunk_size()))
+
+    def _start_ahead(self, units: list[Unit]) -> None:
+        """Export `units` (the head of `_not_ahead`) ahead on a thread of their own (call with
+        the lock held)."""
+        for _ in units:
+            self._not_ahead.popleft()
+
+        def run() -> None:
+            try:
+                exported = export_pool.export_ahead(units, self.key.flavor)
+            except Exception as exc:  # noqa: BLE001 - the flush exports them itself, and reports
+                log.warning("exporting ahead failed: %s", exc)
+                exported = 0
+            with self._cond:
+                self._exported_ahead += exported
+                self._cond.notify_all()
+
+        self._ahead_thread = threading.Thread(target=run, name="latency-export-ahead", daemon=True)
+        self._ahead_thread.start()
+
+    def _finish_ahead(self) -> None:
+        """Wait for the round in flight (its units are in this batch or the next): exporting them
+        again meanwhile would do the work twice. Counted as export time: the flush waits."""
+        ahead = self._ahead_thread
+        if ahead is not None and ahead.is_alive():
+            t0 = time.perf_counter()
+            ahead.join()
+            self._report.export_s += time.perf_counter() - t0
 
     def _run(self) -> None:
         self._lower_priority()
@@ -307,19 +347,18 @@ class BackgroundProfiler:
                 new = self._expand(archs)
                 with self._cond:
                     self._units.extend(new)
+                    if self.mode == "deferred":
+                        self._not_ahead.extend(new)
                     take = min(self._chunk_size(), len(self._units)) if self._may_work() else 0
                     batch = [self._units.popleft() for _ in range(take)]
+                    if batch:
+                        self._not_ahead.clear()  # a flush measures every unit waiting
                     ahead = [] if batch else self._to_export_ahead()
-                    self._ahead.update(u.signature for u in ahead)
-                if ahead:
-                    exported = export_pool.export_ahead(ahead, self.key.flavor)
-                    with self._cond:
-                        self._exported_ahead += exported
-                        self._busy = False
-                        self._cond.notify_all()
-                    continue
+                    if ahead:
+                        self._start_ahead(ahead)
                 if batch:
                     t0 = time.perf_counter()
+                    self._finish_ahead()
                     measure_units(
                         self.pool, self.table, batch, key=self.key, policy=self.policy, chunk=len(batch),
                         overlap=False, exporter=self.exporter, report=self._report,

@@ -80,37 +80,47 @@ def _init_worker() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def _lowest_priority() -> None:
+def _lowest_priority() -> bool:
     """Put the calling thread at the scheduler's lowest priority (Linux: ``SCHED_IDLE``, which
-    runs only on a core nothing else wants; elsewhere nice 19 where it exists). A thread can
+    runs only on a core nothing else wants; where that is refused, nice 19). A thread can
     always lower its own priority; it cannot raise it back without privilege, so only a thread
-    made for the purpose calls this."""
-    tid = threading.get_native_id()
+    made for the purpose calls this. False if neither worked."""
+    tid = threading.get_native_id()  # on Linux a thread's id is what these calls take for a pid
     try:
         os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
-        return
+        return True
     except (AttributeError, OSError):
         pass
     try:
         os.setpriority(os.PRIO_PROCESS, tid, 19)
+        return os.getpriority(os.PRIO_PROCESS, tid) == 19
     except (AttributeError, OSError):
-        pass
+        return False
+
+
+def idle_exports_possible() -> bool:
+    """Whether this platform can run exports at a priority below training's (Linux)."""
+    return hasattr(os, "SCHED_IDLE")
 
 
 def _at_lowest_priority(fn: Callable[..., Any], *args: Any) -> Any:
     """`fn(*args)` on a new thread of this process at the lowest priority; its result, or its
     exception raised here. The worker's one torch thread computes on the calling thread, so the
-    whole export runs at that priority."""
+    whole export runs at that priority. Raises OSError, without calling `fn`, where the
+    priority cannot be lowered: work ahead at normal priority would slow training."""
     outcome: list[Any] = []
 
     def run() -> None:
-        _lowest_priority()
+        if not _lowest_priority():
+            outcome.append((False, OSError("cannot lower this thread's CPU priority")))
+            return
         try:
             outcome.append((True, fn(*args)))
         except BaseException as exc:  # noqa: BLE001 - handed back to the caller
             outcome.append((False, exc))
 
-    thread = threading.Thread(target=run, name="export-idle")
+    # A daemon: a worker interrupted while it waits here must not be kept alive by the export.
+    thread = threading.Thread(target=run, name="export-idle", daemon=True)
     thread.start()
     thread.join()
     ok, value = outcome[0]
@@ -236,23 +246,31 @@ def export_units(units: Sequence["Unit"], flavor: str, workers: int | None = Non
     return results  # type: ignore[return-value]
 
 
-def export_ahead(units: Sequence["Unit"], flavor: str) -> int:
+def ahead_available() -> bool:
+    """Whether `export_ahead` can work: two or more worker processes, started or startable,
+    on a platform with a priority below training's."""
+    return worker_count() >= 2 and not _disabled and idle_exports_possible()
+
+
+def export_ahead(units: Sequence["Unit"], flavor: str, idle: bool = True) -> int:
     """Export `units` into the caches ahead of need, in the workers at the lowest CPU priority
-    (`_at_lowest_priority`), so the work uses only cores nothing else wants, e.g. what
-    training leaves idle; blocks until done. Returns the units exported. Without worker
-    processes it does nothing: in this process an export would hold the GIL against training
-    (and a low-priority thread holding it would stall the training thread behind it)."""
+    (`_at_lowest_priority`; `idle=False`: at normal priority), so the work uses only cores
+    nothing else wants, e.g. what training leaves idle; blocks until done. Returns the units
+    exported. Without worker processes it does nothing: in this process an export would hold
+    the GIL against training (and a low-priority thread holding it would stall the training
+    thread behind it)."""
     from autonad_edge.latency.profiler import cached_export, remember_export
 
-    todo = [u for u in units if cached_export(u, flavor) is None]
-    workers = worker_count()
-    if not todo or workers < 2 or _disabled:
+    if worker_count() < 2 or _disabled or (idle and not idle_exports_possible()):
         return 0
-    bundles = _bundles(list(range(len(todo))), workers)
+    todo = [u for u in units if cached_export(u, flavor) is None]
+    if not todo:
+        return 0
+    bundles = _bundles(list(range(len(todo))), worker_count())
+    exported = 0
     try:
-        pool = _get_pool(workers)
-        futures = [pool.submit(_export_in_worker, [todo[i] for i in bundle], flavor, True) for bundle in bundles]
-        exported = 0
+        pool = _get_pool(worker_count())
+        futures = [pool.submit(_export_in_worker, [todo[i] for i in bundle], flavor, idle) for bundle in bundles]
         for bundle, future in zip(bundles, futures):
             try:
                 out = future.result()
@@ -264,10 +282,9 @@ def export_ahead(units: Sequence["Unit"], flavor: str) -> int:
                 if isinstance(data, bytes):
                     remember_export(todo[i], flavor, data)
                     exported += 1
-        return exported
     except (BrokenProcessPool, OSError, RuntimeError) as exc:
-        _give_up(exc)
-        return 0
+        _give_up(exc)  # the bundles stored before the break still count
+    return exported
 
 
 def _bundles(indices: list[int], workers: int) -> list[list[int]]:
@@ -308,4 +325,4 @@ def export_networks(archs: Sequence["Arch"], space: "SearchSpace", num_classes: 
     return _run([(_network_in_worker, (arch, space, num_classes, image_size, flavor)) for arch in archs], workers)
 
 
-__all__ = ["ENV_VAR", "export_ahead", "export_networks", "export_units", "shutdown", "start", "worker_count"]
+__all__ = ["ENV_VAR", "ahead_available", "export_ahead", "export_networks", "export_units", "shutdown", "start", "worker_count"]

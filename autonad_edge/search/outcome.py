@@ -27,8 +27,8 @@ class SearchOutcome:
 
     @property
     def chosen(self) -> Arch:
-        """The architecture retrained and shipped (the race's winner, else the search's best)."""
-        return self.results.race.winner.arch
+        """The architecture retrained and shipped (``best_arch.json``, as the report records it)."""
+        return Arch.from_dict(self.report["chosen"]["arch"])
 
     @property
     def report_md(self) -> Path:
@@ -41,8 +41,8 @@ class SearchOutcome:
     @property
     def deploy_onnx(self) -> Path:
         """The exported model of the target's flavour (the one its latency was measured on)."""
-        exported = self.results.export
-        return Path(exported.files[exported.flavor].path)
+        # From the run directory, not the stored path (relative to where the export ran).
+        return self.out / "export" / Path(self.results.export.files[self.results.export.flavor].path).name
 
     def summary(self) -> ConsoleSummary:
         """The result line, notes and warnings a console shows."""

@@ -49,7 +49,8 @@ def supernet_stage(ctx: RunContext) -> SupernetResult:
             ctx.cfg.supernet_config(), ctx.data, out_dir, space=ctx.space, resume=resume, quiet=ctx.cfg.quiet,
             step_hooks=[bg], epoch_hooks=[bg.epoch_hook], backlog=bg.backlog, time_limit_s=supernet_time_limit(ctx),
         )
-        # Units still queued are measured by the latency stage, with its progress bar.
-        stats = bg.stats
+    # Read once closed (a round of exports ahead still in flight has finished); units still
+    # queued are measured by the latency stage, with its progress bar.
+    stats = bg.stats
     return SupernetResult(checkpoint=str(out_dir / "supernet.pt"), summary=json_safe(summary),
                           background_latency=stats)
