@@ -65,7 +65,12 @@ def one_trial(cfg, data, space, ahead: bool, scratch: Path, epochs: int) -> dict
                                 policy=measurement_policy(cfg.timing), export_ahead=ahead) as bg:
             marks: list[float] = []  # descendants' CPU seconds at each flush's end
 
+            ready_at_flush: list[int] = []  # queued units already exported when each flush began
+
             def timed_flush(epoch, record=None):
+                with bg._cond:
+                    queued = list(bg._units)
+                ready_at_flush.append(sum(profiler_module.cached_export(u, "portable") is not None for u in queued))
                 t0 = time.perf_counter()
                 bg.flush()
                 flushes.append(time.perf_counter() - t0)
@@ -84,7 +89,7 @@ def one_trial(cfg, data, space, ahead: bool, scratch: Path, epochs: int) -> dict
     return {"export_ahead": ahead, "stage_s": stage_s, "epoch_train_s": epoch_s, "flush_s": flushes,
             "block_timing_s": stats.measure_s, "exports_in_flush_s": stats.export_s,
             "exported_ahead": stats.exported_ahead, "measured": stats.measured,
-            "children_cpu_s_after_first_flush": later_cpu_s,
+            "children_cpu_s_after_first_flush": later_cpu_s, "exported_before_first_flush": ready_at_flush[0],
             "share": stats.measure_s / stage_s}
 
 
@@ -98,8 +103,15 @@ def main() -> None:
     parser.add_argument("--run", required=True, help="a finished `autonad-edge search` output directory")
     parser.add_argument("--trials", type=int, default=4, help="trials, alternating off / on")
     parser.add_argument("--epochs", type=int, default=0, help="supernet epochs (0: the run's)")
+    parser.add_argument("--torch-threads", type=int, default=0,
+                        help="training threads (0: torch's default; 1 on a 2-core host leaves a core idle, "
+                             "as training on a GPU leaves the CPU)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     run = Path(args.run)
     cfg = PipelineConfig.load(run / "config.json").resolved()
     report = json.loads((run / "report.json").read_text())
@@ -115,7 +127,8 @@ def main() -> None:
         trials.append(row)
         print(f"trial {i + 1}: export_ahead={'on ' if ahead else 'off'} stage {row['stage_s']:.1f} s, epochs "
               f"{', '.join(f'{s:.1f}' for s in row['epoch_train_s'])} s, block timing {row['block_timing_s']:.1f} s "
-              f"(exports {row['exports_in_flush_s']:.1f} s), {row['exported_ahead']} exported ahead, "
+              f"(exports {row['exports_in_flush_s']:.1f} s), {row['exported_ahead']} exported ahead "
+              f"({row['exported_before_first_flush']} before the flush), "
               f"share {100 * row['share']:.0f} %, other processes' CPU over later epochs "
               f"{row['children_cpu_s_after_first_flush']}", flush=True)
 
@@ -125,7 +138,8 @@ def main() -> None:
                 ("stage_s", "block_timing_s", "exports_in_flush_s", "exported_ahead", "share")} | {
                 "first_epoch_train_s": statistics.median(r["epoch_train_s"][0] for r in rows)} if rows else {}
 
-    result = {"host": platform.node(), "run": str(run), "epochs": epochs, "trials": trials,
+    result = {"host": platform.node(), "run": str(run), "epochs": epochs, "torch_threads": args.torch_threads,
+              "trials": trials,
               "median_off": summary(False), "median_on": summary(True)}
     print(json.dumps({"off": result["median_off"], "on": result["median_on"]}, indent=1))
     if args.json:

@@ -21,9 +21,11 @@ Two modes:
 - ``deferred``: units are measured only when `flush()` is called (between epochs, when
   training is paused). Right for an agent on the training machine (``local``): there the
   agent's timed runs and the training step would compete for the same cores, slowing the step
-  and, worse, inflating the recorded latencies. Meanwhile the worker exports the collected
-  units ahead (`export_pool.export_ahead`: worker processes at the lowest CPU priority, on
-  whatever core training leaves idle), so a flush mostly times.
+  and, worse, inflating the recorded latencies. Meanwhile the collected units are exported
+  ahead (`export_pool.export_ahead`: worker processes at the lowest CPU priority, on whatever
+  core training leaves idle), so that where training leaves one (a GPU trains, or fewer
+  training threads than cores) a flush mostly times; where it leaves none, the round finishes
+  in the flush, as the exports would without it.
 
 ``mode="auto"`` (the default) picks ``deferred`` when every agent of the pool is on a loopback
 address, ``continuous`` otherwise.
@@ -74,7 +76,9 @@ class BackgroundStats:
     pending_units: int
     export_s: float  # exporting the units (part of measure_s)
     measure_s: float  # exporting and timing them: all the block timing cost
-    exported_ahead: int = 0  # units exported at the lowest priority while training ran (deferred)
+    # Units exported by rounds ahead of their flush (deferred mode), at the lowest priority; a
+    # round still in flight when a flush begins finishes in it (and its wait is in export_s).
+    exported_ahead: int = 0
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -86,7 +90,7 @@ class BackgroundStats:
 
     def summary(self) -> str:
         """The block timing's cost in one line (the supernet stage's note in the report)."""
-        ahead = f", {self.exported_ahead} exported ahead while training ran" if self.exported_ahead else ""
+        ahead = f", {self.exported_ahead} exported ahead of it" if self.exported_ahead else ""
         return (f"block timing: {self.measured} units in {self.measure_s:.1f} s (exports {self.export_s:.1f} s)"
                 f"{ahead}, {self.known} already in the table")
 
