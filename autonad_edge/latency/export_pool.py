@@ -198,12 +198,14 @@ def shutdown() -> None:
 atexit.register(shutdown)
 
 
-def _run(calls: list[tuple[Callable[..., Any], tuple]], workers: int | None) -> list[Any]:
+def _run(calls: list[tuple[Callable[..., Any], tuple]], workers: int | None, here: bool = True) -> list[Any]:
     """Each call's result (or the exception it raised), in order: in the worker pool when there
-    are two or more and `workers` (default `worker_count()`) is 2 or more, else here."""
+    are two or more (or `here` is False) and `workers` (default `worker_count()`) is 2 or more,
+    else here. With `here` False no call ever runs in this process: one the pool cannot run
+    gets a RuntimeError."""
     results: list[Any] = [None] * len(calls)
     workers = worker_count() if workers is None else workers
-    if len(calls) >= 2 and workers >= 2 and not _disabled:
+    if (len(calls) >= 2 or not here) and workers >= 2 and not _disabled:
         try:
             pool = _get_pool(workers)
             futures = [pool.submit(fn, *args) for fn, args in calls]
@@ -219,6 +221,8 @@ def _run(calls: list[tuple[Callable[..., Any], tuple]], workers: int | None) -> 
             # No workers (a sandbox without process spawning, a script without the
             # ``if __name__ == "__main__":`` guard spawn needs, a killed worker): export here.
             _give_up(exc)
+    if not here:
+        return [RuntimeError("no export worker processes") if r is None else r for r in results]
     for i, (fn, args) in enumerate(calls):
         if results[i] is None:
             try:
@@ -228,16 +232,19 @@ def _run(calls: list[tuple[Callable[..., Any], tuple]], workers: int | None) -> 
     return results  # type: ignore[return-value]
 
 
-def export_units(units: Sequence["Unit"], flavor: str, workers: int | None = None) -> list[bytes | BaseException]:
+def export_units(units: Sequence["Unit"], flavor: str, workers: int | None = None,
+                 idle: bool = False) -> list[bytes | BaseException]:
     """Each unit's ONNX bytes (or the exception its export raised), in order; cached units
-    come from the caches, the others are exported (`_run`)."""
+    come from the caches, the others are exported (`_run`). With `idle`, only in the workers
+    and at the lowest CPU priority (`_at_lowest_priority`)."""
     from autonad_edge.latency.profiler import cached_export, remember_export
 
     results: list[bytes | BaseException | None] = [cached_export(u, flavor) for u in units]
     todo = [i for i, r in enumerate(results) if r is None]
     workers = worker_count() if workers is None else workers
     bundles = _bundles(todo, workers)
-    done = _run([(_export_in_worker, ([units[i] for i in bundle], flavor)) for bundle in bundles], workers)
+    done = _run([(_export_in_worker, ([units[i] for i in bundle], flavor, idle)) for bundle in bundles], workers,
+                here=not idle)
     for bundle, out in zip(bundles, done):
         for i, data in zip(bundle, out if isinstance(out, list) else [out] * len(bundle)):
             if isinstance(data, bytes):
@@ -254,37 +261,17 @@ def ahead_available() -> bool:
 
 def export_ahead(units: Sequence["Unit"], flavor: str, idle: bool = True) -> int:
     """Export `units` into the caches ahead of need, in the workers at the lowest CPU priority
-    (`_at_lowest_priority`; `idle=False`: at normal priority), so the work uses only cores
-    nothing else wants, e.g. what training leaves idle; blocks until done. Returns the units
-    exported. Without worker processes it does nothing: in this process an export would hold
-    the GIL against training (and a low-priority thread holding it would stall the training
-    thread behind it)."""
-    from autonad_edge.latency.profiler import cached_export, remember_export
+    (`export_units(idle=True)`), so the work uses only cores nothing else wants, e.g. what
+    training leaves idle; blocks until done. Returns the units exported. Without worker
+    processes it does nothing: in this process an export would hold the GIL against training
+    (and a low-priority thread holding it would stall the training thread behind it).
+    `idle=False` exports as `export_units` does (normal priority)."""
+    from autonad_edge.latency.profiler import cached_export
 
     if worker_count() < 2 or _disabled or (idle and not idle_exports_possible()):
         return 0
     todo = [u for u in units if cached_export(u, flavor) is None]
-    if not todo:
-        return 0
-    bundles = _bundles(list(range(len(todo))), worker_count())
-    exported = 0
-    try:
-        pool = _get_pool(worker_count())
-        futures = [pool.submit(_export_in_worker, [todo[i] for i in bundle], flavor, idle) for bundle in bundles]
-        for bundle, future in zip(bundles, futures):
-            try:
-                out = future.result()
-            except BrokenProcessPool:
-                raise
-            except Exception:  # noqa: BLE001 - the unit is exported again, and reported, when needed
-                continue
-            for i, data in zip(bundle, out):
-                if isinstance(data, bytes):
-                    remember_export(todo[i], flavor, data)
-                    exported += 1
-    except (BrokenProcessPool, OSError, RuntimeError) as exc:
-        _give_up(exc)  # the bundles stored before the break still count
-    return exported
+    return sum(isinstance(data, bytes) for data in export_units(todo, flavor, idle=idle))
 
 
 def _bundles(indices: list[int], workers: int) -> list[list[int]]:

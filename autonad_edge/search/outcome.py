@@ -16,7 +16,7 @@ class SearchOutcome:
     """Every stage's typed result, the report as written to ``report.json``, and where the
     run's files are::
 
-        outcome = run_search(PipelineConfig(data="images/", format="files"))
+        outcome = run_search(PipelineConfig(data="defects/", format="voc"))
         outcome.chosen.summary(), outcome.results.retrain.metrics["test"]["miou"]
         outcome.deploy_onnx            # the model to ship
     """
