@@ -41,7 +41,8 @@ from autonad_edge.io import atomic_write_json
 from autonad_edge.search.evolution import Candidate, final_ms
 from autonad_edge.search.pipeline import PipelineConfig
 from autonad_edge.search.race import pick_entrants
-from autonad_edge.search.stages.race import race_epochs, train_entrant
+from autonad_edge.search.planning import race_epochs
+from autonad_edge.search.stages.race import train_entrant
 from autonad_edge.space import SearchSpace
 from autonad_edge.training.rundata import load_run_data
 

@@ -119,3 +119,43 @@ def test_the_search_plot_stars_the_race_winner(tmp_path, monkeypatch):
     cfg.race_entrants = 1
     assert race_stage_module.race_stage(ctx, search).winner.arch.hash == cands[1].arch.hash
     assert json.loads((tmp_path / "best_arch.json").read_text())["stages"] == cands[1].arch.to_dict()["stages"]
+
+
+def test_on_a_time_budget_the_race_gets_its_share_of_the_time_left_at_its_entrants_pace(tmp_path, monkeypatch):
+    """On Magnetic-tile the race's epochs, a share of the retraining's planned at a probed
+    subnet's step, took 1,252 s of a 60-minute budget where 868 were planned: its entrants'
+    steps were slower. The race now times each entrant and fits the epochs that every entrant
+    runs into its share of the time left; a resumed race keeps them."""
+    import json
+    from dataclasses import asdict
+    from types import SimpleNamespace
+
+    import autonad_edge.search.planning as planning
+    from autonad_edge.search.budget import REPLAN_MARGIN, StageCosts, retrain_time_limit_s
+
+    costs = StageCosts(supernet_step_s=0.2, retrain_step_s=0.1, val_eval_s=2.0, supernet_steps_per_epoch=10,
+                       retrain_steps_per_epoch=10, latency_s=30.0, export_s=20.0)
+    (tmp_path / "plan.json").write_text(json.dumps({"plan": {"budget_s": 3600.0}, "costs": asdict(costs),
+                                                    "epochs": {"retrain_epochs": 900}}))
+    monkeypatch.setattr(planning, "measure_retrain_step",
+                        lambda config, space, data, arch, steps, seed: step_s[arch.hash])
+    cands = candidates([1.0, 2.0, 3.0])
+    step_s = {c.arch.hash: s for c, s in zip(cands, (0.10, 0.12, 0.14))}
+    clock = SimpleNamespace(elapsed_s=lambda: 1000.0)
+    cfg = SimpleNamespace(race_share=0.3, retrain_epochs=900, seed=0,
+                          retrain_config=lambda checkpoint: SimpleNamespace())
+    ctx = SimpleNamespace(cfg=cfg, out=tmp_path, given=set(), clock=clock, space=None, data=None)
+    epochs = planning.plan_race(ctx, [c.arch for c in cands], steps_per_epoch=35)
+    share = 0.3 * retrain_time_limit_s(costs, 3600.0, 1000.0, margin=REPLAN_MARGIN)
+    # Every entrant's epochs and its final val pass fit the share; one epoch more would not.
+    assert 3 * 2.0 + epochs * 35 * (0.10 + 0.12 + 0.14) <= share < 3 * 2.0 + (epochs + 1) * 35 * 0.36
+    assert epochs < planning.race_epochs(cfg, 3)  # the plan's share at its probe's step: 90 each
+    saved = json.loads((tmp_path / "plan.json").read_text())["race"]
+    assert saved["epochs"] == epochs and saved["step_s"] == [0.10, 0.12, 0.14]
+    # A resumed race keeps its epochs (the entrants already trained ran them): nothing is timed.
+    monkeypatch.setattr(planning, "measure_retrain_step", lambda *a, **k: pytest.fail("timed again"))
+    ctx.clock = SimpleNamespace(elapsed_s=lambda: 2000.0)
+    assert planning.plan_race(ctx, [c.arch for c in cands], steps_per_epoch=35) == epochs
+    # Retraining epochs given on the command line: the share of those, as without a budget.
+    ctx.given = {"retrain_epochs"}
+    assert planning.plan_race(ctx, [c.arch for c in cands], steps_per_epoch=35) == planning.race_epochs(cfg, 3)

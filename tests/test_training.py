@@ -510,6 +510,41 @@ def test_one_slow_epoch_does_not_cut_the_run(monkeypatch):
     assert slow.epochs < 20
 
 
+def test_epochs_a_slow_spell_cut_are_given_back_when_the_pace_recovers(monkeypatch):
+    """A spell of slow epochs cut a 60-minute Magnetic-tile retraining for good (457 epochs to
+    397) and, the host faster again, the run ended 6 minutes inside its budget. Now the cut is
+    undone, up to the plan's epochs, once nine epochs at the recovered pace show they fit; not in
+    the decay's last quarter, and not while the host stays slow."""
+    messages = []
+    progress = types.SimpleNamespace(message=messages.append, set_total_epochs=lambda n: None)
+
+    def judged(times, spent_before=0.0):
+        trainer = _judging_trainer(monkeypatch, 100, 420.0, times)
+        trainer._pace_from = (0, NOW - spent_before - sum(times))
+        return trainer
+
+    times = [4.0] * 10 + [6.0] * 3  # planned at 4 s an epoch; a slow spell
+    trainer = judged(times)
+    trainer._fit_to_time_limit(13, progress)
+    assert trainer.epochs == 73  # 60 more fit in the 362 s left at 6 s
+    for pace, expect in ((6.0, 73), (4.0, 100)):  # nine more epochs: still slow, or recovered
+        again = judged(times + [pace] * 9)
+        again.epochs = 73
+        again._fit_to_time_limit(22, progress)
+        assert again.epochs == expect
+    assert "a cut to 73 epochs is no longer needed" in messages[-1] and messages[-1].endswith("running 100")
+    # Never above the plan, however fast.
+    fast = judged(times + [1.0] * 9)
+    fast.epochs = 73
+    fast._fit_to_time_limit(22, progress)
+    assert fast.epochs == 100
+    # Not once the decay's last quarter has begun: its rates are already used.
+    late = judged([4.0] * 60, spent_before=-100.0)
+    late.epochs = 70
+    late._fit_to_time_limit(60, progress)
+    assert late.epochs == 70
+
+
 def test_a_resumed_run_is_not_cut_by_a_slow_spell_before_its_stop(monkeypatch):
     """Judged from its first epoch after a resume, a run took the log's last epochs as its pace:
     40 planned at 2 s, stopped after 10 whose last two ran at 6 s (a busy host), resumed at 2 s

@@ -28,7 +28,6 @@ from autonad_edge.search.budget import (
 )
 from autonad_edge.search.config import PipelineConfig, PipelineError
 from autonad_edge.search.stages.context import RunContext, read_run_json
-from autonad_edge.search.stages.race import race_epochs
 from autonad_edge.space import Arch
 from autonad_edge.training.engine import LOG_FILE
 from autonad_edge.training.progress import JsonlLog
@@ -121,6 +120,42 @@ def replan_retrain(ctx: RunContext, arch: Arch) -> PipelineConfig:
                 f"retraining {epochs} epochs (planned {record['replanned']['planned_retrain_epochs']}; "
                 f"export ~{export_s:.0f} s)")
     return replace(cfg, retrain_epochs=record["epochs"]["retrain_epochs"])
+
+
+def race_epochs(cfg, entrants: int) -> int:
+    """Each entrant's epochs without a time budget: `race_share` of the retraining's, split
+    evenly."""
+    return max(1, round(cfg.race_share * cfg.retrain_epochs / max(entrants, 1)))
+
+
+# Timed steps of each entrant before a race on a time budget (about a second each).
+RACE_PROBE_STEPS = 10
+
+
+def plan_race(ctx: RunContext, entrants: list[Arch], steps_per_epoch: int) -> int:
+    """Each entrant's epochs. On a time budget: `race_share` of the time the race and the
+    retraining have left now, split among the entrants by their own steps, timed here (every
+    entrant runs the same epochs: the race compares them on one schedule). The plan's share of
+    its retraining epochs counted entrants as fast as the subnet it probed: on Magnetic-tile
+    the race then took 1,252 s of a 60-minute budget where it planned 868, each entrant's epoch
+    4.1-5.0 s against 3.3 s (session 25). Kept in ``plan.json``, so a resumed race keeps its
+    epochs; without a budget (or with retraining epochs given), `race_epochs`."""
+    cfg, path, record = ctx.cfg, ctx.out / "plan.json", _saved_plan(ctx)
+    if not record.get("plan") or "retrain_epochs" in ctx.given:
+        return race_epochs(cfg, len(entrants))
+    if "race" not in record:
+        costs = StageCosts.from_dict(record["costs"])
+        step_s = [measure_retrain_step(cfg.retrain_config("probe"), ctx.space, ctx.data, arch,
+                                       steps=RACE_PROBE_STEPS, seed=cfg.seed) for arch in entrants]
+        elapsed = ctx.clock.elapsed_s()
+        race_s = cfg.race_share * retrain_time_limit_s(costs, record["plan"]["budget_s"], elapsed,
+                                                       margin=REPLAN_MARGIN)
+        # Each entrant ends with a val pass; the rest is epochs of every entrant's steps.
+        epoch_s = steps_per_epoch * sum(step_s)
+        epochs = max(1, int((race_s - len(entrants) * costs.val_eval_s) // epoch_s)) if epoch_s > 0 else 1
+        record["race"] = {"elapsed_s": elapsed, "time_s": race_s, "step_s": step_s, "epochs": epochs}
+        atomic_write_json(path, record)
+    return int(record["race"]["epochs"])
 
 
 def supernet_time_limit(ctx: RunContext) -> float | None:

@@ -1,7 +1,8 @@
 """Stage 4: when the search could not see accuracy, race a few candidates (`search.race`).
 
 Each entrant is trained from scratch by the run's retraining recipe for the same short schedule
-on the same seeded batches, in ``<out>/race/<hash>/`` (resumable, its result kept in
+(on a time budget, the race's share of the time left, split by the entrants' own timed steps:
+`planning.plan_race`) on the same seeded batches, in ``<out>/race/<hash>/`` (resumable, its result kept in
 ``race.json`` there); the best race score (training loss and latency) becomes the run's choice
 (``best_arch.json``). With
 ``race_entrants`` below 2, or when the search's candidates were told apart by accuracy, the
@@ -18,6 +19,7 @@ from typing import Any
 from autonad_edge.data.crops import CropConfig
 from autonad_edge.io import atomic_write_json
 from autonad_edge.search.evolution import Candidate, final_ms
+from autonad_edge.search.planning import plan_race, race_epochs
 from autonad_edge.search.race import RaceEntry, RaceRun, evidence, pick_entrants, race_winner, score_entries
 from autonad_edge.search.stages.context import RunContext, read_run_json, unreadable
 from autonad_edge.search.plots import plot_pareto
@@ -56,11 +58,6 @@ class RaceResult(StageResult):
         return self.note
 
 
-def race_epochs(cfg, entrants: int) -> int:
-    """Each entrant's epochs: `race_share` of the retraining's, split evenly."""
-    return max(1, round(cfg.race_share * cfg.retrain_epochs / max(entrants, 1)))
-
-
 def race_stage(ctx: RunContext, search: SearchResult) -> RaceResult:
     cfg = ctx.cfg
     if cfg.race_entrants < 2:
@@ -72,9 +69,8 @@ def race_stage(ctx: RunContext, search: SearchResult) -> RaceResult:
     if cfg.latency_budget_ms is not None:
         candidates = [c for c in candidates if final_ms(c) <= cfg.latency_budget_ms]
     entrants = pick_entrants(candidates, search.best, cfg.race_entrants)
-    epochs = race_epochs(cfg, len(entrants))
-    planned = epochs * _steps_per_epoch(ctx)
-    if planned < cfg.race_min_steps:  # checked before any entrant is measured
+    planned = race_epochs(cfg, len(entrants)) * _steps_per_epoch(ctx)
+    if planned < cfg.race_min_steps:  # checked before any entrant is measured (the plan's share)
         return _pass_on(ctx, search, f"no race: {planned} steps an entrant, fewer than the "
                                      f"{cfg.race_min_steps} that tell learners apart")
     entrants = _measured_entrants(ctx, entrants)
@@ -82,7 +78,12 @@ def race_stage(ctx: RunContext, search: SearchResult) -> RaceResult:
         entrants = [c for c in entrants if final_ms(c) <= cfg.latency_budget_ms or c.arch.hash == search.best.arch.hash]
     if len(entrants) < 2:
         return _pass_on(ctx, search, "no race: fewer than two candidates to race")
-    epochs = race_epochs(cfg, len(entrants))  # the share split among those left after the budget
+    # The share split among those left after the latency budget, by their own steps on a time budget.
+    epochs = plan_race(ctx, [c.arch for c in entrants], _steps_per_epoch(ctx))
+    if epochs * _steps_per_epoch(ctx) < cfg.race_min_steps:
+        return _pass_on(ctx, search, f"no race: {epochs * _steps_per_epoch(ctx)} steps an entrant in the "
+                                     f"race's share of the time left, fewer than the {cfg.race_min_steps} "
+                                     "that tell learners apart")
     ctx.log(f"[race] the search could not see accuracy: training {len(entrants)} candidates from scratch "
             f"for {epochs} epochs each")
     runs = []
@@ -173,4 +174,4 @@ def train_entrant(cfg, data, space, out: Path, candidate: Candidate, epochs: int
     return run
 
 
-__all__ = ["RaceResult", "race_epochs", "race_stage", "train_entrant"]
+__all__ = ["RaceResult", "race_stage", "train_entrant"]
