@@ -108,7 +108,7 @@ class PipelineConfig:
     time_budget: float | None = None
     supernet_share: float | None = None  # of a time budget's training time (presets.Preset)
     race_entrants: int | None = None  # candidates raced when the search cannot see accuracy (search.race)
-    race_share: float | None = None  # of the retraining's epochs, split among the race's entrants
+    race_share: float | None = None  # of the retraining's epochs (time, on a budget), split among the race's entrants
     race_min_steps: int | None = None  # no race when an entrant would train for fewer steps
     # The preset fields set explicitly (not from the preset): a time budget's plan never
     # overrides them. None until resolved; kept in config.json so a loaded config plans alike.

@@ -68,8 +68,9 @@ class Preset:
     # the earlier stages leave, to retraining the chosen subnet: the network that is delivered).
     supernet_share: float = 0.5
     # The race (search.race): when the search cannot tell its candidates apart by accuracy,
-    # this many of them are retrained briefly and compared again (below 2: off), each for
-    # race_share of the retraining's epochs split evenly.
+    # this many of them are retrained briefly and compared again (below 2: off), for race_share
+    # of the retraining's epochs split evenly (on a time budget, of its time left, at the
+    # entrants' own steps: planning.plan_race).
     race_entrants: int = 0
     race_share: float = 0.2
     # No race when each entrant would get fewer optimiser steps: the loss gap between a fast and

@@ -69,7 +69,8 @@ def race_stage(ctx: RunContext, search: SearchResult) -> RaceResult:
     if cfg.latency_budget_ms is not None:
         candidates = [c for c in candidates if final_ms(c) <= cfg.latency_budget_ms]
     entrants = pick_entrants(candidates, search.best, cfg.race_entrants)
-    planned = race_epochs(cfg, len(entrants)) * _steps_per_epoch(ctx)
+    steps_per_epoch = _steps_per_epoch(ctx)
+    planned = race_epochs(cfg, len(entrants)) * steps_per_epoch
     if planned < cfg.race_min_steps:  # checked before any entrant is measured (the plan's share)
         return _pass_on(ctx, search, f"no race: {planned} steps an entrant, fewer than the "
                                      f"{cfg.race_min_steps} that tell learners apart")
@@ -79,9 +80,9 @@ def race_stage(ctx: RunContext, search: SearchResult) -> RaceResult:
     if len(entrants) < 2:
         return _pass_on(ctx, search, "no race: fewer than two candidates to race")
     # The share split among those left after the latency budget, by their own steps on a time budget.
-    epochs = plan_race(ctx, [c.arch for c in entrants], _steps_per_epoch(ctx))
-    if epochs * _steps_per_epoch(ctx) < cfg.race_min_steps:
-        return _pass_on(ctx, search, f"no race: {epochs * _steps_per_epoch(ctx)} steps an entrant in the "
+    epochs = plan_race(ctx, [c.arch for c in entrants], steps_per_epoch)
+    if epochs * steps_per_epoch < cfg.race_min_steps:
+        return _pass_on(ctx, search, f"no race: {epochs * steps_per_epoch} steps an entrant in the "
                                      f"race's share of the time left, fewer than the {cfg.race_min_steps} "
                                      "that tell learners apart")
     ctx.log(f"[race] the search could not see accuracy: training {len(entrants)} candidates from scratch "
