@@ -513,8 +513,9 @@ def test_one_slow_epoch_does_not_cut_the_run(monkeypatch):
 def test_epochs_a_slow_spell_cut_are_given_back_when_the_pace_recovers(monkeypatch):
     """A spell of slow epochs cut a 60-minute Magnetic-tile retraining for good (457 epochs to
     397) and, the host faster again, the run ended 6 minutes inside its budget. Now the cut is
-    undone, up to the plan's epochs, once nine epochs at the recovered pace show they fit; not in
-    the decay's last quarter, and not while the host stays slow."""
+    undone, up to the plan's epochs less a slack of 3 % of those left, once nine epochs at the
+    recovered pace show they fit; not in the decay's last quarter, and not while the host stays
+    slow. The epoch's log record keeps each decision."""
     messages = []
     progress = types.SimpleNamespace(message=messages.append, set_total_epochs=lambda n: None)
 
@@ -527,12 +528,16 @@ def test_epochs_a_slow_spell_cut_are_given_back_when_the_pace_recovers(monkeypat
     trainer = judged(times)
     trainer._fit_to_time_limit(13, progress)
     assert trainer.epochs == 73  # 60 more fit in the 362 s left at 6 s
-    for pace, expect in ((6.0, 73), (4.0, 100)):  # nine more epochs: still slow, or recovered
+    assert trainer.history[-1]["epochs_set"] == 73 and "would overrun" in trainer.history[-1]["epochs_why"]
+    # Nine more epochs: still slow, or back at the plan's pace (326 s left: 81 more fit at 4 s,
+    # less one and a slack of 3 epochs).
+    for pace, expect in ((6.0, 73), (4.0, 99)):
         again = judged(times + [pace] * 9)
         again.epochs = 73
         again._fit_to_time_limit(22, progress)
         assert again.epochs == expect
-    assert "a cut to 73 epochs is no longer needed" in messages[-1] and messages[-1].endswith("running 100")
+    assert "a cut to 73 epochs is no longer needed" in messages[-1] and messages[-1].endswith("running 99")
+    assert again.history[-1]["epochs_set"] == 99
     # Never above the plan, however fast.
     fast = judged(times + [1.0] * 9)
     fast.epochs = 73

@@ -473,6 +473,9 @@ class Trainer:
     # then ran faster than planned, and the run ended 6 minutes inside its budget (session 25).
     RESTORE_PACE_EPOCHS = 9
     RESTORE_WITHIN = 0.75
+    # ...less this share of the epochs left (at least one), so that the next judgement's shorter
+    # pace, noisier by a few per cent, does not cut them again at once.
+    RESTORE_SLACK = 0.03
 
     def _fit_to_time_limit(self, done: int, progress: Progress) -> None:
         """After epoch `done` (before its checkpoint, which keeps the decision): if the epochs
@@ -539,20 +542,24 @@ class Trainer:
         resize_schedule(self.scheduler, epochs * self.steps_per_epoch)
         if self.dist.is_main:
             progress.message(f"{self.title}: {why} at {pace:.1f} s an epoch; running {epochs}")
+        # The epoch's log record keeps the decision (a quiet run prints none).
+        self.history[-1].update(epochs_set=epochs, epochs_why=f"{why} at {pace:.1f} s an epoch")
         self.epochs = epochs
         progress.set_total_epochs(epochs)
 
     def _epochs_to_restore(self, done: int, start_epoch: int, left_s: float, val_s: float,
                            cap: int) -> tuple[int, float]:
         """(epochs, pace): the epochs, up to the plan's, that fit `left_s` at the median pace of
-        this process's last `RESTORE_PACE_EPOCHS` epochs, less one (as an extension keeps);
-        `self.epochs` when they are not more than one above it, or when this process has not
-        run that many epochs yet (a brief fast spell restores nothing)."""
+        this process's last `RESTORE_PACE_EPOCHS` epochs, less one and the slack
+        (`RESTORE_SLACK`); `self.epochs` when that gives back no more than the slack, or when
+        this process has not run that many epochs yet (a brief fast spell restores nothing)."""
         if done - start_epoch < self.RESTORE_PACE_EPOCHS:
             return self.epochs, 0.0
         train_s = statistics.median(float(r["train_time"]) for r in self.history[-self.RESTORE_PACE_EPOCHS:])
         fits = epochs_within(done, left_s, train_s, val_s, int(self.config.eval_every or 0), cap)
-        return (min(fits - 1, int(self.config.epochs)) if fits > self.epochs + 1 else self.epochs), train_s
+        slack = max(1, math.ceil(self.RESTORE_SLACK * (fits - done)))
+        epochs = min(fits - 1 - slack, int(self.config.epochs))
+        return (epochs if epochs > self.epochs + slack else self.epochs), train_s
 
     def _run_epoch(self, epoch: int, step: int, progress: Progress) -> int:
         cfg = self.config
