@@ -510,44 +510,37 @@ def test_one_slow_epoch_does_not_cut_the_run(monkeypatch):
     assert slow.epochs < 20
 
 
-def test_epochs_a_slow_spell_cut_are_given_back_when_the_pace_recovers(monkeypatch):
-    """A spell of slow epochs cut a 60-minute Magnetic-tile retraining for good (457 epochs to
-    397) and, the host faster again, the run ended 6 minutes inside its budget. Now the cut is
-    undone, up to the plan's epochs less a slack of 3 % of those left, once nine epochs at the
-    recovered pace show they fit; not in the decay's last quarter, and not while the host stays
-    slow. The epoch's log record keeps each decision."""
+def test_later_judgements_pace_the_run_on_fifty_epochs_and_give_back_what_a_cut_took(monkeypatch):
+    """Judged on its last three epochs and cut whenever one epoch did not fit, a 60-minute
+    Magnetic-tile retraining lost 60 epochs to a slow spell for good and ended 6 minutes inside
+    its budget. After the first judgement the pace is the median of up to 50 epochs, the run is
+    changed only when it ends more than 5 % of the epochs left off the limit, and epochs a cut
+    took are given back (up to the plan's, not in the decay's last quarter). Each decision is
+    kept in the epoch's log record."""
     messages = []
     progress = types.SimpleNamespace(message=messages.append, set_total_epochs=lambda n: None)
 
-    def judged(times, spent_before=0.0):
-        trainer = _judging_trainer(monkeypatch, 100, 420.0, times)
-        trainer._pace_from = (0, NOW - spent_before - sum(times))
+    def judged(times, epochs=200):
+        trainer = _judging_trainer(monkeypatch, 200, 840.0, times)  # 210 epochs fit at 4 s
+        trainer._pace_from = (0, NOW - sum(times))
+        trainer.epochs = epochs
+        trainer._fit_to_time_limit(len(times), progress)
         return trainer
 
-    times = [4.0] * 10 + [6.0] * 3  # planned at 4 s an epoch; a slow spell
-    trainer = judged(times)
-    trainer._fit_to_time_limit(13, progress)
-    assert trainer.epochs == 73  # 60 more fit in the 362 s left at 6 s
-    assert trainer.history[-1]["epochs_set"] == 73 and "would overrun" in trainer.history[-1]["epochs_why"]
-    # Nine more epochs: still slow, or back at the plan's pace (326 s left: 81 more fit at 4 s,
-    # less one and a slack of 3 epochs).
-    for pace, expect in ((6.0, 73), (4.0, 99)):
-        again = judged(times + [pace] * 9)
-        again.epochs = 73
-        again._fit_to_time_limit(22, progress)
-        assert again.epochs == expect
-    assert "a cut to 73 epochs is no longer needed" in messages[-1] and messages[-1].endswith("running 99")
-    assert again.history[-1]["epochs_set"] == 99
-    # Never above the plan, however fast.
-    fast = judged(times + [1.0] * 9)
-    fast.epochs = 73
-    fast._fit_to_time_limit(22, progress)
-    assert fast.epochs == 100
-    # Not once the decay's last quarter has begun: its rates are already used.
-    late = judged([4.0] * 60, spent_before=-100.0)
-    late.epochs = 70
-    late._fit_to_time_limit(60, progress)
-    assert late.epochs == 70
+    assert judged([4.0] * 10 + [6.0] * 3).epochs == 200  # a spell of three slow epochs: no cut
+    slow = [4.0] * 10 + [6.0] * 20
+    cut = judged(slow)
+    assert cut.epochs == 143  # a slowdown that lasts: 113 more fit in the 680 s left at 6 s
+    assert cut.history[-1]["epochs_set"] == 143 and "would overrun" in cut.history[-1]["epochs_why"]
+    # Thirty epochs later: back at 4 s a cut epoch is no longer needed (560 s left: 140 more fit,
+    # less one); still at 6 s, the cut stands; a brief fast spell does not move the median.
+    assert judged(slow + [4.0] * 30, epochs=143).epochs == 199
+    assert messages[-1] == "retrain: the cut to 143 epochs is no longer needed at 4.0 s an epoch; running 199"
+    assert judged(slow + [6.0] * 30, epochs=143).epochs == 143
+    assert judged(slow + [3.0] * 5, epochs=143).epochs == 143
+    assert judged(slow + [1.0] * 30, epochs=143).epochs == 200  # never above the plan
+    # Not once the decay's last quarter has begun (done 120 of 143): its rates are already used.
+    assert judged([4.0] * 120, epochs=143).epochs == 143
 
 
 def test_a_resumed_run_is_not_cut_by_a_slow_spell_before_its_stop(monkeypatch):

@@ -467,15 +467,18 @@ class Trainer:
     # already used), by at most half its planned epochs.
     EXTEND_WITHIN = 0.25
     MAX_EXTENSION = 1.5
-    # Epochs a slow spell cut are given back, up to the plan's, when a longer pace (this many
-    # epochs) shows they fit again, while the decay's last quarter has not begun: a spell of
-    # 60 slow epochs cut a 60-minute Magnetic-tile retraining from 457 epochs to 397, the host
-    # then ran faster than planned, and the run ended 6 minutes inside its budget (session 25).
-    RESTORE_PACE_EPOCHS = 9
+    # Later judgements pace the run by the median of this process's last `PACE_WINDOW` epochs and
+    # change it only when it ends more than `PACE_BAND` of the epochs left (at least one) off the
+    # limit; epochs a cut took are given back, up to the plan's, before the decay's last quarter
+    # (`RESTORE_WITHIN`). The last three epochs' pace, cutting whenever one epoch did not fit,
+    # only ever cut: a slow spell took a 60-minute Magnetic-tile retraining from 457 epochs to
+    # 397, the host then ran faster, and it ended 6 minutes inside its budget (session 25);
+    # giving epochs back on that pace resized a run's schedule 90 times in 214 epochs (session
+    # 26). Replayed through six runs' logged epoch times (`benchmarks/time_limit_rules.py`):
+    # 1-14 resizes and 2-86 s of the limit left, where the old rule left 42-403 s.
+    PACE_WINDOW = 50
+    PACE_BAND = 0.05
     RESTORE_WITHIN = 0.75
-    # ...less this share of the epochs left (at least one), so that the next judgement's shorter
-    # pace, noisier by a few per cent, does not cut them again at once.
-    RESTORE_SLACK = 0.03
 
     def _fit_to_time_limit(self, done: int, progress: Progress) -> None:
         """After epoch `done` (before its checkpoint, which keeps the decision): if the epochs
@@ -483,9 +486,9 @@ class Trainer:
         budget's margin absorbs one), end the run at the epochs that fit (at least one more,
         which evaluates) and shorten the schedule to match, so the rate still decays to its end.
         If instead they would end more than one epoch early and this is the first judgement of
-        an early epoch, run the epochs that fit, less one (`EXTEND_WITHIN`, `MAX_EXTENSION`);
-        later, epochs an earlier judgement cut are given back, up to the plan's, when a longer
-        pace shows they fit (`RESTORE_PACE_EPOCHS`, `RESTORE_WITHIN`).
+        an early epoch, run the epochs that fit, less one (`EXTEND_WITHIN`, `MAX_EXTENSION`).
+        Later judgements take a longer pace and a band (`PACE_WINDOW`, `PACE_BAND`), and give
+        back epochs an earlier one cut (`RESTORE_WITHIN`).
 
         A plan's epochs come from a step measured before the stage (`search.budget`), and the
         host's pace moves: on the 2-core VM a default run's epochs went from 2.1 to 2.6 s
@@ -510,7 +513,9 @@ class Trainer:
         # before the first, none are priced: a later judgement cuts what they overrun.
         # The median of the recent epochs: one epoch slowed by a passing load (18 s among 5 s
         # ones on a shared host) no longer cuts the run for good (a mean took it to 35 of 60).
-        train_s = statistics.median(float(r["train_time"]) for r in self.history[-self.PACE_EPOCHS:])
+        later = own_epochs > self.PACE_EPOCHS
+        window = min(own_epochs, self.PACE_WINDOW) if later else self.PACE_EPOCHS
+        train_s = statistics.median(float(r["train_time"]) for r in self.history[-window:])
         if own_epochs < self.PACE_EPOCHS:
             # Not yet a pace of its own: the faster of the log's and this process's, so a slow
             # spell before the stop (or another device now) does not cut what cannot be undone.
@@ -523,7 +528,8 @@ class Trainer:
         fits = epochs_within(done, left, train_s, val_s, int(self.config.eval_every or 0), cap)
         fits = int(self.dist.broadcast_object(fits))  # every rank stops where rank 0 says
         pace = train_s + val_s * val_passes(fits, int(self.config.eval_every or 0)) / max(fits, 1)
-        if fits < self.epochs - 1:
+        band = max(1, math.ceil(self.PACE_BAND * (self.epochs - done))) if later else 1
+        if fits < self.epochs - band:
             epochs, why = fits, f"{self.epochs} epochs would overrun the time limit"
         elif (fits > self.epochs + 1 and done - start_epoch == self.PACE_EPOCHS
               and done <= self.EXTEND_WITHIN * self.epochs):
@@ -531,12 +537,10 @@ class Trainer:
             why = f"{self.epochs} epochs would end {(fits - self.epochs) * pace:.0f} s inside the time limit"
             if epochs <= self.epochs:
                 return
-        elif self.epochs < self.config.epochs and done <= self.RESTORE_WITHIN * self.epochs:
-            epochs, train_s = self.dist.broadcast_object(self._epochs_to_restore(done, start_epoch, left, val_s, cap))
-            if epochs <= self.epochs:
-                return
-            why = f"a cut to {self.epochs} epochs is no longer needed"
-            pace = train_s + val_s * val_passes(epochs, int(self.config.eval_every or 0)) / max(epochs, 1)
+        elif (later and fits > self.epochs + band and self.epochs < self.config.epochs
+              and done <= self.RESTORE_WITHIN * self.epochs):
+            epochs = min(fits - 1, int(self.config.epochs))
+            why = f"the cut to {self.epochs} epochs is no longer needed"
         else:
             return
         resize_schedule(self.scheduler, epochs * self.steps_per_epoch)
@@ -546,20 +550,6 @@ class Trainer:
         self.history[-1].update(epochs_set=epochs, epochs_why=f"{why} at {pace:.1f} s an epoch")
         self.epochs = epochs
         progress.set_total_epochs(epochs)
-
-    def _epochs_to_restore(self, done: int, start_epoch: int, left_s: float, val_s: float,
-                           cap: int) -> tuple[int, float]:
-        """(epochs, pace): the epochs, up to the plan's, that fit `left_s` at the median pace of
-        this process's last `RESTORE_PACE_EPOCHS` epochs, less one and the slack
-        (`RESTORE_SLACK`); `self.epochs` when that gives back no more than the slack, or when
-        this process has not run that many epochs yet (a brief fast spell restores nothing)."""
-        if done - start_epoch < self.RESTORE_PACE_EPOCHS:
-            return self.epochs, 0.0
-        train_s = statistics.median(float(r["train_time"]) for r in self.history[-self.RESTORE_PACE_EPOCHS:])
-        fits = epochs_within(done, left_s, train_s, val_s, int(self.config.eval_every or 0), cap)
-        slack = max(1, math.ceil(self.RESTORE_SLACK * (fits - done)))
-        epochs = min(fits - 1 - slack, int(self.config.epochs))
-        return (epochs if epochs > self.epochs + slack else self.epochs), train_s
 
     def _run_epoch(self, epoch: int, step: int, progress: Progress) -> int:
         cfg = self.config
