@@ -474,7 +474,7 @@ class Trainer:
     # only ever cut: a slow spell took a 60-minute Magnetic-tile retraining from 457 epochs to
     # 397, the host then ran faster, and it ended 6 minutes inside its budget (session 25);
     # giving epochs back on that pace resized a run's schedule 90 times in 214 epochs (session
-    # 26). Replayed through six runs' logged epoch times (`benchmarks/time_limit_rules.py`):
+    # 26). Replayed through eight runs' logged epoch times (`benchmarks/time_limit_rules.py`):
     # 1-14 resizes and 2-86 s of the limit left, where the old rule left 42-403 s.
     PACE_WINDOW = 50
     PACE_BAND = 0.05
