@@ -23,10 +23,11 @@ import argparse
 import json
 import sys
 import types
+from dataclasses import replace
 from pathlib import Path
 
 import autonad_edge.training.engine as engine
-from autonad_edge.search.budget import AFTER_RETRAIN_EVALS, REPLAN_MARGIN
+from autonad_edge.search.budget import REPLAN_MARGIN, StageCosts, retrain_time_limit_s
 from autonad_edge.training.distributed import DistContext
 from autonad_edge.training.retrain import RetrainTrainer
 
@@ -41,10 +42,10 @@ def load(run: Path) -> tuple[list[dict], int, int, float]:
     log = [json.loads(line) for line in (run / "retrain" / "train_log.jsonl").read_text().splitlines() if line.strip()]
     plan = json.loads((run / "plan.json").read_text())
     config = json.loads((run / "retrain" / "config.json").read_text())
-    budget, replanned, costs = plan["plan"]["budget_s"], plan["replanned"], plan["costs"]
-    # As `budget.retrain_time_limit_s` at the retrain stage's start.
-    limit = (budget - replanned["elapsed_s"] - replanned["export_s"] - REPLAN_MARGIN * budget
-             - AFTER_RETRAIN_EVALS * costs["val_eval_s"])
+    replanned = plan["replanned"]
+    # The limit the retrain stage gave its epochs when it started (`planning.retrain_time_limit`).
+    costs = replace(StageCosts.from_dict(plan["costs"]), export_s=replanned["export_s"])
+    limit = retrain_time_limit_s(costs, plan["plan"]["budget_s"], replanned["elapsed_s"], margin=REPLAN_MARGIN)
     return log, int(replanned["retrain_epochs"]), int(config.get("eval_every") or 0), limit
 
 
