@@ -251,6 +251,40 @@ def test_work_ahead_runs_at_the_lowest_priority_and_hands_back_its_errors():
         _at_lowest_priority(fails)
 
 
+def test_stopping_idle_work_kills_its_workers_and_the_next_export_gets_new_ones(monkeypatch):
+    """`stop_idle_exports` ends work at the lowest priority that would never finish on a busy
+    host: its caller gets errors at once, the pool is not given up, and normal work runs in a
+    new pool."""
+    import threading
+    import time
+
+    from autonad_edge.latency import export_pool
+
+    monkeypatch.setenv("AUTONAD_EXPORT_WORKERS", "2")
+    monkeypatch.setattr(export_pool, "_disabled", False)
+    export_pool.shutdown()
+    assert not export_pool.stop_idle_exports()  # nothing running
+    try:
+        old_pids = set(export_pool._run([(os.getpid, ()), (os.getpid, ())], 2))
+        idle_results = []
+        idle = threading.Thread(target=lambda: idle_results.extend(
+            export_pool._run([(time.sleep, (120,)), (time.sleep, (120,))], 2, idle=True)))
+        idle.start()
+        deadline = time.monotonic() + 60
+        while export_pool._idle_calls == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)  # the sleeps reach the workers
+        assert export_pool.stop_idle_exports()
+        idle.join(60)
+        assert not idle.is_alive()
+        assert len(idle_results) == 2 and all(isinstance(r, RuntimeError) for r in idle_results)
+        assert not export_pool._disabled
+        new_pids = set(export_pool._run([(os.getpid, ()), (os.getpid, ())], 2))
+        assert new_pids and not new_pids & old_pids and os.getpid() not in new_pids
+    finally:
+        export_pool.shutdown()
+
+
 def test_exporting_ahead_without_workers_leaves_the_work_to_its_time(monkeypatch):
     """In the training process an export would hold the GIL against training: without worker
     processes nothing is exported ahead."""

@@ -334,8 +334,12 @@ def test_exports_ahead_in_the_worker_processes_fill_the_caches(tmp_path, monkeyp
     profiler_module.use_export_cache(tmp_path / "exports")
     try:
         assert export_pool.export_ahead(todo, "portable", idle=False) == len(todo)
-        assert all(profiler_module.cached_export(u, "portable") == export_bytes(u, "portable") for u in todo)
         assert export_pool.export_ahead(todo, "portable", idle=False) == 0
+        cached = [profiler_module.cached_export(u, "portable") for u in todo]
+        # The same bytes as single exports in this process, with empty caches.
+        profiler_module.EXPORT_CACHE.clear()
+        profiler_module.use_export_cache(None)
+        assert cached == [export_bytes(u, "portable") for u in todo]
     finally:
         export_pool.shutdown()
         profiler_module.use_export_cache(session_cache.root if session_cache is not None else None)
@@ -376,13 +380,51 @@ def test_a_long_round_of_exports_ahead_holds_up_neither_the_backlog_nor_the_flus
         flushed = []
         flusher = threading.Thread(target=lambda: flushed.append(bg.flush(timeout=120)))
         flusher.start()
-        time.sleep(0.3)
-        assert bg.stats.measured == 0  # the flush waits for the round before it measures
+        deadline = time.monotonic() + 60
+        while not bg.busy and time.monotonic() < deadline:  # the flush's batch has started
+            time.sleep(0.01)
+        assert bg.busy and bg.stats.measured == 0  # the flush waits for the round before it measures
         release.set()
         flusher.join(120)
         bg.close()
         assert flushed == [True] and bg.stats.measured == len(wanted) and bg.stats.exported_ahead == 0
         assert len(rounds) == 1  # no second round was started while one was in flight
+
+
+def test_a_flush_stops_a_round_of_exports_ahead_that_gets_no_cpu(lab, tmp_path, monkeypatch, caplog):
+    """While other work keeps every core busy, exports at the lowest priority make no progress:
+    the flush waits for the round about as long as it would take at normal priority, then stops
+    it and exports its units itself, instead of waiting for ever."""
+    from autonad_edge.latency import background, export_pool
+
+    space, pool = lab["space"], lab["pool"]
+    arch = space.sample(random.Random(12))
+    wanted = {u.signature for u in units_of(arch, space, CLASSES, SIZE)}
+    stopped = threading.Event()
+
+    def starved_round(units, flavor):
+        stopped.wait(60)  # no progress until its workers are killed
+        return 0
+
+    def stop_idle_exports():
+        stopped.set()
+        return True
+
+    monkeypatch.setattr(export_pool, "ahead_available", lambda: True)
+    monkeypatch.setattr(export_pool, "export_ahead", starved_round)
+    monkeypatch.setattr(export_pool, "stop_idle_exports", stop_idle_exports)
+    monkeypatch.setattr(background, "AHEAD_WAIT_MIN_S", 0.5)
+    monkeypatch.setattr(background, "AHEAD_WAIT_S_PER_UNIT", 0.0)
+    with LatencyTable(tmp_path / "starved.sqlite") as table, \
+            BackgroundProfiler(pool, table, space, SIZE, CLASSES, mode="deferred", policy=lenient_policy()) as bg:
+        bg.submit(arch)
+        deadline = time.monotonic() + 60
+        while bg.backlog() < len(wanted) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with caplog.at_level("WARNING", logger=background.__name__):
+            assert bg.flush(timeout=60)
+        assert stopped.is_set() and bg.stats.measured == len(wanted) and bg.stats.exported_ahead == 0
+        assert any("did not finish in time" in r.getMessage() for r in caplog.records)
 
 
 def test_cli_profile_and_prior(lab, tmp_path):

@@ -63,6 +63,13 @@ log = logging.getLogger(__name__)
 
 MODES = ("auto", "continuous", "deferred")
 
+# How long a flush waits for a round of exports ahead still in flight before stopping it and
+# exporting its units at normal priority: what the round takes at normal priority (0.14-0.3 s
+# of one core a unit, sessions 15-23), twice over and at least 10 s. At the lowest priority a
+# round makes no progress at all while other work keeps every core busy.
+AHEAD_WAIT_S_PER_UNIT = 0.5
+AHEAD_WAIT_MIN_S = 10.0
+
 
 @dataclass(frozen=True)
 class BackgroundStats:
@@ -141,6 +148,7 @@ class BackgroundProfiler:
         # The round of exports ahead in flight, on its own thread: at the lowest priority it may
         # last a whole epoch, and the worker keeps expanding architectures meanwhile.
         self._ahead_thread: threading.Thread | None = None
+        self._ahead_units = 0  # units in that round; 0 when none is in flight
         self._measure_s = 0.0
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="latency-background", daemon=True)
@@ -209,9 +217,7 @@ class BackgroundProfiler:
             self._stop.set()
             self._cond.notify_all()
         self._thread.join(timeout)
-        ahead = self._ahead_thread
-        if ahead is not None:
-            ahead.join(timeout)
+        self._end_ahead(wait_s=0.0)  # work ahead of a need that is gone
 
     def __enter__(self) -> "BackgroundProfiler":
         return self
@@ -297,7 +303,7 @@ class BackgroundProfiler:
         flush reads."""
         if self.mode != "deferred" or not self.export_ahead or self.exporter is not export_bytes:
             return []
-        if not self._not_ahead or (self._ahead_thread is not None and self._ahead_thread.is_alive()):
+        if self._stop.is_set() or not self._not_ahead or self._ahead_units:
             return []
         if not export_pool.ahead_available():
             self._not_ahead.clear()
@@ -309,28 +315,49 @@ class BackgroundProfiler:
         the lock held)."""
         for _ in units:
             self._not_ahead.popleft()
+        self._ahead_units = len(units)
 
         def run() -> None:
+            exported = 0
             try:
                 exported = export_pool.export_ahead(units, self.key.flavor)
-            except Exception as exc:  # noqa: BLE001 - the flush exports them itself, and reports
-                log.warning("exporting ahead failed: %s", exc)
-                exported = 0
-            with self._cond:
-                self._exported_ahead += exported
-                self._cond.notify_all()
+            except BaseException as exc:  # noqa: BLE001 - the flush exports them itself, and reports
+                log.warning("exporting ahead failed: %s", " ".join(str(exc).split())[:200])
+            finally:
+                with self._cond:  # what a stopped round exported is counted (cached: not again)
+                    self._exported_ahead += exported
+                    self._ahead_units = 0
+                    self._cond.notify_all()
 
         self._ahead_thread = threading.Thread(target=run, name="latency-export-ahead", daemon=True)
         self._ahead_thread.start()
 
     def _finish_ahead(self) -> None:
         """Wait for the round in flight (its units are in this batch or the next): exporting them
-        again meanwhile would do the work twice. Counted as export time: the flush waits."""
+        again meanwhile would do the work twice. Counted as export time: the flush waits. A
+        round that does not end in `AHEAD_WAIT_S_PER_UNIT` a unit (its workers get no core) is
+        stopped, and the flush exports what it had left at normal priority."""
+        t0 = time.perf_counter()
+        with self._cond:
+            units = self._ahead_units
+        if self._end_ahead(max(AHEAD_WAIT_MIN_S, AHEAD_WAIT_S_PER_UNIT * units / max(1, export_pool.worker_count()))):
+            log.warning("exports ahead of block timing did not finish in time (the CPU is busy with other work):"
+                        " the flush exports their %d units at normal priority", units)
+        self._report.export_s += time.perf_counter() - t0
+
+    def _end_ahead(self, wait_s: float) -> bool:
+        """Wait up to `wait_s` for the round of exports ahead in flight, then stop it and wait
+        for its thread (a round just starting has no work in the pool to stop yet: tried again
+        each second). True if it had to be stopped."""
         ahead = self._ahead_thread
-        if ahead is not None and ahead.is_alive():
-            t0 = time.perf_counter()
-            ahead.join()
-            self._report.export_s += time.perf_counter() - t0
+        if ahead is None or not ahead.is_alive():
+            return False
+        ahead.join(wait_s)
+        stopped = False
+        while ahead.is_alive():
+            stopped = export_pool.stop_idle_exports() or stopped
+            ahead.join(1.0)
+        return stopped
 
     def _run(self) -> None:
         self._lower_priority()

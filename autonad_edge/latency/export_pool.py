@@ -25,6 +25,7 @@ import math
 import multiprocessing
 import os
 import threading
+import weakref
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -45,6 +46,8 @@ _pool: ProcessPoolExecutor | None = None
 _warming: list = []  # the warm-up futures of the current pool
 _disabled = False  # workers failed to start once: export in this process from then on
 _pool_lock = threading.Lock()
+_idle_calls = 0  # calls at the lowest priority in the pool now (under _pool_lock)
+_stopped: "weakref.WeakSet[ProcessPoolExecutor]" = weakref.WeakSet()  # pools whose workers were killed on purpose
 
 
 def worker_count() -> int:
@@ -153,6 +156,7 @@ def start(flavor: str = "portable", workers: int | None = None, wait: bool = Tru
     workers = worker_count() if workers is None else workers
     if workers < 2 or _disabled:
         return 0
+    pool = None
     try:
         pool = _get_pool(workers)
         with _pool_lock:
@@ -163,7 +167,8 @@ def start(flavor: str = "portable", workers: int | None = None, wait: bool = Tru
             for future in futures:
                 future.result()
     except (BrokenProcessPool, OSError, RuntimeError) as exc:
-        _give_up(exc)
+        if pool is None or pool not in _stopped:  # workers killed on purpose start again on demand
+            _give_up(exc)
         return 0
     return workers
 
@@ -186,42 +191,92 @@ def _get_pool(workers: int) -> ProcessPoolExecutor:
 
 
 def shutdown() -> None:
-    """Stop the worker processes (a later export starts new ones)."""
+    """Stop the worker processes (a later export starts new ones). Work at the lowest priority
+    still running is stopped, not waited for (`stop_idle_exports`)."""
     global _pool
     with _pool_lock:
         pool, _pool = _pool, None
         _warming.clear()
+        idle = _idle_calls > 0
     if pool is not None:
-        pool.shutdown(wait=True, cancel_futures=True)
+        if idle:
+            _kill(pool)
+        else:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def stop_idle_exports() -> bool:
+    """Stop the exports running at the lowest priority, by killing the workers that run them (a
+    later export starts new ones; their callers get RuntimeErrors, and the pool is not given
+    up). For a flush that cannot wait: while other work keeps every core busy, a `SCHED_IDLE`
+    export makes no progress at all (a weight of 3 against 1024), it holds the worker that
+    normal exports would queue behind, and its priority cannot be raised back without
+    privilege. False if none was running."""
+    global _pool
+    with _pool_lock:
+        if _idle_calls == 0 or _pool is None:
+            return False
+        pool, _pool = _pool, None
+        _warming.clear()
+    _kill(pool)
+    return True
+
+
+def _kill(pool: ProcessPoolExecutor) -> None:
+    _stopped.add(pool)
+    kill_workers = getattr(pool, "kill_workers", None)  # Python 3.14
+    if kill_workers is not None:
+        kill_workers()
+        return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 atexit.register(shutdown)
 
 
-def _run(calls: list[tuple[Callable[..., Any], tuple]], workers: int | None, here: bool = True) -> list[Any]:
+def _run(calls: list[tuple[Callable[..., Any], tuple]], workers: int | None, idle: bool = False) -> list[Any]:
     """Each call's result (or the exception it raised), in order: in the worker pool when there
-    are two or more (or `here` is False) and `workers` (default `worker_count()`) is 2 or more,
-    else here. With `here` False no call ever runs in this process: one the pool cannot run
-    gets a RuntimeError."""
+    are two or more (or `idle`) and `workers` (default `worker_count()`) is 2 or more, else
+    here. `idle` calls (work at the lowest priority) never run in this process: one the pool
+    cannot run, or whose worker `stop_idle_exports` killed, gets a RuntimeError. A normal call
+    whose workers were killed so runs again in a new pool."""
+    global _idle_calls
     results: list[Any] = [None] * len(calls)
     workers = worker_count() if workers is None else workers
-    if (len(calls) >= 2 or not here) and workers >= 2 and not _disabled:
-        try:
-            pool = _get_pool(workers)
-            futures = [pool.submit(fn, *args) for fn, args in calls]
-            for i, future in enumerate(futures):
+    if (len(calls) >= 2 or idle) and workers >= 2 and not _disabled:
+        for _attempt in range(2):
+            pool = None
+            try:
+                pool = _get_pool(workers)
+                with _pool_lock:
+                    _idle_calls += int(idle)
                 try:
-                    results[i] = future.result()
-                except BrokenProcessPool:
-                    raise
-                except Exception as exc:  # one export that fails must not stop the others
-                    results[i] = exc
-            return results  # type: ignore[return-value]
-        except (BrokenProcessPool, OSError, RuntimeError) as exc:
-            # No workers (a sandbox without process spawning, a script without the
-            # ``if __name__ == "__main__":`` guard spawn needs, a killed worker): export here.
-            _give_up(exc)
-    if not here:
+                    futures = [pool.submit(fn, *args) for fn, args in calls]
+                    for i, future in enumerate(futures):
+                        try:
+                            results[i] = future.result()
+                        except BrokenProcessPool:
+                            raise
+                        except Exception as exc:  # one export that fails must not stop the others
+                            results[i] = exc
+                finally:
+                    with _pool_lock:
+                        _idle_calls -= int(idle)
+                return results  # type: ignore[return-value]
+            except (BrokenProcessPool, OSError, RuntimeError) as exc:
+                if pool is not None and pool in _stopped:
+                    if idle:
+                        return [RuntimeError("stopped: exports at the lowest priority were cut short")
+                                if r is None else r for r in results]
+                    results = [None] * len(calls)
+                    continue
+                # No workers (a sandbox without process spawning, a script without the
+                # ``if __name__ == "__main__":`` guard spawn needs, a killed worker): export here.
+                _give_up(exc)
+                break
+    if idle:
         return [RuntimeError("no export worker processes") if r is None else r for r in results]
     for i, (fn, args) in enumerate(calls):
         if results[i] is None:
@@ -244,7 +299,7 @@ def export_units(units: Sequence["Unit"], flavor: str, workers: int | None = Non
     workers = worker_count() if workers is None else workers
     bundles = _bundles(todo, workers)
     done = _run([(_export_in_worker, ([units[i] for i in bundle], flavor, idle)) for bundle in bundles], workers,
-                here=not idle)
+                idle=idle)
     for bundle, out in zip(bundles, done):
         for i, data in zip(bundle, out if isinstance(out, list) else [out] * len(bundle)):
             if isinstance(data, bytes):
@@ -312,4 +367,5 @@ def export_networks(archs: Sequence["Arch"], space: "SearchSpace", num_classes: 
     return _run([(_network_in_worker, (arch, space, num_classes, image_size, flavor)) for arch in archs], workers)
 
 
-__all__ = ["ENV_VAR", "ahead_available", "export_ahead", "export_networks", "export_units", "shutdown", "start", "worker_count"]
+__all__ = ["ENV_VAR", "ahead_available", "export_ahead", "export_networks", "export_units", "shutdown", "start",
+           "stop_idle_exports", "worker_count"]
