@@ -156,6 +156,14 @@ def test_on_a_time_budget_the_race_gets_its_share_of_the_time_left_at_its_entran
     monkeypatch.setattr(planning, "measure_retrain_step", lambda *a, **k: pytest.fail("timed again"))
     ctx.clock = SimpleNamespace(elapsed_s=lambda: 2000.0)
     assert planning.plan_race(ctx, [c.arch for c in cands], steps_per_epoch=35) == epochs
+    # A race begun by a version that kept no record (an entrant's checkpoint in race/) keeps
+    # the epochs it began with: the plan's share, as then.
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    del plan["race"]
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    (tmp_path / "race" / cands[0].arch.hash).mkdir(parents=True)
+    (tmp_path / "race" / cands[0].arch.hash / "last.pt").write_bytes(b"")
+    assert planning.plan_race(ctx, [c.arch for c in cands], steps_per_epoch=35) == planning.race_epochs(cfg, 3)
     # Retraining epochs given on the command line: the share of those, as without a budget.
     ctx.given = {"retrain_epochs"}
     assert planning.plan_race(ctx, [c.arch for c in cands], steps_per_epoch=35) == planning.race_epochs(cfg, 3)

@@ -27,8 +27,9 @@ class SearchOutcome:
 
     @property
     def chosen(self) -> Arch:
-        """The architecture retrained and shipped (``best_arch.json``, as the report records it)."""
-        return Arch.from_dict(self.report["chosen"]["arch"])
+        """The architecture retrained and shipped (``best_arch.json``): the race's winner, or
+        the search's choice when no race ran."""
+        return self.results.race.winner.arch
 
     @property
     def report_md(self) -> Path:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +132,25 @@ def race_epochs(cfg, entrants: int) -> int:
 RACE_PROBE_STEPS = 10
 
 
+@dataclass(frozen=True)
+class RacePlan:
+    """The race's schedule on a time budget (``plan.json``'s "race"): what `plan_race` measured
+    and the epochs every entrant runs."""
+
+    elapsed_s: float  # the run's clock when the race was planned
+    time_s: float  # the race's share of the time left then
+    step_s: tuple[float, ...]  # each entrant's timed retraining step
+    epochs: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"elapsed_s": self.elapsed_s, "time_s": self.time_s, "step_s": list(self.step_s), "epochs": self.epochs}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RacePlan":
+        return cls(elapsed_s=float(d["elapsed_s"]), time_s=float(d["time_s"]),
+                   step_s=tuple(float(s) for s in d["step_s"]), epochs=int(d["epochs"]))
+
+
 def plan_race(ctx: RunContext, entrants: list[Arch], steps_per_epoch: int) -> int:
     """Each entrant's epochs. On a time budget: `race_share` of the time the race and the
     retraining have left now, split among the entrants by their own steps, timed here (every
@@ -139,23 +158,32 @@ def plan_race(ctx: RunContext, entrants: list[Arch], steps_per_epoch: int) -> in
     its retraining epochs counted entrants as fast as the subnet it probed: on Magnetic-tile
     the race then took 1,252 s of a 60-minute budget where it planned 868, each entrant's epoch
     4.1-5.0 s against 3.3 s (session 25). Kept in ``plan.json``, so a resumed race keeps its
-    epochs; without a budget (or with retraining epochs given), `race_epochs`."""
+    epochs; without a budget (or with retraining epochs given), `race_epochs`. A race begun by
+    a version that kept no record keeps the epochs it began with."""
     cfg, path, record = ctx.cfg, ctx.out / "plan.json", _saved_plan(ctx)
     if not record.get("plan") or "retrain_epochs" in ctx.given:
         return race_epochs(cfg, len(entrants))
     if "race" not in record:
+        if _race_begun(ctx.out / "race"):
+            return race_epochs(cfg, len(entrants))
         costs = StageCosts.from_dict(record["costs"])
-        step_s = [measure_retrain_step(cfg.retrain_config("probe"), ctx.space, ctx.data, arch,
-                                       steps=RACE_PROBE_STEPS, seed=cfg.seed) for arch in entrants]
+        step_s = tuple(measure_retrain_step(cfg.retrain_config("probe"), ctx.space, ctx.data, arch,
+                                            steps=RACE_PROBE_STEPS, seed=cfg.seed) for arch in entrants)
         elapsed = ctx.clock.elapsed_s()
         race_s = cfg.race_share * retrain_time_limit_s(costs, record["plan"]["budget_s"], elapsed,
                                                        margin=REPLAN_MARGIN)
         # Each entrant ends with a val pass; the rest is epochs of every entrant's steps.
         epoch_s = steps_per_epoch * sum(step_s)
         epochs = max(1, int((race_s - len(entrants) * costs.val_eval_s) // epoch_s)) if epoch_s > 0 else 1
-        record["race"] = {"elapsed_s": elapsed, "time_s": race_s, "step_s": step_s, "epochs": epochs}
+        record["race"] = RacePlan(elapsed_s=elapsed, time_s=race_s, step_s=step_s, epochs=epochs).to_dict()
         atomic_write_json(path, record)
-    return int(record["race"]["epochs"])
+    return RacePlan.from_dict(record["race"]).epochs
+
+
+def _race_begun(race_dir: Path) -> bool:
+    """Whether an entrant has trained in `race_dir` (a checkpoint or a finished result)."""
+    return race_dir.is_dir() and any(
+        (d / "last.pt").exists() or (d / "race.json").exists() for d in race_dir.iterdir() if d.is_dir())
 
 
 def supernet_time_limit(ctx: RunContext) -> float | None:

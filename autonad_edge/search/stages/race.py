@@ -71,8 +71,10 @@ def race_stage(ctx: RunContext, search: SearchResult) -> RaceResult:
     entrants = pick_entrants(candidates, search.best, cfg.race_entrants)
     steps_per_epoch = _steps_per_epoch(ctx)
     planned = race_epochs(cfg, len(entrants)) * steps_per_epoch
-    if planned < cfg.race_min_steps:  # checked before any entrant is measured (the plan's share)
-        return _pass_on(ctx, search, f"no race: {planned} steps an entrant, fewer than the "
+    # Checked before any entrant is measured, at the plan's pace (on a time budget an estimate:
+    # `plan_race` times the entrants themselves, and the check is made again on its epochs).
+    if planned < cfg.race_min_steps:
+        return _pass_on(ctx, search, f"no race: about {planned} steps an entrant, fewer than the "
                                      f"{cfg.race_min_steps} that tell learners apart")
     entrants = _measured_entrants(ctx, entrants)
     if cfg.latency_budget_ms is not None:  # estimated within the budget, measured over it
