@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 import threading
 import time
@@ -425,6 +426,22 @@ def test_a_flush_stops_a_round_of_exports_ahead_that_gets_no_cpu(lab, tmp_path, 
             assert bg.flush(timeout=60)
         assert stopped.is_set() and bg.stats.measured == len(wanted) and bg.stats.exported_ahead == 0
         assert any("did not finish in time" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="per-thread nice values: Linux")
+def test_only_the_continuous_profiler_works_below_trainings_priority(lab, tmp_path):
+    """Continuous mode measures while training runs, so its thread is niced; deferred mode works
+    while training waits, and export workers it starts would inherit a nice value for good."""
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    with LatencyTable(tmp_path / "nice.sqlite") as table:
+        for mode, expected in (("continuous", max(own, 10)), ("deferred", own)):
+            with BackgroundProfiler(lab["pool"], table, lab["space"], SIZE, CLASSES, mode=mode,
+                                    policy=lenient_policy()) as bg:
+                deadline = time.monotonic() + 10
+                while os.getpriority(os.PRIO_PROCESS, bg._thread.native_id) != expected \
+                        and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert os.getpriority(os.PRIO_PROCESS, bg._thread.native_id) == expected
 
 
 def test_cli_profile_and_prior(lab, tmp_path):
