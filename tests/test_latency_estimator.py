@@ -264,7 +264,9 @@ def test_background_profiler_measures_without_blocking_submit(lab, tmp_path):
         deferred = BackgroundProfiler(pool, table, space, SIZE, CLASSES, mode="deferred", policy=lenient_policy())
         deferred.submit(archs[0])
         deferred.submit(archs[0])
-        time.sleep(0.2)
+        deadline = time.monotonic() + 30
+        while deferred.backlog() < distinct and time.monotonic() < deadline:  # a loaded host expands slowly
+            time.sleep(0.02)
         # Expanded into units at once (the backlog the progress line shows), measured only on flush.
         assert deferred.stats.measured == 0 and deferred.backlog() == distinct
         assert deferred.flush(timeout=60)
