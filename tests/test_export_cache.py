@@ -1,6 +1,7 @@
 """The persistent export cache, the export workers and the ETA line."""
 
 import os
+import subprocess
 
 import pytest
 import torch
@@ -251,10 +252,10 @@ def test_work_ahead_runs_at_the_lowest_priority_and_hands_back_its_errors():
         _at_lowest_priority(fails)
 
 
-def test_stopping_idle_work_kills_its_workers_and_the_next_export_gets_new_ones(monkeypatch):
+def test_stopping_idle_work_kills_its_workers_and_the_next_export_gets_new_ones(monkeypatch, tmp_path):
     """`stop_idle_exports` ends work at the lowest priority that would never finish on a busy
-    host: its caller gets errors at once, the pool is not given up, and normal work runs in a
-    new pool."""
+    host: its caller gets errors at once, normal calls queued behind it run again in a new pool,
+    and the pool is not given up."""
     import threading
     import time
 
@@ -266,21 +267,32 @@ def test_stopping_idle_work_kills_its_workers_and_the_next_export_gets_new_ones(
     assert not export_pool.stop_idle_exports()  # nothing running
     try:
         old_pids = set(export_pool._run([(os.getpid, ()), (os.getpid, ())], 2))
-        idle_results = []
+        idle_results, queued_results = [], []
+        markers = [tmp_path / f"busy{i}" for i in range(2)]
+        # Each idle call marks that it runs, then blocks its worker (on a shell that holds none
+        # of its descriptors: an inherited one would keep the dead worker looking alive).
         idle = threading.Thread(target=lambda: idle_results.extend(
-            export_pool._run([(time.sleep, (120,)), (time.sleep, (120,))], 2, idle=True)))
+            export_pool._run([(subprocess.run, (["sh", "-c", f"touch {m}; exec sleep 60"],)) for m in markers], 2,
+                             idle=True)))
         idle.start()
         deadline = time.monotonic() + 60
-        while export_pool._idle_calls == 0 and time.monotonic() < deadline:
+        while not all(m.exists() for m in markers):  # both workers taken
+            assert time.monotonic() < deadline
             time.sleep(0.01)
-        time.sleep(0.2)  # the sleeps reach the workers
+        # Normal calls behind the idle ones: cancelled or lost by the stop.
+        queued = threading.Thread(target=lambda: queued_results.extend(
+            export_pool._run([(os.getpid, ()), (os.getpid, ())], 2)))
+        queued.start()
+        time.sleep(0.3)  # they are queued (if not yet, they go to the new pool: the same outcome)
         assert export_pool.stop_idle_exports()
         idle.join(60)
-        assert not idle.is_alive()
+        queued.join(60)
+        assert not idle.is_alive() and not queued.is_alive()
         assert len(idle_results) == 2 and all(isinstance(r, RuntimeError) for r in idle_results)
         assert not export_pool._disabled
         new_pids = set(export_pool._run([(os.getpid, ()), (os.getpid, ())], 2))
         assert new_pids and not new_pids & old_pids and os.getpid() not in new_pids
+        assert len(queued_results) == 2 and not set(queued_results) & (old_pids | {os.getpid()})
     finally:
         export_pool.shutdown()
 

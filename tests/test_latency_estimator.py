@@ -430,6 +430,42 @@ def test_a_flush_stops_a_round_of_exports_ahead_that_gets_no_cpu(lab, tmp_path, 
         assert any("did not finish in time" in r.getMessage() for r in caplog.records)
 
 
+def test_a_round_that_does_not_stop_is_left_behind_not_waited_for(lab, tmp_path, monkeypatch, caplog):
+    """A stopped round whose thread does not end (its pool's manager stuck on a worker killed
+    mid-send) holds the flush only `AHEAD_STOP_S`, and no second round starts."""
+    from autonad_edge.latency import background, export_pool
+
+    space, pool = lab["space"], lab["pool"]
+    arch = space.sample(random.Random(13))
+    wanted = {u.signature for u in units_of(arch, space, CLASSES, SIZE)}
+    release, rounds = threading.Event(), []
+
+    def stuck_round(units, flavor):
+        rounds.append(len(units))
+        release.wait(60)  # ignores the stop
+        return 0
+
+    monkeypatch.setattr(export_pool, "ahead_available", lambda: True)
+    monkeypatch.setattr(export_pool, "export_ahead", stuck_round)
+    monkeypatch.setattr(export_pool, "stop_idle_exports", lambda: True)
+    monkeypatch.setattr(background, "AHEAD_WAIT_MIN_S", 0.2)
+    monkeypatch.setattr(background, "AHEAD_WAIT_S_PER_UNIT", 0.0)
+    monkeypatch.setattr(background, "AHEAD_STOP_S", 0.5)
+    try:
+        with LatencyTable(tmp_path / "stuck.sqlite") as table, \
+                BackgroundProfiler(pool, table, space, SIZE, CLASSES, mode="deferred", policy=lenient_policy()) as bg:
+            bg.submit(arch)
+            deadline = time.monotonic() + 60
+            while not rounds and time.monotonic() < deadline:
+                time.sleep(0.02)
+            with caplog.at_level("WARNING", logger=background.__name__):
+                assert bg.flush(timeout=60)
+            assert bg.stats.measured == len(wanted) and len(rounds) == 1
+            assert any("left behind" in r.getMessage() for r in caplog.records)
+    finally:
+        release.set()
+
+
 @pytest.mark.skipif(not hasattr(os, "getpriority"), reason="per-thread nice values: Linux")
 def test_only_the_continuous_profiler_works_below_trainings_priority(lab, tmp_path):
     """Continuous mode measures while training runs, so its thread is niced; deferred mode works

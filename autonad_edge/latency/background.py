@@ -69,6 +69,9 @@ MODES = ("auto", "continuous", "deferred")
 # round makes no progress at all while other work keeps every core busy.
 AHEAD_WAIT_S_PER_UNIT = 0.5
 AHEAD_WAIT_MIN_S = 10.0
+# After a stop, how long its thread may take to end; one that does not is left behind (no other
+# round starts) rather than hold the flush.
+AHEAD_STOP_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -351,16 +354,20 @@ class BackgroundProfiler:
 
     def _end_ahead(self, wait_s: float) -> bool:
         """Wait up to `wait_s` for the round of exports ahead in flight, then stop it and wait
-        for its thread (a round just starting has no work in the pool to stop yet: tried again
-        each second). True if it had to be stopped."""
+        for its thread, up to `AHEAD_STOP_S` (a round just starting has no work in the pool to
+        stop yet: stopped again each second). True if it had to be stopped."""
         ahead = self._ahead_thread
         if ahead is None or not ahead.is_alive():
             return False
         ahead.join(wait_s)
         stopped = False
-        while ahead.is_alive():
+        deadline = time.monotonic() + AHEAD_STOP_S
+        while ahead.is_alive() and time.monotonic() < deadline:
             stopped = export_pool.stop_idle_exports() or stopped
             ahead.join(1.0)
+        if ahead.is_alive():
+            log.warning("a round of exports ahead did not stop in %.0f s: left behind, no other is started",
+                        AHEAD_STOP_S)
         return stopped
 
     def _run(self) -> None:

@@ -26,7 +26,7 @@ import multiprocessing
 import os
 import threading
 import weakref
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import CancelledError, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -46,8 +46,11 @@ _pool: ProcessPoolExecutor | None = None
 _warming: list = []  # the warm-up futures of the current pool
 _disabled = False  # workers failed to start once: export in this process from then on
 _pool_lock = threading.Lock()
-_idle_calls = 0  # calls at the lowest priority in the pool now (under _pool_lock)
-_stopped: "weakref.WeakSet[ProcessPoolExecutor]" = weakref.WeakSet()  # pools whose workers were killed on purpose
+# Under _pool_lock: calls at the lowest priority running, by pool; pools whose workers were
+# killed on purpose, with their worker processes (a worker started while one was killed is
+# killed at the next stop).
+_idle_calls: "weakref.WeakKeyDictionary[ProcessPoolExecutor, int]" = weakref.WeakKeyDictionary()
+_stopped: "weakref.WeakKeyDictionary[ProcessPoolExecutor, dict]" = weakref.WeakKeyDictionary()
 
 
 def worker_count() -> int:
@@ -166,7 +169,7 @@ def start(flavor: str = "portable", workers: int | None = None, wait: bool = Tru
         if wait:
             for future in futures:
                 future.result()
-    except (BrokenProcessPool, OSError, RuntimeError) as exc:
+    except (BrokenProcessPool, CancelledError, OSError, RuntimeError) as exc:
         if pool is None or pool not in _stopped:  # workers killed on purpose start again on demand
             _give_up(exc)
         return 0
@@ -197,7 +200,7 @@ def shutdown() -> None:
     with _pool_lock:
         pool, _pool = _pool, None
         _warming.clear()
-        idle = _idle_calls > 0
+        idle = pool is not None and _idle_calls.get(pool, 0) > 0
     if pool is not None:
         if idle:
             _kill(pool)
@@ -214,23 +217,26 @@ def stop_idle_exports() -> bool:
     privilege. False if none was running."""
     global _pool
     with _pool_lock:
-        if _idle_calls == 0 or _pool is None:
-            return False
-        pool, _pool = _pool, None
-        _warming.clear()
-    _kill(pool)
-    return True
+        pools = [pool for pool, calls in _idle_calls.items() if calls > 0]
+        if _pool is not None and _pool in pools:
+            _pool = None
+            _warming.clear()
+    for pool in pools:
+        _kill(pool)
+    return bool(pools)
 
 
 def _kill(pool: ProcessPoolExecutor) -> None:
-    _stopped.add(pool)
-    kill_workers = getattr(pool, "kill_workers", None)  # Python 3.14
-    if kill_workers is not None:
-        kill_workers()
-        return
-    for process in list((getattr(pool, "_processes", None) or {}).values()):
-        process.kill()
-    pool.shutdown(wait=False, cancel_futures=True)
+    """Kill `pool`'s workers; its unfinished calls fail (`BrokenProcessPool`, `CancelledError`)."""
+    with _pool_lock:
+        # The executor's own table of its workers (private; Python 3.14 has `kill_workers`).
+        processes = _stopped.setdefault(pool, getattr(pool, "_processes", None) or {})
+    pool.shutdown(wait=False, cancel_futures=True)  # no new calls, no new workers from here on
+    for process in list(processes.values()):
+        try:
+            process.kill()
+        except (ValueError, OSError, AttributeError):  # already reaped and closed
+            pass
 
 
 atexit.register(shutdown)
@@ -240,44 +246,34 @@ def _run(calls: list[tuple[Callable[..., Any], tuple]], workers: int | None, idl
     """Each call's result (or the exception it raised), in order: in the worker pool when there
     are two or more (or `idle`) and `workers` (default `worker_count()`) is 2 or more, else
     here. `idle` calls (work at the lowest priority) never run in this process: one the pool
-    cannot run, or whose worker `stop_idle_exports` killed, gets a RuntimeError. A normal call
-    whose workers were killed so runs again in a new pool."""
-    global _idle_calls
+    cannot run, or whose worker `stop_idle_exports` killed, gets a RuntimeError. Normal calls
+    whose workers were killed so run again in a new pool."""
     results: list[Any] = [None] * len(calls)
     workers = worker_count() if workers is None else workers
-    if (len(calls) >= 2 or idle) and workers >= 2 and not _disabled:
+    if (len(calls) >= 2 or idle) and workers >= 2:
+        todo = list(range(len(calls)))
         for _attempt in range(2):
-            pool = None
+            if _disabled:
+                break
+            pool, error = None, None
             try:
                 pool = _get_pool(workers)
-                with _pool_lock:
-                    _idle_calls += int(idle)
-                try:
-                    futures = [pool.submit(fn, *args) for fn, args in calls]
-                    for i, future in enumerate(futures):
-                        try:
-                            results[i] = future.result()
-                        except BrokenProcessPool:
-                            raise
-                        except Exception as exc:  # one export that fails must not stop the others
-                            results[i] = exc
-                finally:
-                    with _pool_lock:
-                        _idle_calls -= int(idle)
-                return results  # type: ignore[return-value]
+                todo = _calls_in(pool, calls, todo, results, idle)
             except (BrokenProcessPool, OSError, RuntimeError) as exc:
-                if pool is not None and pool in _stopped:
-                    if idle:
-                        return [RuntimeError("stopped: exports at the lowest priority were cut short")
-                                if r is None else r for r in results]
-                    results = [None] * len(calls)
-                    continue
-                # No workers (a sandbox without process spawning, a script without the
-                # ``if __name__ == "__main__":`` guard spawn needs, a killed worker): export here.
-                _give_up(exc)
-                break
+                error = exc
+            if not todo and error is None:
+                return results  # type: ignore[return-value]
+            if pool is not None and pool in _stopped:
+                if idle:
+                    break
+                continue  # killed on purpose: a new pool
+            # No workers (a sandbox without process spawning, a script without the
+            # ``if __name__ == "__main__":`` guard spawn needs, a killed worker): export here.
+            _give_up(error or BrokenProcessPool("an export worker died"))
+            break
     if idle:
-        return [RuntimeError("no export worker processes") if r is None else r for r in results]
+        return [RuntimeError("not exported: no export worker processes, or stopped") if r is None else r
+                for r in results]
     for i, (fn, args) in enumerate(calls):
         if results[i] is None:
             try:
@@ -285,6 +281,34 @@ def _run(calls: list[tuple[Callable[..., Any], tuple]], workers: int | None, idl
             except Exception as exc:
                 results[i] = exc
     return results  # type: ignore[return-value]
+
+
+def _calls_in(pool: ProcessPoolExecutor, calls: list[tuple[Callable[..., Any], tuple]], indices: list[int],
+              results: list[Any], idle: bool) -> list[int]:
+    """Run the calls at `indices` in `pool`, each result (or the exception the call raised) into
+    `results`; the indices of the calls the pool lost (a worker died or was killed, the call
+    was cancelled by a stop) come back."""
+    with _pool_lock:
+        _idle_calls[pool] = _idle_calls.get(pool, 0) + int(idle)
+    try:
+        try:
+            futures = [(i, pool.submit(calls[i][0], *calls[i][1])) for i in indices]
+        except (BrokenProcessPool, OSError, RuntimeError):
+            if pool in _stopped:
+                return list(indices)
+            raise
+        lost = []
+        for i, future in futures:
+            try:
+                results[i] = future.result()
+            except (BrokenProcessPool, CancelledError):
+                lost.append(i)
+            except Exception as exc:  # one export that fails must not stop the others
+                results[i] = exc
+        return lost
+    finally:
+        with _pool_lock:
+            _idle_calls[pool] -= int(idle)
 
 
 def export_units(units: Sequence["Unit"], flavor: str, workers: int | None = None,
