@@ -229,8 +229,10 @@ def stop_idle_exports() -> bool:
 def _kill(pool: ProcessPoolExecutor) -> None:
     """Kill `pool`'s workers; its unfinished calls fail (`BrokenProcessPool`, `CancelledError`)."""
     with _pool_lock:
-        # The executor's own table of its workers (private; Python 3.14 has `kill_workers`).
-        processes = _stopped.setdefault(pool, getattr(pool, "_processes", None) or {})
+        # The executor's own table of its workers, which it fills as it starts them (private;
+        # Python 3.14 has `kill_workers`); None once it is shut down.
+        table = getattr(pool, "_processes", None)
+        processes = _stopped.setdefault(pool, table if table is not None else {})
     pool.shutdown(wait=False, cancel_futures=True)  # no new calls, no new workers from here on
     for process in list(processes.values()):
         try:
