@@ -25,7 +25,8 @@ Two modes:
   ahead (`export_pool.export_ahead`: worker processes at the lowest CPU priority, on whatever
   core training leaves idle), so that where training leaves one (a GPU trains, or fewer
   training threads than cores) a flush mostly times; where it leaves none, the round finishes
-  in the flush, as the exports would without it.
+  in the flush, as the exports would without it; where other work leaves none either, the
+  flush stops the round after about its time at normal priority and exports the rest itself.
 
 ``mode="auto"`` (the default) picks ``deferred`` when every agent of the pool is on a loopback
 address, ``continuous`` otherwise.

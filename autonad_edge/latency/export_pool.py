@@ -14,7 +14,10 @@ single exports (`onnx_export.export_units_together`). Hits in the in-memory and 
 (`profiler.EXPORT_CACHE`, `export_cache`) are served here without a worker. The pool is created on first use and lives for the process;
 ``AUTONAD_EXPORT_WORKERS`` sets its size (default: the CPU count, at most 4; 0 exports in
 this process). Workers start with the spawn method (a fork of a process with live torch
-threads is unsafe) and one torch thread each.
+threads is unsafe) and one torch thread each. Exports ahead of need (`export_ahead`) run in
+the same workers at the lowest CPU priority; `stop_idle_exports` ends them by killing those
+workers when they cannot finish (other work keeping every core busy), and the next export
+starts new ones.
 """
 
 from __future__ import annotations
