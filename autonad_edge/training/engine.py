@@ -459,8 +459,8 @@ class Trainer:
             atomic_write_json(self.out_dir / "summary.json", _json_safe(summary))
         return summary
 
-    # Epochs whose mean training time is the pace (a val pass costs the mean of those run so
-    # far); none are judged before.
+    # Epochs whose median training time is the first judgement's pace (a val pass costs the
+    # mean of the last ones run); none are judged before.
     PACE_EPOCHS = 3
     # A run the pace shows would end early is lengthened once, at its first judgement, while its
     # schedule has barely begun (so the longer decay changes the rates to come, not those
