@@ -431,8 +431,9 @@ def test_a_flush_stops_a_round_of_exports_ahead_that_gets_no_cpu(lab, tmp_path, 
 
 
 def test_a_round_that_does_not_stop_is_left_behind_not_waited_for(lab, tmp_path, monkeypatch, caplog):
-    """A stopped round whose thread does not end (its pool's manager stuck on a worker killed
-    mid-send) holds the flush only `AHEAD_STOP_S`, and no second round starts."""
+    """A stopped round whose thread does not end (by CPython's source, a pool's manager can
+    hang on a worker killed mid-send) holds the flush only `AHEAD_STOP_S`, and no second round
+    starts."""
     from autonad_edge.latency import background, export_pool
 
     space, pool = lab["space"], lab["pool"]
