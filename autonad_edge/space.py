@@ -52,6 +52,11 @@ class StageSpace:
     # Spatial-reduction ratio of the transformer's keys/values (PVT), fixed per stage.
     sr_ratio: int = 1
 
+    def __post_init__(self) -> None:
+        # Ratios as floats: the archs sampled from a space built with ints must hash as they
+        # do after a JSON round trip (2 and 2.0 are equal but serialise apart).
+        object.__setattr__(self, "ffn_ratios", tuple(float(r) for r in self.ffn_ratios))
+
     @property
     def max_depth(self) -> int:
         return max(self.depths)
@@ -70,6 +75,9 @@ class BlockArch:
     op: str
     ffn_ratio: float
     kernel: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ffn_ratio", float(self.ffn_ratio))  # one hash for 2 and 2.0
 
 
 @dataclass(frozen=True)
@@ -356,6 +364,10 @@ class SearchSpace:
             raise ArchError("num_pool_branches: must be between 1 and the number of pool sizes")
         if min(self.pool_size_choices) < 1:
             raise ArchError("pool_size_choices: sizes must be >= 1")
+        if len(set(self.pool_size_choices)) != len(self.pool_size_choices):
+            # An arch's pool sizes are distinct: a repeated choice would be sampled into archs
+            # the space's own validate() refuses.
+            raise ArchError(f"pool_size_choices: sizes must be distinct, got {list(self.pool_size_choices)}")
         if self.decoder_channels < 4 or self.decoder_channels % 4:
             raise ArchError("decoder_channels: must be a positive multiple of 4")
         if self.detail_channels < 0 or self.detail_channels % 4:

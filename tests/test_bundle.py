@@ -238,8 +238,9 @@ def test_bundle_is_readable_by_others_and_out_may_be_the_cwd(tmp_path, monkeypat
 
 def test_a_model_alone_carries_its_class_names_and_training_scale(tmp_path):
     """Without a checkpoint, the class names, max_side and squash `export` records in the
-    model's metadata reach the manifest; values given to write_bundle win; unreadable
-    metadata is a one-line BundleError."""
+    model's metadata reach the manifest; class names given to write_bundle win (a training
+    scale given must agree: test_the_flavours_and_the_checkpoint_must_describe_one_network);
+    unreadable metadata is a one-line BundleError."""
     model = _seg_model(tmp_path / "p.onnx")
     proto = onnx.load(str(model))
     for key, value in {"autonad.class_names": json.dumps(["ok", "crack", "dent"]), "autonad.max_side": "640",
@@ -248,9 +249,9 @@ def test_a_model_alone_carries_its_class_names_and_training_scale(tmp_path):
     onnx.save(proto, str(model))
     m = read_bundle(write_bundle(tmp_path / "b1", model).parent)
     assert m["classes"] == ["ok", "crack", "dent"] and m["max_side"] == 640 and "squash" not in m
-    m = read_bundle(write_bundle(tmp_path / "b2", model, manifest={"classes": ["a", "b", "c"], "max_side": None,
-                                                                   "squash": True}).parent)
-    assert m["classes"] == ["a", "b", "c"] and m["max_side"] is None and m["squash"] is True
+    m = read_bundle(write_bundle(tmp_path / "b2", model, manifest={"classes": ["a", "b", "c"], "max_side": 640,
+                                                                   "squash": False}).parent)
+    assert m["classes"] == ["a", "b", "c"] and m["max_side"] == 640 and "squash" not in m
 
     for key, value, match in (("autonad.class_names", "[oops", "autonad.class_names"),
                               ("autonad.squash", "yes", "autonad.squash")):
@@ -300,3 +301,74 @@ def test_engine_record_must_be_readable_and_of_this_engine(tmp_path):
                                       "--out", str(tmp_path / "b2")])
     assert result.exit_code == 2 and result.output.strip().count("\n") == 0
     assert "not a readable engine build record" in result.output and not (tmp_path / "b2").exists()
+
+
+def _with_metadata(src: Path, dst: Path, **meta: str) -> Path:
+    proto = onnx.load(str(src))
+    for key, value in meta.items():
+        key = f"autonad.{key}"
+        entry = next((p for p in proto.metadata_props if p.key == key), None)
+        if entry is None:
+            proto.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+        else:
+            entry.value = value
+    onnx.save(proto, str(dst))
+    return dst
+
+
+def test_the_flavours_and_the_checkpoint_must_describe_one_network(tmp_path):
+    """A bundle's models are two flavours of one network and its manifest fields (from a
+    checkpoint) must not contradict them: infer.py would otherwise run another network on one
+    backend, or preprocess and name classes for another. Each refusal is one line and writes
+    nothing."""
+    import random
+
+    from autonad_edge.space import SearchSpace
+
+    space = SearchSpace.tiny()
+    arch, other_arch = (space.sample(random.Random(seed)) for seed in (1, 2))
+    assert arch.hash != other_arch.hash
+    portable = _with_metadata(_seg_model(tmp_path / "p.onnx"), tmp_path / "p.onnx", max_side="640",
+                              arch=arch.to_json(indent=None))
+    trt = _with_metadata(_seg_model(tmp_path / "t.onnx", "tensorrt"), tmp_path / "t.onnx",
+                         arch=arch.to_json(indent=None))
+    other_scale = _with_metadata(trt, tmp_path / "t512.onnx", max_side="512")
+    wider = onnx.load(str(trt))
+    wider.graph.input[0].type.tensor_type.shape.dim[3].dim_value = W + 8
+    onnx.save(wider, str(tmp_path / "wide.onnx"))
+    cases = [
+        ({"extra_onnx": [other_scale]}, "max_side 512 against 640"),
+        ({"extra_onnx": [tmp_path / "wide.onnx"]}, "input"),
+        ({"manifest": {"num_classes": 5, "classes": [f"c{i}" for i in range(5)]}}, "3 output classes"),
+        ({"manifest": {"max_side": None}}, "exported for max_side 640"),
+        ({"manifest": {"arch": other_arch}}, "is the network"),
+    ]
+    for kwargs, match in cases:
+        with pytest.raises(BundleError, match=match) as info:
+            write_bundle(tmp_path / "b", portable, **kwargs)
+        assert "\n" not in str(info.value) and not (tmp_path / "b").exists()
+    # What agrees is accepted: the other flavour of the network, the checkpoint's own values.
+    m = read_bundle(write_bundle(tmp_path / "b", portable, extra_onnx=[trt],
+                                 manifest={"num_classes": CLASSES, "max_side": 640, "arch": arch}).parent)
+    assert m["max_side"] == 640 and len(m["models"]) == 2
+
+
+def test_replacing_a_bundle_swaps_it_in_one_step(tmp_path):
+    """--force swaps the new bundle in with one exchange (Linux): no moment without a bundle at
+    --out, and nothing left beside it."""
+    from autonad_edge.export import bundle
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    (first / "f").write_text("first")
+    (second / "f").write_text("second")
+    if not bundle._exchange(first, second):
+        pytest.skip("no renameat2 RENAME_EXCHANGE here")
+    assert (first / "f").read_text() == "second" and (second / "f").read_text() == "first"
+
+    model = _seg_model(tmp_path / "p.onnx")
+    write_bundle(tmp_path / "out", model, manifest={"line": "old"})
+    write_bundle(tmp_path / "out", model, manifest={"line": "new"}, overwrite=True)
+    assert read_bundle(tmp_path / "out")["line"] == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "out", "p.onnx"]

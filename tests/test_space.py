@@ -1,5 +1,6 @@
 """The search space and architecture encoding (pure Python)."""
 
+import dataclasses
 import json
 import random
 import subprocess
@@ -174,3 +175,25 @@ def test_the_detail_path_is_a_space_setting_absent_from_the_paper_space_and_old_
     assert head[16].config["detail_channels"] == 16 and head[16].inputs[-1] == (1, 3, 64, 64)
     with pytest.raises(ArchError, match="detail_channels"):
         SearchSpace.from_dict({**old, "detail_channels": 6})
+
+
+def test_repeated_pool_sizes_are_refused_where_the_space_is_read():
+    """An arch's pool sizes are distinct: a space offering one size twice would sample archs its
+    own validate() refuses, so it is refused when read, naming the field."""
+    data = json.loads(SearchSpace.default().to_json())
+    data["pool_size_choices"] = [1, 2, 2, 3, 6]
+    with pytest.raises(ArchError, match="pool_size_choices: sizes must be distinct"):
+        SearchSpace.from_dict(data)
+
+
+def test_integer_ratios_hash_as_their_json_round_trip():
+    """A space built in Python with integer FFN ratios samples archs whose hash (a cache and
+    export key) is the one they have after a JSON round trip."""
+    from autonad_edge.space import StageSpace
+
+    tiny = SearchSpace.tiny()
+    stages = tuple(StageSpace(s.depths, s.widths, tuple(int(r) for r in s.ffn_ratios), s.sr_ratio)
+                   for s in tiny.stages)
+    spaced = dataclasses.replace(tiny, stages=stages)
+    arch = spaced.sample(random.Random(3))
+    assert arch.hash == Arch.from_json(arch.to_json()).hash

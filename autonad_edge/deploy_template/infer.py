@@ -180,7 +180,13 @@ def save_mask(mask: np.ndarray, out: Path) -> np.ndarray:
     image = Image.fromarray(mask.astype(np.uint8))  # mode L; putpalette makes it P, keeping the indices
     image.putpalette(palette())
     out.parent.mkdir(parents=True, exist_ok=True)
-    image.save(out)
+    # Beside it, then renamed: a run stopped mid-write leaves no truncated mask under the name.
+    partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    try:
+        image.save(partial, format="PNG")
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
     return np.asarray(image)
 
 
@@ -237,7 +243,7 @@ def load_plugin(trt, explicit: str | None):
     if path is None:
         raise InferError(
             f"the engine uses the SpatialShift plugin but no {PLUGIN_LIBRARY} was found: build it from "
-            f"plugin/spatial_shift (see plugin/README.md) and pass --plugin-lib or set ${PLUGIN_ENV}"
+            f"plugin/spatial_shift (see plugin/spatial_shift/README.md) and pass --plugin-lib or set ${PLUGIN_ENV}"
         )
     library = ctypes.CDLL(str(path))
     init = getattr(library, "initAutonadPlugins", None)

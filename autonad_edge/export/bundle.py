@@ -16,10 +16,12 @@ No torch needed.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -187,6 +189,61 @@ def _checkpoint_metadata(meta: Mapping[str, str], src: Path) -> dict[str, Any]:
     return out
 
 
+def _network_identity(info: Mapping[str, Any]) -> dict[str, Any]:
+    """What two flavours of one network share: the image input's and the logits' shapes (the
+    batch aside: one flavour may take a dynamic batch) and what `export` recorded of the
+    network and its training (arch, classes, scale). Metadata a model lacks is left out."""
+    meta = info["_metadata"]
+    identity: dict[str, Any] = {
+        "input": info["inputs"][0]["shape"][1:] if info["inputs"] else None,
+        "output": info["outputs"][0]["shape"][1:] if info["outputs"] else None,
+    }
+    for key in ("autonad.arch_hash", "autonad.num_classes", "autonad.image_size", "autonad.class_names",
+                "autonad.max_side", "autonad.squash"):
+        if key in meta:
+            identity[key] = meta[key]
+    return identity
+
+
+def _check_same_network(first_src: Path, first: Mapping[str, Any], src: Path, info: Mapping[str, Any]) -> None:
+    """Refuse a second flavour that is not the first's network: infer.py would run one or the
+    other depending on the backend, and the manifest describes only the first."""
+    a, b = _network_identity(first), _network_identity(info)
+    for key in a:
+        if key in b and a[key] != b[key]:
+            raise BundleError(f"{src} is not the network of {first_src}: {key.removeprefix('autonad.')} "
+                              f"{b[key]} against {a[key]}; bundle two flavours of one exported network")
+
+
+def _check_manifest_agrees(src: Path, info: Mapping[str, Any], given: Mapping[str, Any]) -> None:
+    """Refuse manifest fields (from a checkpoint) that contradict what the model itself says:
+    a wrong checkpoint would make infer.py preprocess or name classes for another network."""
+    meta = info["_metadata"]
+    out_shape = info["outputs"][0]["shape"] if info["outputs"] else []
+    model_classes = out_shape[1] if len(out_shape) == 4 and isinstance(out_shape[1], int) else None
+    if model_classes is None and "autonad.num_classes" in meta:
+        model_classes = int(meta["autonad.num_classes"])
+    count = given.get("num_classes")
+    if count is not None and model_classes is not None and int(count) != model_classes:
+        raise BundleError(f"{src} has {model_classes} output classes, the manifest given says {int(count)}: "
+                          "is the checkpoint the one this model was exported from?")
+    arch = given.get("arch")
+    if arch is not None and "autonad.arch" in meta:
+        given_hash, given_summary = _arch_identity(_arch_dict(arch))
+        try:
+            model_hash, model_summary = _arch_identity(_arch_dict(meta["autonad.arch"]))
+        except ValueError:  # json.JSONDecodeError: the model's own record is unreadable, the given one stands
+            model_hash, model_summary = None, None
+        if given_hash and model_hash and given_hash != model_hash:
+            raise BundleError(f"{src} is the network {model_summary}, the manifest given says {given_summary}: "
+                              "bundle the model exported from that architecture")
+    recorded = _checkpoint_metadata(meta, src)
+    for field in ("max_side", "squash"):
+        if field in given and field in recorded and given[field] != recorded[field]:
+            raise BundleError(f"{src} was exported for {field} {recorded[field]}, the manifest given says "
+                              f"{given[field]}: is the checkpoint the one this model was exported from?")
+
+
 def _read_engine_record(engine_path: Path) -> dict[str, Any] | None:
     """The ``<engine>.json`` build record beside `engine_path`, if there is one."""
     path = engine_record_path(engine_path)
@@ -292,6 +349,9 @@ def write_bundle(
         described.append((src, info))
     primary_meta = described[0][1]["_metadata"]
     primary = described[0][1]
+    for src, info in described[1:]:
+        _check_same_network(sources[0], primary, src, info)
+    _check_manifest_agrees(sources[0], primary, extra)
     # Without a checkpoint, what `export` recorded of it: class names and the training scale.
     # (A given max_side or squash wins, None included: a checkpoint's None means native scale.)
     for key, value in _checkpoint_metadata(primary_meta, sources[0]).items():
@@ -469,8 +529,33 @@ def check_bundle_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Non
                           "--force / overwrite=True replaces only a bundle; choose another directory")
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories in one step (Linux renameat2 RENAME_EXCHANGE); False where the
+    system cannot."""
+    if sys.platform != "linux":
+        return False
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:  # glibc before 2.28, musl
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # a file system without the flag
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
 def _replace_dir(staging: Path, out_dir: Path) -> None:
-    if out_dir.exists():
+    if out_dir.exists() and _exchange(staging, out_dir):
+        # One step: a crash leaves the old bundle or the new one at out_dir, never neither.
+        shutil.rmtree(staging, ignore_errors=True)
+    elif out_dir.exists():
+        # Two renames: a crash between them leaves out_dir missing and the old bundle in the
+        # hidden sibling named here.
         old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}-{time.monotonic_ns()}")
         os.replace(out_dir, old)
         try:
