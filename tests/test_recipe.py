@@ -84,6 +84,39 @@ def test_training_crops_are_fixed_size_from_mixed_size_images(tmp_path):
     assert torch.equal(again[0][0], image)  # deterministic in (seed, epoch, index)
 
 
+def test_zoomed_out_crops_keep_a_thin_crack_labelled_where_the_image_shows_it():
+    """A zoomed-out crop (scale < 1) samples the mask less than once a pixel: nearest sampling
+    used to drop a 1-px crack from the labels of 10 in 240 crack-centred crops (and cut it into
+    a median of 6 pieces) while the image still showed the dark line."""
+    from scipy import ndimage
+
+    from autonad_edge.data.cache import build_cache, label_histogram
+    from autonad_edge.data.dataset import SegmentationData
+    from autonad_edge.data.transforms import AugmentationConfig
+
+    samples, ids = [], []
+    for i in range(4):
+        image = np.full((256, 256, 1), 128, np.uint8)
+        mask = np.zeros((256, 256), np.uint8)
+        mask[100 + i, :] = 1
+        image[100 + i, :, 0] = 20
+        samples.append((image, mask, (256, 256), label_histogram(mask)))
+        ids.append(f"s{i}")
+    cache = build_cache(ids, samples, ["background", "crack"], None, [None] * 4)
+    data = SegmentationData(cache, {"train": ids, "val": [], "test": []}, fmt="voc", root=None, seed=0,
+                            ratios=(1, 0, 0), split_source="test", image_size=(64, 64))
+    crops = data.train_crops(seed=0, crop=CropConfig((64, 64), defect_share=1.0),
+                             augmentation=AugmentationConfig(scale=(0.75, 0.9)))
+    pieces = []
+    for epoch in range(15):
+        crops.set_epoch(epoch)
+        for i in range(len(crops)):
+            _, labels = crops[i]
+            pieces.append(ndimage.label((labels == 1).numpy(), structure=np.ones((3, 3)))[1])
+            assert (labels == 1).sum() < 3 * 64, "and it stays thin"
+    assert pieces and all(n == 1 for n in pieces), pieces
+
+
 def test_downscaling_keeps_a_one_pixel_crack_connected():
     mask = np.zeros((400, 600), np.uint8)
     rows = (np.arange(600) * 0.37 + 100).astype(int)
@@ -93,6 +126,20 @@ def test_downscaling_keeps_a_one_pixel_crack_connected():
     assert (small == 3).any(axis=0).all()
     assert (small == 3).sum() < 4 * 150  # and it stays thin
     assert training_scale_hw(400, 600, 150) == (100, 150) and training_scale_hw(40, 60, 150) == (40, 60)
+
+
+@pytest.mark.parametrize("factor", [6, 12.5])
+def test_a_shrunk_crack_stays_one_line_at_large_factors(factor):
+    # At 6x a line crossing half a box's side covers it by exactly 3/36: measured in 8 bits it
+    # rounded below the 1/12 threshold and the crack fell into eleven pieces.
+    from scipy import ndimage
+
+    mask = np.zeros((600, 600), np.uint8)
+    columns = np.arange(600)
+    mask[(columns * 0.7).astype(int), columns] = 1
+    side = round(600 / factor)
+    small = downscale_mask(mask, (side, side))
+    assert ndimage.label(small == 1, structure=np.ones((3, 3)))[1] == 1
 
 
 def test_downscaling_keeps_every_small_defect():

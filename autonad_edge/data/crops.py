@@ -148,6 +148,13 @@ class CropDataset(Dataset):
         self.ignore_index = ignore_index
         self.sampler = CropSampler([base.raw(i)[1] for i in range(len(base))], num_classes, config)
         self.normalizer = Normalizer(base.mean, base.std, offset=GREY)
+        self._thin_masks: dict[int, np.ndarray] = {}
+
+    def _thin(self, image: int, mask: np.ndarray) -> np.ndarray:
+        """`thin_defects` of an image's mask, found once per image (per loader worker)."""
+        if image not in self._thin_masks:
+            self._thin_masks[image] = thin_defects(mask, self.ignore_index)
+        return self._thin_masks[image]
 
     def set_epoch(self, epoch: int) -> None:
         if epoch < 0:
@@ -188,7 +195,48 @@ class CropDataset(Dataset):
         shifted = (to_mask_tensor(mask).to(torch.float32) + 1)[None, None]
         labels = F.grid_sample(shifted, grid, mode="nearest", padding_mode="zeros", align_corners=False)[0, 0].long() - 1
         labels[labels < 0] = self.ignore_index
+        if warp.get("scale", 1.0) < 1.0:
+            _keep_thin_defects(labels, self._thin(spec.image, mask), grid, self.ignore_index)
         return self.normalizer(warped), labels
 
 
-__all__ = ["CropConfig", "CropDataset", "CropSampler", "CropSpec", "DefectIndex", "GREY", "crop_grid"]
+# A zoomed-out crop samples the mask less than once a source pixel: nearest sampling drops a
+# 1-px crack that falls between samples while the bilinear image still shows it. A line between
+# samples 1.33 px apart (the default smallest scale, 0.75) weighs at least 1/3 at the nearer.
+THIN_DEFECT_WEIGHT = 0.25
+
+
+def thin_defects(mask: np.ndarray, ignore_index: int = 255) -> np.ndarray:
+    """The parts of `mask`'s defect regions narrower than 2 px (what an opening by a 2x2 square
+    removes), labelled with their class, 0 elsewhere: the parts a sparse sampling can miss.
+    A wider region is sampled at least once across at any scale above 0.5, and its edges are
+    left to nearest sampling (a weight threshold there would dilate every blob)."""
+    from scipy import ndimage
+
+    thin = np.zeros_like(mask)
+    for label in np.flatnonzero(np.bincount(np.asarray(mask).ravel(), minlength=256)):
+        if label == 0 or label == ignore_index:
+            continue
+        region = mask == label
+        thin[region & ~ndimage.binary_opening(region, structure=np.ones((2, 2), bool))] = label
+    return thin
+
+
+def _keep_thin_defects(labels: torch.Tensor, thin: np.ndarray, grid: torch.Tensor, ignore_index: int) -> None:
+    """Label each pixel of a zoomed-out crop with the thin defect class (`thin_defects`) whose
+    bilinear weight there is largest and at least THIN_DEFECT_WEIGHT (in place; ignored pixels
+    stay ignored): the labels show a thin defect wherever the image does, as
+    `cache.downscale_mask` keeps it."""
+    best = torch.zeros(labels.shape, dtype=torch.float32)
+    for label in np.flatnonzero(np.bincount(thin.ravel(), minlength=256)):
+        if label == 0:
+            continue
+        binary = torch.from_numpy((thin == label).astype(np.float32))[None, None]
+        weight = F.grid_sample(binary, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0, 0]
+        wins = (weight >= THIN_DEFECT_WEIGHT) & (weight > best) & (labels != ignore_index)
+        labels[wins] = int(label)
+        best = torch.where(wins, weight, best)
+
+
+__all__ = ["CropConfig", "CropDataset", "CropSampler", "CropSpec", "DefectIndex", "GREY", "crop_grid",
+           "thin_defects"]
