@@ -116,6 +116,30 @@ def cli_app() -> typer.Typer:
 # Magnetic tile
 
 
+def test_mt_masks_marked_below_the_threshold_and_fractional_float_photos_are_refused(mt_root: Path) -> None:
+    """Two inputs that used to load without a word and train on nothing: a 0/1 mask (every
+    pixel below the layout's 128: all background) and a 0..1 float photo (truncated to 0/1
+    pixels). Each is one line naming the file."""
+    mask_path = mt_root / "MT_Crack" / "Imgs" / "exp_0.png"
+    binary = np.zeros((36, 44), np.uint8)
+    binary[8:20, 10:24] = 1
+    Image.fromarray(binary).save(mask_path)
+    with pytest.raises(DatasetError, match="mask values 0..1: this layout marks a defect with 255") as refused:
+        load_dataset(mt_root, fmt="mt", image_size=(36, 44), seed=0)
+    assert "exp_0.png" in str(refused.value) and "\n" not in str(refused.value)
+    Image.fromarray((binary * 255).astype(np.uint8)).save(mask_path)
+
+    photo = mt_root / "MT_Crack" / "Imgs" / "exp_0.jpg"
+    photo.unlink()
+    ramp = np.tile(np.linspace(0, 1, 44, dtype=np.float32), (36, 1))
+    Image.fromarray(ramp).save(photo.with_suffix(".tif"))
+    with pytest.raises(DatasetError, match="fractional values") as refused:
+        load_dataset(mt_root, fmt="mt", image_size=(36, 44), seed=0)
+    assert "exp_0.tif" in str(refused.value)
+    Image.fromarray(np.round(ramp * 255)).save(photo.with_suffix(".tif"))  # 0..255 whole numbers load
+    load_dataset(mt_root, fmt="mt", image_size=(36, 44), seed=0)
+
+
 def test_mt_layout_classes_labels_and_threshold(mt_root: Path) -> None:
     data = load_dataset(mt_root, fmt="mt", image_size=(36, 44), seed=0)
     assert data.class_names == list(MT_CLASSES)
@@ -324,6 +348,26 @@ def test_a_torn_split_manifest_is_refused_in_one_line(tmp_path: Path) -> None:
         load_manifest(out / "splits.json")
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("train", [0, 1], "ids are strings"), ("train", [["img0"]], "ids are strings"),
+    ("seed", "x", "'seed' must be an integer"), ("seed", None, "'seed' must be an integer"),
+    ("ratios", "0.7", "'ratios' must be a list of numbers"), ("class_names", None, "'class_names' must be a list"),
+    ("format", None, "'format' must be a string"), ("root", 5, "'root' must be a path"),
+])
+def test_a_hand_edited_manifest_of_wrong_types_is_refused_in_one_line(tmp_path, field, value, message):
+    """`--splits` with a hand-edited manifest: each wrong type is named (it used to end in an
+    AttributeError or TypeError traceback)."""
+    manifest = json.loads(json.dumps(load_dataset(None, image_size=16, synthetic_count=12, seed=0).manifest()))
+    if field == "train":
+        manifest["splits"]["train"] = value
+    else:
+        manifest[field] = value
+    (tmp_path / "splits.json").write_text(json.dumps(manifest))
+    with pytest.raises(DatasetError, match=message) as refused:
+        load_dataset(None, image_size=16, manifest=load_manifest(tmp_path / "splits.json"))
+    assert "\n" not in str(refused.value) and "splits.json" in str(refused.value)
+
+
 # ------------------------------------------------------------------------------------------
 # Augmentation
 
@@ -500,6 +544,17 @@ def test_cli_synth_writes_voc_layout(cli_app: typer.Typer, tmp_path: Path) -> No
         assert (out / "ImageSets" / "Segmentation" / f"{name}.txt").is_file()
     assert len(list((out / "JPEGImages").glob("*.jpg"))) == 10
     assert Image.open(out / "SegmentationClass" / "synth_00000.png").mode == "P"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["synth"], "nothing staged is left beside it"
+
+    # Never into a dataset already there (the user's classes.txt and split lists would be
+    # replaced, generated images mixed into theirs), nor under a file: one line each.
+    (out / "classes.txt").write_text("background\ncrack\n")
+    for target, reason in ((out, "not an empty directory"), (tmp_path / "file.txt" / "sub", "cannot write")):
+        (tmp_path / "file.txt").write_text("x")
+        result = CliRunner().invoke(cli_app, ["data", "synth", "--out", str(target), "--count", "4"])
+        lines = result.output.strip().splitlines()
+        assert result.exit_code != 0 and len(lines) == 1 and reason in lines[0], result.output
+    assert (out / "classes.txt").read_text() == "background\ncrack\n"
 
 
 def test_main_app_has_data_group() -> None:

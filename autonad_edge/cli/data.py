@@ -60,12 +60,12 @@ def synth_command(
     """Write the synthetic defect dataset in VOC layout (with splits and classes.txt)."""
     from autonad_edge.data.synthetic import SYNTHETIC_CLASSES, write_synthetic_voc
 
-    if out.exists() and not out.is_dir():
-        raise _fail(f"{out}: exists and is not a directory")
     try:
         splits = write_synthetic_voc(out, count=count, image_size=image_size, seed=seed)
     except (DatasetError, ValueError) as exc:
         raise _fail(str(exc)) from None
+    except OSError as exc:  # a file where a folder is needed, no permission, a full disk
+        raise _fail(f"{out}: cannot write the synthetic set ({exc.strerror or exc})") from None
     counts = ", ".join(f"{name} {len(ids)}" for name, ids in splits.items())
     typer.echo(
         f"wrote {count} synthetic images ({image_size}x{image_size}, seed {seed}, "

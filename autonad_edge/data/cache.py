@@ -183,6 +183,12 @@ def open_image_as(path: Path, mode: str | None = None):  # -> PIL.Image.Image
                 f"{image.mode} image with values {low:g}..{high:g}: only 8-bit images are supported; "
                 f"convert it to 8-bit grey or colour first", path
             )
+        if image.mode == "F" and not np.array_equal(values := np.asarray(image), np.round(values)):
+            # Fractions (a 0..1 float image): converting would truncate every pixel to 0 or 1.
+            raise DatasetError(
+                f"floating-point image with fractional values ({low:g}..{high:g}): only 8-bit images are "
+                f"supported; convert it to 8-bit 0..255 grey or colour first", path
+            )
     return image if image.mode == mode else image.convert(mode)
 
 

@@ -101,6 +101,12 @@ def _load_pair(pair: MTPair, size_hw: tuple[int, int] | None, max_side: int | No
     mask_image = open_image(pair.mask_path)
     native = (image.height, image.width)
     grey = np.asarray(mask_image.convert("L"), dtype=np.uint8)
+    top = int(grey.max())
+    if 0 < top < MASK_THRESHOLD:
+        # Marked but nothing reaches the threshold: a 0/1 (or 0..top) mask would train as all
+        # background without a word.
+        raise DatasetError(f"mask values 0..{top}: this layout marks a defect with 255 (any value >= "
+                           f"{MASK_THRESHOLD}); scale the mask to 0/255", pair.mask_path)
     mask = np.where(grey >= MASK_THRESHOLD, pair.label, 0).astype(np.uint8)
     pixels, mask_resized = resize_pair(image, mask, size_hw, pair.image_path, pair.mask_path, max_side)
     return pixels, mask_resized, native, label_histogram(mask)

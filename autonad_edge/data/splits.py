@@ -147,9 +147,26 @@ def check_manifest(manifest: Any, origin: str = "manifest") -> dict[str, Any]:
         not isinstance(splits.get(name), list) for name in SPLIT_NAMES
     ):
         raise DatasetError("'splits' must hold 'train', 'val' and 'test' id lists", origin)
+    # A hand-edited or damaged manifest: the types a load reads, named here in one line.
+    if not isinstance(manifest["format"], str):
+        raise DatasetError("'format' must be a string", origin)
+    if isinstance(manifest["seed"], bool) or not isinstance(manifest["seed"], int) or manifest["seed"] < 0:
+        raise DatasetError(f"'seed' must be an integer >= 0, got {manifest['seed']!r}", origin)
+    ratios = manifest["ratios"]
+    if not isinstance(ratios, list) or not all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in ratios):
+        raise DatasetError(f"'ratios' must be a list of numbers (train, val, test), got {ratios!r}", origin)
+    if not isinstance(manifest["class_names"], list) or not all(isinstance(n, str) for n in manifest["class_names"]):
+        raise DatasetError("'class_names' must be a list of names", origin)
+    if manifest.get("root") is not None and not isinstance(manifest["root"], str):
+        raise DatasetError(f"'root' must be a path (a string), got {manifest['root']!r}", origin)
+    count = manifest.get("synthetic_count")
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+        raise DatasetError(f"'synthetic_count' must be a positive integer, got {count!r}", origin)
     seen: dict[str, str] = {}
     for name in SPLIT_NAMES:
         for sample_id in splits[name]:
+            if not isinstance(sample_id, str):
+                raise DatasetError(f"'splits.{name}' holds {sample_id!r}: ids are strings", origin)
             if sample_id in seen:
                 raise DatasetError(
                     f"id {sample_id!r} is in both {seen[sample_id]} and {name}", origin

@@ -23,12 +23,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from autonad_edge.data.cache import image_size_hw as _size_hw
+from autonad_edge.io import DIR_MODE
 
 SYNTHETIC_CLASSES: tuple[str, ...] = ("background", "scratch", "pit", "crack", "stain")
 SCRATCH, PIT, CRACK, STAIN = 1, 2, 3, 4
@@ -362,14 +366,35 @@ def write_synthetic_voc(
     the generation parameters). Returns the splits. Needs PIL."""
     from autonad_edge.data.cache import label_histogram
     from autonad_edge.data.splits import dominant_class, stratified_split
-    from autonad_edge.data.voc import write_voc
 
+    out = Path(out).resolve()  # "." has no name to stage beside
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        # Never into a user's dataset: its classes.txt and split lists would be replaced and
+        # the generated images mixed into its own.
+        raise ValueError(f"{out}: exists and is not an empty directory; write the synthetic set to a new one")
     height, width = _size_hw(image_size)
     images, masks = generate_synthetic(count, (height, width), seed)
     ids = synthetic_ids(count)
     strata = [dominant_class(label_histogram(mask)[: len(SYNTHETIC_CLASSES)]) for mask in masks]
     splits = stratified_split(ids, strata, ratios, seed)
-    root = write_voc(out, ids, images, masks, SYNTHETIC_CLASSES, splits)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Written beside it, then renamed into place: a stopped run leaves no half-written set.
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        os.chmod(staging, DIR_MODE)
+        _write_set(staging, ids, images, masks, splits, count, (height, width), seed, ratios)
+        os.replace(staging, out)  # onto an empty directory too
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return splits
+
+
+def _write_set(root: Path, ids, images, masks, splits, count, size_hw, seed, ratios) -> None:
+    from autonad_edge.data.voc import write_voc
+
+    height, width = size_hw
+    write_voc(root, ids, images, masks, SYNTHETIC_CLASSES, splits)
     params = {
         "generator": "autonad_edge.data.synthetic",
         "count": count,
@@ -378,4 +403,3 @@ def write_synthetic_voc(
         "ratios": [float(r) for r in ratios],
     }
     (root / "synthetic.json").write_text(json.dumps(params, indent=2) + "\n", encoding="utf-8")
-    return splits
