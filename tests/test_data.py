@@ -549,7 +549,7 @@ def test_cli_synth_writes_voc_layout(cli_app: typer.Typer, tmp_path: Path) -> No
     # Never into a dataset already there (the user's classes.txt and split lists would be
     # replaced, generated images mixed into theirs), nor under a file: one line each.
     (out / "classes.txt").write_text("background\ncrack\n")
-    for target, reason in ((out, "not an empty directory"), (tmp_path / "file.txt" / "sub", "cannot write")):
+    for target, reason in ((out, "not an empty directory"), (tmp_path / "file.txt" / "sub", "is a file, not a folder")):
         (tmp_path / "file.txt").write_text("x")
         result = CliRunner().invoke(cli_app, ["data", "synth", "--out", str(target), "--count", "4"])
         lines = result.output.strip().splitlines()

@@ -128,6 +128,21 @@ def test_retrain_scratch_and_inherited_then_evaluate_and_predict(run, tmp_path):
         (["retrain", "--arch", "{tmp}/bad.json", "--init", "inherited", "--out", "{tmp}/r"], "--supernet"),
         (["predict", "--checkpoint", "{sup}", "--arch", "{arch}", "--images", "{tmp}/none", "--out", "{tmp}/p"],
          "no such image folder"),
+        # Values no run can use: each used to end in a traceback deep in the engine or, worse,
+        # train 0 steps and report success.
+        (["supernet", "train", "--batch-size", "0", "--out", "{tmp}/x"], "--batch-size must be a whole number >= 1"),
+        (["supernet", "train", "--batch-size", "-2", "--out", "{tmp}/x"], "--batch-size"),
+        (["supernet", "train", "--epochs", "-1", "--out", "{tmp}/x"], "--epochs"),
+        (["supernet", "train", "--max-steps-per-epoch", "0", "--out", "{tmp}/x"], "--max-steps-per-epoch"),
+        (["supernet", "train", "--workers", "-1", "--out", "{tmp}/x"], "--workers"),
+        (["supernet", "train", "--lr", "-1", "--out", "{tmp}/x"], "--lr"),
+        (["evaluate", "--checkpoint", "{sup}", "--arch", "{arch}", "--threads", "-1"], "--threads"),
+        (["predict", "--checkpoint", "{sup}", "--arch", "{arch}", "--images", "{tmp}", "--out", "{tmp}/p",
+          "--image-size", "0"], "--image-size"),
+        (["predict", "--checkpoint", "{sup}", "--arch", "{arch}", "--images", "{tmp}", "--out", "{tmp}/p",
+          "--alpha", "5"], "--alpha"),
+        (["arch", "show", "{arch}", "--space", "tiny", "--num-classes", "0"], "--num-classes"),
+        (["arch", "sample", "--space", "tiny", "--out", "{tmp}"], "is a directory"),
     ],
 )
 def test_errors_are_one_line(run, tmp_path, args, needle):

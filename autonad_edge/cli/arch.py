@@ -20,13 +20,11 @@ def sample(
     space: str = typer.Option("default", help=SPACE_HELP),
 ) -> None:
     """Sample an architecture uniformly from the search space."""
-    from autonad_edge.io import atomic_write_text
-
     arch = load_space(space).sample(random.Random(seed))
     if out is None:
         print(arch.to_json())
         return
-    atomic_write_text(out, arch.to_json() + "\n")
+    _write(out, arch.to_json() + "\n")
     typer.echo(f"wrote {out}  ({arch.summary()}, hash {arch.hash})")
 
 
@@ -45,6 +43,10 @@ def show(
     from autonad_edge.models.complexity import count_flops, stage_params
     from autonad_edge.space import ArchError, load_arch
 
+    if num_classes < 2:
+        fail(f"--num-classes counts the background too: at least 2, got {num_classes}")
+    if min(image_size) < 8:
+        fail(f"--image-size must be at least 8 x 8 pixels, got {image_size[0]} x {image_size[1]}")
     the_space = load_space(space)
     try:
         arch = load_arch(str(path), the_space)
@@ -84,14 +86,24 @@ def show_space(
     out: Path = typer.Option(None, help="Write the space JSON here (a starting point to edit)."),
 ) -> None:
     """Print (or write) a search space as JSON, to shrink or widen it."""
-    from autonad_edge.io import atomic_write_text
-
     text = load_space(space).to_json()
     if out is None:
         print(text)
     else:
-        atomic_write_text(out, text + "\n")
+        _write(out, text + "\n")
         typer.echo(f"wrote {out}")
+
+
+def _write(out: Path, text: str) -> None:
+    """Write `--out` atomically, or say in one line why it cannot be (a folder, no permission)."""
+    from autonad_edge.io import atomic_write_text
+
+    if out.is_dir():
+        fail(f"--out {out} is a directory; give a file name (e.g. {out / 'arch.json'})")
+    try:
+        atomic_write_text(out, text)
+    except OSError as exc:
+        fail(f"--out {out}: cannot write it ({exc.strerror or exc})")
 
 
 def register(app: typer.Typer) -> None:

@@ -87,10 +87,24 @@ def _run_config(config_cls, out: Path, ckpt_name: str, resume: bool, explicit: d
             fail(str(exc))
         saved = dict(ckpt.get("config") or {})
         saved.update({k: v for k, v in explicit.items() if v is not None})
-        return config_cls.from_dict(saved), ckpt
+        return _checked(config_cls.from_dict(saved)), ckpt
     defaults = config_cls().to_dict()
     defaults.update({k: v for k, v in explicit.items() if v is not None})
-    return config_cls.from_dict(defaults), None
+    return _checked(config_cls.from_dict(defaults)), None
+
+
+def _checked(config):
+    try:
+        config.check()
+    except ValueError as exc:
+        fail(str(exc))
+    return config
+
+
+def _at_least(option: str, value, low: float) -> None:
+    """Refuse an option below `low` in one line (None: not given)."""
+    if value is not None and value < low:
+        fail(f"{option} must be at least {low:g}, got {value}")
 
 
 def _check_device(spec: str) -> None:
@@ -392,6 +406,10 @@ def evaluate_command(
 
     _check_choice("format", fmt, FORMATS)
     _check_choice("split", split, ("train", "val", "test"))
+    for option, value, low in (("--batch-size", batch_size, 1), ("--threads", threads, 1),
+                               ("--image-size", image_size, 8), ("--synthetic-count", synthetic_count, 1),
+                               ("--seed", seed, 0)):
+        _at_least(option, value, low)
     _set_threads(threads)
     model, info, the_arch = _load_for_eval(checkpoint, arch, device)
     the_data = _eval_data(info, data, fmt, image_size, splits, checkpoint, seed, synthetic_count)
@@ -448,11 +466,15 @@ def predict_command(
 
     if tile is not None and tile < 8:
         fail(f"--tile must be at least 8 pixels, got {tile}")
+    _at_least("--threads", threads, 1)
+    _at_least("--image-size", image_size, 8)
+    if not 0 <= alpha <= 1:
+        fail(f"--alpha is an opacity in [0, 1], got {alpha}")
     _set_threads(threads)
     model, info, the_arch = _load_for_eval(checkpoint, arch, device)
     if the_arch is not None:
         model = model.extract(the_arch).eval()
-    size = image_size or (info.image_size[0] if info.image_size else 320)
+    size = image_size if image_size is not None else (info.image_size[0] if info.image_size else 320)
     if info.squash:
         # Trained on images squashed to its (height, width): each image is squashed to exactly
         # that, as one window, so the network sees the scale its test mIoU was measured at.

@@ -372,6 +372,9 @@ def write_synthetic_voc(
         # Never into a user's dataset: its classes.txt and split lists would be replaced and
         # the generated images mixed into its own.
         raise ValueError(f"{out}: exists and is not an empty directory; write the synthetic set to a new one")
+    above = next((folder for folder in out.parents if folder.exists()), None)
+    if above is not None and not above.is_dir():
+        raise ValueError(f"{out}: {above} is a file, not a folder")
     height, width = _size_hw(image_size)
     images, masks = generate_synthetic(count, (height, width), seed)
     ids = synthetic_ids(count)

@@ -8,6 +8,7 @@ decay with power 0.9, from scratch or from inherited supernet weights) share `Ru
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,6 +95,47 @@ class RunConfig:
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
 
+    # (field, lowest value, integer, None allowed); checked by `check`
+    _BOUNDS: tuple[tuple[str, float, bool, bool], ...] = (
+        ("epochs", 1, True, False), ("batch_size", 1, True, False), ("eval_batch_size", 1, True, False),
+        ("seed", 0, True, False), ("workers", 0, True, False), ("eval_every", 0, True, False),
+        ("threads", 1, True, True), ("max_steps_per_epoch", 1, True, True), ("image_size", 8, True, False),
+        ("max_side", 8, True, True), ("crop_size", 8, True, True), ("warmup_epochs", 0, False, False),
+        ("lr", 0, False, False), ("weight_decay", 0, False, False), ("grad_clip", 0, False, True),
+    )
+    _SHARES = ("defect_crop_share", "min_lr_factor")  # in [0, 1]
+
+    def check(self) -> None:
+        """Refuse a value no run can use, in one line naming its option (ValueError): a batch of
+        0 divides by zero deep in the engine, a negative one trains 0 steps and reports success."""
+        choices = {"loss": LOSSES, "class_weighting": CLASS_WEIGHTINGS, "schedule": SCHEDULES}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{_option(name)}: unknown value {getattr(self, name)!r}; choose one of "
+                                 f"{', '.join(allowed)}")
+        for name, low, integer, optional in self._BOUNDS:
+            value = getattr(self, name)
+            if value is None and optional:
+                continue
+            if name == "image_size" and isinstance(value, (list, tuple)) and len(value) == 2:
+                value = min(value, key=lambda side: side if isinstance(side, (int, float)) else -math.inf)
+            number = isinstance(value, int) if integer else isinstance(value, (int, float))
+            if isinstance(value, bool) or not number or not math.isfinite(value) or value < low:
+                kind = "a whole number" if integer else "a number"
+                raise ValueError(f"{_option(name)} must be {kind} >= {low:g}, got {value!r}")
+        if self.lr == 0:
+            raise ValueError(f"{_option('lr')} must be above 0, got {self.lr!r}")
+        for name in self._SHARES:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise ValueError(f"{_option(name)} must be a share in [0, 1], got {value!r}")
+        if self.ema_decay is not None and not (isinstance(self.ema_decay, (int, float)) and 0 <= self.ema_decay < 1):
+            raise ValueError(f"{_option('ema_decay')} must be in [0, 1), got {self.ema_decay!r}")
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
 
 @dataclass
 class SupernetConfig(RunConfig):
@@ -106,6 +148,14 @@ class SupernetConfig(RunConfig):
     # In-place distillation (BigNAS) under the sandwich rule: every subnet but the largest
     # learns (1 - w) * loss(labels) + w * KL(largest's predictions || its own).
     distill_weight: float = 0.5
+
+    def check(self) -> None:
+        super().check()
+        if isinstance(self.sandwich_random, bool) or not isinstance(self.sandwich_random, int) \
+                or self.sandwich_random < 0:
+            raise ValueError(f"--sandwich-random must be a whole number >= 0, got {self.sandwich_random!r}")
+        if not isinstance(self.distill_weight, (int, float)) or not 0 <= self.distill_weight <= 1:
+            raise ValueError(f"--distill-weight must be a share in [0, 1], got {self.distill_weight!r}")
 
 
 @dataclass
@@ -121,6 +171,13 @@ class RetrainConfig(RunConfig):
     # into the kept network (training.calibration): the recipe's crops and weights over-predict defects.
     calibrate: bool = True
     calibrate_per_class: bool = True
+
+    def check(self) -> None:
+        super().check()
+        if not isinstance(self.poly_power, (int, float)) or not self.poly_power > 0:
+            raise ValueError(f"--poly-power must be above 0, got {self.poly_power!r}")
+        if self.init not in ("scratch", "inherited"):
+            raise ValueError(f"--init: unknown value {self.init!r}; choose one of scratch, inherited")
 
 
 def config_conflicts(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:

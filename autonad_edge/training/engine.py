@@ -119,6 +119,7 @@ class Trainer:
     def __init__(self, config: RunConfig, data, out_dir: str | Path, *, space: SearchSpace,
                  resume: bool = False, quiet: bool = False, dist: DistContext | None = None,
                  time_limit_s: float | None = None) -> None:
+        config.check()  # a value no run can use, in one line before any work (ValueError)
         self.config = config
         # Wall seconds the epochs may take in this process (epoch hooks not counted): when the
         # measured pace says the planned epochs would overrun (or, early on, end well inside
