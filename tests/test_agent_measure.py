@@ -67,6 +67,40 @@ def test_external_data_is_found_in_constant_nodes_too():
         check_model(model, ())
 
 
+def test_function_bodies_are_checked_like_the_graph():
+    """A model-local function in an allowed domain (the TensorRT backend allows its plugin's)
+    used to hide what the graph may not hold: a tensor reading a file on the agent's disk in an
+    If branch of its body, and a node of a refused domain. Both are refused as at top level."""
+    leak = TensorProto(name="leak", data_type=TensorProto.FLOAT, dims=[1], data_location=TensorProto.EXTERNAL)
+    leak.external_data.add(key="location", value="secret.bin")
+
+    def branch(name, value):
+        return helper.make_graph([helper.make_node("Constant", [], [name], value=value)], name, [],
+                                 [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1])])
+
+    zero = helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0])
+
+    def model(body):
+        function = helper.make_function("autonad", "Hidden", ["c"], ["p"], body,
+                                        opset_imports=[helper.make_opsetid("", 17),
+                                                       helper.make_opsetid("com.microsoft", 1)])
+        graph = helper.make_graph([helper.make_node("Hidden", ["c"], ["y"], domain="autonad")], "g",
+                                  [helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+        return parse_model(helper.make_model(graph, functions=[function], ir_version=8, opset_imports=[
+            helper.make_opsetid("", 17), helper.make_opsetid("autonad", 1)]).SerializeToString())
+
+    reads_a_file = model([helper.make_node("If", ["c"], ["p"], then_branch=branch("t", leak),
+                                           else_branch=branch("e", zero))])
+    with pytest.raises(ModelRejected, match="external data"):
+        check_model(reads_a_file, ("autonad",))
+    refused_op = model([helper.make_node("If", ["c"], ["o"], then_branch=branch("t", zero),
+                                         else_branch=branch("e", zero)),
+                        helper.make_node("Gelu", ["o"], ["p"], domain="com.microsoft")])
+    with pytest.raises(ModelRejected, match="'com.microsoft' not allowed"):
+        check_model(refused_op, ("autonad",))
+
+
 def test_custom_domains_only_where_allowed():
     model = parse_model(testing.custom_domain_model("autonad"))
     with pytest.raises(ModelRejected, match="'autonad' not allowed"):

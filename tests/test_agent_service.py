@@ -358,6 +358,11 @@ def test_oversized_headers_and_unfillable_dtypes_are_invalid_argument_and_spare_
         # Every side within the limits, but 2^160 elements: no array can hold them.
         code, details = call([pb.TensorSpec(name="x", shape=[2**20] * 8, dtype="float32")])
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "more than any array can hold" in details
+        # Names within their 1024 characters whose JSON escapes (12 bytes an emoji) overflow the
+        # worker's 1 MiB frame header: refused before a byte reaches the worker (it used to crash).
+        emoji = [pb.TensorSpec(name=f"{i:03d}" + "\U0001f600" * 1000, shape=[1], dtype="float32") for i in range(256)]
+        code, details = call(emoji)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "too large for the worker" in details
     finally:
         channel.close()
     assert agent.service.worker("onnxruntime").pid == pid  # no crash, no restart
@@ -593,3 +598,68 @@ def test_a_late_abort_of_a_finished_call_spares_the_worker():
         assert result["stats"]["runs"] >= 3 and worker.pid == pid
     finally:
         worker.stop()
+
+
+def test_a_model_is_loaded_as_onnx_whatever_its_bytes_4_to_7_say(client):
+    """ONNX Runtime picks the format from bytes 4..7 ("ORTM" = its flatbuffer format), which a
+    valid ONNX file can hold in a string field: a file the agent's checks pass as ONNX could
+    then run as another model. The agent forces the ONNX format: this file, with "ORTM" at
+    bytes 4..7 of an otherwise ordinary model, is measured as the ONNX model it is (it used to
+    be refused by ORT's flatbuffer verifier)."""
+    import onnx
+
+    model = onnx.load_from_string(testing.conv_model())
+    model.ClearField("doc_string")
+    crafted = bytes([0x32, 6]) + b"\x00\x00ORTM" + model.SerializeToString()  # field 6 (doc_string) first
+    assert crafted[4:8] == b"ORTM" and onnx.load_from_string(crafted).doc_string == "\x00\x00ORTM"
+    result = client.measure(crafted, policy=FAST)
+    assert result.runs >= 1 and result.median_ms > 0
+
+
+def test_streams_without_a_header_take_upload_slots_so_health_checks_find_a_thread():
+    """A stream that never sends its header holds an RPC thread: it takes an upload slot from
+    its start, so beyond the slots (half the threads) such streams are refused at once and a
+    health check is answered (all 4 threads used to be taken for the header timeout)."""
+    server = AgentServer(AgentConfig(host="127.0.0.1", port=0, backend="onnxruntime", token=TOKEN,
+                                     rpc_threads=4, header_timeout_s=20)).start()
+    release = threading.Event()
+
+    def silent():
+        release.wait(30)
+        yield from ()
+
+    channel = grpc.insecure_channel(server.address)
+    try:
+        stub = pb_grpc.LatencyAgentStub(channel)
+        auth = (("authorization", f"Bearer {TOKEN}"),)
+        calls = [stub.Measure.future(silent(), timeout=30, metadata=auth) for _ in range(4)]
+        refused = []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(refused) < 2:
+            refused = [c for c in calls if c.done()]
+            time.sleep(0.05)
+        assert len(refused) == 2 and all(c.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for c in refused)
+        answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5, metadata=auth)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        release.set()
+        channel.close()
+        server.stop(grace_s=0)
+
+
+def test_a_port_in_use_stops_the_workers_started_for_it():
+    """grpcio raises when it cannot bind (it used to return 0): the workers started before the
+    bind must not outlive the failed start (on TensorRT each holds a CUDA context)."""
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        server = AgentServer(AgentConfig(host="127.0.0.1", port=taken.getsockname()[1], backend="onnxruntime",
+                                         token=TOKEN))
+        with pytest.raises(RuntimeError):
+            server.start()
+        assert server.service.worker("onnxruntime").pid is None
+    finally:
+        taken.close()

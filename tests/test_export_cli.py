@@ -91,8 +91,8 @@ def test_export_portable_json_bundle_and_infer(subnet_checkpoint, tmp_path, run_
 
 def test_a_squash_trained_checkpoint_bundles_squashed(subnet_checkpoint, tmp_path, run_infer_py):
     """A network trained on images squashed to its input (keep_aspect false): `export --bundle`
-    and `bundle --checkpoint` record it, and infer.py's mask has the image's size; an
-    aspect-kept checkpoint's manifest has no such field."""
+    and `bundle --checkpoint` record it, and infer.py's mask has the image's size; another
+    checkpoint than the model's is refused."""
     from PIL import Image
 
     from autonad_edge.export.bundle import read_bundle
@@ -112,12 +112,16 @@ def test_a_squash_trained_checkpoint_bundles_squashed(subnet_checkpoint, tmp_pat
     run, mask = run_infer_py(bundle, image)
     assert run.returncode == 0, run.stderr
     assert mask.shape == (90, 33) and mask.max() < len(CLASSES)
-    for checkpoint, squash in ((squashed, True), (subnet_checkpoint, None)):
-        written = tmp_path / f"bundle_{checkpoint.stem}"
-        result = runner.invoke(app, ["bundle", "--onnx", str(out), "--checkpoint", str(checkpoint),
-                                     "--out", str(written)])
-        assert result.exit_code == 0, result.output
-        assert read_bundle(written).get("squash") is squash, checkpoint
+    written = tmp_path / "bundle_squash"
+    result = runner.invoke(app, ["bundle", "--onnx", str(out), "--checkpoint", str(squashed), "--out", str(written)])
+    assert result.exit_code == 0, result.output
+    assert read_bundle(written).get("squash") is True
+    # Another checkpoint (aspect kept, another network) contradicts what the model records:
+    # refused in one line rather than bundled to preprocess for the wrong network.
+    result = runner.invoke(app, ["bundle", "--onnx", str(out), "--checkpoint", str(subnet_checkpoint),
+                                 "--out", str(tmp_path / "bundle_other")])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "the manifest given says" in result.output and not (tmp_path / "bundle_other").exists()
     # Without the checkpoint, the model's own metadata says it was trained squashed.
     result = runner.invoke(app, ["bundle", "--onnx", str(out), "--out", str(tmp_path / "bundle_alone")])
     assert result.exit_code == 0, result.output

@@ -260,16 +260,17 @@ class LatencyAgentService(pb_grpc.LatencyAgentServicer):
             worker.stop()
 
     def _reserve_upload(self, size: int, context: grpc.ServicerContext) -> None:
-        """Take an upload slot and `size` bytes of the upload budget (`_release_upload` gives
-        them back), or refuse at once (RESOURCE_EXHAUSTED: the caller may retry or use another
-        agent)."""
+        """Take an upload slot (`size` 0: before the header, whose size is not known yet) or
+        `size` more bytes of the upload budget for the slot already held; `_release_upload`
+        gives them back. Refuses at once (RESOURCE_EXHAUSTED: the caller may retry or use
+        another agent)."""
         with self._uploads_lock:
             slots, budget = self.config.upload_slots, self.config.upload_byte_budget
-            if self._uploads >= slots or self._upload_bytes + size > budget:
+            if (size == 0 and self._uploads >= slots) or self._upload_bytes + size > budget:
                 busy = f"{self._uploads} uploads ({self._upload_bytes} bytes) in flight"
                 refused = True
             else:
-                self._uploads += 1
+                self._uploads += 1 if size == 0 else 0
                 self._upload_bytes += size
                 refused = False
         if refused:
@@ -285,29 +286,34 @@ class LatencyAgentService(pb_grpc.LatencyAgentServicer):
     def _upload(self, requests: Iterator, context: grpc.ServicerContext) -> Iterator[_Upload]:
         """Receive the header and the model chunks, enforcing the size limit as they arrive, the
         upload slots and byte budget, and the header and receive deadlines (a stalled stream is
-        cancelled so that it frees its thread). The slot is held until the handler leaves the
-        block, not until the RPC ends: a cancelled RPC whose handler still holds the model
-        must keep counting against the limits."""
-        with _cancel_after(self.config.header_timeout_s, context):
-            first = next(requests, None)
-        if first is None or first.WhichOneof("payload") != "header":
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be the header")
-        header = first.header
-        limit = self.config.max_model_bytes
-        if header.model_size == 0:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "header.model_size must be the model's size in bytes")
-        if header.model_size > limit:
-            context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"model of {header.model_size} bytes exceeds this agent's limit of {limit} bytes",
-            )
-        self._reserve_upload(header.model_size, context)
+        cancelled so that it frees its thread). The slot is taken before the header is read (a
+        stream that sends none holds an RPC thread all the same: beyond the slots, streams are
+        refused, so health checks and device info always find a thread) and held until the
+        handler leaves the block, not until the RPC ends: a cancelled RPC whose handler still
+        holds the model must keep counting against the limits."""
+        self._reserve_upload(0, context)
+        declared = 0
         try:
+            with _cancel_after(self.config.header_timeout_s, context):
+                first = next(requests, None)
+            if first is None or first.WhichOneof("payload") != "header":
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be the header")
+            header = first.header
+            limit = self.config.max_model_bytes
+            if header.model_size == 0:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "header.model_size must be the model's size in bytes")
+            if header.model_size > limit:
+                context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"model of {header.model_size} bytes exceeds this agent's limit of {limit} bytes",
+                )
+            self._reserve_upload(header.model_size, context)
+            declared = header.model_size
             with _cancel_after(self.config.receive_timeout_s, context):
                 upload = self._receive_chunks(header, requests, context)
             yield upload
         finally:
-            self._release_upload(header.model_size)
+            self._release_upload(declared)
 
     def _receive_chunks(self, header, requests: Iterator, context: grpc.ServicerContext) -> _Upload:
         limit = self.config.max_model_bytes
@@ -345,10 +351,12 @@ class LatencyAgentService(pb_grpc.LatencyAgentServicer):
         return budget_s if remaining is None else min(remaining, budget_s)
 
     @contextlib.contextmanager
-    def _device(self, context: grpc.ServicerContext) -> Iterator[None]:
-        """Hold the device, waiting at most until the request's deadline and only while the
-        caller is there: a cancelled request must not park its thread and upload here."""
-        deadline = time.monotonic() + max(self._timeout(context), 0.0)
+    def _device(self, context: grpc.ServicerContext, budget_s: float | None = None) -> Iterator[None]:
+        """Hold the device, waiting at most until the request's deadline (capped at `budget_s`,
+        default the measurement budget: a build queued behind another waits up to the build
+        budget) and only while the caller is there: a cancelled request must not park its
+        thread and upload here."""
+        deadline = time.monotonic() + max(self._timeout(context, budget_s), 0.0)
         while not self.device_lock.acquire(timeout=min(DEVICE_WAIT_STEP_S, max(deadline - time.monotonic(), 0.0))):
             if not context.is_active():
                 context.abort(grpc.StatusCode.CANCELLED, "the caller is gone")
@@ -493,7 +501,7 @@ class LatencyAgentService(pb_grpc.LatencyAgentServicer):
             if precision is None:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown precision {header.precision}")
             request = {"op": "build_engine", "precision": precision.value}
-            with self._device(context):
+            with self._device(context, self.config.max_build_s):
                 result, engine = self._call_worker(context, backend, request, upload.model,
                                                    budget_s=self.config.max_build_s)
             info = self.worker(backend).info
@@ -574,15 +582,21 @@ class AgentServer:
         pb_grpc.add_LatencyAgentServicer_to_server(self.service, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         bind = f"{config.host}:{config.port}"
-        if config.tls_cert is not None:
-            credentials = grpc.ssl_server_credentials([(config.tls_key, config.tls_cert)])
-            self.port = self._server.add_secure_port(bind, credentials)
-        else:
-            self.port = self._server.add_insecure_port(bind)
-        if not self.port:
+        try:
+            if config.tls_cert is not None:
+                credentials = grpc.ssl_server_credentials([(config.tls_key, config.tls_cert)])
+                self.port = self._server.add_secure_port(bind, credentials)
+            else:
+                self.port = self._server.add_insecure_port(bind)
+            if not self.port:  # older grpcio returns 0 where newer raises
+                raise RuntimeError(f"cannot listen on {bind}")
+            self._server.start()
+        except BaseException:
+            # The workers started above hold the device (a CUDA context on TensorRT): an
+            # embedding process that catches this must not keep them.
             self.service.stop_workers()
-            raise RuntimeError(f"cannot listen on {bind}")
-        self._server.start()
+            self._server = None
+            raise
         for service in ("", SERVICE_NAME):
             self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info(

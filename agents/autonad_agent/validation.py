@@ -23,10 +23,9 @@ STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
 MAX_INPUT_ELEMENTS = np.iinfo(np.intp).max // 8
 
 
-def _subgraphs(graph: GraphProto) -> Iterator[GraphProto]:
-    """`graph` and every graph nested in node attributes (If/Loop/Scan bodies)."""
-    yield graph
-    for node in graph.node:
+def _nested(nodes) -> Iterator[GraphProto]:
+    """Every graph held in the attributes of `nodes` (If/Loop/Scan bodies), with theirs."""
+    for node in nodes:
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.GRAPH:
                 yield from _subgraphs(attr.g)
@@ -35,15 +34,35 @@ def _subgraphs(graph: GraphProto) -> Iterator[GraphProto]:
                     yield from _subgraphs(sub)
 
 
-def _tensors(model: ModelProto) -> Iterator[TensorProto]:
+def _subgraphs(graph: GraphProto) -> Iterator[GraphProto]:
+    """`graph` and every graph nested in node attributes (If/Loop/Scan bodies)."""
+    yield graph
+    yield from _nested(graph.node)
+
+
+def _graphs(model: ModelProto) -> list[GraphProto]:
+    """Every graph of `model` a runtime may read: the main one, the training-info graphs and
+    the graphs nested in them and in model-local function bodies."""
     graphs = list(_subgraphs(model.graph))
-    nodes = [node for g in graphs for node in g.node] + [node for f in model.functions for node in f.node]
-    for graph in graphs:
+    for info in model.training_info:
+        graphs += [*_subgraphs(info.initialization), *_subgraphs(info.algorithm)]
+    for function in model.functions:
+        graphs += list(_nested(function.node))
+    return graphs
+
+
+def _nodes(model: ModelProto) -> list[onnx.NodeProto]:
+    """Every node of `model`: its graphs' (`_graphs`) and its function bodies'."""
+    return [node for g in _graphs(model) for node in g.node] + [node for f in model.functions for node in f.node]
+
+
+def _tensors(model: ModelProto) -> Iterator[TensorProto]:
+    for graph in _graphs(model):
         yield from graph.initializer
         for sparse in graph.sparse_initializer:
             yield sparse.values
             yield sparse.indices
-    for node in nodes:
+    for node in _nodes(model):
         for attr in node.attribute:
             if attr.HasField("t"):
                 yield attr.t
@@ -51,6 +70,9 @@ def _tensors(model: ModelProto) -> Iterator[TensorProto]:
             if attr.HasField("sparse_tensor"):
                 yield attr.sparse_tensor.values
                 yield attr.sparse_tensor.indices
+            for sparse in attr.sparse_tensors:
+                yield sparse.values
+                yield sparse.indices
 
 
 def parse_model(model_bytes: bytes) -> ModelProto:
@@ -70,7 +92,8 @@ def check_model(model: ModelProto, allowed_custom_domains: Sequence[str]) -> Non
             )
     allowed = STANDARD_DOMAINS | set(allowed_custom_domains)
     domains = {opset.domain for opset in model.opset_import}
-    domains |= {node.domain for g in _subgraphs(model.graph) for node in g.node}
+    domains |= {opset.domain for f in model.functions for opset in f.opset_import}
+    domains |= {node.domain for node in _nodes(model)}  # function bodies included
     domains |= {f.domain for f in model.functions}
     refused = sorted(domains - allowed)
     if refused:

@@ -46,6 +46,7 @@ log = logging.getLogger("autonad_agent.worker")
 
 
 FIRST_RUN_PHASE = "running the model once"
+AFTER_FIRST_RUN_PHASE = "running the model"
 
 
 # Error messages are cut to this many UTF-8 bytes. A message may echo a hostile model's own
@@ -83,8 +84,17 @@ class WorkerError(Exception):
         self.message = message
 
 
+class FrameTooLarge(ValueError):
+    """A frame header over MAX_HEADER_BYTES, refused before a byte is written (the channel stays
+    in step)."""
+
+
 def write_frame(stream: BinaryIO, header: dict[str, Any], payload: bytes = b"") -> None:
     head = json.dumps(header).encode()
+    if len(head) > MAX_HEADER_BYTES:
+        # Checked here, not only by the reader: names within their character limit can still
+        # encode past it (a non-ASCII character is 6-12 bytes of JSON escape).
+        raise FrameTooLarge(f"frame header of {len(head)} bytes (at most {MAX_HEADER_BYTES})")
     stream.write(_FRAME_HEAD.pack(len(head), len(payload)))
     stream.write(head)
     stream.write(payload)
@@ -138,6 +148,7 @@ class _WorkerLoop:
         # The agent stops a model whose first inference never ends (an endless Loop, a
         # pathological graph) long before the request's budget.
         self.backend.before_first_run = lambda: self._phase(FIRST_RUN_PHASE)
+        self.backend.after_first_run = lambda: self._phase(AFTER_FIRST_RUN_PHASE)
         self.fingerprint = {**host_fingerprint(), **self.backend.fingerprint(), "backend": backend_name}
         self.abort_on_input = os.environ.get(TEST_ABORT_ENV) or None
 
@@ -417,7 +428,11 @@ class WorkerProcess:
         wait_until = deadline
         phase = "receiving the request"
         try:
-            write_frame(self._proc.stdin, request, payload)
+            try:
+                write_frame(self._proc.stdin, request, payload)
+            except FrameTooLarge as exc:
+                raise WorkerError("rejected", f"request too large for the worker: {exc}; use shorter "
+                                              "input names") from None
             while True:
                 wait_until = deadline if first_run_deadline is None else min(deadline, first_run_deadline)
                 header, result = self._channel.read_frame(wait_until)

@@ -181,9 +181,13 @@ def save_mask(mask: np.ndarray, out: Path) -> np.ndarray:
     image.putpalette(palette())
     out.parent.mkdir(parents=True, exist_ok=True)
     # Beside it, then renamed: a run stopped mid-write leaves no truncated mask under the name.
+    # (The format is the name's, as Pillow would choose it.)
+    kind = Image.registered_extensions().get(out.suffix.lower())
+    if kind is None:
+        raise ValueError(f"unknown file extension: {out.suffix or out.name}")
     partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
     try:
-        image.save(partial, format="PNG")
+        image.save(partial, format=kind)
         os.replace(partial, out)
     finally:
         partial.unlink(missing_ok=True)

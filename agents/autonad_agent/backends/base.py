@@ -158,12 +158,18 @@ class Backend(abc.ABC):
         # Called just before a loaded model's first inference: the worker reports it, so that
         # the agent can stop a first run that never ends (see `first_run`).
         self.before_first_run: Callable[[], None] | None = None
+        # Called once it returned: the first-run limit no longer applies to the runs after it.
+        self.after_first_run: Callable[[], None] | None = None
 
     def first_run(self, model: "LoadedModel") -> float:
-        """A freshly loaded model's first inference (backends' `load` ends with it)."""
+        """A freshly loaded model's first inference (backends' `load` ends with it, an engine
+        build's timing starts with it)."""
         if self.before_first_run is not None:
             self.before_first_run()
-        return model.run_once()
+        latency = model.run_once()
+        if self.after_first_run is not None:
+            self.after_first_run()
+        return latency
 
     @classmethod
     @abc.abstractmethod

@@ -36,6 +36,15 @@ def session_options(threads: int) -> "ort.SessionOptions":
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only: warnings would flood the agent log
+    only_onnx(options)
+    return options
+
+
+def only_onnx(options: "ort.SessionOptions") -> "ort.SessionOptions":
+    """Load the bytes as an ONNX protobuf, never as an ORT-format flatbuffer: ORT picks the
+    format from bytes 4..7 ("ORTM"), which an ONNX file can hold (in its producer name or doc
+    string), so a file the agent's checks passed as ONNX could run as another model."""
+    options.add_session_config_entry("session.load_model_format", "ONNX")
     return options
 
 

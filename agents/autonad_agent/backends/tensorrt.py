@@ -590,6 +590,9 @@ class TensorRTBackend(Backend):
         model = TensorRTModel(self, built.serialized, feed)
         try:
             self.first_run(model)  # runtime failures surface here, as a rejection
+        except MemoryError:  # the device's state, not the model's fault: reported as memory
+            model.close()
+            raise
         except Exception as exc:
             model.close()
             raise ModelRejected(f"TensorRT cannot run the model: {exc}") from None
@@ -598,16 +601,25 @@ class TensorRTBackend(Backend):
     def build_engine(self, onnx_bytes: bytes, precision: Precision) -> EngineArtifact:
         model = _parse_onnx(onnx_bytes)
         shapes = static_input_shapes(model)
+        # The inputs the engine is timed on, checked before the (minutes-long) build: an input
+        # type or size no array can be drawn for is the model's fault (INVALID_ARGUMENT).
+        specs = []
+        initializers = {init.name for init in model.graph.initializer}
+        try:
+            for value in model.graph.input:
+                if value.name not in initializers:
+                    dtype = helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+                    specs.append(TensorSpec(value.name, shapes[value.name], np.dtype(dtype).name))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ModelRejected(f"cannot feed the model's inputs: {exc}") from None
         built = self._build_cached(onnx_bytes, precision, shapes)
         rng = np.random.default_rng(0)
-        feed = {}
-        initializers = {init.name for init in model.graph.initializer}
-        for value in model.graph.input:
-            if value.name not in initializers:
-                dtype = helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
-                feed[value.name] = TensorSpec(value.name, shapes[value.name], np.dtype(dtype).name).random_array(rng)
+        feed = {spec.name: spec.random_array(rng) for spec in specs}
         with TensorRTModel(self, built.serialized, feed) as engine_model:
-            for _ in range(MANIFEST_WARMUP_RUNS):
+            # The first under the agent's first-run limit: an engine that never returns must not
+            # hold the device for the whole build budget.
+            self.first_run(engine_model)
+            for _ in range(MANIFEST_WARMUP_RUNS - 1):
                 engine_model.run_once()
             times = np.array([engine_model.run_once() for _ in range(MANIFEST_TIMED_RUNS)])
             outputs = engine_model.outputs()
@@ -743,7 +755,9 @@ class TensorRTBackend(Backend):
             import onnxruntime as ort
 
             reference_model = lower_spatial_shift_for_onnxruntime(model)
-            options = ort.SessionOptions()
+            from autonad_agent.backends.onnxruntime import only_onnx
+
+            options = only_onnx(ort.SessionOptions())
             options.log_severity_level = 3
             session = ort.InferenceSession(reference_model.SerializeToString(), sess_options=options,
                                            providers=["CPUExecutionProvider"])
