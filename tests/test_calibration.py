@@ -279,3 +279,13 @@ def test_a_class_val_does_not_hold_is_not_silenced():
     assert calibration.unscored_classes == (2,) and "class 2 not in val" in calibration.summary()
     assert calibration.logit_offsets(3)[2] == 0.0
     assert Calibration.from_dict(calibration.to_dict()) == calibration
+
+
+def test_a_val_without_any_defect_pixel_leaves_the_network_as_it_is():
+    """With no defect pixel in val the score is the background's IoU alone, which the largest
+    background offset maximises by silencing every defect: that offset was folded into the
+    deployed network. Now nothing is tuned (offset 0) and the classes are named unscored."""
+    model, val = ScoreNet(), [(image, torch.zeros_like(target)) for image, target in dataset()]
+    calibration = calibrate(model, val, offsets=[-1.0, 0.0, 2.0, 4.0, 8.0], per_class=True)
+    assert calibration.background_offset == 0.0 and calibration.logit_offsets(2) == (0.0, 0.0)
+    assert calibration.unscored_classes == (1,) and "not calibrated" in calibration.summary()

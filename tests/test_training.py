@@ -6,6 +6,7 @@ a few dozen steps on a CPU; the embedded synthetic generator is exercised by the
 
 import json
 import random
+from dataclasses import replace
 import time
 import types
 
@@ -18,7 +19,7 @@ from autonad_edge.data.cache import build_cache, label_histogram
 from autonad_edge.data.dataset import SegmentationData
 from autonad_edge.data.splits import stratified_split
 from autonad_edge.models.network import SegmentationNet
-from autonad_edge.space import SearchSpace
+from autonad_edge.space import Arch, SearchSpace
 from autonad_edge.training.checkpoint import load_checkpoint, load_model, load_supernet
 from autonad_edge.training.config import RetrainConfig, SupernetConfig, val_passes
 from autonad_edge.training.engine import ResumeError, epoch_batches, epochs_within
@@ -474,6 +475,28 @@ def test_a_best_left_by_a_rolled_back_epoch_is_what_the_record_says(tmp_path, da
     summary = RetrainTrainer(cfg, data, tmp_path, space=SPACE, arch=arch, quiet=True, resume=True).fit()
     assert summary["best"]["epoch"] == 3 and summary["best"]["val_miou"] == 0.99
     assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 3
+
+
+def test_a_fresh_start_in_a_used_directory_does_not_inherit_the_previous_runs_best(tmp_path, data):
+    """A retraining started afresh where another ran (another arch) used to keep that run's
+    best.pt, then adopt, calibrate and report it as its own when it had no val pass that beat
+    it (eval_every 0 here). The previous run's checkpoints are moved to previous/ instead."""
+    arch_a, arch_b = SPACE.sample(random.Random(5)), SPACE.sample(random.Random(7))
+    assert arch_a != arch_b
+    first = RetrainConfig(image_size=SIZE, epochs=1, batch_size=8, lr=2e-3, augment=False, device="cpu",
+                          max_steps_per_epoch=1, eval_every=1, calibrate=True)
+    summary = RetrainTrainer(first, data, tmp_path, space=SPACE, arch=arch_a, quiet=True).fit()
+    # The calibrated score sits beside the epoch's val_miou, not over it: calibration scores
+    # only the classes val holds, the epochs every class.
+    metrics = load_checkpoint(tmp_path / "best.pt")["metrics"]
+    assert metrics["val_miou"] == read_log(tmp_path)[-1]["val_miou"] == summary["best"]["val_miou"]
+    assert metrics["val_miou_calibrated"] == summary["calibration"]["miou_after"]
+    second = replace(first, eval_every=0)
+    summary = RetrainTrainer(second, data, tmp_path, space=SPACE, arch=arch_b, quiet=True).fit()
+    assert summary["best_checkpoint"] is None and "calibration" not in summary
+    assert not (tmp_path / "best.pt").exists()
+    assert Arch.from_json(load_checkpoint(tmp_path / "previous" / "best.pt")["arch"]) == arch_a
+    assert Arch.from_json(load_checkpoint(tmp_path / "last.pt")["arch"]) == arch_b
 
 
 def _judging_trainer(monkeypatch, planned: int, limit_s: float, epoch_times) -> RetrainTrainer:

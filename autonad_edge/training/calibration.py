@@ -181,10 +181,16 @@ def calibrate(
     counts = _threshold_counts(model, dataset, arch, offsets, num_classes, ignore_index, dist, eval_options, kept)
     stacked = _matrices(counts, len(offsets))
     scores = tuple(val_miou(m) for m in stacked)
-    chosen = choose_offset(offsets, scores)
-    best = offsets.index(chosen)
     held = stacked[0].sum(axis=1) > 0
     unscored = tuple(c for c in range(1, num_classes) if not held[c]) if held.any() else ()
+    if held.any() and not held[1:].any():
+        # No defect pixel in val: the score is the background's IoU alone, which the largest
+        # offset maximises by silencing every defect. Nothing to tune on: the network's own.
+        zero = offsets.index(0.0)
+        return Calibration(0.0, scores[zero], scores[zero], split, offsets, scores,
+                           float(metrics_from_matrix(stacked[zero]).mf1), unscored_classes=unscored)
+    chosen = choose_offset(offsets, scores)
+    best = offsets.index(chosen)
     calibration = Calibration(chosen, scores[offsets.index(0.0)], scores[best], split, offsets, scores,
                               float(metrics_from_matrix(stacked[best]).mf1), unscored_classes=unscored)
     if kept is None:

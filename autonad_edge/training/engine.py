@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import random
 import statistics
 import time
@@ -61,6 +62,7 @@ EpochHook = Callable[[int, dict], None]
 
 SPLITS_FILE = "splits.json"
 LOG_FILE = "train_log.jsonl"
+PREVIOUS_DIR = "previous"  # a previous run's checkpoints, moved aside by a fresh start
 
 
 class ResumeError(AutonadError, ValueError):
@@ -291,14 +293,32 @@ class Trainer:
             payload["ema_updates"] = int(self.ema.updates)
         return payload
 
-    def _write_run_files(self, fresh: bool) -> None:
+    def run_checkpoints(self) -> list[Path]:
+        """The checkpoints this run writes in `out_dir`: a fresh start must not inherit a previous
+        run's (a retraining would adopt, calibrate and report another run's best.pt)."""
+        return [self.checkpoint_path]
+
+    def _write_run_files(self, fresh: bool) -> list[Path]:
+        """Write the run's splits and config; on a fresh start, reset the log and move a previous
+        run's checkpoints to ``previous/`` (kept, not lost: a forgotten --resume can be undone).
+        Returns the moved files."""
         if not self.dist.is_main:
-            return
+            return []
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        moved = []
+        if fresh:
+            stale = [path for path in self.run_checkpoints() if path.exists()]
+            if stale:
+                previous = self.out_dir / PREVIOUS_DIR
+                previous.mkdir(exist_ok=True)
+                for path in stale:
+                    os.replace(path, previous / path.name)
+                    moved.append(previous / path.name)
         atomic_write_json(self.out_dir / SPLITS_FILE, self.manifest)
         atomic_write_json(self.out_dir / "config.json", {"kind": self.kind, **self.config.to_dict()})
         if fresh:
             self.log.reset()
+        return moved
 
     # ---- resume --------------------------------------------------------------------------
     def _try_resume(self) -> tuple[int, int]:
@@ -424,15 +444,16 @@ class Trainer:
         cfg = self.config
         start_epoch, step = self._try_resume()
         self._wrap()
-        self._write_run_files(fresh=start_epoch == 0)
+        moved = self._write_run_files(fresh=start_epoch == 0)
         run_start = time.perf_counter()
         progress = Progress(self.epochs, self.steps_per_epoch, quiet=self.quiet,
                             enabled=self.dist.is_main, title=self.title, start_step=step, backlog=self.backlog)
         with progress:
             if start_epoch:
                 progress.message(f"resumed {self.checkpoint_path} at epoch {start_epoch}, step {step}")
-            elif self.checkpoint_path.exists() and not self.resume:
-                progress.message(f"starting afresh: {self.checkpoint_path} will be replaced (--resume continues it)")
+            elif moved:
+                progress.message(f"starting afresh: the previous run's {', '.join(p.name for p in moved)} moved to "
+                                 f"{moved[0].parent} (--resume continues a run)")
             self._pace_from = (start_epoch, run_start)
             epoch = start_epoch
             while epoch < self.epochs:

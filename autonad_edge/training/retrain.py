@@ -113,6 +113,9 @@ class RetrainTrainer(Trainer):
 
         return json.dumps(self.manifest)
 
+    def run_checkpoints(self) -> list[Path]:
+        return [*super().run_checkpoints(), self.out_dir / BEST_FILE]
+
     def checkpoint_extra(self) -> dict[str, Any]:
         extra = self._subnet_payload(self.model)  # raw weights; the base class adds the average
         extra["best"] = dict(self.best)
@@ -153,7 +156,9 @@ class RetrainTrainer(Trainer):
         net, _ = load_model(path, device=self.device)
         calibration = self.calibrate(net, per_class=self.config.calibrate_per_class)
         apply_offset(net.classifier, calibration)
-        metrics = dict(payload.get("metrics") or {}, val_miou=calibration.miou_after)
+        # Beside val_miou, not over it: calibration scores only the classes val holds (its
+        # objective), val_miou every class (as the epochs recorded it and a resume compares).
+        metrics = dict(payload.get("metrics") or {}, val_miou_calibrated=calibration.miou_after)
         if self.dist.is_main:
             save_checkpoint(path, {**payload, **self._subnet_payload(net), "metrics": metrics,
                                    "calibration": calibration.to_dict()})
