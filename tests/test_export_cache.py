@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -53,6 +54,39 @@ def test_eviction_keeps_the_bound_and_drops_the_least_recently_used(tmp_path):
     assert cache.size_bytes() <= 5_000
     assert cache.get(keys[0]) is not None and cache.get(keys[-1]) is not None
     assert cache.get(keys[1]) is None  # the least recently used went first
+
+
+def test_writers_sharing_a_cache_keep_its_bound_together(tmp_path):
+    """The run and its export workers write to one directory: each counted the size once, at
+    its first write, and then its own writes alone, so together they grew it to a multiple of
+    the bound. A writer now recounts every RECOUNT_EVERY writes."""
+    from autonad_edge.latency.export_cache import RECOUNT_EVERY
+
+    run, worker = ExportCache(tmp_path, max_bytes=20_000), ExportCache(tmp_path, max_bytes=20_000)
+    keys = iter(f"{i:064x}" for i in range(1000))
+    run.put(next(keys), bytes(900))
+    for _ in range(20):  # the worker fills the cache to its bound
+        worker.put(next(keys), bytes(900))
+    for _ in range(RECOUNT_EVERY - 1):  # the run's count still says 1 entry
+        run.put(next(keys), bytes(900))
+    assert run.size_bytes() <= 20_000
+
+
+def test_a_cache_it_may_not_delete_from_costs_a_miss_not_an_error(tmp_path, monkeypatch):
+    """A shared, read-only cache directory: removing a corrupt entry or evicting one fails, and
+    used to escape `get` and `put` (a unit whose export succeeded was then reported failed)."""
+    cache = ExportCache(tmp_path, max_bytes=2_000)
+    key = "ab" * 32
+    cache.put(key, bytes(900))
+    cache.path(key).write_bytes(b"torn")
+
+    def refuse(self, missing_ok=False):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    assert cache.get(key) is None and cache.corrupt == 1
+    for i in range(4):  # over the bound: eviction runs and cannot delete
+        cache.put(f"{i:064x}", bytes(900))
 
 
 def test_eviction_removes_the_temp_files_of_killed_writers(tmp_path):
@@ -229,6 +263,38 @@ def test_export_workers_exit_when_the_run_that_started_them_is_killed(tmp_path):
     for pid in alive:  # leave no stray process behind a failure
         os.kill(pid, signal.SIGKILL)
     assert not alive
+
+
+def test_a_process_that_never_closed_its_exports_does_not_wait_for_idle_ones_at_exit(tmp_path):
+    """concurrent.futures' exit hook joins the pool's manager thread, which waits for every
+    queued call: idle exports that never finish on a busy host held the process at exit (the
+    pool's own atexit hook ran after it). The pool now shuts down first and kills them."""
+    import subprocess
+    import sys
+
+    marker = tmp_path / "busy"
+    sleeper = tmp_path / "sleeper.py"  # what an idle export that never finishes does
+    sleeper.write_text("import sys, time\nopen(sys.argv[1], 'w').close()\ntime.sleep(300)\n")
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import os, subprocess, threading, time\n"
+        "from autonad_edge.latency import export_pool\n"
+        "if __name__ == '__main__':\n"
+        "    os.environ['AUTONAD_EXPORT_WORKERS'] = '2'\n"
+        f"    call = (subprocess.run, ([{sys.executable!r}, {str(sleeper)!r}, {str(marker)!r}],))\n"
+        "    threading.Thread(target=export_pool._run, args=([call, call], 2), kwargs={'idle': True},\n"
+        "                     daemon=True).start()\n"
+        f"    while not os.path.exists({str(marker)!r}):\n"
+        "        time.sleep(0.05)\n"
+        "    # the end of the script: no shutdown, no close\n"
+    )
+    # No pipes: a worker that outlived the run would hold them open. Hangs end in TimeoutExpired.
+    try:
+        proc = subprocess.run([sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              timeout=120)
+    finally:
+        subprocess.run(["pkill", "-f", str(sleeper)])  # the killed workers' sleepers
+    assert proc.returncode == 0
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="a Linux scheduling policy")

@@ -124,3 +124,39 @@ def test_an_unexpected_error_in_one_agents_thread_does_not_hang_the_others(tmp_p
             thread.join(120)  # a guard against a hang, not a speed check
             assert not thread.is_alive(), "measure_many hung after one agent's thread failed"
     assert len(outcome) == 1 and isinstance(outcome[0], _Interrupted)
+
+
+def test_a_busy_agent_is_asked_again_not_given_up():
+    """An agent whose upload slots are taken (other hosts or runs sharing the device) answers
+    RESOURCE_EXHAUSTED "agent busy ... retry later": the pool used to fail the job for good.
+    It now asks the same agent again after a pause, and the job is measured once a slot frees."""
+    from autonad_agent.proto import latency_agent_pb2_grpc as pb_grpc
+    from autonad_agent.server import AgentConfig, AgentServer
+
+    server = AgentServer(AgentConfig(host="127.0.0.1", port=0, backend="onnxruntime", token=TOKEN,
+                                     rpc_threads=2)).start()  # one upload slot
+    release = threading.Event()
+
+    def silent():  # holds the slot until released
+        release.wait(30)
+        yield from ()
+
+    channel = grpc.insecure_channel(server.address)
+    policy = MeasurementPolicy(warmup_runs=1, warmup_ms=0, min_runs=5, min_duration_ms=0, max_runs=50, max_cv=100,
+                               max_repeats=0)
+    try:
+        holder = pb_grpc.LatencyAgentStub(channel).Measure.future(
+            silent(), timeout=30, metadata=(("authorization", f"Bearer {TOKEN}"),))
+        time.sleep(0.5)
+        with AgentClient(server.address, token=TOKEN, timeout_s=60) as client:
+            with pytest.raises(AgentError) as busy:
+                client.measure(testing.conv_model(), policy=policy)
+            assert busy.value.busy and busy.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            threading.Timer(1.0, release.set).start()
+            with ClientPool([client]) as pool:
+                assert pool.measure(testing.conv_model(), policy=policy).runs >= 5
+        holder.cancel()
+    finally:
+        release.set()
+        channel.close()
+        server.stop(grace_s=0)

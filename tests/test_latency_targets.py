@@ -75,6 +75,11 @@ def test_target_errors_are_one_line(isolated: Path):
     (isolated / "targets.toml").write_text('[targets.local]\nagents = ["127.0.0.1:1"]\n')
     with pytest.raises(TargetError, match="reserved"):
         load_targets()
+    # One agent listed twice used to end in a ValueError traceback from the pool.
+    (isolated / "targets.toml").write_text('[targets.jetson]\nagents = ["10.0.0.7:50051", "10.0.0.7:50051"]\n')
+    with pytest.raises(TargetError, match="listed twice: 10.0.0.7:50051") as excinfo:
+        load_targets()
+    assert "\n" not in str(excinfo.value)
 
 
 def test_unreachable_target_fails_fast_naming_the_address(isolated: Path):

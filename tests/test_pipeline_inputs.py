@@ -48,6 +48,10 @@ def one_line_error(result) -> str:
     ({"min_defect_width": -1.0}, "--min-defect-width must be >= 0 (0 = off)"),
     ({"supernet_lr": float("nan")}, "supernet_lr must be a finite number"),
     ({"seed": "3"}, "--seed must be a whole number >= 0, got '3'"),  # a hand-written config file
+    ({"image_size": [64, 96]}, "--image-size must be a whole number of pixels >= 8"),  # the same
+    ({"supernet_share": 1.5}, "supernet_share must be a share in [0, 1)"),  # config-file fields
+    ({"race_share": -0.1}, "race_share must be a share in [0, 1)"),
+    ({"race_entrants": -1}, "--race-entrants must be a whole number >= 0"),
 ])
 def test_a_bad_value_is_refused_in_one_line_when_the_config_resolves(changes, named):
     with pytest.raises(PipelineError) as caught:
@@ -233,3 +237,21 @@ def test_the_data_layout_gives_the_format_when_none_is_given(tmp_path, monkeypat
     (tmp_path / "neither").mkdir()
     line = one_line_error(runner.invoke(app, ["search", "--preset", "tiny", "--data", str(tmp_path / "neither")]))
     assert "cannot tell the dataset format" in line
+
+
+def test_a_rerun_may_name_the_run_and_its_files_another_way(tmp_path, monkeypatch):
+    """--out and --data given relative in one process and absolute in the next name the same
+    run: that rerun used to be refused as "a run with other settings (out)"; another dataset
+    still is."""
+    from autonad_edge.search.pipeline import _check_config_unchanged
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "x").mkdir(parents=True)
+    (tmp_path / "defects").mkdir()
+    first = PipelineConfig(out="runs/x", data="defects", format="voc").resolved()
+    _check_config_unchanged(tmp_path / "runs" / "x", first, worked=True)
+    again = PipelineConfig(out=str(tmp_path / "runs" / "x"), data=str(tmp_path / "defects"), format="voc").resolved()
+    assert _check_config_unchanged(tmp_path / "runs" / "x", again, worked=True)
+    other = PipelineConfig(out="runs/x", data="other", format="voc").resolved()
+    with pytest.raises(PipelineError, match=r"other settings \(data\)"):
+        _check_config_unchanged(tmp_path / "runs" / "x", other, worked=True)

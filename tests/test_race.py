@@ -167,3 +167,21 @@ def test_on_a_time_budget_the_race_gets_its_share_of_the_time_left_at_its_entran
     # Retraining epochs given on the command line: the share of those, as without a budget.
     ctx.given = {"retrain_epochs"}
     assert planning.plan_race(ctx, [c.arch for c in cands], steps_per_epoch=35) == planning.race_epochs(cfg, 3)
+
+
+def test_measuring_the_entrants_leaves_the_searchs_records_as_they_were(tmp_path):
+    """The race measures its entrants afresh; it used to write the figures into the search's
+    own candidates, so a race that then passed on reported the search's choice at the race's
+    figure in one process and at the search's after a resume (which reads its record back)."""
+    import types
+
+    from autonad_edge.search.stages.race import _measured_entrants
+
+    cands = candidates([1.0, 2.0, 3.0], measured={1: 2.5})
+    context = types.SimpleNamespace(out=tmp_path, estimator=types.SimpleNamespace(
+        measure_together=lambda archs: [10.0 + i for i in range(len(archs))]))
+    entrants = _measured_entrants(context, pick_entrants(cands, cands[1], 3))
+    assert [c.measured_ms for c in entrants] == [10.0, 11.0, 12.0]
+    assert [c.measured_ms for c in cands] == [None, 2.5, None], "the search's candidates are untouched"
+    again = _measured_entrants(context, pick_entrants(cands, cands[1], 3))  # a resume reads them back
+    assert [c.measured_ms for c in again] == [10.0, 11.0, 12.0]

@@ -225,6 +225,16 @@ def test_budget_plan_arithmetic_on_given_costs():
         plan_budget(COSTS, 300, population=16, generations=5, parents=5)
 
 
+def test_a_slow_retraining_keeps_its_minimum_epochs_inside_the_budget():
+    """The supernet took its share of the training time with nothing held back for the
+    retraining, whose two minimum epochs were then given anyway: with 10-s retraining steps
+    and a 0.5 share, a plan for 1,000 s came to about 1,266 s."""
+    slow = StageCosts(supernet_step_s=0.1, retrain_step_s=10.0, val_eval_s=1.0, supernet_steps_per_epoch=35,
+                      retrain_steps_per_epoch=35, latency_s=0.0, export_s=0.0)
+    plan = plan_budget(slow, 1000, population=16, generations=5, parents=5, supernet_share=0.5)
+    assert plan.retrain_epochs == 2 and plan.total_s <= 1000
+
+
 def test_a_shrunk_search_keeps_more_members_than_parents():
     """A tight budget shrank the population to the floor of 8, below the paper preset's 10
     parents: every generation after the first bred no child. The floor is now two above the

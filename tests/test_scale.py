@@ -222,6 +222,32 @@ def test_a_load_cap_that_thins_the_defects_gives_way_to_native_size(tmp_path, mo
     assert "the 1024-px load cap leaves crack a median width of 1.0 px" in warning and "--max-side" in warning
 
 
+def test_a_run_that_chose_its_scale_at_native_size_resumes_at_it(tmp_path):
+    """5-px cracks along 6000-px strips are under a pixel at the preset's 1024 cap: the rule
+    measures them at native size and chooses a long side above the cap (3 px kept: 3600). A rerun used to
+    measure again at the cap, reach another side and refuse its own directory ("other
+    settings (max_side)"); it now resumes at the side its run recorded."""
+    from autonad_edge.search.pipeline import PipelineConfig, SearchPipeline, _check_config_unchanged
+
+    rng = np.random.default_rng(2)
+    masks = np.stack([bars(40, 6000, (1, 10 + 2 * k, 5)) for k in range(8)])
+    images = rng.integers(0, 255, size=(8, 40, 6000), dtype=np.uint8)
+    ids = [f"strip{k}" for k in range(8)]
+    root = write_voc(tmp_path / "voc", ids, images, masks, ["background", "crack"],
+                     {"train": ids[:4], "val": ids[4:6], "test": ids[6:]})
+    out = tmp_path / "run"
+    config = PipelineConfig(out=str(out), data=str(root), format="voc", image_size=64, quiet=True)
+    first, _ = load_run_data_of(config, out)
+    side = first.cfg.max_side
+    assert side is not None and 1024 < side < 6000, side
+    resumed = SearchPipeline(config, log=lambda line: None)
+    resumed.worked = True  # its stages.json records work
+    data = resumed._load_data()
+    _check_config_unchanged(out, resumed.cfg, worked=True)  # no "other settings (max_side)"
+    assert resumed.cfg.max_side == side and max(data.train.raw(0)[1].shape) == side
+    assert resumed.scale == first.scale  # the report says what the run chose, not a re-measure
+
+
 def test_a_class_val_lacks_is_named_before_the_run(tmp_path):
     """Val carved by dominant class can miss a rare class: the run says so up front (the search
     cannot score it, calibration leaves its threshold alone)."""

@@ -29,6 +29,8 @@ DEFAULT_CHUNK_BYTES = 1024 * 1024
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 # Status codes meaning "this agent is gone or hung", worth retrying on another agent.
 RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+# How an agent's RESOURCE_EXHAUSTED says "all upload slots taken, retry later" (server.py).
+BUSY_PREFIX = "agent busy"
 
 _PRECISIONS = {"fp32": pb.PRECISION_FP32, "fp16": pb.PRECISION_FP16}
 _PRECISION_NAMES = {pb.PRECISION_UNSPECIFIED: "fp32", pb.PRECISION_FP32: "fp32", pb.PRECISION_FP16: "fp16"}
@@ -49,6 +51,13 @@ class AgentError(AutonadError, RuntimeError):
     def retryable(self) -> bool:
         """Whether another agent may succeed (this one is unreachable or timed out)."""
         return self.code in RETRYABLE_CODES
+
+    @property
+    def busy(self) -> bool:
+        """The agent refused for now (its upload slots or bytes were taken, "agent busy ...;
+        retry later"): the same agent may take the request in a moment. A model over the
+        agent's size limit is RESOURCE_EXHAUSTED too, and final."""
+        return self.code == grpc.StatusCode.RESOURCE_EXHAUSTED and self.details.startswith(BUSY_PREFIX)
 
 
 class AgentUnreachable(AgentError):
@@ -333,8 +342,8 @@ class AgentClient:
 
         def receive() -> Engine:
             stream = self._stub.BuildEngine(requests(), timeout=timeout, metadata=self._metadata)
-            first = next(stream)
-            if first.WhichOneof("payload") != "manifest":
+            first = next(stream, None)
+            if first is None or first.WhichOneof("payload") != "manifest":
                 raise AgentError(self.address, grpc.StatusCode.DATA_LOSS, "engine stream did not start with a manifest")
             engine = bytearray()
             for message in stream:

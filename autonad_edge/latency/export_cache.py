@@ -33,6 +33,8 @@ ENV_VAR = "AUTONAD_EXPORT_CACHE"  # a directory, or "off"
 DEFAULT_MAX_BYTES = 2 * 1024**3
 # A temp file older than this is a killed writer's (a write takes milliseconds): eviction removes it.
 STALE_TEMP_S = 3600
+# Puts between recounts of the directory's size (other processes write to it too).
+RECOUNT_EVERY = 16
 _MAGIC = b"autonad-export-v1\n"
 _DIGEST_LEN = 64  # hex SHA-256
 _SUFFIX = ".onnxc"
@@ -92,7 +94,8 @@ class ExportCache:
         self.root = Path(root)
         self.max_bytes = int(max_bytes)
         self._lock = threading.Lock()
-        self._size: int | None = None  # bytes on disk, counted on first put
+        self._size: int | None = None  # bytes on disk, counted on first put and every RECOUNT_EVERY puts
+        self._puts = 0
         self.hits = self.misses = self.corrupt = 0
 
     @classmethod
@@ -136,7 +139,11 @@ class ExportCache:
             log.warning("export cache: cannot write %s: %s", path, exc)
             return
         with self._lock:
-            if self._size is None:
+            self._puts += 1
+            # Recounted from disk now and then, not only once: the main process and the export
+            # workers write to one directory, and each counting its own writes alone would let
+            # it grow to a multiple of the bound.
+            if self._size is None or self._puts % RECOUNT_EVERY == 0:
                 self._size = self.size_bytes()
             else:
                 self._size += len(blob)
@@ -164,7 +171,10 @@ class ExportCache:
 
     # ---- internals -----------------------------------------------------------------------
     def _forget(self, path: Path, size: int) -> None:
-        path.unlink(missing_ok=True)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:  # a shared, read-only cache: the entry stays, a miss all the same
+            pass
         if self._size is not None:
             self._size = max(0, self._size - size)
 
@@ -191,7 +201,10 @@ class ExportCache:
         for _, size, path in stats:
             if total <= target:
                 break
-            path.unlink(missing_ok=True)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:  # not ours to delete (a shared cache): counted, left
+                continue
             total -= size
         self._size = total
 

@@ -244,7 +244,23 @@ def _kill(pool: ProcessPoolExecutor) -> None:
             pass
 
 
-atexit.register(shutdown)
+def _register_exit_hook() -> None:
+    """Shut the pool down at exit before concurrent.futures' own exit hook runs: that one joins
+    the pool's manager thread, which waits for every queued export, lowest-priority rounds
+    included (a process that never closed its profiler would wait for them). Its hooks run
+    in reverse order of registration, after atexit's would be too late; this one is
+    registered after concurrent.futures.process was imported (above), so it runs first."""
+    register = getattr(threading, "_register_atexit", None)  # CPython 3.9+; private but stable
+    try:
+        if register is not None:
+            register(shutdown)
+            return
+    except RuntimeError:  # the interpreter is already shutting down
+        return
+    atexit.register(shutdown)
+
+
+_register_exit_hook()
 
 
 def _run(calls: list[tuple[Callable[..., Any], tuple]], workers: int | None, idle: bool = False) -> list[Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,6 +23,10 @@ from autonad_agent.measure import MeasurementPolicy
 from autonad_edge.latency.client import AgentClient, AgentError, DeviceInfo, Measurement
 from autonad_edge.latency.fingerprint import Fingerprint
 from autonad_edge.latency.table import LatencyTable
+
+# Pauses before asking a busy agent again (RESOURCE_EXHAUSTED "agent busy"): its slots free as
+# other callers' uploads finish, in seconds.
+BUSY_PAUSES_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 
 log = logging.getLogger(__name__)
 
@@ -224,12 +229,22 @@ class ClientPool:
             # Also on an unexpected exception: jobs must not wait for a thread that is gone.
             scheduler.retire(client.address)
 
+    def _measure(self, client: AgentClient, job: MeasureJob) -> Measurement:
+        """`job` on `client`, asked again after a pause while the agent says it is busy (its
+        upload slots taken by other hosts or runs sharing the device): about a minute in all."""
+        for pause_s in (*BUSY_PAUSES_S, None):
+            try:
+                return client.measure(job.onnx, job.inputs, backend=self.backend, precision=self.precision,
+                                      policy=job.policy, fresh=job.fresh)
+            except AgentError as exc:
+                if not exc.busy or pause_s is None:
+                    raise
+                time.sleep(pause_s)
+        raise AssertionError("unreachable")
+
     def _run_job(self, client: AgentClient, index: int, job: MeasureJob, scheduler: _Scheduler) -> None:
         try:
-            measurement = client.measure(
-                job.onnx, job.inputs, backend=self.backend, precision=self.precision, policy=job.policy,
-                fresh=job.fresh,
-            )
+            measurement = self._measure(client, job)
         except AgentError as exc:
             if not exc.retryable:
                 scheduler.finish(index, exc)

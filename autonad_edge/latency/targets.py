@@ -117,6 +117,9 @@ def _parse_target(name: str, table: Any, source: Path) -> TargetConfig:
     agents = table.get("agents")
     if not (isinstance(agents, list) and agents and all(isinstance(a, str) and ":" in a for a in agents)):
         raise TargetError(f'{where}: agents must be a non-empty list of "host:port" strings')
+    repeated = sorted({a for a in agents if agents.count(a) > 1})
+    if repeated:  # one agent twice would take two jobs at once on one device
+        raise TargetError(f"{where}: agent(s) listed twice: {', '.join(repeated)}")
     precision = table.get("precision", "fp32")
     if precision not in _PRECISIONS:
         raise TargetError(f"{where}: precision must be one of {', '.join(_PRECISIONS)}")

@@ -185,7 +185,10 @@ def _fitting_plan(costs: StageCosts, budget_s: float, *, population: int, genera
     re_epoch = retrain_epoch_s(costs)
     if training < supernet_s(costs, min_epochs) + min_epochs * re_epoch:
         return None
-    sup_epochs = supernet_epochs_within(costs, supernet_share * training, min_epochs)
+    # Within its share, and never into the retraining's minimum epochs: a share of slow
+    # retraining steps could otherwise leave it fewer than the minimum it is then given anyway.
+    sup_epochs = supernet_epochs_within(costs, min(supernet_share * training, training - min_epochs * re_epoch),
+                                        min_epochs)
     sup_s = supernet_s(costs, sup_epochs)
     re_epochs = max(min_epochs, int((training - sup_s) // re_epoch))
     return BudgetPlan(

@@ -154,16 +154,25 @@ class PipelineConfig:
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise PipelineError(f"{_option(f.name)} must be a finite number, got {value}")
-        sides = list(self.image_size) if isinstance(self.image_size, (list, tuple)) else [self.image_size] * 2
-        if len(sides) != 2 or not all(_is_int(side) and side >= MIN_IMAGE_SIDE for side in sides):
+        # One side: the network's input and the training crops are square (a [H, W] from a
+        # --config file passed here and failed later, deep in a stage, with a traceback).
+        if not (_is_int(self.image_size) and self.image_size >= MIN_IMAGE_SIDE):
             raise PipelineError(f"--image-size must be a whole number of pixels >= {MIN_IMAGE_SIDE} "
-                                f"(the smallest crop the data and the network take), got {self.image_size!r}")
+                                f"(the square input; the smallest crop the data and the network take), "
+                                f"got {self.image_size!r}")
         for name in ("batch_size", "population", "generations", "parents", "supernet_epochs", "retrain_epochs",
                      "synthetic_count"):
             _require(self, name, 1, integer=True)
         for name in ("max_steps_per_epoch", "local_threads", "reference_images", "params_budget"):
             _require(self, name, 1, integer=True, optional=True)
         _require(self, "seed", 0, integer=True)
+        for name in ("finalists", "calibration_archs", "race_entrants"):
+            _require(self, name, 0, integer=True, optional=True)
+        # Shares of the budget or of the retraining: outside [0, 1] the plan's arithmetic breaks.
+        for name in ("supernet_share", "race_share"):
+            value = getattr(self, name)
+            if value is not None and not (_is_number(value) and 0 <= value < 1):
+                raise PipelineError(f"{_option(name)} must be a share in [0, 1), got {value!r}")
         _require(self, "max_side", MIN_IMAGE_SIDE, integer=True, optional=True)
         _require(self, "time_budget", 0, optional=True, note=" minutes (0 = the preset's epochs)")
         _require(self, "min_defect_width", 0, optional=True, note=" (0 = off)")

@@ -25,6 +25,7 @@ at a time holds a directory (a lock on ``<out>/.lock``).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from dataclasses import asdict, fields, replace
 from pathlib import Path
@@ -61,7 +62,10 @@ except ImportError:  # Windows: no lock (the toolkit's hosts and targets are POS
 
 STAGES = ("supernet", "latency", "search", "race", "retrain", "export", "engine", "report")
 # Settings a rerun may change without making it another run.
-VOLATILE = {"quiet", "device", "generations", "targets_path", "export_cache", "explicit"}
+VOLATILE = {"quiet", "device", "generations", "targets_path", "export_cache", "explicit", "out"}
+# Settings that name files: one file named two ways (relative, absolute) is the same setting.
+PATH_SETTINGS = ("data", "table")
+SCALE_FILE = "scale.json"  # the training scale the rule chose (data.scale.TrainingScale)
 
 __all__ = ["PRESETS", "STAGES", "PipelineConfig", "PipelineError", "Preset", "SearchOutcome", "SearchPipeline",
            "measurement_policy", "run_search"]
@@ -164,8 +168,11 @@ class SearchPipeline:
         manifest = _saved_split(splits) if reuse_split and splits.exists() else None
         self.new_split = manifest is None
         rule = self._scale_rule()
-        # The rule measures the masks at the preset's cap, whatever a loaded config recorded.
-        max_side = PRESETS[cfg.preset].max_side if rule else cfg.max_side
+        # A resume keeps the side its run chose and recorded (the rule may have chosen it at
+        # native size, which measuring again at the preset's cap cannot reproduce); a new run's
+        # rule measures the masks at the preset's cap, whatever a loaded config recorded.
+        kept = self._recorded_cap() if rule else None
+        max_side = kept or (PRESETS[cfg.preset].max_side if rule else cfg.max_side)
         data = self._load(manifest, max_side)
         if len(data.train) == 0 or len(data.val) == 0:
             raise PipelineError("dataset: the train and val splits need at least one image each")
@@ -175,9 +182,14 @@ class SearchPipeline:
                      "and the calibration cannot tune them; list images that hold them in val.txt")
         if self.new_split and write_split:
             data.save_manifest(splits)
-        if rule:
+        if rule and kept:
+            self.scale = _saved_scale(self.out / SCALE_FILE)
+            chosen = self.scale.summary() if self.scale else f"long side at most {kept} px"
+            self.log(f"[data] training scale: {chosen}, as this run chose it")
+            self.cfg = replace(cfg, max_side=kept)
+        elif rule:
             self.scale = self._measure_scale(data, max_side)
-            if self.scale.too_thin and max_side is not None and capped_at_load(data) and not self._recorded_a_cap():
+            if self.scale.too_thin and max_side is not None and capped_at_load(data):
                 # The load's cap shrank images whose thinnest class is below the width the rule
                 # keeps, and may be why: a 1-px crack along a 4000 x 200 line-scan strip stays a
                 # 1-px line in the mask at a long side of 1024 but keeps a quarter of its
@@ -194,6 +206,8 @@ class SearchPipeline:
                              f"{needed / 2**30:.1f} GiB of memory: give --max-side to choose the scale")
             self.log(f"[data] training scale: {self.scale.summary()}")
             self.cfg = replace(cfg, max_side=self.scale.max_side or max_side)
+            if self.out.is_dir():  # what a resume reports (it does not measure again)
+                atomic_write_json(self.out / SCALE_FILE, self.scale.to_dict())
             if self.scale.max_side is not None:
                 data = self._load(data.manifest(), self.scale.max_side)
         return data
@@ -224,11 +238,31 @@ class SearchPipeline:
         saved = _saved_config(self.out / "config.json", self.worked)
         return saved is None or "min_defect_width" in saved
 
-    def _recorded_a_cap(self) -> bool:
-        """Whether this directory holds a run that trained at a long-side cap: a resume keeps it
-        (one from before the native-size measurement, or whose set did not fit in memory)."""
+    def _recorded_cap(self) -> int | None:
+        """The long-side cap this directory's run trained at, which a resume keeps; None for a
+        new run or one at native size."""
         saved = _saved_config(self.out / "config.json", self.worked) if self.worked else None
-        return saved is not None and saved.get("max_side") is not None
+        side = None if saved is None else saved.get("max_side")
+        return int(side) if side is not None else None
+
+
+def _saved_scale(path: Path) -> TrainingScale | None:
+    """The training scale a run chose, as it recorded it; None where it did not (a run from
+    before the record, or a damaged one: the report then gives the side alone)."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        known = {f.name for f in fields(TrainingScale)}
+        return TrainingScale(**{k: v for k, v in record.items() if k in known})
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
+def _same_setting(name: str, saved: Any, current: Any) -> bool:
+    if saved == current:
+        return True
+    if name in PATH_SETTINGS and isinstance(saved, str) and isinstance(current, str):
+        return os.path.realpath(saved) == os.path.realpath(current)
+    return False
 
 
 def capped_at_load(data: SegmentationData) -> bool:
@@ -299,7 +333,8 @@ def _check_config_unchanged(out: Path, cfg: PipelineConfig, write: bool = True, 
     if recorded:
         # A field the saved config lacks was not recorded yet when it was written (it came
         # from the preset): only the recorded ones can tell.
-        changed = sorted(k for k in current if k not in VOLATILE | unknown and k in saved and saved[k] != current[k])
+        changed = sorted(k for k in current if k not in VOLATILE | unknown and k in saved
+                         and not _same_setting(k, saved[k], current[k]))
         if changed and worked:
             raise PipelineError(
                 f"{out} holds a run with other settings ({', '.join(changed)}); "

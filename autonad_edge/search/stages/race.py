@@ -132,8 +132,10 @@ def _measured_entrants(ctx: RunContext, entrants: list[Candidate]) -> list[Candi
             return [Candidate.from_dict(d) for d in json.loads(path.read_text(encoding="utf-8"))]
         except (OSError, ValueError, TypeError, KeyError) as exc:
             raise unreadable(path, "measure the entrants again", f"{type(exc).__name__}: {exc}") from None
-    for c, ms in zip(entrants, ctx.estimator.measure_together([c.arch for c in entrants]), strict=True):
-        c.measured_ms = float(ms)
+    # New records, not the search's: its choice keeps the figure it was measured at in the
+    # search (as a resumed run reads it back) when the race then passes on.
+    measured = ctx.estimator.measure_together([c.arch for c in entrants])
+    entrants = [replace(c, measured_ms=float(ms), extra=dict(c.extra)) for c, ms in zip(entrants, measured, strict=True)]
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, [c.to_dict() for c in entrants])
     return entrants
