@@ -147,7 +147,10 @@ def test_a_busy_agent_is_asked_again_not_given_up():
     try:
         holder = pb_grpc.LatencyAgentStub(channel).Measure.future(
             silent(), timeout=30, metadata=(("authorization", f"Bearer {TOKEN}"),))
-        time.sleep(0.5)
+        deadline = time.monotonic() + 30
+        while server.service._uploads < 1:  # the holder has its slot
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         with AgentClient(server.address, token=TOKEN, timeout_s=60) as client:
             with pytest.raises(AgentError) as busy:
                 client.measure(testing.conv_model(), policy=policy)

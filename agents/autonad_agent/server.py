@@ -259,23 +259,31 @@ class LatencyAgentService(pb_grpc.LatencyAgentServicer):
         for worker in workers:
             worker.stop()
 
-    def _reserve_upload(self, size: int, context: grpc.ServicerContext) -> None:
-        """Take an upload slot (`size` 0: before the header, whose size is not known yet) or
-        `size` more bytes of the upload budget for the slot already held; `_release_upload`
-        gives them back. Refuses at once (RESOURCE_EXHAUSTED: the caller may retry or use
-        another agent)."""
+    def _take_upload_slot(self, context: grpc.ServicerContext) -> None:
+        """Take an upload slot, before the header says the model's size (`_release_upload`
+        gives it back), or refuse at once."""
         with self._uploads_lock:
-            slots, budget = self.config.upload_slots, self.config.upload_byte_budget
-            if (size == 0 and self._uploads >= slots) or self._upload_bytes + size > budget:
-                busy = f"{self._uploads} uploads ({self._upload_bytes} bytes) in flight"
-                refused = True
-            else:
-                self._uploads += 1 if size == 0 else 0
+            full = self._uploads >= self.config.upload_slots
+            if not full:
+                self._uploads += 1
+        if full:
+            self._refuse_busy(context)
+
+    def _reserve_upload_bytes(self, context: grpc.ServicerContext, size: int) -> None:
+        """Take `size` bytes of the upload budget for the slot held, or refuse at once."""
+        with self._uploads_lock:
+            full = self._upload_bytes + size > self.config.upload_byte_budget
+            if not full:
                 self._upload_bytes += size
-                refused = False
-        if refused:
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          f"agent busy: {busy}, limits {slots} uploads / {budget} bytes; retry later")
+        if full:
+            self._refuse_busy(context)
+
+    def _refuse_busy(self, context: grpc.ServicerContext) -> None:
+        """RESOURCE_EXHAUSTED "agent busy": the caller may retry or use another agent."""
+        busy = f"{self._uploads} uploads ({self._upload_bytes} bytes) in flight"
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                      f"agent busy: {busy}, limits {self.config.upload_slots} uploads / "
+                      f"{self.config.upload_byte_budget} bytes; retry later")
 
     def _release_upload(self, size: int) -> None:
         with self._uploads_lock:
@@ -291,7 +299,7 @@ class LatencyAgentService(pb_grpc.LatencyAgentServicer):
         refused, so health checks and device info always find a thread) and held until the
         handler leaves the block, not until the RPC ends: a cancelled RPC whose handler still
         holds the model must keep counting against the limits."""
-        self._reserve_upload(0, context)
+        self._take_upload_slot(context)
         declared = 0
         try:
             with _cancel_after(self.config.header_timeout_s, context):
@@ -307,7 +315,7 @@ class LatencyAgentService(pb_grpc.LatencyAgentServicer):
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"model of {header.model_size} bytes exceeds this agent's limit of {limit} bytes",
                 )
-            self._reserve_upload(header.model_size, context)
+            self._reserve_upload_bytes(context, header.model_size)
             declared = header.model_size
             with _cancel_after(self.config.receive_timeout_s, context):
                 upload = self._receive_chunks(header, requests, context)

@@ -21,6 +21,7 @@ its own pixels, not the source image's. Source pixels outside the image become 0
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -148,12 +149,15 @@ class CropDataset(Dataset):
         self.ignore_index = ignore_index
         self.sampler = CropSampler([base.raw(i)[1] for i in range(len(base))], num_classes, config)
         self.normalizer = Normalizer(base.mean, base.std, offset=GREY)
-        self._thin_masks: dict[int, np.ndarray] = {}
+        self._thin_masks: dict[int, tuple[np.ndarray, tuple[int, ...]]] = {}
 
-    def _thin(self, image: int, mask: np.ndarray) -> np.ndarray:
-        """`thin_defects` of an image's mask, found once per image (per loader worker)."""
+    def _thin(self, image: int, mask: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
+        """`thin_defects` of an image's mask and the classes it holds, found once per image
+        (per loader worker)."""
         if image not in self._thin_masks:
-            self._thin_masks[image] = thin_defects(mask, self.ignore_index)
+            thin = thin_defects(mask, self.ignore_index)
+            present = tuple(int(c) for c in np.flatnonzero(np.bincount(thin.ravel(), minlength=256)) if c)
+            self._thin_masks[image] = thin, present
         return self._thin_masks[image]
 
     def set_epoch(self, epoch: int) -> None:
@@ -196,7 +200,9 @@ class CropDataset(Dataset):
         labels = F.grid_sample(shifted, grid, mode="nearest", padding_mode="zeros", align_corners=False)[0, 0].long() - 1
         labels[labels < 0] = self.ignore_index
         if warp.get("scale", 1.0) < 1.0:
-            _keep_thin_defects(labels, self._thin(spec.image, mask), grid, self.ignore_index)
+            thin, present = self._thin(spec.image, mask)
+            if present:  # most images of wide defects have none
+                _keep_thin_defects(labels, thin, present, grid, self.ignore_index)
         return self.normalizer(warped), labels
 
 
@@ -222,19 +228,18 @@ def thin_defects(mask: np.ndarray, ignore_index: int = 255) -> np.ndarray:
     return thin
 
 
-def _keep_thin_defects(labels: torch.Tensor, thin: np.ndarray, grid: torch.Tensor, ignore_index: int) -> None:
+def _keep_thin_defects(labels: torch.Tensor, thin: np.ndarray, present: Sequence[int], grid: torch.Tensor,
+                       ignore_index: int) -> None:
     """Label each pixel of a zoomed-out crop with the thin defect class (`thin_defects`) whose
     bilinear weight there is largest and at least THIN_DEFECT_WEIGHT (in place; ignored pixels
     stay ignored): the labels show a thin defect wherever the image does, as
     `cache.downscale_mask` keeps it."""
     best = torch.zeros(labels.shape, dtype=torch.float32)
-    for label in np.flatnonzero(np.bincount(thin.ravel(), minlength=256)):
-        if label == 0:
-            continue
+    for label in present:
         binary = torch.from_numpy((thin == label).astype(np.float32))[None, None]
         weight = F.grid_sample(binary, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0, 0]
         wins = (weight >= THIN_DEFECT_WEIGHT) & (weight > best) & (labels != ignore_index)
-        labels[wins] = int(label)
+        labels[wins] = label
         best = torch.where(wins, weight, best)
 
 

@@ -232,15 +232,18 @@ class ClientPool:
     def _measure(self, client: AgentClient, job: MeasureJob) -> Measurement:
         """`job` on `client`, asked again after a pause while the agent says it is busy (its
         upload slots taken by other hosts or runs sharing the device): about a minute in all."""
-        for pause_s in (*BUSY_PAUSES_S, None):
+        def send() -> Measurement:
+            return client.measure(job.onnx, job.inputs, backend=self.backend, precision=self.precision,
+                                  policy=job.policy, fresh=job.fresh)
+
+        for pause_s in BUSY_PAUSES_S:
             try:
-                return client.measure(job.onnx, job.inputs, backend=self.backend, precision=self.precision,
-                                      policy=job.policy, fresh=job.fresh)
+                return send()
             except AgentError as exc:
-                if not exc.busy or pause_s is None:
+                if not exc.busy:
                     raise
-                time.sleep(pause_s)
-        raise AssertionError("unreachable")
+            time.sleep(pause_s)
+        return send()
 
     def _run_job(self, client: AgentClient, index: int, job: MeasureJob, scheduler: _Scheduler) -> None:
         try:

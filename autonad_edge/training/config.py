@@ -117,12 +117,12 @@ class RunConfig:
             value = getattr(self, name)
             if value is None and optional:
                 continue
-            if name == "image_size" and isinstance(value, (list, tuple)) and len(value) == 2:
-                value = min(value, key=lambda side: side if isinstance(side, (int, float)) else -math.inf)
-            number = isinstance(value, int) if integer else isinstance(value, (int, float))
-            if isinstance(value, bool) or not number or not math.isfinite(value) or value < low:
-                kind = "a whole number" if integer else "a number"
-                raise ValueError(f"{_option(name)} must be {kind} >= {low:g}, got {value!r}")
+            # image_size may be (height, width): each side is checked
+            for part in value if name == "image_size" and isinstance(value, (list, tuple)) else [value]:
+                number = isinstance(part, int) if integer else isinstance(part, (int, float))
+                if isinstance(part, bool) or not number or not math.isfinite(part) or part < low:
+                    kind = "a whole number" if integer else "a number"
+                    raise ValueError(f"{_option(name)} must be {kind} >= {low:g}, got {value!r}")
         if self.lr == 0:
             raise ValueError(f"{_option('lr')} must be above 0, got {self.lr!r}")
         for name in self._SHARES:
